@@ -1,0 +1,31 @@
+# jmappushd developer entry points. Both targets build .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench bench-smoke clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $(STAMP)
+
+## run: the daemon in the foreground on etc/dev.ini (SQLite, 127.0.0.1:8080, demo/demo)
+run: $(STAMP)
+	printf 'demo\n' | $(BIN)/jmappushctl -c etc/dev.ini user add demo --password-stdin --exist-ok
+	$(BIN)/twistd --nodaemon --pidfile= jmappushd --config etc/dev.ini
+
+## test: lint, type-check, then the whole test suite
+test: $(STAMP)
+	$(BIN)/ruff check jmappushd tests twisted benchmarks
+	$(BIN)/mypy jmappushd twisted/plugins
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info var

@@ -1,0 +1,42 @@
+"""The objects one daemon shares between its transports, wired once by the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from jmappushd.auth import Authenticator, Principal
+from jmappushd.config import Config
+from jmappushd.hub import Hub
+from jmappushd.jmap.processor import RequestProcessor
+from jmappushd.jmap.registry import MethodRegistry
+from jmappushd.metrics import Metrics
+from jmappushd.session import SessionURLs, build_session
+from jmappushd.store.interface import IStore
+
+
+@dataclass
+class App:
+    """Configuration, storage, hub, auth and the JMAP method registry."""
+
+    config: Config
+    clock: IReactorTime
+    store: IStore
+    hub: Hub
+    auth: Authenticator
+    registry: MethodRegistry
+    processor: RequestProcessor
+    metrics: Metrics
+    urls: SessionURLs
+    admin_token: str = ""
+    services: dict[str, Any] = field(default_factory=dict)
+
+    def session_for(self, principal: Principal) -> dict[str, Any]:
+        return build_session(self.config, self.registry, self.urls, principal)
+
+    def session_state(self, principal: Principal) -> str:
+        state = self.session_for(principal)["state"]
+        assert isinstance(state, str)
+        return state

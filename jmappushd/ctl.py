@@ -1,0 +1,293 @@
+"""``jmappushctl``: manage users, tokens and grants, check the config, publish changes.
+
+Every failure prints one line, ``jmappushctl: error: ...``, and exits non-zero.
+User and token commands write the SQLite store directly (safe while the daemon
+runs: WAL and a busy timeout); the daemon notices through the auth generation.
+``publish`` goes through the running daemon's admin listener.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import re
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TextIO
+
+from twisted.internet import defer, task
+
+from jmappushd import __version__
+from jmappushd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from jmappushd.passwords import hash_password, new_bearer_token, token_digest
+from jmappushd.service import StateError, load_or_create_admin_token, prepare_state
+from jmappushd.store.records import AccountInUse, NoSuchUser, UserExists
+from jmappushd.store.sqlite import SQLiteStore
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_USERNAME = re.compile(r"^[^\s:]{1,255}$")
+
+
+class CtlError(Exception):
+    """A user-facing failure: printed as one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jmappushctl",
+        description="Administer a jmappushd daemon: users, tokens, account grants, publishing.",
+    )
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG_PATH,
+                   help=f"the daemon's INI file (default: {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--version", action="version", version=f"jmappushctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("check-config", help="validate the config file and exit")
+
+    user = sub.add_parser("user", help="add, list, remove users or set passwords")
+    us = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = us.add_parser("add", help="create a user with a personal account")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    add.add_argument("--account-id", help="reuse the mail store's account id (default: random)")
+    add.add_argument("--exist-ok", action="store_true",
+                     help="succeed without changes if the user already exists")
+    us.add_parser("list", help="list users and their accounts")
+    rm = us.add_parser("remove", help="remove a user, its tokens and push subscriptions")
+    rm.add_argument("name")
+    pw = us.add_parser("passwd", help="set a user's password")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true")
+
+    token = sub.add_parser("token", help="create, list or revoke bearer tokens")
+    ts = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tc = ts.add_parser("create", help="print a new bearer token (shown only this once)")
+    tc.add_argument("name")
+    tc.add_argument("--label", default="", help="a note to recognise the token by")
+    tl = ts.add_parser("list", help="list a user's tokens (ids only)")
+    tl.add_argument("name")
+    tr = ts.add_parser("revoke", help="revoke a token by id; destroys its push subscriptions")
+    tr.add_argument("token_id")
+
+    account = sub.add_parser("account", help="grant or revoke access to other accounts")
+    acs = account.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("grant", "let USER read ACCOUNT_ID"), ("revoke", "undo a grant")):
+        a = acs.add_parser(action, help=text)
+        a.add_argument("user")
+        a.add_argument("account_id")
+
+    pub = sub.add_parser("publish", help="tell the running daemon that states changed")
+    pub.add_argument("account_id")
+    pub.add_argument("changes", nargs="+", metavar="TYPE=STATE")
+    pub.add_argument("--url", help="admin base URL (default: from [admin] listen)")
+    return p
+
+
+def read_password(from_stdin: bool, stdin: TextIO) -> str:
+    if from_stdin:
+        password = stdin.readline().rstrip("\r\n")
+    elif stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CtlError("the passwords differ")
+    else:
+        raise CtlError("use --password-stdin to read the password from standard input")
+    if not password:
+        raise CtlError("the password must not be empty")
+    return password
+
+
+async def _with_store(config: Config, work: Callable[[SQLiteStore], Coroutine[Any, Any, Any]]
+                      ) -> Any:
+    from twisted.internet import reactor
+
+    store = SQLiteStore(config.storage.path, reactor=reactor)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+async def _user(args: argparse.Namespace, config: Config, out: TextIO, stdin: TextIO) -> None:
+    async def work(store: SQLiteStore) -> None:
+        if args.action == "add":
+            if not _USERNAME.match(args.name):
+                raise CtlError(f"invalid user name {args.name!r} (no spaces or colons)")
+            if args.account_id is not None and not _ID.match(args.account_id):
+                raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
+            if args.exist_ok and await store.get_user(args.name) is not None:
+                out.write(f"user {args.name} exists\n")
+                return
+            password = read_password(args.password_stdin, stdin)
+            user = await store.add_user(args.name, hash_password(password), args.account_id)
+            out.write(f"added user {user.name} with account {user.primary_account_id}\n")
+        elif args.action == "list":
+            for user in await store.list_users():
+                accounts = await store.accounts_for_user(user.id)
+                out.write(f"{user.name}\t{' '.join(a.id for a in accounts)}\n")
+        elif args.action == "remove":
+            if not await store.remove_user(args.name):
+                raise CtlError(f"no such user: {args.name}")
+            out.write(f"removed user {args.name}\n")
+        elif args.action == "passwd":
+            password = read_password(args.password_stdin, stdin)
+            await store.set_password(args.name, hash_password(password))
+            out.write(f"password of {args.name} changed\n")
+
+    await _with_store(config, work)
+
+
+async def _token(args: argparse.Namespace, config: Config, out: TextIO) -> None:
+    async def work(store: SQLiteStore) -> None:
+        if args.action == "create":
+            token = new_bearer_token()
+            record = await store.create_token(args.name, token_digest(token), args.label)
+            sys.stderr.write(f"token id {record.id} for {args.name}\n")
+            out.write(token + "\n")
+        elif args.action == "list":
+            if await store.get_user(args.name) is None:
+                raise CtlError(f"no such user: {args.name}")
+            for record in await store.list_tokens(args.name):
+                out.write(f"{record.id}\t{record.created:.0f}\t{record.label}\n")
+        elif args.action == "revoke":
+            if not await store.revoke_token(args.token_id):
+                raise CtlError(f"no such token: {args.token_id}")
+            out.write(f"revoked token {args.token_id}\n")
+
+    await _with_store(config, work)
+
+
+async def _account(args: argparse.Namespace, config: Config, out: TextIO) -> None:
+    if not _ID.match(args.account_id):
+        raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
+
+    async def work(store: SQLiteStore) -> None:
+        if args.action == "grant":
+            await store.grant(args.user, args.account_id)
+            out.write(f"{args.user} may now read account {args.account_id}\n")
+        elif not await store.revoke_grant(args.user, args.account_id):
+            raise CtlError(f"{args.user} had no grant on {args.account_id}")
+        else:
+            out.write(f"grant of {args.account_id} to {args.user} revoked\n")
+
+    await _with_store(config, work)
+
+
+def admin_url(config: Config) -> str:
+    """Derive ``http://host:port`` from the first tcp endpoint in ``[admin] listen``."""
+    for description in config.admin.listen:
+        parts = description.split(":")
+        if parts[0] in ("tcp", "tcp6") and len(parts) >= 2:
+            options = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+            host = options.get("interface", "127.0.0.1")
+            if host in ("", "0.0.0.0"):  # noqa: S104 - a bind-all address, mapped to loopback
+                host = "127.0.0.1"
+            if host in ("::", "::0"):
+                host = "::1"
+            if ":" in host:
+                host = f"[{host}]"
+            return f"http://{host}:{parts[1]}"
+    raise CtlError("no tcp endpoint in [admin] listen; pass --url")
+
+
+def parse_changes(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        type_name, sep, state = pair.partition("=")
+        if not sep or not type_name or not state:
+            raise CtlError(f"expected TYPE=STATE, got {pair!r}")
+        out[type_name] = state
+    return out
+
+
+def publish(args: argparse.Namespace, config: Config, out: TextIO) -> None:
+    if not _ID.match(args.account_id):
+        raise CtlError(f"invalid account id {args.account_id!r}")
+    body = {"@type": "StateChange", "changed": {args.account_id: parse_changes(args.changes)}}
+    try:
+        token = load_or_create_admin_token(config.admin.token_file)
+    except (OSError, StateError) as exc:
+        raise CtlError(f"cannot read the admin token: {exc}") from exc
+    url = (args.url or admin_url(config)).rstrip("/") + "/publish"
+    request = urllib.request.Request(  # noqa: S310 - the URL is the operator's admin endpoint
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            reply = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        try:
+            detail = json.loads(detail).get("detail", detail)
+        except (ValueError, AttributeError):
+            pass
+        raise CtlError(f"publish refused ({exc.code}): {detail}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise CtlError(f"cannot reach the daemon at {url}: {exc}") from exc
+    out.write(f"published as {reply.get('token', '?')}\n")
+
+
+def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CtlError(str(exc)) from exc
+    if args.command == "check-config":
+        out.write(f"{args.config}: OK\n")
+        return
+    if args.command == "publish":
+        publish(args, config, out)
+        return
+    try:
+        prepare_state(config)
+    except StateError as exc:
+        raise CtlError(str(exc)) from exc
+    handlers = {
+        "user": lambda: _user(args, config, out, stdin),
+        "token": lambda: _token(args, config, out),
+        "account": lambda: _account(args, config, out),
+    }
+    coroutine = handlers[args.command]
+    failure: list[BaseException] = []
+
+    def main(reactor: Any) -> defer.Deferred[None]:
+        d = defer.ensureDeferred(coroutine())
+        d.addErrback(lambda f: failure.append(f.value))
+        return d
+
+    try:
+        task.react(main)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise CtlError("internal error") from exc
+    if failure:
+        error = failure[0]
+        if isinstance(error, CtlError):
+            raise error
+        if isinstance(error, UserExists):
+            raise CtlError(f"user exists: {error}") from error
+        if isinstance(error, NoSuchUser):
+            raise CtlError(f"no such user: {error}") from error
+        if isinstance(error, AccountInUse):
+            raise CtlError(f"account id already in use: {error}") from error
+        raise CtlError(f"{type(error).__name__}: {error}") from error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stdin)
+    except CtlError as exc:
+        sys.stderr.write(f"jmappushctl: error: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Running a JMAP Request object to a Response object (RFC 8620 §3.3 to §3.7).
+
+Transport-independent: the HTTP API and the WebSocket both hand an already-parsed JSON
+value to :meth:`RequestProcessor.process` and render what comes back (a Response dict,
+or a :class:`~jmappushd.jmap.problems.RequestProblem` raised before any call ran).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+
+from jmappushd.jmap.problems import RequestProblem
+from jmappushd.jmap.registry import (
+    CORE_CAPABILITY,
+    CallContext,
+    Fallback,
+    Handler,
+    MethodError,
+    MethodRegistry,
+)
+from jmappushd.jmap.resultref import resolve_references
+
+Invocation = list[Any]
+"""``[name, arguments, methodCallId]`` as it appears in JSON."""
+
+
+def _not_request(detail: str) -> RequestProblem:
+    return RequestProblem("notRequest", detail)
+
+
+def _check_string_list(value: Any, member: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _not_request(f"'{member}' must be an array of strings.")
+    return value
+
+
+def _check_invocation(call: Any, index: int) -> tuple[str, dict[str, Any], str]:
+    """Validate one Invocation's shape (API-2)."""
+    if not (
+        isinstance(call, list)
+        and len(call) == 3
+        and isinstance(call[0], str)
+        and isinstance(call[1], dict)
+        and isinstance(call[2], str)
+    ):
+        raise _not_request(
+            f"methodCalls[{index}] must be [name: String, arguments: Object, callId: String]."
+        )
+    return call[0], call[1], call[2]
+
+
+def _check_created_ids(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _not_request("'createdIds' must be an object mapping creation ids to ids.")
+    return dict(value)
+
+
+class RequestProcessor:
+    """Validates a Request and runs its method calls in order against a registry."""
+
+    log = Logger()
+
+    def __init__(self, registry: MethodRegistry, max_calls_in_request: int) -> None:
+        self._registry = registry
+        self._max_calls = max_calls_in_request
+
+    def _validate(
+        self, request: Any
+    ) -> tuple[list[str], list[tuple[str, dict[str, Any], str]], dict[str, str] | None]:
+        """Check the whole Request before any call runs, so a rejected request does nothing.
+
+        Covers API-3 (shape), API-4/C-API-1 (core required), API-6 (unknown capability),
+        API-21 (maxCallsInRequest) and API-2 (each Invocation). Unknown members are
+        ignored (API-5).
+        """
+        if not isinstance(request, dict):
+            raise _not_request("The request must be a JSON object.")
+        if "using" not in request or "methodCalls" not in request:
+            raise _not_request("The request must have 'using' and 'methodCalls'.")
+        using = _check_string_list(request["using"], "using")
+        calls = request["methodCalls"]
+        if not isinstance(calls, list):
+            raise _not_request("'methodCalls' must be an array of Invocations.")
+        created_ids = None
+        if "createdIds" in request:
+            created_ids = _check_created_ids(request["createdIds"])
+        if CORE_CAPABILITY not in using:
+            raise _not_request(f"'using' must contain {CORE_CAPABILITY!r}.")
+        unknown = sorted(set(using) - self._registry.capabilities())
+        if unknown:
+            raise RequestProblem(
+                "unknownCapability", f"The server does not support {unknown[0]!r}."
+            )
+        if len(calls) > self._max_calls:
+            raise RequestProblem(
+                "limit",
+                f"The request has {len(calls)} method calls; at most {self._max_calls} "
+                "are allowed.",
+                limit="maxCallsInRequest",
+            )
+        checked = [_check_invocation(call, i) for i, call in enumerate(calls)]
+        return using, checked, created_ids
+
+    async def process(
+        self,
+        request: Any,
+        principal: Any,
+        session_state: str,
+        services: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``request`` and return the Response object (API-7, API-14).
+
+        Raises :class:`RequestProblem` for request-level errors; method failures become
+        ``error`` responses and later calls still run (API-9).
+        """
+        using, calls, created_ids = self._validate(request)
+        ctx = CallContext(
+            principal=principal,
+            session_state=session_state,
+            created_ids=dict(created_ids or {}),
+            services=types.MappingProxyType(dict(services or {})),
+            using=frozenset(using),
+        )
+        responses: list[Invocation] = []
+        for name, args, call_id in calls:
+            for out_name, out_args in await self._run_call(ctx, name, args, call_id, responses):
+                responses.append([out_name, out_args, call_id])
+        response: dict[str, Any] = {
+            "methodResponses": responses,
+            "sessionState": ctx.session_state,
+        }
+        if created_ids is not None:
+            response["createdIds"] = dict(ctx.created_ids)
+        return response
+
+    def _target(self, ctx: CallContext, name: str) -> Handler | None:
+        """The callable for ``name``: its handler, else the gateway fallback, else ``None``."""
+        found = self._registry.lookup(name)
+        if found is not None:
+            # Not opted into: behave as if the method did not exist (RFC 8620 §1.8).
+            return found[1] if found[0] in ctx.using else None
+        fallback = self._registry.fallback
+        if fallback is None:
+            return None
+        return functools.partial(_with_name, fallback, name)
+
+    async def _run_call(
+        self,
+        ctx: CallContext,
+        name: str,
+        args: dict[str, Any],
+        call_id: str,
+        responses: list[Invocation],
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Run one call; every failure becomes a single ``error`` response."""
+        try:
+            target = self._target(ctx, name)
+            if target is None:
+                raise MethodError("unknownMethod")
+            resolved = resolve_references(args, responses)
+            result = target(ctx, resolved)
+            if inspect.isawaitable(result):
+                result = await result
+            return _normalise(name, result)
+        except MethodError as e:
+            return [("error", e.to_json())]
+        except CancelledError:
+            raise
+        except Exception:
+            self.log.failure(
+                "Method {method} failed (call {call_id})", method=name, call_id=call_id
+            )
+            return [("error", {"type": "serverFail", "description": "Internal server error."})]
+
+
+def _with_name(fallback: Fallback, name: str, ctx: CallContext, args: dict[str, Any]) -> Any:
+    """Adapt the fallback's ``(ctx, name, args)`` signature to a plain handler."""
+    return fallback(ctx, name, args)
+
+
+def _normalise(name: str, result: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Turn a handler's return value into ``(name, arguments)`` pairs.
+
+    Anything else is a programming error; raising here turns it into ``serverFail``.
+    """
+    if isinstance(result, dict):
+        return [(name, result)]
+    if isinstance(result, list) and result:
+        pairs: list[tuple[str, dict[str, Any]]] = []
+        for item in result:
+            if not (
+                isinstance(item, tuple | list)
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and isinstance(item[1], dict)
+            ):
+                raise TypeError(f"handler for {name} returned a malformed response item")
+            pairs.append((item[0], item[1]))
+        return pairs
+    raise TypeError(f"handler for {name} returned {type(result).__name__}, not a response")

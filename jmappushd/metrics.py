@@ -1,0 +1,57 @@
+"""Prometheus metrics, kept in a registry per daemon (so tests never share state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Every metric the daemon exports on the admin listener's ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "jmappushd_http_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
+        )
+        self.api_errors = Counter(
+            "jmappushd_api_errors", "JMAP request-level and method errors", ["type"], registry=r
+        )
+        self.method_calls = Counter(
+            "jmappushd_method_calls", "JMAP method calls processed", ["transport"], registry=r
+        )
+        self.publishes = Counter("jmappushd_publishes", "Accepted publishes", registry=r)
+        self.state_changes = Counter(
+            "jmappushd_state_changes", "Account/type states recorded by publishes", registry=r
+        )
+        self.listeners = Gauge(
+            "jmappushd_listeners", "Listeners connected to the hub", ["kind"], registry=r
+        )
+        self.events_sent = Counter(
+            "jmappushd_events_sent", "StateChange events written to clients", ["transport"],
+            registry=r,
+        )
+        self.push_deliveries = Counter(
+            "jmappushd_push_deliveries", "Web Push POSTs by outcome", ["kind", "outcome"],
+            registry=r,
+        )
+        self.push_retries = Counter("jmappushd_push_retries", "Web Push retries", registry=r)
+        self.push_dropped = Counter(
+            "jmappushd_push_dropped", "Web Push notifications given up", ["reason"], registry=r
+        )
+        self.push_latency = Histogram(
+            "jmappushd_push_delivery_seconds", "Web Push POST round trip", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.push_subscriptions = Gauge(
+            "jmappushd_push_subscriptions", "Push subscriptions by state", ["state"], registry=r
+        )
+
+    def track_listeners(self, kind: str, count: Callable[[], int]) -> None:
+        """Export a live listener count computed at scrape time."""
+        self.listeners.labels(kind).set_function(count)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,150 @@
+"""The admin listener: ``POST /publish``, ``GET /health``, ``GET /metrics``.
+
+Publishing is how the mail store tells the daemon that account A's Email state
+is now s42. The change is durable before 202 is sent (DESIGN: nothing lost).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from jmappushd.app import App
+from jmappushd.jmap.ijson import loads
+from jmappushd.jmap.problems import RequestProblem
+from jmappushd.web.responses import write_body, write_json, write_problem
+
+ADMIN_MAX_BODY = 1_000_000
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,127}$")
+MAX_STATE_LENGTH = 1024
+
+
+class InvalidPublish(ValueError):
+    """A publish body that is not a usable StateChange."""
+
+
+def parse_state_change(value: Any) -> dict[str, dict[str, str]]:
+    """Validate a StateChange object and return its ``changed`` map."""
+    if not isinstance(value, dict):
+        raise InvalidPublish("the body must be a JSON object")
+    if value.get("@type") != "StateChange":
+        raise InvalidPublish('"@type" must be "StateChange"')
+    changed = value.get("changed")
+    if not isinstance(changed, dict) or not changed:
+        raise InvalidPublish('"changed" must be a non-empty object of account ids')
+    out: dict[str, dict[str, str]] = {}
+    for account_id, type_states in changed.items():
+        if not _ID.match(account_id):
+            raise InvalidPublish(f"invalid account id {account_id!r}")
+        if not isinstance(type_states, dict) or not type_states:
+            raise InvalidPublish(f"changed[{account_id!r}] must be a non-empty object")
+        for type_name, state in type_states.items():
+            if not _TYPE.match(type_name):
+                raise InvalidPublish(f"invalid type name {type_name!r}")
+            if not isinstance(state, str) or not state or len(state) > MAX_STATE_LENGTH:
+                raise InvalidPublish(
+                    f"state of {account_id}/{type_name} must be a string of 1 to "
+                    f"{MAX_STATE_LENGTH} characters"
+                )
+        out[account_id] = dict(type_states)
+    return out
+
+
+def check_admin_token(request: Request, token: str) -> bool:
+    header = request.getHeader(b"Authorization") or b""
+    scheme, _, presented = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        return False
+    return hmac.compare_digest(presented.strip(), token.encode("utf-8"))
+
+
+class PublishResource(Resource):
+    """``POST /publish`` with the admin bearer token and a StateChange body → 202."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self._app = app
+
+    def render_POST(self, request: Request) -> Any:
+        d = defer.ensureDeferred(self._handle(request))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Any, request: Request) -> None:
+        self.log.failure("publish failed", failure)
+        write_problem(request, 503, "the change could not be recorded; retry")
+
+    async def _handle(self, request: Request) -> None:
+        app = self._app
+        if not check_admin_token(request, app.admin_token):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="jmappushd-admin"')
+            write_problem(request, 401, "the admin bearer token is required")
+            return
+        assert request.content is not None
+        try:
+            changed = parse_state_change(loads(request.content.read()))
+        except RequestProblem as problem:
+            write_problem(request, 400, f"malformed JSON: {problem.detail}")
+            return
+        except InvalidPublish as exc:
+            write_problem(request, 400, str(exc))
+            return
+        change = await app.hub.publish(changed)
+        app.metrics.publishes.inc()
+        app.metrics.state_changes.inc(sum(len(t) for t in changed.values()))
+        write_json(request, 202, {"seq": change.seq, "token": change.token})
+
+
+class HealthResource(Resource):
+    """``GET /health``: 200 when the store answers, 503 otherwise."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self._app = app
+
+    def render_GET(self, request: Request) -> Any:
+        d = defer.ensureDeferred(self._app.store.position())
+        d.addCallbacks(
+            lambda pos: write_json(request, 200, {
+                "status": "ok", "seq": pos[1], "listeners": self._app.hub.listener_count,
+            }),
+            lambda f: (self.log.failure("health check failed", f),
+                       write_json(request, 503, {"status": "store unavailable"})),
+        )
+        return NOT_DONE_YET
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self._app = app
+
+    def render_GET(self, request: Request) -> Any:
+        write_body(request, 200, self._app.metrics.render(),
+                   b"text/plain; version=0.0.4; charset=utf-8")
+        return NOT_DONE_YET
+
+
+def build_admin_root(app: App) -> Resource:
+    root = Resource()
+    root.putChild(b"publish", PublishResource(app))
+    root.putChild(b"health", HealthResource(app))
+    root.putChild(b"metrics", MetricsResource(app))
+    return root

@@ -1,0 +1,127 @@
+"""The JMAP API endpoint (RFC 8620 §3): POST a Request, get a Response.
+
+The resource only frames and authenticates; validation and dispatch live in the
+shared :class:`~jmappushd.jmap.processor.RequestProcessor`, which the WebSocket
+transport uses unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from jmappushd.app import App
+from jmappushd.jmap.ijson import loads
+from jmappushd.jmap.problems import RequestProblem
+from jmappushd.web.httpauth import authenticate
+from jmappushd.web.responses import write_json, write_problem, write_request_problem
+
+
+def is_json_content_type(value: bytes | None) -> bool:
+    """``application/json``, parameters allowed (C-API-2)."""
+    if value is None:
+        return False
+    media = value.split(b";", 1)[0].strip().lower()
+    return media == b"application/json"
+
+
+class ConcurrencyLimiter:
+    """Counts requests in flight per key and refuses those over the limit (API-21)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._in_flight: dict[str, int] = {}
+
+    def acquire(self, key: str) -> bool:
+        count = self._in_flight.get(key, 0)
+        if count >= self.limit:
+            return False
+        self._in_flight[key] = count + 1
+        return True
+
+    def release(self, key: str) -> None:
+        count = self._in_flight.get(key, 0) - 1
+        if count > 0:
+            self._in_flight[key] = count
+        else:
+            self._in_flight.pop(key, None)
+
+
+class APIResource(Resource):
+    """``POST {apiUrl}``."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self._app = app
+        self._limiter = ConcurrencyLimiter(app.config.jmap.max_concurrent_requests)
+
+    def render_POST(self, request: Request) -> Any:
+        d = defer.ensureDeferred(self._handle(request))
+        d.addErrback(self._crashed, request)
+        return NOT_DONE_YET
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Allow", b"POST")
+        write_problem(request, 405, "the API endpoint only accepts POST")
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+    render_PUT = render_DELETE = render_PATCH = render_GET
+
+    def _crashed(self, failure: Any, request: Request) -> None:
+        self.log.failure("API request crashed", failure)
+        write_problem(request, 500, "internal error")
+
+    async def _handle(self, request: Request) -> None:
+        app = self._app
+        principal = await authenticate(app.auth, request, app.config.auth.realm)
+        if principal is None:
+            app.metrics.http_requests.labels("api", "401").inc()
+            return
+        try:
+            body = self._parse(request)
+        except RequestProblem as problem:
+            self._problem(request, problem)
+            return
+        if not self._limiter.acquire(principal.user_id):
+            self._problem(request, RequestProblem(
+                "limit",
+                f"more than {self._limiter.limit} concurrent requests",
+                limit="maxConcurrentRequests",
+            ))
+            return
+        try:
+            response = await app.processor.process(
+                body, principal, app.session_state(principal), {"app": app}
+            )
+        except RequestProblem as problem:
+            self._problem(request, problem)
+            return
+        finally:
+            self._limiter.release(principal.user_id)
+        app.metrics.http_requests.labels("api", "200").inc()
+        write_json(request, 200, response)
+
+    def _parse(self, request: Request) -> Any:
+        if not is_json_content_type(request.getHeader(b"Content-Type")):
+            raise RequestProblem("notJSON", "the Content-Type must be application/json")
+        assert request.content is not None
+        data = request.content.read()
+        limit = self._app.config.jmap.max_size_request
+        if len(data) > limit:
+            raise RequestProblem(
+                "limit", f"the request exceeds maxSizeRequest ({limit} octets)",
+                limit="maxSizeRequest",
+            )
+        return loads(data)
+
+    def _problem(self, request: Request, problem: RequestProblem) -> None:
+        self._app.metrics.api_errors.labels(problem.kind).inc()
+        self._app.metrics.http_requests.labels("api", str(problem.status)).inc()
+        write_request_problem(request, problem)

@@ -1,0 +1,88 @@
+"""HTTP authentication for every JMAP endpoint: Basic, Bearer, and ``access_token``.
+
+Credentials are turned into twisted.cred credentials here and checked by the
+:class:`~jmappushd.auth.Authenticator`; a failure answers 401 with a
+``WWW-Authenticate`` challenge for both schemes (SES-1, RFC 9110 §11.6.1).
+"""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+
+from twisted.cred.credentials import ICredentials, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.web.server import Request
+
+from jmappushd.auth import Authenticator, BearerToken, Principal
+from jmappushd.web.responses import write_problem
+
+
+class MalformedCredentials(ValueError):
+    """The Authorization header could not be understood."""
+
+
+def credentials_from_request(request: Request, allow_query_token: bool) -> ICredentials | None:
+    """Extract credentials; None when the client sent none at all."""
+    header = request.getHeader(b"Authorization")
+    if header is not None:
+        return parse_authorization(header)
+    if allow_query_token:
+        values = request.args.get(b"access_token")
+        if values:
+            return BearerToken(values[0].decode("utf-8", "replace"))
+    return None
+
+
+def parse_authorization(header: bytes | str) -> ICredentials:
+    """Parse ``Basic <b64>`` or ``Bearer <token>``; raise MalformedCredentials otherwise."""
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if not value:
+        raise MalformedCredentials("empty credentials")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return BearerToken(value)
+    if scheme == "basic":
+        try:
+            decoded = b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise MalformedCredentials("Basic credentials are not base64 UTF-8") from exc
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise MalformedCredentials("Basic credentials lack a colon")
+        return UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+    raise MalformedCredentials(f"unsupported authorization scheme {scheme!r}")
+
+
+def challenge_headers(realm: str) -> list[bytes]:
+    return [
+        f'Basic realm="{realm}", charset="UTF-8"'.encode(),
+        f'Bearer realm="{realm}"'.encode(),
+    ]
+
+
+def write_unauthorized(request: Request, realm: str, detail: str) -> None:
+    request.responseHeaders.setRawHeaders(b"WWW-Authenticate", challenge_headers(realm))
+    write_problem(request, 401, detail)
+
+
+async def authenticate(
+    auth: Authenticator, request: Request, realm: str, allow_query_token: bool = False
+) -> Principal | None:
+    """Return the Principal, or answer 401 and return None."""
+    try:
+        credentials = credentials_from_request(request, allow_query_token)
+    except MalformedCredentials as exc:
+        write_unauthorized(request, realm, str(exc))
+        return None
+    if credentials is None:
+        write_unauthorized(request, realm, "authentication required")
+        return None
+    try:
+        return await auth.login(credentials)
+    except UnauthorizedLogin:
+        write_unauthorized(request, realm, "invalid credentials")
+        return None

@@ -1,0 +1,64 @@
+"""Writing JSON and problem-details responses, safely even after a disconnect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.server import Request
+
+from jmappushd.jmap.ijson import dumps
+from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
+
+JSON_CONTENT_TYPE = b"application/json"
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+}
+
+
+def is_gone(request: Request) -> bool:
+    """True once the response is finished or the client went away."""
+    return bool(request.finished or getattr(request, "_disconnected", False))
+
+
+def write_body(request: Request, status: int, body: bytes, content_type: bytes) -> None:
+    """Send a complete response unless the request is already over."""
+    if is_gone(request):
+        return
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+    request.write(body)
+    request.finish()
+
+
+def write_json(request: Request, status: int, value: Any) -> None:
+    write_body(request, status, dumps(value), JSON_CONTENT_TYPE)
+
+
+def problem_body(status: int, detail: str, type_: str = "about:blank", **extra: Any) -> dict[str, Any]:
+    """An RFC 7807 problem object for errors that are not JMAP request-level types."""
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    body.update(extra)
+    return body
+
+
+def write_problem(request: Request, status: int, detail: str, **extra: Any) -> None:
+    write_body(request, status, dumps(problem_body(status, detail, **extra)), PROBLEM_CONTENT_TYPE)
+
+
+def write_request_problem(request: Request, problem: RequestProblem) -> None:
+    write_body(request, problem.status, dumps(problem.to_json()), PROBLEM_CONTENT_TYPE)

@@ -1,0 +1,93 @@
+"""The session resource, its ``/.well-known/jmap`` redirect, and the blob stubs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from jmappushd.app import App
+from jmappushd.web.httpauth import authenticate
+from jmappushd.web.responses import write_json, write_problem
+
+
+class SessionResource(Resource):
+    """``GET /jmap/session``: the Session object for the authenticated user (SES-4)."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self._app = app
+
+    def render_GET(self, request: Request) -> Any:
+        d = defer.ensureDeferred(self._handle(request))
+        d.addErrback(lambda f: (self.log.failure("session failed", f),
+                                write_problem(request, 500, "internal error")))
+        return NOT_DONE_YET
+
+    async def _handle(self, request: Request) -> None:
+        app = self._app
+        principal = await authenticate(app.auth, request, app.config.auth.realm)
+        if principal is None:
+            app.metrics.http_requests.labels("session", "401").inc()
+            return
+        # SES-13: never cache the session.
+        request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
+        app.metrics.http_requests.labels("session", "200").inc()
+        write_json(request, 200, app.session_for(principal))
+
+
+class WellKnownRedirect(Resource):
+    """``/.well-known/jmap`` → 307 to the session (SES-2, C-SES-1); needs no auth."""
+
+    isLeaf = True
+
+    def __init__(self, location: str) -> None:
+        super().__init__()
+        self._location = location.encode("utf-8")
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setResponseCode(307)
+        request.setHeader(b"Location", self._location)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"See the JMAP session resource at " + self._location + b"\n"
+
+    render_HEAD = render_GET
+
+
+class NotSupportedResource(Resource):
+    """Upload and download URLs exist in the session but this daemon stores no blobs."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, app: App, what: str) -> None:
+        super().__init__()
+        self._app = app
+        self._what = what
+
+    def render(self, request: Request) -> Any:
+        d = defer.ensureDeferred(self._handle(request))
+        d.addErrback(lambda f: self.log.failure("blob stub failed", f))
+        return NOT_DONE_YET
+
+    async def _handle(self, request: Request) -> None:
+        principal = await authenticate(self._app.auth, request, self._app.config.auth.realm)
+        if principal is None:
+            return
+        write_problem(request, 501, f"{self._what} is not supported by this push daemon")
+
+
+class NotFoundResource(Resource):
+    """A JSON 404 for every unknown path."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> Any:
+        write_problem(request, 404, "no such resource")
+        return NOT_DONE_YET

@@ -1,0 +1,122 @@
+"""Shared helpers for the test suite: free ports, configs, an in-process daemon."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import treq
+from twisted.internet import defer
+
+from jmappushd.app import App
+from jmappushd.config import Config, parse_config
+from jmappushd.passwords import hash_password, new_bearer_token, token_digest
+from jmappushd.service import JMAPPushService, build_app, prepare_state
+
+# A cheap scrypt cost for tests; the format is the production one.
+TEST_LOG_N = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_text(state_dir: Path, port: int, admin_port: int, extra: str = "") -> str:
+    return f"""
+[server]
+listen = tcp:{port}:interface=127.0.0.1
+public-url = http://127.0.0.1:{port}
+state-dir = {state_dir}
+
+[admin]
+listen = tcp:{admin_port}:interface=127.0.0.1
+
+[push]
+allow-private-urls = true
+{extra}
+"""
+
+
+def make_config(tmp_path: Path, extra: str = "", sections: Mapping[str, str] | None = None
+                ) -> Config:
+    """A config on free loopback ports; ``sections`` appends raw INI sections."""
+    text = config_text(tmp_path / "state", free_port(), free_port(), extra)
+    for name, body in (sections or {}).items():
+        text += f"\n[{name}]\n{body}\n"
+    path = tmp_path / "jmappushd.ini"
+    path.write_text(text)
+    return parse_config(text, str(path), environ={})
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class LiveDaemon:
+    """A daemon running inside the test process on the real reactor."""
+
+    app: App
+    service: JMAPPushService
+    base: str
+    admin: str
+
+    @property
+    def config(self) -> Config:
+        return self.app.config
+
+    async def add_user(self, name: str, password: str = "secret",
+                       account_id: str | None = None) -> str:
+        user = await self.app.store.add_user(name, hash_password(password, TEST_LOG_N), account_id)
+        return user.primary_account_id
+
+    async def add_token(self, name: str) -> str:
+        token = new_bearer_token()
+        await self.app.store.create_token(name, token_digest(token))
+        return token
+
+    async def publish(self, changed: Mapping[str, Mapping[str, str]]) -> Any:
+        body = {"@type": "StateChange", "changed": changed}
+        response = await treq.post(
+            self.admin + "/publish", json=body,
+            headers={"Authorization": f"Bearer {self.app.admin_token}"},
+        )
+        assert response.code == 202, (response.code, await response.text())
+        return await response.json()
+
+    async def api(self, body: Any, headers: Mapping[str, str]) -> Any:
+        return await treq.post(
+            self.base + "/jmap/api/", json=body,
+            headers={"Content-Type": "application/json", **headers},
+        )
+
+
+async def start_daemon(config: Config) -> LiveDaemon:
+    from twisted.internet import reactor
+
+    prepare_state(config)
+    app = build_app(config, reactor)
+    service = JMAPPushService(app, reactor)
+    service.add_listeners()
+    service.startService()
+    await service.ready
+    port = config.server.listen[0].split(":")[1]
+    admin_port = config.admin.listen[0].split(":")[1]
+    return LiveDaemon(app, service, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")
+
+
+async def stop_daemon(daemon: LiveDaemon) -> None:
+    await daemon.service.stopService()
+    # Let the pool's connections close before the next test reuses the reactor.
+    await defer.succeed(None)

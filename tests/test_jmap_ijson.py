@@ -1,0 +1,112 @@
+"""I-JSON decoding and encoding (API-19, C-API-3, API-8 notJSON)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jmappushd.jmap import ijson
+from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
+
+
+def _not_json(data: bytes) -> RequestProblem:
+    with pytest.raises(RequestProblem) as info:
+        ijson.loads(data)
+    assert info.value.kind == "notJSON"
+    assert info.value.type == "urn:ietf:params:jmap:error:notJSON"
+    return info.value
+
+
+def test_loads_valid_document() -> None:
+    """A well-formed UTF-8 document decodes to the same Python value."""
+    data = '{"a":[1,2.5,true,null],"b":"é😀"}'.encode()
+    assert ijson.loads(data) == {"a": [1, 2.5, True, None], "b": "é😀"}
+
+
+def test_escaped_surrogate_pair_is_accepted() -> None:
+    """API-19: an escaped surrogate *pair* is one valid character, not a lone surrogate."""
+    assert ijson.loads(b'"\\ud83d\\ude00"') == "😀"
+
+
+def test_duplicate_member_names_rejected() -> None:
+    """C-API-3: duplicate member names are refused with notJSON, not last-one-wins."""
+    problem = _not_json(b'{"using":[],"using":["x"]}')
+    assert "duplicate" in problem.detail
+
+
+def test_duplicate_in_nested_object_rejected() -> None:
+    """C-API-3: duplicates are found at any depth."""
+    _not_json(b'{"methodCalls":[["Core/echo",{"x":1,"x":2},"c"]]}')
+
+
+def test_invalid_utf8_rejected() -> None:
+    """API-8: a body that is not UTF-8 is notJSON."""
+    problem = _not_json(b'{"a":"\xff"}')
+    assert "UTF-8" in problem.detail
+
+
+def test_encoded_surrogate_bytes_rejected() -> None:
+    """API-19: CESU-style encoded surrogates are not valid UTF-8."""
+    _not_json(b'"\xed\xa0\x80"')
+
+
+def test_syntax_error_rejected() -> None:
+    """API-8: invalid JSON syntax is notJSON with status 400 (C-API-2)."""
+    problem = _not_json(b'{"a":')
+    assert problem.status == 400
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"[1e999]"])
+def test_non_finite_numbers_rejected(literal: bytes) -> None:
+    """I-JSON numbers are finite doubles; Python's NaN/Infinity extensions are refused."""
+    _not_json(literal)
+
+
+@pytest.mark.parametrize("text", [b'"\\ud800"', b'{"\\udc00":1}', b'["a\\udbff"]'])
+def test_lone_surrogate_escapes_rejected(text: bytes) -> None:
+    """API-19: lone surrogates in values or member names are refused (RFC 7493 §2.1)."""
+    _not_json(text)
+
+
+@pytest.mark.parametrize("text", [b'"\\uffff"', b'"\\ufdd0"', '"\U0010fffe"'.encode()])
+def test_noncharacters_rejected(text: bytes) -> None:
+    """RFC 7493 §2.1 also forbids Unicode noncharacters in strings."""
+    _not_json(text)
+
+
+def test_empty_body_rejected() -> None:
+    """An empty body is not a JSON text."""
+    _not_json(b"")
+
+
+def test_huge_integer_literal_rejected() -> None:
+    """An integer literal beyond Python's digit limit is notJSON, not a crash."""
+    _not_json(b"1" * 5000)
+
+
+def test_deep_nesting_rejected() -> None:
+    """Absurd nesting is notJSON rather than an unhandled RecursionError."""
+    _not_json(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_dumps_is_compact_utf8() -> None:
+    """Encoding is compact and keeps non-ASCII characters as UTF-8 bytes."""
+    assert ijson.dumps({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'.encode()
+
+
+def test_dumps_refuses_nan() -> None:
+    """Encoding a non-finite float is a programming error, never invalid JSON output."""
+    with pytest.raises(ValueError):
+        ijson.dumps(float("nan"))
+
+
+def test_problem_json_shape() -> None:
+    """API-8: problem details carry type, title, status, detail and, for limits, limit."""
+    problem = RequestProblem("limit", "too many calls", limit="maxCallsInRequest")
+    body = problem.to_json()
+    assert body["type"] == "urn:ietf:params:jmap:error:limit"
+    assert body["status"] == 400
+    assert body["detail"] == "too many calls"
+    assert body["limit"] == "maxCallsInRequest"
+    assert isinstance(body["title"], str) and body["title"]
+    assert "limit" not in RequestProblem("notRequest", "x").to_json()
+    assert PROBLEM_CONTENT_TYPE == b"application/problem+json"

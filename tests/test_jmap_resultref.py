@@ -1,0 +1,115 @@
+"""Result references and the extended JSON Pointer (API-12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jmappushd.jmap.registry import MethodError
+from jmappushd.jmap.resultref import PointerError, evaluate_pointer, resolve_references
+
+ECHO_C1: list[Any] = ["Core/echo", {"a": [{"b": [1, 2]}, {"b": [3]}]}, "c1"]
+
+
+def _ref(result_of: str = "c1", name: str = "Core/echo", path: str = "/a/*/b") -> dict[str, str]:
+    return {"resultOf": result_of, "name": name, "path": path}
+
+
+def _error_type(args: dict[str, Any], responses: list[list[Any]]) -> str:
+    with pytest.raises(MethodError) as info:
+        resolve_references(args, responses)
+    return info.value.type
+
+
+def test_rfc_example_star_flattens() -> None:
+    """API-12: `/a/*/b` over [{b:[1,2]},{b:[3]}] resolves to [1,2,3]."""
+    assert resolve_references({"#x": _ref()}, [ECHO_C1]) == {"x": [1, 2, 3]}
+
+
+def test_plain_arguments_pass_through() -> None:
+    """Arguments without `#` are kept as they are next to resolved ones."""
+    assert resolve_references({"#x": _ref(), "y": 5}, [ECHO_C1]) == {"x": [1, 2, 3], "y": 5}
+
+
+def test_wrong_name_fails() -> None:
+    """API-12: the referenced response's name must equal `name`."""
+    assert _error_type({"#x": _ref(name="Foo/get")}, [ECHO_C1]) == "invalidResultReference"
+
+
+def test_missing_result_of_fails() -> None:
+    """API-12: a `resultOf` with no earlier response fails."""
+    assert _error_type({"#x": _ref(result_of="zz")}, [ECHO_C1]) == "invalidResultReference"
+
+
+def test_bad_pointer_fails() -> None:
+    """API-12: a path that selects nothing fails the whole call."""
+    for path in ("/a/*/c", "a/b", "/a/7", "/a/01", "/a/-", "/a/~2"):
+        assert _error_type({"#x": _ref(path=path)}, [ECHO_C1]) == "invalidResultReference"
+
+
+def test_malformed_reference_object_fails() -> None:
+    """API-12: a ResultReference lacking string resultOf/name/path cannot resolve."""
+    assert _error_type({"#x": {"resultOf": "c1"}}, [ECHO_C1]) == "invalidResultReference"
+    assert _error_type({"#x": "c1"}, [ECHO_C1]) == "invalidResultReference"
+
+
+def test_plain_and_referenced_forms_together() -> None:
+    """API-12: `x` and `#x` in one call is invalidArguments."""
+    assert _error_type({"x": 1, "#x": _ref()}, [ECHO_C1]) == "invalidArguments"
+
+
+def test_first_response_with_call_id_is_used() -> None:
+    """API-12: the *first* response carrying that call id is the one referenced."""
+    responses = [["Foo/set", {"v": 1}, "c1"], ["Core/echo", {"v": 2}, "c1"]]
+    assert resolve_references({"#x": _ref(name="Foo/set", path="/v")}, responses) == {"x": 1}
+    assert _error_type({"#x": _ref(path="/v")}, responses) == "invalidResultReference"
+
+
+def test_error_response_cannot_be_referenced_by_method_name() -> None:
+    """API-12: a call that failed produced an `error` response, so the name never matches."""
+    responses = [["error", {"type": "serverFail"}, "c1"]]
+    assert _error_type({"#x": _ref(path="/type")}, responses) == "invalidResultReference"
+
+
+def test_resolved_value_is_a_copy() -> None:
+    """Mutating a resolved argument does not alter the earlier response."""
+    responses = [["Core/echo", {"a": [{"b": [1]}]}, "c1"]]
+    resolved = resolve_references({"#x": _ref(path="/a/0/b")}, responses)
+    resolved["x"].append(99)
+    assert responses[0][1] == {"a": [{"b": [1]}]}
+
+
+def test_input_arguments_not_modified() -> None:
+    """Resolution returns a new mapping and leaves the request's arguments intact."""
+    args = {"#x": _ref()}
+    resolve_references(args, [ECHO_C1])
+    assert args == {"#x": _ref()}
+
+
+@pytest.mark.parametrize(
+    ("pointer", "expected"),
+    [
+        ("", {"a/b": 1, "m~n": 2, "l": [[1, 2], 3, [4]], "o": {"*": 7}}),
+        ("/a~1b", 1),
+        ("/m~0n", 2),
+        ("/l/0/1", 2),
+        ("/l/*", [1, 2, 3, 4]),
+        ("/o/*", 7),
+    ],
+)
+def test_pointer_evaluation(pointer: str, expected: Any) -> None:
+    """RFC 6901 escapes and indices work; `*` flattens over arrays, is a key on objects."""
+    document = {"a/b": 1, "m~n": 2, "l": [[1, 2], 3, [4]], "o": {"*": 7}}
+    assert evaluate_pointer(document, pointer) == expected
+
+
+def test_star_over_empty_array() -> None:
+    """`*` over an empty array yields an empty array."""
+    assert evaluate_pointer({"a": []}, "/a/*/b") == []
+
+
+def test_pointer_into_scalar_fails() -> None:
+    """Descending into a number is an error, not a silent null."""
+    with pytest.raises(PointerError):
+        evaluate_pointer({"a": 1}, "/a/b")
