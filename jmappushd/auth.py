@@ -35,8 +35,8 @@ from jmappushd.store.records import Account
 
 T = TypeVar("T")
 
-PASSWORD_CREDENTIAL = "password:"
-TOKEN_CREDENTIAL = "token:"
+PASSWORD_CREDENTIAL = "password:"  # noqa: S105 - a prefix, not a secret
+TOKEN_CREDENTIAL = "token:"  # noqa: S105 - a prefix, not a secret
 
 
 class IPrincipal(Interface):

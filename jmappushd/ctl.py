@@ -9,6 +9,7 @@ runs: WAL and a busy timeout); the daemon notices through the auth generation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import re
@@ -223,10 +224,8 @@ def publish(args: argparse.Namespace, config: Config, out: TextIO) -> None:
             reply = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
-        try:
+        with contextlib.suppress(ValueError, AttributeError):
             detail = json.loads(detail).get("detail", detail)
-        except (ValueError, AttributeError):
-            pass
         raise CtlError(f"publish refused ({exc.code}): {detail}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise CtlError(f"cannot reach the daemon at {url}: {exc}") from exc
@@ -258,9 +257,13 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
     failure: list[BaseException] = []
 
     def main(reactor: Any) -> defer.Deferred[None]:
-        d = defer.ensureDeferred(coroutine())
-        d.addErrback(lambda f: failure.append(f.value))
-        return d
+        async def guarded() -> None:
+            try:
+                await coroutine()
+            except Exception as exc:
+                failure.append(exc)
+
+        return defer.ensureDeferred(guarded())
 
     try:
         task.react(main)

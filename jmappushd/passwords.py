@@ -19,7 +19,7 @@ _SALT_BYTES = 16
 _HASH_BYTES = 32
 _SCHEME = "scrypt"
 
-TOKEN_PREFIX = "jmp_"
+TOKEN_PREFIX = "jmp_"  # noqa: S105 - a recognisable prefix, not a secret
 
 
 def _b64(data: bytes) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
@@ -144,7 +144,7 @@ class JMAPPushService(MultiService):
 
     log = Logger()
 
-    def __init__(self, app: App, reactor: IReactorTime) -> None:
+    def __init__(self, app: App, reactor: Any) -> None:
         super().__init__()
         self.app = app
         self._reactor = reactor
@@ -155,9 +155,12 @@ class JMAPPushService(MultiService):
     def add_listeners(self) -> None:
         """Bind the JMAP and admin endpoints (fails synchronously, as twistd expects)."""
         config = self.app.config
+        access_log = config.log.access_log
         jmap_site = JMAPSite(build_root(self.app, self.jmap_children),
-                             max_body=config.jmap.max_size_request, name="jmap")
-        admin_site = JMAPSite(build_admin_root(self.app), max_body=ADMIN_MAX_BODY, name="admin")
+                             max_body=config.jmap.max_size_request, name="jmap",
+                             access_log=access_log)
+        admin_site = JMAPSite(build_admin_root(self.app), max_body=ADMIN_MAX_BODY, name="admin",
+                              access_log=access_log)
         for description in config.server.listen:
             self._listen(description, jmap_site)
         for description in config.admin.listen:
@@ -206,8 +209,13 @@ class JMAPPushService(MultiService):
 
 def build_service(config: Config, reactor: Any) -> JMAPPushService:
     """The whole daemon, ready for ``setServiceParent`` or twistd."""
+    from jmappushd import websocket
+    from jmappushd.web import eventsource
+
     app = build_app(config, reactor)
     service = JMAPPushService(app, reactor)
+    eventsource.install(service)
+    websocket.install(service)
     service.add_listeners()
     return service
 

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from jmappushd.app import App
 from jmappushd.config import Config, parse_config
 from jmappushd.passwords import hash_password, new_bearer_token, token_digest
-from jmappushd.service import JMAPPushService, build_app, prepare_state
+from jmappushd.service import JMAPPushService, build_service, prepare_state
 
 # A cheap scrypt cost for tests; the format is the production one.
 TEST_LOG_N = 4
@@ -103,12 +103,12 @@ class LiveDaemon:
 
 
 async def start_daemon(config: Config) -> LiveDaemon:
+    """Build the whole daemon as twistd would, on the running reactor, and wait for ready."""
     from twisted.internet import reactor
 
     prepare_state(config)
-    app = build_app(config, reactor)
-    service = JMAPPushService(app, reactor)
-    service.add_listeners()
+    service = build_service(config, reactor)
+    app = service.app
     service.startService()
     await service.ready
     port = config.server.listen[0].split(":")[1]

@@ -1,1 +1,30 @@
-"""store"""
+"""Durable storage: the IStore seam and its embedded SQLite default."""
+
+from jmappushd.store import records
+from jmappushd.store.interface import IStore, StateMap
+from jmappushd.store.records import (
+    Account,
+    AccountInUse,
+    NoSuchUser,
+    SchemaTooNew,
+    StoreClosed,
+    TokenRecord,
+    User,
+    UserExists,
+)
+from jmappushd.store.sqlite import SQLiteStore
+
+__all__ = [
+    "Account",
+    "AccountInUse",
+    "IStore",
+    "NoSuchUser",
+    "SQLiteStore",
+    "SchemaTooNew",
+    "StateMap",
+    "StoreClosed",
+    "TokenRecord",
+    "User",
+    "UserExists",
+    "records",
+]

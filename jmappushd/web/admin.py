@@ -10,7 +10,6 @@ import hmac
 import re
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -18,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from jmappushd.app import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
-from jmappushd.web.responses import write_body, write_json, write_problem
+from jmappushd.web.responses import serve_async, write_body, write_json, write_problem
 
 ADMIN_MAX_BODY = 1_000_000
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -76,13 +75,8 @@ class PublishResource(Resource):
         self._app = app
 
     def render_POST(self, request: Request) -> Any:
-        d = defer.ensureDeferred(self._handle(request))
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, failure: Any, request: Request) -> None:
-        self.log.failure("publish failed", failure)
-        write_problem(request, 503, "the change could not be recorded; retry")
+        return serve_async(request, self._handle(request), self.log,
+                           503, "the change could not be recorded; retry")
 
     async def _handle(self, request: Request) -> None:
         app = self._app
@@ -116,15 +110,13 @@ class HealthResource(Resource):
         self._app = app
 
     def render_GET(self, request: Request) -> Any:
-        d = defer.ensureDeferred(self._app.store.position())
-        d.addCallbacks(
-            lambda pos: write_json(request, 200, {
-                "status": "ok", "seq": pos[1], "listeners": self._app.hub.listener_count,
-            }),
-            lambda f: (self.log.failure("health check failed", f),
-                       write_json(request, 503, {"status": "store unavailable"})),
-        )
-        return NOT_DONE_YET
+        return serve_async(request, self._check(request), self.log, 503, "store unavailable")
+
+    async def _check(self, request: Request) -> None:
+        _, seq = await self._app.store.position()
+        write_json(request, 200, {
+            "status": "ok", "seq": seq, "listeners": self._app.hub.listener_count,
+        })
 
 
 class MetricsResource(Resource):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -18,7 +17,12 @@ from jmappushd.app import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.web.httpauth import authenticate
-from jmappushd.web.responses import write_json, write_problem, write_request_problem
+from jmappushd.web.responses import (
+    serve_async,
+    write_json,
+    write_problem,
+    write_request_problem,
+)
 
 
 def is_json_content_type(value: bytes | None) -> bool:
@@ -63,20 +67,14 @@ class APIResource(Resource):
         self._limiter = ConcurrencyLimiter(app.config.jmap.max_concurrent_requests)
 
     def render_POST(self, request: Request) -> Any:
-        d = defer.ensureDeferred(self._handle(request))
-        d.addErrback(self._crashed, request)
-        return NOT_DONE_YET
+        return serve_async(request, self._handle(request), self.log)
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         request.setHeader(b"Allow", b"POST")
         write_problem(request, 405, "the API endpoint only accepts POST")
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+        return NOT_DONE_YET
 
     render_PUT = render_DELETE = render_PATCH = render_GET
-
-    def _crashed(self, failure: Any, request: Request) -> None:
-        self.log.failure("API request crashed", failure)
-        write_problem(request, 500, "internal error")
 
     async def _handle(self, request: Request) -> None:
         app = self._app

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
-from twisted.web.server import Request
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.jmap.ijson import dumps
 from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
@@ -44,7 +48,9 @@ def write_json(request: Request, status: int, value: Any) -> None:
     write_body(request, status, dumps(value), JSON_CONTENT_TYPE)
 
 
-def problem_body(status: int, detail: str, type_: str = "about:blank", **extra: Any) -> dict[str, Any]:
+def problem_body(
+    status: int, detail: str, type_: str = "about:blank", **extra: Any
+) -> dict[str, Any]:
     """An RFC 7807 problem object for errors that are not JMAP request-level types."""
     body: dict[str, Any] = {
         "type": type_,
@@ -62,3 +68,22 @@ def write_problem(request: Request, status: int, detail: str, **extra: Any) -> N
 
 def write_request_problem(request: Request, problem: RequestProblem) -> None:
     write_body(request, problem.status, dumps(problem.to_json()), PROBLEM_CONTENT_TYPE)
+
+
+def serve_async(
+    request: Request,
+    work: Coroutine[Any, Any, None],
+    log: Logger,
+    status: int = 500,
+    detail: str = "internal error",
+) -> object:
+    """Run a resource's coroutine; an unexpected failure is logged and answered
+    ``status`` (if nothing was written yet). Returns NOT_DONE_YET for ``render``."""
+
+    def failed(failure: Failure) -> None:
+        log.failure("{method} {path} failed", failure,
+                    method=request.method, path=request.path)
+        write_problem(request, status, detail)
+
+    defer.ensureDeferred(work).addErrback(failed)
+    return NOT_DONE_YET

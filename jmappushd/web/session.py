@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.app import App
 from jmappushd.web.httpauth import authenticate
-from jmappushd.web.responses import write_json, write_problem
+from jmappushd.web.responses import serve_async, write_json, write_problem
 
 
 class SessionResource(Resource):
@@ -25,10 +24,7 @@ class SessionResource(Resource):
         self._app = app
 
     def render_GET(self, request: Request) -> Any:
-        d = defer.ensureDeferred(self._handle(request))
-        d.addErrback(lambda f: (self.log.failure("session failed", f),
-                                write_problem(request, 500, "internal error")))
-        return NOT_DONE_YET
+        return serve_async(request, self._handle(request), self.log)
 
     async def _handle(self, request: Request) -> None:
         app = self._app
@@ -72,9 +68,7 @@ class NotSupportedResource(Resource):
         self._what = what
 
     def render(self, request: Request) -> Any:
-        d = defer.ensureDeferred(self._handle(request))
-        d.addErrback(lambda f: self.log.failure("blob stub failed", f))
-        return NOT_DONE_YET
+        return serve_async(request, self._handle(request), self.log)
 
     async def _handle(self, request: Request) -> None:
         principal = await authenticate(self._app.auth, request, self._app.config.auth.realm)

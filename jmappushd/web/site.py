@@ -75,14 +75,18 @@ class JMAPSite(Site):
 
     access_log = Logger(namespace="jmappushd.access")
 
-    def __init__(self, resource: IResource, max_body: int, name: str, **kwargs: Any) -> None:
+    def __init__(self, resource: IResource, max_body: int, name: str, access_log: bool = True,
+                 **kwargs: Any) -> None:
         request_class = type("LimitedRequest", (LimitedRequest,), {"max_body": max_body})
         super().__init__(resource, requestFactory=request_class, **kwargs)
         self.displayTracebacks = False
         self.name = name
         self.noisy = False
+        self.access_log_enabled = access_log
 
     def log(self, request: Request) -> None:  # type: ignore[override]
+        if not self.access_log_enabled:
+            return
         path = (request.path or b"").decode("utf-8", "replace")
         started = getattr(request, "started", None)
         duration = (time.monotonic() - started) * 1000 if started is not None else 0.0

@@ -1,0 +1,291 @@
+"""The embedded default store: one SQLite file, reached through adbapi.
+
+All SQL runs on a single pool thread with a single connection. SQLite admits one
+writer at a time anyway, and one thread also keeps results in call order, which
+the hub relies on: ``record_changes`` Deferreds fire in the order of the calls.
+
+The daemon and ``jmappushctl`` may use the file at the same time. Writes begin
+with ``BEGIN IMMEDIATE`` (the write lock is taken up front, waiting up to the busy
+timeout, instead of failing when a read transaction tries to upgrade), reads see a
+WAL snapshot and are never blocked, and every transaction is short.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from typing import Concatenate, ParamSpec, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from jmappushd.store import sqlops as ops
+from jmappushd.store.interface import IStore, StateMap
+from jmappushd.store.records import Account, StoreClosed, TokenRecord, User
+from jmappushd.store.schema import SYNCHRONOUS_MODES, Cursor, configure_connection, migrate
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def new_id(prefix: str) -> str:
+    """An opaque id: a letter prefix (API-19 advises one) and 23 random id characters."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(23))
+
+
+# -- helpers run on the pool thread outside any transaction --
+
+
+def _prepare_path(path: str) -> None:
+    """Create the parent directory and an empty 0600 file before SQLite opens it.
+
+    The file holds password hashes and token digests. SQLite gives the -wal and
+    -shm files the database file's permissions, so they are 0600 too.
+    """
+    if path == ":memory:":
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # independent of the umask
+    finally:
+        os.close(fd)
+
+
+def _disconnect(pool: adbapi.ConnectionPool) -> None:
+    # Closing the last connection checkpoints the WAL: file I/O, so on the pool thread.
+    connection = pool.connections.get(pool.threadID())  # type: ignore[no-untyped-call]
+    if connection is not None:
+        pool.disconnect(connection)  # type: ignore[no-untyped-call]
+
+
+def _flatten(changed: StateMap) -> ops.StateRows:
+    """Copy a publish into rows on the reactor thread (the caller may reuse its dicts)."""
+    rows = [
+        (account_id, type_name, state)
+        for account_id, types in changed.items()
+        for type_name, state in types.items()
+    ]
+    if not rows:
+        raise ValueError("a change must name at least one (account, type) state")
+    for row in rows:
+        if not all(isinstance(part, str) for part in row):
+            raise TypeError(f"account ids, type names and states must be strings: {row!r}")
+    return rows
+
+
+@implementer(IStore)
+class SQLiteStore:
+    """IStore on one SQLite file (or ``":memory:"`` for throwaway use).
+
+    ``reactor`` must provide IReactorCore and IReactorFromThreads (any real
+    reactor does); ``clock`` stamps ``created`` times and defaults to the reactor.
+    ``synchronous`` is ``NORMAL`` (durable against process crashes) or ``FULL``
+    (also against power loss); see ``schema.configure_connection``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorCore,
+        *,
+        clock: IReactorTime | None = None,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
+        self.path = path
+        self._reactor = reactor
+        self._threads = IReactorFromThreads(reactor)
+        self._clock = clock if clock is not None else IReactorTime(reactor)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._pool: adbapi.ConnectionPool | None = None
+
+    # -- lifecycle --
+
+    def open(self) -> Deferred[None]:
+        if self._pool is not None:
+            return fail(RuntimeError("store is already open"))
+        self._pool = adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
+            "sqlite3",
+            self.path,
+            check_same_thread=False,
+            isolation_level=None,  # we issue BEGIN ourselves
+            timeout=self._busy_timeout_ms / 1000,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=self._configure,
+            cp_reactor=self._reactor,
+        )
+        self._pool.start()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._open(self._pool))
+
+    async def _open(self, pool: adbapi.ConnectionPool) -> None:
+        try:
+            await deferToThreadPool(self._threads, pool.threadpool, _prepare_path, self.path)
+            found, version = await self._run(ops.BEGIN_WRITE, migrate)
+        except BaseException:
+            await self.close()
+            raise
+        self.log.info(
+            "Opened store {path} (schema version {found} -> {version})",
+            path=self.path,
+            found=found,
+            version=version,
+        )
+
+    def _configure(self, connection: sqlite3.Connection) -> None:
+        """adbapi's cp_openfun: runs on the pool thread right after connecting."""
+        mode = configure_connection(connection, self._synchronous, self._busy_timeout_ms)
+        if mode.lower() != "wal" and self.path != ":memory:":
+            self.log.warn("SQLite journal mode is {mode}, not WAL", mode=mode)
+
+    def close(self) -> Deferred[None]:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return succeed(None)
+        # Queued interactions run first: the pool thread is FIFO.
+        done: Deferred[None] = deferToThreadPool(
+            self._threads, pool.threadpool, _disconnect, pool
+        )
+
+        def stop(result: object) -> object:
+            pool.close()  # type: ignore[no-untyped-call]
+            return result
+
+        done.addBoth(stop)
+        return done.addCallback(lambda _: None)
+
+    def _run(
+        self,
+        begin: str,
+        body: Callable[Concatenate[Cursor, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[T]:
+        """Run ``body`` in one transaction on the pool thread."""
+        if self._pool is None:
+            return fail(StoreClosed("the store is not open"))
+        result: Deferred[T] = self._pool.runInteraction(  # type: ignore[no-untyped-call]
+            ops.in_transaction, begin, body, *args, **kwargs
+        )
+        return result
+
+    # -- users and accounts --
+
+    def add_user(
+        self, name: str, password_hash: str, account_id: str | None = None
+    ) -> Deferred[User]:
+        user = User(
+            id=new_id("u"),
+            name=name,
+            password_hash=password_hash,
+            primary_account_id=account_id if account_id is not None else new_id("a"),
+            created=self._clock.seconds(),
+        )
+        return self._run(ops.BEGIN_WRITE, ops.add_user, user)
+
+    def get_user(self, name: str) -> Deferred[User | None]:
+        return self._run(ops.BEGIN_READ, ops.get_user, False, name)
+
+    def get_user_by_id(self, user_id: str) -> Deferred[User | None]:
+        return self._run(ops.BEGIN_READ, ops.get_user, True, user_id)
+
+    def list_users(self) -> Deferred[list[User]]:
+        return self._run(ops.BEGIN_READ, ops.list_users)
+
+    def remove_user(self, name: str) -> Deferred[bool]:
+        return self._run(ops.BEGIN_WRITE, ops.remove_user, name)
+
+    def set_password(self, name: str, password_hash: str) -> Deferred[None]:
+        return self._run(ops.BEGIN_WRITE, ops.set_password, name, password_hash)
+
+    def grant(self, name: str, account_id: str) -> Deferred[None]:
+        return self._run(ops.BEGIN_WRITE, ops.grant, name, account_id)
+
+    def revoke_grant(self, name: str, account_id: str) -> Deferred[bool]:
+        return self._run(ops.BEGIN_WRITE, ops.revoke_grant, name, account_id)
+
+    def accounts_for_user(self, user_id: str) -> Deferred[list[Account]]:
+        return self._run(ops.BEGIN_READ, ops.accounts_for_user, user_id)
+
+    # -- bearer tokens --
+
+    def create_token(self, name: str, digest: bytes, label: str = "") -> Deferred[TokenRecord]:
+        if len(digest) != 32:
+            return fail(ValueError("a token digest is 32 bytes of SHA-256"))
+        record = TokenRecord(new_id("t"), "", self._clock.seconds(), label)
+        return self._run(ops.BEGIN_WRITE, ops.create_token, name, record, bytes(digest))
+
+    def find_token(self, digest: bytes) -> Deferred[tuple[TokenRecord, User] | None]:
+        return self._run(ops.BEGIN_READ, ops.find_token, bytes(digest))
+
+    def list_tokens(self, name: str) -> Deferred[list[TokenRecord]]:
+        return self._run(ops.BEGIN_READ, ops.list_tokens, name)
+
+    def revoke_token(self, token_id: str) -> Deferred[bool]:
+        return self._run(ops.BEGIN_WRITE, ops.revoke_token, token_id)
+
+    def auth_generation(self) -> Deferred[int]:
+        return self._run(ops.BEGIN_READ, ops.auth_generation)
+
+    # -- states and the change sequence --
+
+    def position(self) -> Deferred[tuple[str, int]]:
+        return self._run(ops.BEGIN_READ, ops.position)
+
+    def record_changes(self, changed: StateMap) -> Deferred[int]:
+        try:
+            rows = _flatten(changed)
+        except (TypeError, ValueError) as error:
+            return fail(error)
+        recorded = self._run(ops.BEGIN_WRITE, ops.record_batch, [rows])
+        return recorded.addCallback(lambda seqs: seqs[0])
+
+    def record_changes_batch(self, batch: Sequence[StateMap]) -> Deferred[list[int]]:
+        try:
+            rows = [_flatten(changed) for changed in batch]
+        except (TypeError, ValueError) as error:
+            return fail(error)
+        if not rows:
+            return succeed([])
+        return self._run(ops.BEGIN_WRITE, ops.record_batch, rows)
+
+    def changes_since(
+        self, seq: int, account_ids: Collection[str]
+    ) -> Deferred[dict[str, dict[str, str]]]:
+        return self._states(list(account_ids), int(seq))
+
+    def current_states(self, account_ids: Collection[str]) -> Deferred[dict[str, dict[str, str]]]:
+        return self._states(list(account_ids), None)
+
+    def _states(
+        self, account_ids: list[str], after: int | None
+    ) -> Deferred[dict[str, dict[str, str]]]:
+        if not account_ids:
+            return succeed({})
+        # One read transaction, so all chunks see the same snapshot.
+        return self._run(ops.BEGIN_READ, ops.states, sorted(set(account_ids)), after)
+
+    # -- metadata --
+
+    def get_meta(self, key: str) -> Deferred[str | None]:
+        return self._run(ops.BEGIN_READ, ops.get_meta, key)
+
+    def set_meta(self, key: str, value: str) -> Deferred[None]:
+        return self._run(ops.BEGIN_WRITE, ops.set_meta, key, value)
