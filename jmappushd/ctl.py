@@ -179,10 +179,28 @@ async def _account(args: argparse.Namespace, config: Config, out: TextIO) -> Non
     await _with_store(config, work)
 
 
+def split_endpoint(description: str) -> list[str]:
+    """Split an endpoint string at unescaped colons (``\\:`` stands for a colon)."""
+    parts, current, escaped = [], "", False
+    for char in description:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
 def admin_url(config: Config) -> str:
     """Derive ``http://host:port`` from the first tcp endpoint in ``[admin] listen``."""
     for description in config.admin.listen:
-        parts = description.split(":")
+        parts = split_endpoint(description)
         if parts[0] in ("tcp", "tcp6") and len(parts) >= 2:
             options = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
             host = options.get("interface", "127.0.0.1")
