@@ -15,12 +15,16 @@ from typing import Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from jmappushd.store.interface import IStore
 from jmappushd.tokens import make_token, parse_token
 
 StateMap = Mapping[str, Mapping[str, str]]
+
+# At most this many publishes share one transaction.
+MAX_GROUP_COMMIT = 512
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,6 +34,9 @@ class Change:
     seq: int
     token: str
     changed: StateMap
+
+
+_Queued = tuple[StateMap, "defer.Deferred[Change]"]
 
 
 class ChangeListener(Protocol):
@@ -108,6 +115,8 @@ class Hub:
         self._count = 0
         self.epoch = ""
         self.last_seq = 0
+        self._queue: list[_Queued] = []
+        self._writing = False
         self._started = False
         self._waiting: list[defer.Deferred[None]] = []
         self.publish_count = 0
@@ -136,13 +145,45 @@ class Hub:
         return self._count
 
     async def publish(self, changed: StateMap) -> Change:
-        """Record ``changed`` durably, then announce it. Fires only once it is durable."""
+        """Record ``changed`` durably, then announce it. Fires only once it is durable.
+
+        Publishes that arrive while a write is in flight are committed together in
+        the next transaction (group commit): each still gets its own sequence
+        number and its own Deferred, which fires after that commit.
+        """
         await self._wait_started()
-        seq = await self._store.record_changes(changed)
-        change = Change(seq=seq, token=make_token(self.epoch, seq), changed=changed)
-        self.publish_count += 1
-        self._bus.announce(change)
-        return change
+        waiter: defer.Deferred[Change] = defer.Deferred()
+        self._queue.append((changed, waiter))
+        if not self._writing:
+            self._write_queued()
+        return await waiter
+
+    def _write_queued(self) -> None:
+        batch = self._queue[:MAX_GROUP_COMMIT]
+        del self._queue[:MAX_GROUP_COMMIT]
+        self._writing = True
+        d = self._store.record_changes_batch([changed for changed, _ in batch])
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
+
+    def _written(self, seqs: list[int], batch: list[_Queued]) -> None:
+        self._writing = False
+        if self._queue:
+            self._write_queued()
+        for seq, (changed, waiter) in zip(seqs, batch, strict=True):
+            change = Change(seq=seq, token=make_token(self.epoch, seq), changed=changed)
+            self.publish_count += 1
+            try:
+                self._bus.announce(change)
+            finally:
+                waiter.callback(change)
+
+    def _write_failed(self, failure: Failure, batch: list[_Queued]) -> None:
+        self._writing = False
+        if self._queue:
+            self._write_queued()
+        for _, waiter in batch:
+            waiter.errback(failure)
 
     def subscribe(self, listener: ChangeListener, account_ids: Iterable[str]) -> HubSubscription:
         """Deliver changes touching ``account_ids`` to ``listener`` until cancelled."""

@@ -171,3 +171,19 @@ def test_cache_is_bounded_and_keyed() -> None:
     assert cache.get(keys[4]) is None
     other = CredentialCache(clock, ttl=10)
     assert other.key("basic", "user0", "pw") != keys[0]
+
+
+def test_cred_components_provide_their_interfaces() -> None:
+    """verifyObject: checkers, realm and credentials implement the twisted.cred interfaces."""
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.cred.portal import IRealm
+    from zope.interface.verify import verifyObject
+
+    from jmappushd.auth import BearerTokenChecker, IBearerToken, JMAPRealm, PasswordChecker
+
+    fake: Any = object()
+    cache = CredentialCache(Clock(), 1)
+    assert verifyObject(ICredentialsChecker, PasswordChecker(fake, cache, CountingKDF()))
+    assert verifyObject(ICredentialsChecker, BearerTokenChecker(fake, cache))
+    assert verifyObject(IRealm, JMAPRealm(fake, Clock(), 1))
+    assert verifyObject(IBearerToken, BearerToken("x"))

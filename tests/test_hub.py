@@ -97,3 +97,58 @@ async def test_catch_up_known_unknown_and_after_restart(tmp_path: Path) -> None:
     states, _, known = await hub2.catch_up(mark, {"A", "B"})
     assert known and states == {"A": {"Email": "s2"}, "B": {"Email": "y"}}
     await store2.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_publishes_share_a_commit_in_order(tmp_path: Path) -> None:
+    """Group commit: publishes made while a write is in flight are written together,
+    each with its own increasing seq, announced in seq order, each durable when it fires."""
+    from twisted.internet import defer
+
+    hub, store = await open_hub(tmp_path / "db")
+    seen = Recorder()
+    hub.subscribe(seen, ["A"])
+    calls: list[int] = []
+    original = store.record_changes_batch
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        return original(batch)
+
+    store.record_changes_batch = counting  # type: ignore[method-assign]
+    results = await defer.gatherResults([
+        defer.ensureDeferred(hub.publish({"A": {"Email": f"s{i}"}})) for i in range(50)])
+    assert [c.seq for c in results] == list(range(1, 51))
+    assert [c.seq for c in seen.changes] == list(range(1, 51))
+    assert calls[0] == 1 and len(calls) < 50
+    assert await store.current_states(["A"]) == {"A": {"Email": "s49"}}
+    await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_commit_fails_its_publishes_and_the_hub_recovers(tmp_path: Path) -> None:
+    """A failing write errbacks every publish in its batch; later publishes still work."""
+    from twisted.internet import defer
+
+    hub, store = await open_hub(tmp_path / "db")
+    original = store.record_changes_batch
+    store.record_changes_batch = lambda batch: defer.fail(RuntimeError("disk full"))  # type: ignore[method-assign]
+    try:
+        await hub.publish({"A": {"Email": "s1"}})
+    except RuntimeError as exc:
+        assert "disk full" in str(exc)
+    else:
+        raise AssertionError("publish should have failed")
+    store.record_changes_batch = original  # type: ignore[method-assign]
+    change = await hub.publish({"A": {"Email": "s2"}})
+    assert change.seq == 1
+    await store.close()
+
+
+def test_local_bus_provides_ibus() -> None:
+    """verifyObject: the in-process bus implements IBus (the seam a cluster bus replaces)."""
+    from zope.interface.verify import verifyObject
+
+    from jmappushd.hub import IBus, LocalBus
+
+    assert verifyObject(IBus, LocalBus())
