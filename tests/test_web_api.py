@@ -223,3 +223,38 @@ async def test_unknown_path_is_json_404(live: LiveDaemon) -> None:
     r = await treq.get(live.base + "/nothing/here")
     assert r.code == 404
     assert (await r.json())["status"] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_requests_over_the_limit(live: LiveDaemon) -> None:
+    """API-21: requests beyond maxConcurrentRequests (per user) → limit /
+    maxConcurrentRequests; the slots free up when the slow requests finish."""
+    from twisted.internet import defer
+
+    await live.add_user("alice")
+    gate: defer.Deferred[None] = defer.Deferred()
+
+    async def slow(ctx: object, args: dict[str, object]) -> dict[str, object]:
+        await gate
+        return {}
+
+    live.app.registry.register("Test/slow", CORE, slow)
+    limit = live.config.jmap.max_concurrent_requests
+    body = {"using": [CORE], "methodCalls": [["Test/slow", {}, "0"]]}
+    pending = [defer.ensureDeferred(live.api(body, basic("alice", "secret")))
+               for _ in range(limit)]
+    # Probe with Core/echo until all slow requests hold their slots (bounded; no sleeps).
+    echo = {"using": [CORE], "methodCalls": [["Core/echo", {}, "0"]]}
+    for _ in range(500):
+        r = await live.api(echo, basic("alice", "secret"))
+        if r.code == 400:
+            break
+        await r.text()
+    problem = await r.json()
+    assert problem["type"] == ERR + "limit" and problem["limit"] == "maxConcurrentRequests"
+    gate.callback(None)
+    for d in pending:
+        assert (await d).code == 200
+    r = await live.api({"using": [CORE], "methodCalls": [["Core/echo", {}, "0"]]},
+                       basic("alice", "secret"))
+    assert r.code == 200
