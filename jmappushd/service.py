@@ -183,6 +183,10 @@ class JMAPPushService(MultiService):
         await self.app.store.open()
         await self.app.hub.start()
         self.app.auth.start()
+        if self.app.urls.base.startswith("http://"):
+            self.log.warn("public-url {url} is plain http: for development only; RFC 8620 "
+                          "requires HTTPS (SES-1), use an ssl: listener or a TLS proxy",
+                          url=self.app.urls.base)
         self.log.info("jmappushd ready: session at {url}", url=self.app.urls.session)
         self.ready.callback(None)
 
