@@ -1,0 +1,458 @@
+"""Clock-driven tests of one EventSource stream: throttling, pings, lifecycle, catch-up.
+
+A real ``twisted.web.server.Request`` on a fake channel stands in for the
+connection, a :class:`~twisted.internet.task.Clock` for time, and the hub is the
+real one fed through its bus, so no socket and no thread is involved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
+
+from jmappushd.hub import Change, Hub, LocalBus
+from jmappushd.tokens import make_token
+from jmappushd.web.eventstream import EventStream, StreamContext
+from jmappushd.web.sse import Event, EventParser
+from jmappushd.web.streamregistry import StreamRegistry
+
+EPOCH = "ep"
+
+
+class NullStore:
+    """Just enough of IStore for Hub.start and Hub.catch_up."""
+
+    def __init__(self) -> None:
+        self.since: dict[str, dict[str, str]] = {}
+        self.current: dict[str, dict[str, str]] = {}
+
+    def position(self) -> defer.Deferred[tuple[str, int]]:
+        return defer.succeed((EPOCH, 0))
+
+    def changes_since(self, seq: int, account_ids: Any) -> defer.Deferred[Any]:
+        return defer.succeed(self.since)
+
+    def current_states(self, account_ids: Any) -> defer.Deferred[Any]:
+        return defer.succeed(self.current)
+
+
+class Count:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+@dataclass
+class Env:
+    """A hub, a clock and a registry; ``publish`` announces a change as the store would."""
+
+    throttle: float = 0.0
+    clock: Clock = field(default_factory=Clock)
+    bus: LocalBus = field(default_factory=LocalBus)
+    store: NullStore = field(default_factory=NullStore)
+    sent: Count = field(default_factory=Count)
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.hub = Hub(self.store, self.bus)  # type: ignore[arg-type]
+        defer.ensureDeferred(self.hub.start())
+        self.registry = StreamRegistry(self.store)  # type: ignore[arg-type]
+        self.ctx = StreamContext(self.clock, self.hub, self.throttle, self.sent,
+                                 self.registry.discard)
+
+    def publish(self, changed: Mapping[str, Mapping[str, str]]) -> str:
+        self.seq += 1
+        token = make_token(EPOCH, self.seq)
+        self.bus.announce(Change(self.seq, token, changed))
+        return token
+
+    def stream(self, *, accounts: tuple[str, ...] = ("A",), types: frozenset[str] | None = None,
+               ping: int = 0, close_after: bool = False, user: str = "u1",
+               credential: str = "password:u1") -> EventStream:
+        channel = DummyChannel()
+        request = Request(channel)
+        request.test_channel = channel  # type: ignore[attr-defined]  # outlives disconnects
+        request.method = b"GET"
+        request.clientproto = b"HTTP/1.0"  # no chunking: the body is the raw event stream
+        stream = EventStream(self.ctx, request, user_id=user, credential_id=credential,
+                             account_ids=frozenset(accounts), types=types, interval=ping,
+                             close_after=close_after)
+        self.registry.add(stream)
+        stream.open()
+        return stream
+
+
+def written(stream: EventStream) -> bytes:
+    raw: bytes = stream.request.test_channel.transport.written.getvalue()  # type: ignore[attr-defined]
+    return raw
+
+
+def events(stream: EventStream) -> list[Event]:
+    body = written(stream).split(b"\r\n\r\n", 1)[1]
+    return EventParser().feed(body)
+
+
+def states(stream: EventStream) -> list[dict[str, Any]]:
+    return [json.loads(e.data)["changed"] for e in events(stream) if e.event == "state"]
+
+
+def disconnect(stream: EventStream) -> None:
+    stream.request.connectionLost(Failure(ConnectionDone()))
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def test_open_flushes_headers_at_once() -> None:
+    """ES-1, C-ES-5: 200, text/event-stream, no-cache and X-Accel-Buffering: no are written
+    before any event, with a first comment so the body has started too."""
+    env = Env()
+    stream = env.stream(ping=30)
+    head, body = written(stream).split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.0 200 ")
+    lowered = head.lower()
+    assert b"content-type: text/event-stream" in lowered
+    assert b"cache-control: no-cache" in lowered
+    assert b"x-accel-buffering: no" in lowered
+    assert body.startswith(b":")
+    assert events(stream) == []
+    assert env.hub.listener_count == 1
+
+
+# -- pings (ES-4..ES-7) -------------------------------------------------------------------
+
+
+def test_pings_repeat_at_the_interval_without_ids() -> None:
+    """ES-4, ES-5, ES-6: ping=30 with no changes → a ping every 30 s, each reporting
+    {"interval": 30} and carrying no id."""
+    env = Env()
+    stream = env.stream(ping=30)
+    env.clock.advance(29.9)
+    assert events(stream) == []
+    env.clock.advance(0.1)
+    env.clock.advance(30)
+    env.clock.advance(30)
+    pings = events(stream)
+    assert [e.event for e in pings] == ["ping"] * 3
+    assert all(e.id is None and json.loads(e.data) == {"interval": 30} for e in pings)
+    assert len(env.clock.getDelayedCalls()) == 1
+
+
+def test_state_event_pushes_the_next_ping_back() -> None:
+    """ES-4: a state event at t=20 moves the next ping to t=50 (one timer, reset)."""
+    env = Env()
+    stream = env.stream(ping=30)
+    timer = env.clock.getDelayedCalls()[0]
+    env.clock.advance(20)
+    env.publish({"A": {"Email": "s1"}})
+    assert env.clock.getDelayedCalls() == [timer]  # the same IDelayedCall, reset
+    env.clock.advance(29.9)
+    assert [e.event for e in events(stream)] == ["state"]
+    env.clock.advance(0.1)
+    assert [e.event for e in events(stream)] == ["state", "ping"]
+
+
+def test_ping_zero_sends_no_pings_and_owns_no_timer() -> None:
+    """ES-4: ping=0 → no ping in 10 minutes, and an idle stream owns no timer at all."""
+    env = Env()
+    stream = env.stream(ping=0)
+    assert env.clock.getDelayedCalls() == []
+    env.clock.pump([60] * 10)
+    assert events(stream) == []
+
+
+def test_ping_reports_the_clamped_interval() -> None:
+    """ES-6, C-ES-1: the interval in use (here the clamped maximum) is what pings report."""
+    env = Env()
+    stream = env.stream(ping=300)
+    env.clock.advance(300)
+    assert [json.loads(e.data) for e in events(stream)] == [{"interval": 300}]
+
+
+# -- state events, filtering (ES-8, ES-12, SC-1) ------------------------------------------
+
+
+def test_state_event_is_a_filtered_state_change_with_an_id() -> None:
+    """ES-8, ES-9, ES-12, SC-1: only readable accounts and requested types are sent, each
+    state event carries the change's token as id."""
+    env = Env()
+    stream = env.stream(accounts=("A",), types=frozenset({"Mailbox"}))
+    env.publish({"A": {"Email": "e1"}})  # unwanted type: nothing at all
+    env.publish({"B": {"Mailbox": "x"}})  # unreadable account: nothing at all
+    token = env.publish({"A": {"Email": "e2", "Mailbox": "m1"}, "B": {"Mailbox": "y"}})
+    (event,) = events(stream)
+    assert event.event == "state" and event.id == token
+    assert json.loads(event.data) == {"@type": "StateChange", "changed": {"A": {"Mailbox": "m1"}}}
+    assert env.sent.value == 1
+
+
+def test_same_filter_streams_share_encoded_bytes() -> None:
+    """Fan-out encodes a change once per distinct filter (identical bytes for both)."""
+    env = Env()
+    one, two = env.stream(), env.stream()
+    env.publish({"A": {"Email": "s1"}})
+    assert written(one).split(b"\r\n\r\n", 1)[1] == written(two).split(b"\r\n\r\n", 1)[1]
+    assert states(one) == [{"A": {"Email": "s1"}}]
+
+
+def test_closeafter_state_ends_after_the_first_state_event() -> None:
+    """ES-3: closeafter=state → one state event, then the response is finished and every
+    resource released."""
+    env = Env()
+    stream = env.stream(ping=30, close_after=True)
+    env.clock.advance(30)  # a ping does not end it
+    env.publish({"A": {"Email": "s1"}})
+    assert [e.event for e in events(stream)] == ["ping", "state"]
+    assert stream.request.finished and stream.closed
+    assert env.hub.listener_count == 0 and env.clock.getDelayedCalls() == []
+    assert env.registry.count == 0
+
+
+def test_closeafter_no_survives_several_events() -> None:
+    """ES-3: closeafter=no keeps the stream open across publishes."""
+    env = Env()
+    stream = env.stream()
+    env.publish({"A": {"Email": "s1"}})
+    env.publish({"A": {"Email": "s2"}})
+    assert len(states(stream)) == 2 and not stream.request.finished
+
+
+# -- throttle and coalescing (SC-2) -------------------------------------------------------
+
+
+def test_changes_in_one_window_become_one_event_with_newest_states() -> None:
+    """SC-2: the first change goes out at once; N publishes inside the window → one event
+    with the newest state per account/type at the window's end, and the next window's
+    event on time."""
+    env = Env(throttle=1.0)
+    stream = env.stream(accounts=("A", "B"))
+    env.publish({"A": {"Email": "s0"}})
+    assert states(stream) == [{"A": {"Email": "s0"}}]
+    env.clock.advance(0.1)
+    last = ""
+    for i in range(1, 21):
+        last = env.publish({"A": {"Email": f"s{i}"}, "B": {"Mailbox": f"m{i}"}})
+    env.publish({"C": {"Email": "hidden"}})
+    env.clock.advance(0.89)
+    assert len(states(stream)) == 1
+    env.clock.advance(0.01)
+    assert states(stream)[1] == {"A": {"Email": "s20"}, "B": {"Mailbox": "m20"}}
+    assert events(stream)[1].id == last
+    env.clock.advance(0.2)  # t = 1.2: inside the next window
+    env.publish({"A": {"Email": "s21"}})
+    env.clock.advance(0.79)
+    assert len(states(stream)) == 2
+    env.clock.advance(0.01)  # t = 2.0: that window ends
+    assert states(stream)[2] == {"A": {"Email": "s21"}}
+    assert env.clock.getDelayedCalls() == []
+
+
+def test_slow_reader_pauses_and_pending_stays_bounded() -> None:
+    """While the transport is paused nothing is written and changes merge per account/type
+    (bounded); on resume the newest states go out in one event."""
+    env = Env()
+    stream = env.stream(ping=30)
+    stream.pauseProducing()
+    for i in range(1000):
+        env.publish({"A": {"Email": f"s{i}", "Mailbox": f"m{i}"}})
+    env.clock.advance(30)  # pings are skipped while the reader is backed up
+    assert events(stream) == []
+    assert stream._throttle.pending == {"A": {"Email": "s999", "Mailbox": "m999"}}
+    stream.resumeProducing()
+    assert states(stream) == [{"A": {"Email": "s999", "Mailbox": "m999"}}]
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+def test_disconnect_releases_everything_at_once() -> None:
+    """A client that goes away is removed from the hub, and its ping and throttle timers
+    are cancelled, immediately."""
+    env = Env(throttle=1.0)
+    stream = env.stream(ping=30)
+    env.publish({"A": {"Email": "s1"}})
+    env.publish({"A": {"Email": "s2"}})  # pending: the throttle holds a timer
+    assert len(env.clock.getDelayedCalls()) == 2
+    disconnect(stream)
+    assert env.hub.listener_count == 0 and env.registry.count == 0
+    assert env.clock.getDelayedCalls() == []
+    env.publish({"A": {"Email": "s3"}})
+    assert len(states(stream)) == 1
+
+
+def test_thousand_connect_disconnect_cycles_leave_nothing_behind() -> None:
+    """1,000 connect/disconnect cycles (with traffic in between) leave zero hub listeners,
+    zero registered streams and no pending timers."""
+    env = Env(throttle=0.5)
+    for i in range(1000):
+        stream = env.stream(ping=30, close_after=(i % 3 == 0), user=f"u{i % 7}")
+        if i % 2:
+            env.publish({"A": {"Email": f"s{i}"}})
+            env.publish({"A": {"Email": f"t{i}"}})
+        env.clock.advance(0.1)
+        if not stream.closed:
+            disconnect(stream)
+    assert env.hub.listener_count == 0
+    assert env.registry.count == 0 and env.registry.streams() == []
+    assert env.clock.getDelayedCalls() == []
+
+
+def test_close_all_finishes_every_stream() -> None:
+    """Shutdown ends every open stream cleanly (finished responses), leaving zero
+    listeners and zero timers, and later connections are refused."""
+    env = Env(throttle=1.0)
+    streams = [env.stream(ping=30, user=f"u{i}") for i in range(5)]
+    env.publish({"A": {"Email": "s1"}})
+    env.publish({"A": {"Email": "s2"}})
+    env.registry.close_all()
+    assert all(s.request.finished for s in streams)
+    assert env.hub.listener_count == 0 and env.registry.count == 0
+    assert env.clock.getDelayedCalls() == []
+    assert env.registry.closing
+
+
+def test_registry_counts_per_user() -> None:
+    """The per-user count that the connection limit uses follows opens and closes."""
+    env = Env()
+    a1, _a2, _b = env.stream(user="a"), env.stream(user="a"), env.stream(user="b")
+    assert (env.registry.count_for("a"), env.registry.count_for("b")) == (2, 1)
+    disconnect(a1)
+    assert env.registry.count_for("a") == 1 and env.registry.count == 2
+
+
+# -- catch-up (ES-10, C-ES-3) -------------------------------------------------------------
+
+
+def test_catch_up_comes_first_and_live_changes_meanwhile_follow() -> None:
+    """ES-10: changes that arrive while the catch-up query runs are held and sent after
+    the catch-up event, so the newest token ends up last."""
+    env = Env()
+    stream = env.stream()
+    stream.hold()
+    live = env.publish({"A": {"Email": "s2"}})
+    assert events(stream) == []
+    stream.catch_up_done({"A": {"Email": "s1", "Mailbox": "m1"}, "B": {"Email": "x"}}, "ep-0")
+    assert states(stream) == [{"A": {"Email": "s1", "Mailbox": "m1"}}, {"A": {"Email": "s2"}}]
+    assert [e.id for e in events(stream)] == ["ep-0", live]
+
+
+def test_catch_up_with_closeafter_state_counts_as_the_state_event() -> None:
+    """C-ES-3: with closeafter=state the catch-up event ends the response."""
+    env = Env()
+    stream = env.stream(close_after=True)
+    stream.hold()
+    env.publish({"A": {"Email": "s2"}})
+    stream.catch_up_done({"A": {"Email": "s1"}}, "ep-0")
+    assert states(stream) == [{"A": {"Email": "s1"}}]
+    assert stream.request.finished and env.hub.listener_count == 0
+
+
+def test_empty_catch_up_sends_nothing() -> None:
+    """C-ES-3: a known token with nothing changed yields no event (never an empty one)."""
+    env = Env()
+    stream = env.stream(types=frozenset({"Email"}))
+    stream.hold()
+    stream.catch_up_done({"A": {"Mailbox": "m1"}}, "ep-0")
+    assert events(stream) == []
+    env.publish({"A": {"Email": "s1"}})
+    assert states(stream) == [{"A": {"Email": "s1"}}]
+
+
+# -- revocation ---------------------------------------------------------------------------
+
+
+@dataclass
+class Rec:
+    id: str
+    name: str = ""
+    password_hash: str = "h1"
+    primary_account_id: str = "A"
+
+
+class AuthStore(NullStore):
+    """Users, grants and tokens for the revalidation tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users: dict[str, Rec] = {"u1": Rec("u1", "alice")}
+        self.grants: dict[str, list[str]] = {"u1": ["A", "B"]}
+        self.tokens: dict[str, list[str]] = {"alice": ["t1"]}
+
+    def get_user_by_id(self, user_id: str) -> defer.Deferred[Any]:
+        return defer.succeed(self.users.get(user_id))
+
+    def accounts_for_user(self, user_id: str) -> defer.Deferred[Any]:
+        return defer.succeed([Rec(a) for a in self.grants.get(user_id, [])])
+
+    def list_tokens(self, name: str) -> defer.Deferred[Any]:
+        return defer.succeed([Rec(t) for t in self.tokens.get(name, [])])
+
+
+def auth_env() -> tuple[Env, AuthStore, EventStream, EventStream]:
+    store = AuthStore()
+    env = Env(store=store)
+    password = env.stream(accounts=("A", "B"), credential="password:u1")
+    env.registry.add(password, b"fp")  # a fingerprint is remembered once per user
+    token = env.stream(accounts=("A", "B"), credential="token:t1")
+    return env, store, password, token
+
+
+def revalidate(env: Env) -> None:
+    env.registry.invalidate()  # everything is synchronous with these fakes
+
+
+def test_removed_user_loses_every_stream() -> None:
+    """A user removed mid-stream has all its streams ended at the next invalidation."""
+    env, store, password, token = auth_env()
+    del store.users["u1"]
+    revalidate(env)
+    assert password.request.finished and token.request.finished
+    assert env.hub.listener_count == 0
+
+
+def test_revoked_token_ends_only_its_streams() -> None:
+    """Revoking a token ends the streams it opened; password streams continue."""
+    env, store, password, token = auth_env()
+    env.registry._users["u1"].password_fp = None  # let the first pass record the hash
+    revalidate(env)
+    store.tokens["alice"] = []
+    revalidate(env)
+    assert token.request.finished and not password.request.finished
+
+
+def test_changed_password_ends_password_streams() -> None:
+    """A changed password ends the streams it authenticated; token streams continue."""
+    env, store, password, token = auth_env()
+    env.registry._users["u1"].password_fp = None
+    revalidate(env)
+    store.users["u1"].password_hash = "h2"
+    revalidate(env)
+    assert password.request.finished and not token.request.finished
+
+
+def test_revoked_grant_stops_that_accounts_changes() -> None:
+    """A revoked grant takes effect on open streams: that account's changes (even those
+    pending in the throttle) are no longer sent; the other account's still are."""
+    store = AuthStore()
+    env = Env(store=store, throttle=1.0)
+    stream = env.stream(accounts=("A", "B"), credential="token:t1")
+    env.publish({"A": {"Email": "s1"}})
+    env.publish({"B": {"Email": "pending"}})
+    store.grants["u1"] = ["A"]
+    revalidate(env)
+    env.clock.advance(1)
+    env.publish({"A": {"Email": "s2"}, "B": {"Email": "b2"}})
+    env.clock.advance(1)
+    assert states(stream) == [{"A": {"Email": "s1"}}, {"A": {"Email": "s2"}}]
+    assert env.hub.listener_count == 1

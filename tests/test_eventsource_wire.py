@@ -1,0 +1,180 @@
+"""Unit tests of the EventSource wire format, query parsing and CORS policy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.web.test.requesthelper import DummyRequest
+
+from jmappushd.web.cors import CorsPolicy
+from jmappushd.web.eventsource import InvalidParameter, clamp_ping, parse_params
+from jmappushd.web.sse import EventParser, ping_event, state_event
+
+
+def args(**values: str) -> dict[bytes, list[bytes]]:
+    return {k.encode(): [v.encode()] for k, v in values.items()}
+
+
+# -- wire format --------------------------------------------------------------------------
+
+
+def test_state_event_block_has_event_id_and_one_data_line() -> None:
+    """ES-8, ES-9, C-ES-4, SC-1: a state event names itself, carries its id in the same
+    block and a compact StateChange on a single data line."""
+    raw = state_event({"A": {"Email": "s42"}}, "ep-1a")
+    assert raw == (b'event: state\nid: ep-1a\n'
+                   b'data: {"@type":"StateChange","changed":{"A":{"Email":"s42"}}}\n\n')
+    (event,) = EventParser().feed(raw)
+    assert event.event == "state" and event.id == "ep-1a"
+    assert json.loads(event.data) == {"@type": "StateChange", "changed": {"A": {"Email": "s42"}}}
+
+
+def test_ping_event_has_no_id_line() -> None:
+    """ES-5, ES-6: a ping carries {"interval": N} and no id: line."""
+    raw = ping_event(30)
+    assert b"id:" not in raw
+    (event,) = EventParser().feed(raw)
+    assert event.event == "ping" and event.id is None
+    assert json.loads(event.data) == {"interval": 30}
+
+
+def test_token_cannot_break_the_event_structure() -> None:
+    """An id with a line break would end the field early; it is stripped."""
+    (event,) = EventParser().feed(state_event({"A": {"T": "1"}}, "x\ny\rz"))
+    assert event.id == "xyz" and event.event == "state"
+
+
+def test_parser_handles_any_chunking_and_line_ends() -> None:
+    """The test client's parser copes with split bytes, CR LF, CR, comments, multi-line data."""
+    raw = b": hello\r\n\r\nevent: a\r\ndata: 1\r\ndata: 2\r\n\r\nevent: b\rdata: x\r\r"
+    parser = EventParser()
+    for i in range(len(raw)):
+        parser.feed(raw[i : i + 1])
+    assert [(e.event, e.data) for e in parser.events] == [("a", "1\n2"), ("b", "x")]
+    assert parser.comments == ["hello"]
+
+
+# -- query parameters ---------------------------------------------------------------------
+
+
+def test_valid_parameters_are_parsed() -> None:
+    """ES-2, ES-3: a type list, closeafter and ping are read as given."""
+    p = parse_params(args(types="Email,Mailbox", closeafter="state", ping="60"), 30, 300)
+    assert p.types == frozenset({"Email", "Mailbox"}) and p.close_after and p.ping == 60
+    p = parse_params(args(types="*", closeafter="no", ping="0"), 30, 300)
+    assert p.types is None and not p.close_after and p.ping == 0
+
+
+@pytest.mark.parametrize(("requested", "expected"), [
+    (0, 0), (1, 30), (29, 30), (30, 30), (31, 31), (300, 300), (301, 300), (100000, 300),
+])
+def test_ping_is_clamped(requested: int, expected: int) -> None:
+    """ES-4, ES-7, C-ES-1: 0 means no pings; others are clamped to [30, 300]; 30 and 300
+    are always kept."""
+    assert clamp_ping(requested, 30, 300) == expected
+    p = parse_params(args(types="*", closeafter="no", ping=str(requested)), 30, 300)
+    assert p.ping == expected
+
+
+@pytest.mark.parametrize(("query", "name"), [
+    ({"closeafter": "no", "ping": "0"}, "types"),
+    ({"types": "", "closeafter": "no", "ping": "0"}, "types"),
+    ({"types": "Email,", "closeafter": "no", "ping": "0"}, "types"),
+    ({"types": "Email,*", "closeafter": "no", "ping": "0"}, "types"),
+    ({"types": "Em ail", "closeafter": "no", "ping": "0"}, "types"),
+    ({"types": "*", "ping": "0"}, "closeafter"),
+    ({"types": "*", "closeafter": "yes", "ping": "0"}, "closeafter"),
+    ({"types": "*", "closeafter": "no"}, "ping"),
+    ({"types": "*", "closeafter": "no", "ping": ""}, "ping"),
+    ({"types": "*", "closeafter": "no", "ping": "-1"}, "ping"),
+    ({"types": "*", "closeafter": "no", "ping": "1.5"}, "ping"),
+    ({"types": "*", "closeafter": "no", "ping": "99999999999"}, "ping"),
+])
+def test_invalid_parameters_name_the_culprit(query: dict[str, str], name: str) -> None:
+    """C-ES-2: a missing or malformed parameter is rejected, naming the parameter."""
+    with pytest.raises(InvalidParameter) as info:
+        parse_params(args(**query), 30, 300)
+    assert info.value.name == name and name in str(info.value)
+
+
+def test_duplicate_parameter_is_rejected() -> None:
+    """C-ES-2: a parameter given twice is ambiguous and refused."""
+    query = {b"types": [b"*", b"Email"], b"closeafter": [b"no"], b"ping": [b"0"]}
+    with pytest.raises(InvalidParameter, match="types"):
+        parse_params(query, 30, 300)
+
+
+def test_unknown_type_names_are_accepted() -> None:
+    """C-ES-2: unknown type names are valid (they simply never match)."""
+    assert parse_params(args(types="Nope", closeafter="no", ping="0"), 30, 300).types == \
+        frozenset({"Nope"})
+
+
+# -- CORS ---------------------------------------------------------------------------------
+
+
+def request(origin: str | None, method: bytes = b"GET") -> DummyRequest:
+    r = DummyRequest([b""])
+    r.method = method
+    if origin is not None:
+        r.requestHeaders.setRawHeaders(b"Origin", [origin.encode()])
+    return r
+
+
+def header(r: DummyRequest, name: bytes) -> bytes | None:
+    values = r.responseHeaders.getRawHeaders(name)
+    return None if values is None else values[-1]
+
+
+def test_no_cors_headers_without_configuration() -> None:
+    """Empty cors-origins: nothing is added, same-origin only."""
+    r = request("https://app.example.com")
+    assert not CorsPolicy(()).apply(r)
+    assert list(r.responseHeaders.getAllRawHeaders()) == []
+
+
+def test_explicit_origin_is_echoed_with_credentials() -> None:
+    """A listed origin is echoed with Allow-Credentials and Vary: Origin."""
+    r = request("https://app.example.com")
+    assert CorsPolicy(("https://app.example.com",)).apply(r)
+    assert header(r, b"Access-Control-Allow-Origin") == b"https://app.example.com"
+    assert header(r, b"Access-Control-Allow-Credentials") == b"true"
+    assert header(r, b"Vary") == b"Origin"
+
+
+def test_wildcard_allows_any_origin_without_credentials() -> None:
+    """A configured * lets other origins read the stream, never with credentials."""
+    r = request("https://other.example")
+    assert CorsPolicy(("https://app.example.com", "*")).apply(r)
+    assert header(r, b"Access-Control-Allow-Origin") == b"*"
+    assert header(r, b"Access-Control-Allow-Credentials") is None
+
+
+def test_unlisted_origin_gets_no_approval() -> None:
+    """An origin that is not listed gets Vary but no Allow-Origin."""
+    r = request("https://evil.example")
+    assert not CorsPolicy(("https://app.example.com",)).apply(r)
+    assert header(r, b"Access-Control-Allow-Origin") is None
+    assert header(r, b"Vary") == b"Origin"
+
+
+def test_preflight_allows_authorization_header_for_get() -> None:
+    """The preflight for GET with Authorization is approved (204)."""
+    r = request("https://app.example.com", b"OPTIONS")
+    r.requestHeaders.setRawHeaders(b"Access-Control-Request-Method", [b"GET"])
+    r.requestHeaders.setRawHeaders(b"Access-Control-Request-Headers", [b"authorization"])
+    CorsPolicy(("https://app.example.com",)).preflight(r)
+    assert r.responseCode == 204
+    assert b"Authorization" in (header(r, b"Access-Control-Allow-Headers") or b"")
+    assert header(r, b"Access-Control-Allow-Methods") == b"GET"
+    assert header(r, b"Access-Control-Allow-Origin") == b"https://app.example.com"
+
+
+def test_preflight_for_another_method_is_not_approved() -> None:
+    """Only GET is offered cross-origin."""
+    r = request("https://app.example.com", b"OPTIONS")
+    r.requestHeaders.setRawHeaders(b"Access-Control-Request-Method", [b"DELETE"])
+    CorsPolicy(("https://app.example.com",)).preflight(r)
+    assert header(r, b"Access-Control-Allow-Origin") is None
+    assert header(r, b"Access-Control-Allow-Methods") is None
