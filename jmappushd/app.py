@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -32,11 +33,23 @@ class App:
     urls: SessionURLs
     admin_token: str = ""
     services: dict[str, Any] = field(default_factory=dict)
+    _states: WeakKeyDictionary[Principal, tuple[int, str]] = field(
+        default_factory=WeakKeyDictionary, repr=False)
 
     def session_for(self, principal: Principal) -> dict[str, Any]:
         return build_session(self.config, self.registry, self.urls, principal)
 
     def session_state(self, principal: Principal) -> str:
+        """The session ``state`` (SES-11), memoized per principal and registry generation.
+
+        A Principal is immutable and replaced when the user's accounts change, and every
+        capability change bumps the registry's generation, so the memo cannot go stale.
+        """
+        generation = self.registry.generation
+        memo = self._states.get(principal)
+        if memo is not None and memo[0] == generation:
+            return memo[1]
         state = self.session_for(principal)["state"]
         assert isinstance(state, str)
+        self._states[principal] = (generation, state)
         return state

@@ -214,12 +214,14 @@ class JMAPPushService(MultiService):
 def build_service(config: Config, reactor: Any) -> JMAPPushService:
     """The whole daemon, ready for ``setServiceParent`` or twistd."""
     from jmappushd import websocket
+    from jmappushd.push import setup as push_setup
     from jmappushd.web import eventsource
 
     app = build_app(config, reactor)
     service = JMAPPushService(app, reactor)
     eventsource.install(service)
     websocket.install(service)
+    push_setup.install(service)
     service.add_listeners()
     return service
 

@@ -258,3 +258,22 @@ async def test_concurrent_requests_over_the_limit(live: LiveDaemon) -> None:
     r = await live.api({"using": [CORE], "methodCalls": [["Core/echo", {}, "0"]]},
                        basic("alice", "secret"))
     assert r.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_state_memo_follows_capability_changes(live: LiveDaemon) -> None:
+    """SES-11: the memoized session state changes when a capability is added, and
+    sessionState in API responses follows it."""
+    await live.add_user("alice")
+    r = await treq.get(live.base + "/jmap/session", headers=basic("alice", "secret"))
+    before = (await r.json())["state"]
+    generation = live.app.registry.generation
+    live.app.registry.add_capability("https://example.org/test-cap", {"x": 1})
+    assert live.app.registry.generation == generation + 1
+    r = await treq.get(live.base + "/jmap/session", headers=basic("alice", "secret"))
+    after = await r.json()
+    assert "https://example.org/test-cap" in after["capabilities"]
+    assert after["state"] != before
+    r = await live.api({"using": [CORE], "methodCalls": [["Core/echo", {}, "0"]]},
+                       basic("alice", "secret"))
+    assert (await r.json())["sessionState"] == after["state"]

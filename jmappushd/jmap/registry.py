@@ -88,6 +88,8 @@ class MethodRegistry:
         self._capabilities: dict[str, dict[str, Any]] = {}
         self._methods: dict[str, tuple[str, Handler]] = {}
         self._fallback: Fallback | None = None
+        # Bumped by every change, so derived values (the session state) can be memoized.
+        self.generation = 0
 
     def add_capability(self, uri: str, session_value: dict[str, Any] | None = None) -> None:
         """Declare a capability the server supports.
@@ -98,6 +100,7 @@ class MethodRegistry:
         """
         if session_value is not None or uri not in self._capabilities:
             self._capabilities[uri] = dict(session_value or {})
+            self.generation += 1
 
     def register(self, name: str, capability: str, handler: Handler) -> None:
         """Bind a method name to a handler; the capability must already be added."""
@@ -106,6 +109,7 @@ class MethodRegistry:
         if name in self._methods:
             raise ValueError(f"method {name!r} is already registered")
         self._methods[name] = (capability, handler)
+        self.generation += 1
 
     def capabilities(self) -> set[str]:
         """The URIs of every supported capability."""
@@ -122,6 +126,7 @@ class MethodRegistry:
     def set_fallback(self, handler: Fallback | None) -> None:
         """Install (or remove, with ``None``) the handler for unregistered methods."""
         self._fallback = handler
+        self.generation += 1
 
     @property
     def fallback(self) -> Fallback | None:

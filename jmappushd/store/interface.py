@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from jmappushd.store.records import Account, TokenRecord, User
+from jmappushd.store.records import Account, PushDelivery, PushSubscription, TokenRecord, User
 
 # account id -> type name -> state string
 StateMap = Mapping[str, Mapping[str, str]]
@@ -102,3 +102,33 @@ class IStore(Interface):
 
     def set_meta(key: str, value: str) -> Deferred[None]:
         """Insert or replace a metadata value."""
+
+    # push subscriptions (RFC 8620 §7.2); they belong to the credential that created them
+
+    def create_push_subscription(
+        subscription: PushSubscription, max_per_user: int
+    ) -> Deferred[PushSubscription]:
+        """Store a new subscription (its id already set); fails with PushQuotaExceeded when
+        the user (all credentials together) already has ``max_per_user`` (PS-19)."""
+
+    def push_subscriptions_for(credential_id: str) -> Deferred[list[PushSubscription]]:
+        """The subscriptions created with this credential, oldest first (PS-7)."""
+
+    def all_push_subscriptions() -> Deferred[list[PushSubscription]]:
+        """Every subscription, for the delivery service to load at start."""
+
+    def push_subscription_ids() -> Deferred[set[str]]:
+        """The ids of every subscription (to notice ones deleted behind our back)."""
+
+    def update_push_subscription(sub_id: str, changes: Mapping[str, object]) -> Deferred[bool]:
+        """Change ``verified``, ``client_verification_code``, ``expires``, ``types`` or
+        ``last_sent_seq``; False if the subscription no longer exists."""
+
+    def save_push_delivery(sub_id: str, delivery: PushDelivery) -> Deferred[bool]:
+        """Replace the subscription's pending notification state; False if it is gone."""
+
+    def delete_push_subscription(sub_id: str) -> Deferred[bool]:
+        """Destroy a subscription, erasing its URL and keys (PS-8)."""
+
+    def delete_push_subscriptions_except_key(key_id: str) -> Deferred[list[str]]:
+        """Destroy every subscription not tied to VAPID key ``key_id``; returns their ids."""

@@ -65,3 +65,55 @@ class SchemaTooNew(Exception):
         )
         self.found = found
         self.known = known
+
+
+@dataclass(frozen=True, slots=True)
+class PushDelivery:
+    """A subscription's undelivered notification, kept durably (DESIGN: nothing lost).
+
+    ``pending`` is the merged newest state per account and type not yet confirmed by
+    the push service; ``attempts`` counts the POSTs started for it; ``next_attempt``
+    is when it is due (None: nothing to send until the next change); ``failing_since``
+    is when the current run of failures began; ``last_sent_seq`` is the change
+    sequence number up to which every change is either delivered or in ``pending``.
+    """
+
+    pending: dict[str, dict[str, str]] = field(default_factory=dict)
+    attempts: int = 0
+    next_attempt: float | None = None
+    failing_since: float | None = None
+    last_sent_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PushSubscription:
+    """A stored PushSubscription (RFC 8620 §7.2) with its delivery bookkeeping.
+
+    ``verification_code`` is the secret the server sent (PS-21: never shown through the
+    API); ``client_verification_code`` is what the client last wrote. ``url`` and the
+    keys stay out of ``repr`` so logs never carry them.
+    """
+
+    id: str
+    user_id: str
+    credential_id: str
+    device_client_id: str
+    url: str = field(repr=False)
+    keys_p256dh: str | None = field(repr=False)
+    keys_auth: str | None = field(repr=False)
+    verification_code: str = field(repr=False)
+    verified: bool
+    client_verification_code: str | None
+    expires: float
+    types: tuple[str, ...] | None
+    vapid_key_id: str
+    created: float
+    delivery: PushDelivery = field(default_factory=PushDelivery)
+
+
+class PushQuotaExceeded(Exception):
+    """The user already has the maximum number of push subscriptions (PS-19)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} push subscriptions per user")
+        self.limit = limit

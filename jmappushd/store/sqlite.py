@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
 from twisted.enterprise import adbapi
@@ -25,9 +25,17 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jmappushd.store import pushops
 from jmappushd.store import sqlops as ops
 from jmappushd.store.interface import IStore, StateMap
-from jmappushd.store.records import Account, StoreClosed, TokenRecord, User
+from jmappushd.store.records import (
+    Account,
+    PushDelivery,
+    PushSubscription,
+    StoreClosed,
+    TokenRecord,
+    User,
+)
 from jmappushd.store.schema import SYNCHRONOUS_MODES, Cursor, configure_connection, migrate
 
 P = ParamSpec("P")
@@ -289,3 +297,35 @@ class SQLiteStore:
 
     def set_meta(self, key: str, value: str) -> Deferred[None]:
         return self._run(ops.BEGIN_WRITE, ops.set_meta, key, value)
+
+    # -- push subscriptions --
+
+    def create_push_subscription(
+        self, subscription: PushSubscription, max_per_user: int
+    ) -> Deferred[PushSubscription]:
+        return self._run(ops.BEGIN_WRITE, pushops.create, subscription, max_per_user)
+
+    def push_subscriptions_for(self, credential_id: str) -> Deferred[list[PushSubscription]]:
+        return self._run(ops.BEGIN_READ, pushops.by_credential, credential_id)
+
+    def all_push_subscriptions(self) -> Deferred[list[PushSubscription]]:
+        return self._run(ops.BEGIN_READ, pushops.all_subscriptions)
+
+    def push_subscription_ids(self) -> Deferred[set[str]]:
+        return self._run(ops.BEGIN_READ, pushops.ids)
+
+    def update_push_subscription(
+        self, sub_id: str, changes: Mapping[str, object]
+    ) -> Deferred[bool]:
+        if set(changes) - pushops.UPDATABLE:
+            return fail(ValueError(f"not updatable: {sorted(set(changes) - pushops.UPDATABLE)}"))
+        return self._run(ops.BEGIN_WRITE, pushops.update, sub_id, dict(changes))
+
+    def save_push_delivery(self, sub_id: str, delivery: PushDelivery) -> Deferred[bool]:
+        return self._run(ops.BEGIN_WRITE, pushops.save_delivery, sub_id, delivery)
+
+    def delete_push_subscription(self, sub_id: str) -> Deferred[bool]:
+        return self._run(ops.BEGIN_WRITE, pushops.delete, sub_id)
+
+    def delete_push_subscriptions_except_key(self, key_id: str) -> Deferred[list[str]]:
+        return self._run(ops.BEGIN_WRITE, pushops.delete_other_keys, key_id)

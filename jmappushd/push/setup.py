@@ -1,0 +1,134 @@
+"""Service glue: ``install(service)`` wires PushSubscription and Web Push into the daemon.
+
+At install the methods are registered and the HTTP client is built; the store is not
+open yet, so everything that reads it (the VAPID key, the subscriptions) runs once the
+service is ready. Method calls wait for that. Shutdown stops the tick, cancels
+in-flight POSTs, records what is owed and closes the connection pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+
+from jmappushd.app import App
+from jmappushd.jmap.registry import CORE_CAPABILITY, MethodError
+from jmappushd.push.delivery import DeliveryService
+from jmappushd.push.keys import VAPID_CAPABILITY, KeyRing, load_or_create_key, store_new_key
+from jmappushd.push.limits import CreationRateLimiter
+from jmappushd.push.methods import PushSubscriptionMethods
+from jmappushd.push.sender import PushTransport, Sender, TreqTransport, build_http_client
+
+__all__ = ["PushRuntime", "install"]
+
+
+class PushRuntime:
+    """The push side of one daemon: key ring, delivery service, HTTP pool, lifecycle."""
+
+    log = Logger()
+
+    def __init__(self, app: App, transport: PushTransport,
+                 pool: HTTPConnectionPool | None = None) -> None:
+        config = app.config.push
+        self.app = app
+        self.keyring = KeyRing(app.clock, config.vapid_subject)
+        self.sender = Sender(transport, self.keyring, app.clock, config, app.metrics)
+        self.delivery = DeliveryService(app.store, app.hub, app.clock, config, self.sender,
+                                        app.metrics)
+        self.limiter = CreationRateLimiter(app.clock, config.create_rate)
+        self.methods = PushSubscriptionMethods(app.config, app.clock, app.store, app.hub,
+                                               self.delivery, self.keyring, self.limiter,
+                                               self.wait_started)
+        self._pool = pool
+        self._started = False
+        self._failed = False
+        self._stopped = False
+        self._waiting: list[defer.Deferred[None]] = []
+
+    def register(self) -> None:
+        """Add the methods (core, RFC 8620 §7.2) to the shared registry."""
+        registry = self.app.registry
+        registry.register("PushSubscription/get", CORE_CAPABILITY, self.methods.handle_get)
+        registry.register("PushSubscription/set", CORE_CAPABILITY, self.methods.handle_set)
+        self.app.auth.on_invalidate(self.delivery.invalidated)
+
+    async def wait_started(self) -> None:
+        """Method calls wait here until the key and the subscriptions are loaded."""
+        if self._started:
+            return
+        if not self._failed and not self._stopped:
+            d: defer.Deferred[None] = defer.Deferred()
+            self._waiting.append(d)
+            await d
+        if not self._started:
+            raise MethodError("serverUnavailable", "Push subscriptions are not available.")
+
+    def _release(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def start(self) -> None:
+        """Load (or create) the VAPID key, then the subscriptions, then start delivering."""
+        store = self.app.store
+        key = await load_or_create_key(store)
+        self.keyring.set_current(key)
+        self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
+        stale = await store.delete_push_subscriptions_except_key(key.key_id)
+        if stale:
+            self.log.info("destroyed {count} subscriptions of an old VAPID key", count=len(stale))
+        records = await store.all_push_subscriptions()
+        if self._stopped:
+            return
+        await self.delivery.start(records)
+        self._started = True
+        self._release()
+
+    def start_failed(self, failure: Any) -> None:
+        """Log why push could not start; method calls then get serverUnavailable."""
+        self._failed = True
+        self.log.failure("push delivery could not start", failure)
+        self._release()
+
+    async def rotate_key(self) -> list[str]:
+        """New VAPID key (SES-16); old-key subscriptions are destroyed at once (C-V-2 with
+        no transition, VAPID-13). Returns the destroyed ids."""
+        key = await store_new_key(self.app.store)
+        self.keyring.set_current(key)
+        self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
+        gone = await self.app.store.delete_push_subscriptions_except_key(key.key_id)
+        for sub_id in gone:
+            self.delivery.forget(sub_id)
+        return gone
+
+    async def stop(self) -> None:
+        """Shutdown hook: stop delivering, record what is owed, close the pool."""
+        self._stopped = True
+        await self.delivery.stop()
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+        self._release()
+
+
+def install(service: Any, tls_policy: IPolicyForHTTPS | None = None) -> PushRuntime:
+    """Wire push into a :class:`~jmappushd.service.JMAPPushService` before it starts."""
+    app: App = service.app
+    reactor = service._reactor
+    config = app.config.push
+    client, pool = build_http_client(reactor, config.allow_private_urls, config.push_timeout_s,
+                                     tls_policy)
+    runtime = PushRuntime(app, TreqTransport(client, reactor, config.push_timeout_s), pool)
+    runtime.register()
+    app.services["push"] = runtime
+
+    def on_ready(result: object) -> object:
+        defer.ensureDeferred(runtime.start()).addErrback(runtime.start_failed)
+        return result
+
+    service.ready.addCallback(on_ready)
+    service.shutdown_hooks.append(runtime.stop)
+    return runtime

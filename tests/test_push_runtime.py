@@ -1,0 +1,118 @@
+"""The push runtime on a Clock: VAPID key life cycle, capability, start and stop (SES-15/16,
+PS-24, VAPID-11, VAPID-13)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from jmappushd.auth import Principal
+from jmappushd.config import Config
+from jmappushd.jmap.registry import CallContext, MethodError
+from jmappushd.push.keys import META_KEY, VAPID_CAPABILITY
+from jmappushd.push.setup import PushRuntime
+from jmappushd.push.vapid import VapidKey
+from jmappushd.service import build_app
+from jmappushd.store.records import Account
+from tests.push_fakes import FakeStore, FakeTransport, Harness
+
+ALICE = Principal("u1", "alice", "token:T", (Account("A", "alice", True),), "A")
+
+
+class FakePool:
+    closed = False
+
+    def closeCachedConnections(self) -> Deferred[None]:
+        self.closed = True
+        return succeed(None)
+
+
+def runtime_on(h: Harness, store: FakeStore | None = None) -> tuple[PushRuntime, FakePool]:
+    config = dataclasses.replace(Config(), push=h.config)
+    app = build_app(config, h.clock, store=store or h.store)  # type: ignore[arg-type]
+    defer.ensureDeferred(app.hub.start())
+    pool = FakePool()
+    runtime = PushRuntime(app, FakeTransport(), pool)  # type: ignore[arg-type]
+    runtime.register()
+    return runtime, pool
+
+
+def test_key_created_once_persisted_and_advertised() -> None:
+    """VAPID-11, SES-15: the first start creates and stores a key and advertises its public
+    half; a later start loads the same key."""
+    h = Harness()
+    runtime, _ = runtime_on(h)
+    assert VAPID_CAPABILITY not in runtime.app.registry.capabilities()
+    defer.ensureDeferred(runtime.start())
+    stored = h.store.meta[META_KEY]
+    key = VapidKey.from_private_string(stored).public_key_b64
+    session = runtime.app.session_for(ALICE)
+    assert session["capabilities"][VAPID_CAPABILITY] == {"applicationServerKey": key}
+    again, _ = runtime_on(h)
+    defer.ensureDeferred(again.start())
+    assert again.keyring.current.public_key_b64 == key
+    assert h.store.meta[META_KEY] == stored
+
+
+def test_subscriptions_of_another_key_are_destroyed_at_start() -> None:
+    """PS-24, VAPID-13 (C-V-2 without transition): subscriptions tied to a key that is no
+    longer the daemon's are destroyed."""
+    h = Harness()
+    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.record("S1")
+    h.record("S2", vapid_key_id="old")
+    runtime, _ = runtime_on(h)
+    defer.ensureDeferred(runtime.start())
+    assert set(h.store.subs) == {"S1"}
+    assert runtime.delivery.get("S1") is not None and runtime.delivery.get("S2") is None
+
+
+def test_rotation_changes_session_state_and_destroys_old_subscriptions() -> None:
+    """SES-16, VAPID-13: rotating the key advertises the new key, changes the session state
+    and destroys subscriptions created under the old key."""
+    h = Harness()
+    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.record("S1")
+    runtime, _ = runtime_on(h)
+    defer.ensureDeferred(runtime.start())
+    before = runtime.app.session_for(ALICE)
+    gone = defer.ensureDeferred(runtime.rotate_key())
+    assert gone.result == ["S1"]
+    after = runtime.app.session_for(ALICE)
+    assert after["state"] != before["state"]
+    new_key = after["capabilities"][VAPID_CAPABILITY]["applicationServerKey"]
+    assert new_key == runtime.keyring.current.public_key_b64 != h.key.public_key_b64
+    assert runtime.delivery.get("S1") is None and h.store.subs == {}
+
+
+def test_stop_closes_the_pool_and_leaves_no_timers() -> None:
+    """Shutdown: the scheduler stops, the pool is closed, nothing stays on the clock."""
+    h = Harness()
+    runtime, pool = runtime_on(h)
+    defer.ensureDeferred(runtime.start())
+    assert h.clock.getDelayedCalls()  # the scheduler tick
+    defer.ensureDeferred(runtime.stop())
+    assert pool.closed
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_methods_wait_for_start_and_fail_cleanly_if_it_failed() -> None:
+    """Calls arriving before the key is loaded wait; if start failed they get
+    serverUnavailable instead of hanging."""
+    h = Harness()
+    runtime, _ = runtime_on(h)
+    ctx = CallContext(principal=ALICE, session_state="s")
+    waiting = defer.ensureDeferred(runtime.methods.handle_get(ctx, {}))
+    assert not waiting.called
+    defer.ensureDeferred(runtime.start())
+    assert waiting.called and waiting.result == {"list": [], "notFound": []}
+    broken, _ = runtime_on(h)
+    pending = defer.ensureDeferred(broken.methods.handle_get(ctx, {}))
+    broken.start_failed(Failure(RuntimeError("disk on fire")))
+    failure = pending.result
+    assert isinstance(failure, Failure) and isinstance(failure.value, MethodError)
+    assert failure.value.type == "serverUnavailable"
+    pending.addErrback(lambda _: None)

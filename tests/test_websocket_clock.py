@@ -1,0 +1,261 @@
+"""Clock-driven tests of the WebSocket protocol: throttle batching, heartbeat, client
+timeout, flow control, catch-up, credential re-checks and shutdown, on fake transports
+with a task.Clock as the App's clock (no reactor, no sockets)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from twisted.internet import defer
+
+from jmappushd.auth import Principal
+from jmappushd.store.records import Account, TokenRecord
+from jmappushd.tokens import make_token
+from jmappushd.ws.protocol import CLOSE_GRACE_S, JMAPWebSocketProtocol
+from tests.test_websocket_helpers import (
+    FakeTransport,
+    Harness,
+    client_frame,
+    echo,
+    write_config,
+)
+
+WS = "ws-heartbeat-interval = 5\nws-client-timeout = 12\nws-throttle = 1000"
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(write_config(tmp_path, WS))
+
+
+def enabled(h: Harness, principal: Principal, **enable: object
+            ) -> tuple[JMAPWebSocketProtocol, FakeTransport]:
+    proto, transport = h.connect(principal)
+    h.send(proto, {"@type": "WebSocketPushEnable", **enable})
+    assert transport.value() == b""
+    return proto, transport
+
+
+def close_code(frames: list[tuple[int, bytes]]) -> int:
+    (code,) = [struct.unpack("!H", p[:2])[0] for op, p in frames if op == 8]
+    return int(code)
+
+
+@pytest.mark.parametrize(("ms", "window"), [(1000, 1.0), (250, 0.25)])
+def test_throttle_batches_changes(tmp_path: Path, ms: int, window: float) -> None:
+    """SC-2, ws-throttle in milliseconds: the first change goes out at once; later ones
+    inside the window are merged (newest state per account/type) into one StateChange
+    with the newest pushState, sent exactly when the window ends."""
+    h = Harness(write_config(tmp_path, f"ws-throttle = {ms}"))
+    alice = h.store.add("alice", "A")
+    _proto, transport = enabled(h, alice)
+    first = h.publish({"A": {"Email": "e1"}})
+    assert transport.messages() == [
+        {"@type": "StateChange", "changed": {"A": {"Email": "e1"}}, "pushState": first.token}]
+    h.clock.advance(window / 4)
+    h.publish({"A": {"Email": "e2"}})
+    h.publish({"A": {"Mailbox": "m1"}})
+    last = h.publish({"A": {"Email": "e3"}})
+    h.clock.advance(window * 3 / 4 - 0.001)
+    assert transport.messages() == []
+    h.clock.advance(0.001)
+    assert transport.messages() == [{"@type": "StateChange", "pushState": last.token,
+                                     "changed": {"A": {"Email": "e3", "Mailbox": "m1"}}}]
+    assert len(h.clock.getDelayedCalls()) == 1  # idle again: only the heartbeat
+
+
+def test_heartbeat_pings_in_seconds(h: Harness) -> None:
+    """ws-heartbeat-interval is in seconds: a ping at 5 s, none before; the pong keeps
+    the connection alive past ws-client-timeout; an idle connection owns one timer."""
+    alice = h.store.add("alice", "A")
+    proto, transport = enabled(h, alice)
+    assert len(h.clock.getDelayedCalls()) == 1
+    h.clock.advance(4.9)
+    assert transport.take() == []
+    h.clock.advance(0.1)
+    assert transport.take() == [(9, b"")]
+    for _ in range(5):
+        proto.dataReceived(client_frame(b"", opcode=10))  # pong
+        h.clock.advance(5)
+        assert transport.take() == [(9, b"")]
+    assert proto.state == proto.STATE_OPEN
+    assert len(h.clock.getDelayedCalls()) == 1
+
+
+def test_client_timeout_closes_and_leaves_the_hub(h: Harness) -> None:
+    """ws-client-timeout is in seconds: with nothing received for 12 s the server sends
+    Close 1001 and leaves the hub at once; an unanswered Close is aborted after the grace
+    period, after which the connection owns no timer and is forgotten."""
+    alice = h.store.add("alice", "A")
+    _proto, transport = enabled(h, alice)
+    assert h.app.hub.listener_count == 1
+    h.clock.advance(5)
+    h.clock.advance(5)
+    assert [op for op, _ in transport.take()] == [9, 9]
+    h.clock.advance(1.9)
+    assert transport.take() == []
+    h.clock.advance(0.1)
+    assert close_code(transport.take()) == 1001
+    assert h.app.hub.listener_count == 0
+    h.publish({"A": {"Email": "e1"}})
+    assert transport.take() == []
+    h.clock.advance(CLOSE_GRACE_S)
+    assert transport.aborted
+    h.clock.advance(0)
+    assert not h.factory.connections
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_any_traffic_defers_the_timeout(h: Harness) -> None:
+    """A message received at 10 s moves the client timeout to 22 s."""
+    alice = h.store.add("alice", "A")
+    proto, transport = h.connect(alice)
+    h.clock.advance(10)
+    h.send(proto, echo(rid="r"))
+    h.clock.advance(11.9)
+    assert 8 not in [op for op, _ in transport.take()]
+    h.clock.advance(0.1)
+    assert close_code(transport.take()) == 1001
+
+
+def test_thousand_cycles_leave_no_listeners_or_timers(h: Harness) -> None:
+    """1,000 connect/enable/publish/disconnect cycles (half closed cleanly, half dropped)
+    leave no hub listeners, no registered connections and no DelayedCalls."""
+    alice = h.store.add("alice", "A")
+    for i in range(1000):
+        proto, transport = enabled(h, alice)
+        h.publish({"A": {"Email": f"e{i}"}})
+        h.publish({"A": {"Email": f"f{i}"}})  # leaves a throttle timer pending
+        if i % 2:
+            proto.dataReceived(client_frame(struct.pack("!H", 1000), opcode=8))
+        else:
+            transport.loseConnection()
+        h.clock.advance(0)
+    assert h.app.hub.listener_count == 0
+    assert not h.factory.connections
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_slow_reader_holds_and_merges_pushes(h: Harness) -> None:
+    """Flow control: while the transport has paused us, nothing is written and reading
+    stops; changes keep merging, and resume sends one StateChange with the newest states."""
+    alice = h.store.add("alice", "A")
+    proto, transport = enabled(h, alice)
+    assert transport.producer is proto and transport.streaming
+    proto.pauseProducing()
+    assert not transport.reading
+    for i in range(50):
+        h.publish({"A": {"Email": f"e{i}", f"T{i % 3}": str(i)}})
+        h.clock.advance(0.1)
+    assert transport.messages() == []
+    proto.resumeProducing()
+    assert transport.reading
+    (message,) = transport.messages()
+    assert message["changed"] == {"A": {"Email": "e49", "T0": "48", "T1": "49", "T2": "47"}}
+    proto.pauseProducing()  # a new enable while paused starts paused too
+    h.send(proto, {"@type": "WebSocketPushEnable"})
+    h.publish({"A": {"Email": "late"}})
+    assert transport.messages() == []
+    proto.resumeProducing()
+    assert transport.messages()[0]["changed"] == {"A": {"Email": "late"}}
+
+
+def test_catch_up_merges_changes_published_meanwhile(h: Harness) -> None:
+    """WS-19: enabling with a pushState subscribes before the catch-up query; a change
+    published while the query runs wins over the older state the query returns, and both
+    go out as one StateChange with the newer pushState."""
+    defer.ensureDeferred(h.app.hub.start())
+    alice = h.store.add("alice", "A")
+    _proto, transport = enabled(h, alice, pushState=make_token("ep", 3))
+    live = h.publish({"A": {"Email": "new"}})
+    assert transport.messages() == []
+    h.store.pending_query.callback({"A": {"Email": "old", "Mailbox": "m"}})
+    assert transport.messages() == [{"@type": "StateChange", "pushState": live.token,
+                                     "changed": {"A": {"Email": "new", "Mailbox": "m"}}}]
+
+
+def test_credentials_rechecked_on_invalidate(h: Harness) -> None:
+    """C-WS-5: when the auth layer reports a change, a connection whose token was revoked
+    or whose user is gone is closed with 1008; a connection of a user given a new grant
+    stays open and now receives that account's changes."""
+    alice = h.store.add("alice", "A")
+    bob = h.store.add("bob", "B")
+    carol = h.store.add("carol", "C")
+    by_token = Principal(alice.user_id, "alice", "token:t1", alice.accounts, "A")
+    h.store.tokens["alice"] = [TokenRecord("t1", alice.user_id, 0.0, "")]
+    _token_conn, token_t = enabled(h, by_token)
+    _bob_conn, bob_t = enabled(h, bob)
+    carol_conn, carol_t = enabled(h, carol)
+    h.store.tokens["alice"] = []
+    del h.store.users[bob.user_id]
+    h.store.grants[carol.user_id].append(Account("A", "alice", False))
+    h.app.auth.invalidate()
+    assert close_code(token_t.take()) == 1008
+    assert close_code(bob_t.take()) == 1008
+    assert carol_t.take() == []
+    h.publish({"A": {"Email": "a1"}})
+    assert carol_t.messages()[0]["changed"] == {"A": {"Email": "a1"}}
+    assert carol_conn.principal is not None and carol_conn.principal.account_ids == {"A", "C"}
+
+
+def test_shutdown_closes_everything_with_1001(h: Harness) -> None:
+    """Shutdown sends Close 1001 on every connection, leaves the hub at once, and finishes
+    when all are gone: peers that answer close at once, silent ones are aborted after the
+    grace period; no timers remain."""
+    alice = h.store.add("alice", "A")
+    conns = [enabled(h, alice) for _ in range(3)]
+    done = defer.ensureDeferred(h.factory.shutdown())
+    for _, transport in conns:
+        assert close_code(transport.take()) == 1001
+    assert h.app.hub.listener_count == 0
+    conns[0][0].dataReceived(client_frame(struct.pack("!H", 1001), opcode=8))
+    h.clock.advance(0)
+    assert len(h.factory.connections) == 2 and not done.called
+    h.clock.advance(CLOSE_GRACE_S)
+    h.clock.advance(0)
+    assert done.called and not h.factory.connections
+    assert h.clock.getDelayedCalls() == []
+    assert h.factory.buildProtocol(None) is None  # no new connections while stopping
+
+
+def test_one_encoding_per_view(h: Harness) -> None:
+    """Fan-out encodes a change once per (accounts, dataTypes) view: connections with the
+    same view are sent the very same bytes object."""
+    alice = h.store.add("alice", "A")
+    sent: list[bytes] = []
+    conns = [enabled(h, alice) for _ in range(3)]
+    for proto, _ in conns:
+        proto.sendMessage = sent.append  # type: ignore[method-assign]
+    h.publish({"A": {"Email": "e1"}})
+    assert len(sent) == 3 and sent[0] is sent[1] is sent[2]
+
+
+def test_huge_frame_header_closes_1009_without_buffering(h: Harness) -> None:
+    """WS-22, C-WS-4: a frame header announcing 100 MB (over the 2 x maxSizeRequest cap)
+    gets Close 1009 at once; payload bytes that follow are discarded, not buffered."""
+    alice = h.store.add("alice", "A")
+    proto, transport = h.connect(alice)
+    header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 100_000_000) + b"\0\0\0\0"
+    proto.dataReceived(header)
+    assert close_code(transport.take()) == 1009
+    proto.dataReceived(b"x" * 1_000_000)
+    assert not proto.frame_data and len(proto.data) < 1_000_000
+    h.clock.advance(CLOSE_GRACE_S)  # the peer never answers our Close: aborted on our clock
+    assert transport.aborted
+
+
+def test_session_state_memo_follows_registry_generation(h: Harness) -> None:
+    """The Response's sessionState is always current: the App memoizes it per principal
+    and registry generation, and a capability change moves it (SES-11/SES-16)."""
+    alice = h.store.add("alice", "A")
+    proto, transport = h.connect(alice)
+    h.send(proto, echo(rid="1"))
+    h.send(proto, echo(rid="2"))
+    first, second = transport.messages()
+    assert first["sessionState"] == second["sessionState"] == h.app.session_state(alice)
+    h.app.registry.add_capability("https://example.com/x", {"v": 1})
+    h.send(proto, echo(rid="3"))
+    (third,) = transport.messages()
+    assert third["sessionState"] == h.app.session_state(alice) != first["sessionState"]
