@@ -20,7 +20,7 @@ run: $(STAMP)
 
 ## test: lint, type-check, then the whole test suite
 test: $(STAMP)
-	$(BIN)/ruff check jmappushd tests twisted benchmarks
+	$(BIN)/ruff check jmappushd tests twisted $(wildcard benchmarks)
 	$(BIN)/mypy jmappushd twisted/plugins
 	$(BIN)/python -m pytest -q tests
 

@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("account_id")
     pub.add_argument("changes", nargs="+", metavar="TYPE=STATE")
     pub.add_argument("--url", help="admin base URL (default: from [admin] listen)")
+
+    vapid = sub.add_parser("vapid", help="manage the Web Push (VAPID) signing key")
+    vs = vapid.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rot = vs.add_parser("rotate", help="switch to a new key; old-key subscriptions are destroyed")
+    rot.add_argument("--url", help="admin base URL (default: from [admin] listen)")
     return p
 
 
@@ -224,30 +229,41 @@ def parse_changes(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def publish(args: argparse.Namespace, config: Config, out: TextIO) -> None:
-    if not _ID.match(args.account_id):
-        raise CtlError(f"invalid account id {args.account_id!r}")
-    body = {"@type": "StateChange", "changed": {args.account_id: parse_changes(args.changes)}}
+def admin_post(config: Config, base_url: str | None, path: str, body: Any) -> Any:
+    """POST JSON to the running daemon's admin listener with the admin token."""
     try:
         token = load_or_create_admin_token(config.admin.token_file)
     except (OSError, StateError) as exc:
         raise CtlError(f"cannot read the admin token: {exc}") from exc
-    url = (args.url or admin_url(config)).rstrip("/") + "/publish"
+    url = (base_url or admin_url(config)).rstrip("/") + path
     request = urllib.request.Request(  # noqa: S310 - the URL is the operator's admin endpoint
         url, data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            reply = json.loads(response.read() or b"{}")
+            return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")
         with contextlib.suppress(ValueError, AttributeError):
             detail = json.loads(detail).get("detail", detail)
-        raise CtlError(f"publish refused ({exc.code}): {detail}") from exc
+        raise CtlError(f"{path} refused ({exc.code}): {detail}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise CtlError(f"cannot reach the daemon at {url}: {exc}") from exc
+
+
+def publish(args: argparse.Namespace, config: Config, out: TextIO) -> None:
+    if not _ID.match(args.account_id):
+        raise CtlError(f"invalid account id {args.account_id!r}")
+    body = {"@type": "StateChange", "changed": {args.account_id: parse_changes(args.changes)}}
+    reply = admin_post(config, args.url, "/publish", body)
     out.write(f"published as {reply.get('token', '?')}\n")
+
+
+def rotate_vapid_key(args: argparse.Namespace, config: Config, out: TextIO) -> None:
+    reply = admin_post(config, args.url, "/vapid/rotate", {})
+    out.write(f"new applicationServerKey {reply.get('applicationServerKey')}; "
+              f"{reply.get('destroyed', 0)} subscriptions of the old key destroyed\n")
 
 
 def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
@@ -261,6 +277,9 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
         return
     if args.command == "publish":
         publish(args, config, out)
+        return
+    if args.command == "vapid":
+        rotate_vapid_key(args, config, out)
         return
     try:
         prepare_state(config)

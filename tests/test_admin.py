@@ -71,3 +71,27 @@ async def test_health_and_metrics(live: LiveDaemon) -> None:
     assert "jmappushd_publishes_total 1.0" in text
     assert "jmappushd_state_changes_total 2.0" in text
     assert 'jmappushd_listeners{kind="all"}' in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_vapid_rotation_changes_key_and_session_state(live: LiveDaemon) -> None:
+    """SES-16, VAPID-13: rotating the key changes applicationServerKey and the session
+    state; the admin token is required."""
+    from tests.support import basic
+
+    vapid = "urn:ietf:params:jmap:webpush-vapid"
+    await live.add_user("alice")
+    await live.app.services["push"].wait_started()
+    r = await treq.get(live.base + "/jmap/session", headers=basic("alice", "secret"))
+    before = await r.json()
+    r = await treq.post(live.admin + "/vapid/rotate")
+    assert r.code == 401
+    r = await treq.post(live.admin + "/vapid/rotate",
+                        headers={"Authorization": f"Bearer {live.app.admin_token}"})
+    assert r.code == 200
+    reply = await r.json()
+    r = await treq.get(live.base + "/jmap/session", headers=basic("alice", "secret"))
+    after = await r.json()
+    assert after["capabilities"][vapid]["applicationServerKey"] == reply["applicationServerKey"]
+    assert reply["applicationServerKey"] != before["capabilities"][vapid]["applicationServerKey"]
+    assert after["state"] != before["state"]

@@ -46,6 +46,10 @@ def test_daemon_lifecycle_with_ctl(tmp_path: Path) -> None:
         assert status == 200 and out["methodResponses"] == [["Core/echo", {"hello": True}, "b3ff"]]
         published = d.ctl("publish", "acc1", "Email=s42", "Mailbox=m7")
         assert "published as" in published.stdout
+        key = session["capabilities"]["urn:ietf:params:jmap:webpush-vapid"]
+        rotated = d.ctl("vapid", "rotate").stdout
+        assert "new applicationServerKey" in rotated
+        assert key["applicationServerKey"] not in rotated
     finally:
         # twistd re-raises SIGTERM at exit, which systemd counts as a clean stop.
         assert d.stop() in (0, -15)

@@ -99,6 +99,41 @@ class PublishResource(Resource):
         write_json(request, 202, {"seq": change.seq, "token": change.token})
 
 
+class RotateVapidKeyResource(Resource):
+    """``POST /vapid/rotate``: a new VAPID key (SES-16, VAPID-13).
+
+    The session state changes, and subscriptions tied to the old key are destroyed
+    at once (no transition period, C-V-2); clients re-subscribe with the new key.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self._app = app
+
+    def render_POST(self, request: Request) -> Any:
+        return serve_async(request, self._handle(request), self.log)
+
+    async def _handle(self, request: Request) -> None:
+        if not check_admin_token(request, self._app.admin_token):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="jmappushd-admin"')
+            write_problem(request, 401, "the admin bearer token is required")
+            return
+        runtime = self._app.services.get("push")
+        if runtime is None:
+            write_problem(request, 503, "push delivery is not running")
+            return
+        await runtime.wait_started()
+        destroyed = await runtime.rotate_key()
+        self.log.info("VAPID key rotated; {count} subscriptions destroyed", count=len(destroyed))
+        write_json(request, 200, {
+            "applicationServerKey": runtime.keyring.capability()["applicationServerKey"],
+            "destroyed": len(destroyed),
+        })
+
+
 class HealthResource(Resource):
     """``GET /health``: 200 when the store answers, 503 otherwise."""
 
@@ -139,4 +174,7 @@ def build_admin_root(app: App) -> Resource:
     root.putChild(b"publish", PublishResource(app))
     root.putChild(b"health", HealthResource(app))
     root.putChild(b"metrics", MetricsResource(app))
+    vapid = Resource()
+    vapid.putChild(b"rotate", RotateVapidKeyResource(app))
+    root.putChild(b"vapid", vapid)
     return root
