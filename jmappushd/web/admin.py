@@ -10,13 +10,13 @@ import hmac
 import re
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.app import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.web.base import AppResource
 from jmappushd.web.responses import serve_async, write_body, write_json, write_problem
 
 ADMIN_MAX_BODY = 1_000_000
@@ -56,6 +56,15 @@ def parse_state_change(value: Any) -> dict[str, dict[str, str]]:
     return out
 
 
+def require_admin(request: Request, token: str) -> bool:
+    """True for the admin bearer token; otherwise answer 401 and return False."""
+    if check_admin_token(request, token):
+        return True
+    request.setHeader(b"WWW-Authenticate", b'Bearer realm="jmappushd-admin"')
+    write_problem(request, 401, "the admin bearer token is required")
+    return False
+
+
 def check_admin_token(request: Request, token: str) -> bool:
     header = request.getHeader(b"Authorization") or b""
     scheme, _, presented = header.partition(b" ")
@@ -64,15 +73,8 @@ def check_admin_token(request: Request, token: str) -> bool:
     return hmac.compare_digest(presented.strip(), token.encode("utf-8"))
 
 
-class PublishResource(Resource):
+class PublishResource(AppResource):
     """``POST /publish`` with the admin bearer token and a StateChange body → 202."""
-
-    isLeaf = True
-    log = Logger()
-
-    def __init__(self, app: App) -> None:
-        super().__init__()
-        self._app = app
 
     def render_POST(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log,
@@ -80,9 +82,7 @@ class PublishResource(Resource):
 
     async def _handle(self, request: Request) -> None:
         app = self._app
-        if not check_admin_token(request, app.admin_token):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="jmappushd-admin"')
-            write_problem(request, 401, "the admin bearer token is required")
+        if not require_admin(request, app.admin_token):
             return
         assert request.content is not None
         try:
@@ -99,27 +99,18 @@ class PublishResource(Resource):
         write_json(request, 202, {"seq": change.seq, "token": change.token})
 
 
-class RotateVapidKeyResource(Resource):
+class RotateVapidKeyResource(AppResource):
     """``POST /vapid/rotate``: a new VAPID key (SES-16, VAPID-13).
 
     The session state changes, and subscriptions tied to the old key are destroyed
     at once (no transition period, C-V-2); clients re-subscribe with the new key.
     """
 
-    isLeaf = True
-    log = Logger()
-
-    def __init__(self, app: App) -> None:
-        super().__init__()
-        self._app = app
-
     def render_POST(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log)
 
     async def _handle(self, request: Request) -> None:
-        if not check_admin_token(request, self._app.admin_token):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="jmappushd-admin"')
-            write_problem(request, 401, "the admin bearer token is required")
+        if not require_admin(request, self._app.admin_token):
             return
         runtime = self._app.services.get("push")
         if runtime is None:
@@ -134,15 +125,8 @@ class RotateVapidKeyResource(Resource):
         })
 
 
-class HealthResource(Resource):
+class HealthResource(AppResource):
     """``GET /health``: 200 when the store answers, 503 otherwise."""
-
-    isLeaf = True
-    log = Logger()
-
-    def __init__(self, app: App) -> None:
-        super().__init__()
-        self._app = app
 
     def render_GET(self, request: Request) -> Any:
         return serve_async(request, self._check(request), self.log, 503, "store unavailable")
@@ -154,14 +138,8 @@ class HealthResource(Resource):
         })
 
 
-class MetricsResource(Resource):
+class MetricsResource(AppResource):
     """``GET /metrics``: Prometheus text format."""
-
-    isLeaf = True
-
-    def __init__(self, app: App) -> None:
-        super().__init__()
-        self._app = app
 
     def render_GET(self, request: Request) -> Any:
         write_body(request, 200, self._app.metrics.render(),

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.app import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.web.base import AppResource
 from jmappushd.web.httpauth import authenticate
 from jmappushd.web.responses import (
     serve_async,
@@ -55,15 +54,11 @@ class ConcurrencyLimiter:
             self._in_flight.pop(key, None)
 
 
-class APIResource(Resource):
+class APIResource(AppResource):
     """``POST {apiUrl}``."""
 
-    isLeaf = True
-    log = Logger()
-
     def __init__(self, app: App) -> None:
-        super().__init__()
-        self._app = app
+        super().__init__(app)
         self._limiter = ConcurrencyLimiter(app.config.jmap.max_concurrent_requests)
 
     def render_POST(self, request: Request) -> Any:

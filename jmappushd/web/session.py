@@ -9,19 +9,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.app import App
+from jmappushd.web.base import AppResource
 from jmappushd.web.httpauth import authenticate
 from jmappushd.web.responses import serve_async, write_json, write_problem
 
 
-class SessionResource(Resource):
+class SessionResource(AppResource):
     """``GET /jmap/session``: the Session object for the authenticated user (SES-4)."""
-
-    isLeaf = True
-    log = Logger()
-
-    def __init__(self, app: App) -> None:
-        super().__init__()
-        self._app = app
 
     def render_GET(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log)
