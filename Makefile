@@ -24,7 +24,9 @@ test: $(STAMP)
 	$(BIN)/mypy jmappushd twisted/plugins
 	$(BIN)/python -m pytest -q tests
 
+## bench: the full benchmark suite (about 7 minutes); results in docs/benchmarks.*
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]' --config-settings editable_mode=compat
 	$(BIN)/python -m benchmarks
 
 clean:

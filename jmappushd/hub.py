@@ -75,9 +75,13 @@ def restrict(
 ) -> dict[str, dict[str, str]]:
     """Keep only readable accounts and wanted types; drop what ends up empty (ES-12)."""
     out: dict[str, dict[str, str]] = {}
-    for account_id, type_states in changed.items():
-        if account_id not in account_ids:
-            continue
+    if len(account_ids) < len(changed):
+        # Walk the smaller side: a batched publish of many accounts meets listeners
+        # that read one or two of them.
+        pairs = [(a, changed[a]) for a in account_ids if a in changed]
+    else:
+        pairs = [(a, t) for a, t in changed.items() if a in account_ids]
+    for account_id, type_states in pairs:
         if types is None:
             kept = dict(type_states)
         else:
@@ -89,6 +93,8 @@ def restrict(
 
 class HubSubscription:
     """A listener's registration; ``cancel`` removes it at once (and is idempotent)."""
+
+    __slots__ = ("_hub", "account_ids", "active", "listener")
 
     def __init__(self, hub: Hub, listener: ChangeListener, account_ids: frozenset[str]) -> None:
         self._hub = hub

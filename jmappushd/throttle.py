@@ -15,11 +15,18 @@ from collections.abc import Callable, Mapping
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 StateMap = Mapping[str, Mapping[str, str]]
-Flush = Callable[[dict[str, dict[str, str]], str], None]
+Flush = Callable[[StateMap, str], None]
 
 
 class CoalescingThrottle:
-    """Merge changes per account/type and hand them to ``flush`` at most once per window."""
+    """Merge changes per account/type and hand them to ``flush`` at most once per window.
+
+    ``flush`` may receive the very mapping passed to ``offer`` (when nothing was
+    pending, so no merge was needed): it must treat it as read-only.
+    """
+
+    __slots__ = ("_clock", "_flush", "_interval", "_last_sent", "_paused", "_pending",
+                 "_timer", "_token")
 
     def __init__(self, clock: IReactorTime, interval: float, flush: Flush) -> None:
         self._clock = clock
@@ -41,6 +48,18 @@ class CoalescingThrottle:
 
     def offer(self, changed: StateMap, token: str) -> None:
         """Add a (filtered, non-empty) change; send now or when the window ends."""
+        if not self._pending and not self._paused and self._timer is None:
+            # Fast path (the common case): nothing to merge with, so no copy.
+            if self._interval <= 0:
+                self._token = token
+                self._flush(changed, token)
+                return
+            now = self._clock.seconds()
+            if self._last_sent is None or now >= self._last_sent + self._interval:
+                self._token = token
+                self._last_sent = now
+                self._flush(changed, token)
+                return
         for account_id, type_states in changed.items():
             self._pending.setdefault(account_id, {}).update(type_states)
         self._token = token

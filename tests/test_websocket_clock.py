@@ -221,15 +221,16 @@ def test_shutdown_closes_everything_with_1001(h: Harness) -> None:
 
 
 def test_one_encoding_per_view(h: Harness) -> None:
-    """Fan-out encodes a change once per (accounts, dataTypes) view: connections with the
-    same view are sent the very same bytes object."""
+    """Fan-out encodes and frames a change once per (accounts, dataTypes) view:
+    connections with the same view are sent the very same prepared frame."""
     alice = h.store.add("alice", "A")
-    sent: list[bytes] = []
+    sent: list[object] = []
     conns = [enabled(h, alice) for _ in range(3)]
     for proto, _ in conns:
-        proto.sendMessage = sent.append  # type: ignore[method-assign]
+        proto.sendPreparedMessage = sent.append  # type: ignore[method-assign]
     h.publish({"A": {"Email": "e1"}})
     assert len(sent) == 3 and sent[0] is sent[1] is sent[2]
+    assert b'"Email":"e1"' in sent[0].payload  # type: ignore[attr-defined]
 
 
 def test_huge_frame_header_closes_1009_without_buffering(h: Harness) -> None:

@@ -8,6 +8,7 @@ a valid StateChange of its own. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 
@@ -37,6 +38,7 @@ def state_change(changed: StateMap) -> bytes:
     return dumps({"@type": "StateChange", "changed": changed})
 
 
+@functools.lru_cache(maxsize=65536)
 def topic_for(subscription_id: str) -> str:
     """A stable per-subscription Topic: 22 base64url characters (WP-4, C-WP-1)."""
     return b64url_encode(hashlib.sha256(subscription_id.encode("utf-8")).digest())[:22]

@@ -82,12 +82,18 @@ class BytesProducer:
         pass
 
 
+MAX_PERSISTENT_PER_HOST = 16
+
+
 def build_http_client(
     reactor: Any, allow_private: bool, connect_timeout: float,
     tls_policy: IPolicyForHTTPS | None = None, resolver: IHostnameResolver | None = None,
 ) -> tuple[HTTPClient, HTTPConnectionPool]:
     """One treq client over one persistent pool, checking addresses at connect (PS-18)."""
     pool = HTTPConnectionPool(reactor, persistent=True)
+    # Several messages to one push service are often in flight at once: keep that many
+    # connections alive instead of the default two (benchmarks: reconnects dominated).
+    pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     factory = GuardedEndpointFactory(reactor, allow_private, tls_policy, connect_timeout,
                                      resolver=resolver)
     agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)

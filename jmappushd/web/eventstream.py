@@ -173,7 +173,7 @@ class EventStream:
             for account_id in [a for a in pending if a not in account_ids]:
                 del pending[account_id]
 
-    def _flush(self, changed: dict[str, dict[str, str]], token: str) -> None:
+    def _flush(self, changed: StateMap, token: str) -> None:
         if self.closed or not changed:
             return
         ctx = self._ctx

@@ -66,6 +66,8 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self._drained: defer.Deferred[None] | None = None
         self._cache_seq = -1
         self._cache: dict[tuple[frozenset[str], frozenset[str] | None], Payload | None] = {}
+        # Frames built once per change and written as-is to every connection.
+        self._frames: dict[bytes, Any] = {}
         self.stopping = False
 
     # -- connections --
@@ -118,6 +120,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         """Restrict and encode ``change`` once per (accounts, types) view."""
         if change.seq != self._cache_seq:
             self._cache.clear()
+            self._frames.clear()
             self._cache_seq = change.seq
         key = (account_ids, types)
         try:
@@ -129,6 +132,16 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         if len(self._cache) < 4096:
             self._cache[key] = found
         return found
+
+    def frame_for(self, payload: bytes) -> Any:
+        """The WebSocket frame for ``payload``, framed once however many connections
+        send it (no compression is negotiated, so one frame fits every connection)."""
+        frame = self._frames.get(payload)
+        if frame is None:
+            frame = self.prepareMessage(payload)
+            if len(self._frames) < 4096:
+                self._frames[payload] = frame
+        return frame
 
     # -- credentials (C-WS-5) and shutdown --
 

@@ -275,7 +275,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def send_push(self, payload: bytes) -> None:
         if self.state == _OPEN:
-            self.sendMessage(payload)
+            self.sendPreparedMessage(self.factory.frame_for(payload))
             self.factory.events_sent.inc()
 
     def _stop_push(self) -> None:

@@ -103,7 +103,7 @@ class PushSession:
         self.throttle.offer(restricted, change.token)
         self._ready = None
 
-    def _flush(self, changed: dict[str, dict[str, str]], token: str) -> None:
+    def _flush(self, changed: StateMap, token: str) -> None:
         payload = self._ready
         self._send(payload if payload is not None else encode_state_change(changed, token))
 

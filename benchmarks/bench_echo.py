@@ -1,0 +1,125 @@
+"""5. WebSocket vs HTTP: ``Core/echo`` round trips per second, sequential and 64 in flight.
+
+HTTP: POST to the API URL over keep-alive connections with Basic auth on every
+request, as a JMAP client does; the daemon's credential cache (keyed hash of the
+credentials, short TTL, dropped on revoke) spares the scrypt check after the
+first request, which a warm-up pays. WebSocket: one connection, authenticated
+once at the handshake (Basic too). ``max-concurrent-requests`` is raised to 128
+so that 64 in flight are not refused (both transports enforce it).
+
+The sequential modes run twice: with the client and the daemon free to run on
+either core, and pinned together to one core. Only one of the two runs at a time
+in a sequential exchange, and on this VM a wake-up across cores costs far more
+than the daemon's work (a raw TCP ping-pong: ~25 us on one core, ~180 us across
+two, measured by :func:`raw_round_trip`), so the pinned figure is the one that
+measures the daemon; both are reported. The bare baseline server answers the
+same exchanges (a canned Core/echo from bare twisted.web and bare Autobahn): its
+WS/HTTP ratio is the ceiling a Twisted daemon can reach on this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+from typing import Any
+
+from benchmarks.common import PYTHON, ROOT
+from benchmarks.context import ECHO_PASSWORD, ECHO_USER, Context
+from benchmarks.profiling import Profile
+from benchmarks.server import Baseline, Daemon, Server
+
+SECTIONS = {"jmap": "max-concurrent-requests = 128"}
+MODES = ("http-seq", "ws-seq", "http-par", "ws-par")
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Set the CPU affinity of every thread of ``pid`` (the store's thread too)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task), cpus)
+
+
+def raw_round_trip(cpus: tuple[int, int], seconds: float) -> float:
+    """Microseconds per TCP ping-pong between two processes on the given CPUs."""
+    result = subprocess.run(
+        [PYTHON, "-m", "benchmarks.load_echo", "--mode", "raw", "--port", "0", "--auth", "-",
+         "--seconds", str(seconds), "--cpus", f"{cpus[0]},{cpus[1]}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=seconds + 60, check=True)
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["us_per_round_trip"])
+
+
+def echo(server: Server, mode: str, seconds: float, inflight: int = 64,
+         cpus: set[int] | None = None) -> dict[str, Any]:
+    auth = "Basic " + base64.b64encode(f"{ECHO_USER}:{ECHO_PASSWORD}".encode()).decode()
+    args = [PYTHON, "-m", "benchmarks.load_echo", "--mode", mode, "--port", str(server.port),
+            "--auth", auth, "--seconds", str(seconds), "--inflight", str(inflight)]
+    if isinstance(server, Baseline):
+        args += ["--api-path", "/api", "--ws-path", "/ws"]
+    if cpus is not None:
+        args += ["--cpus", ",".join(map(str, sorted(cpus)))]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
+                            timeout=seconds + 120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"load_echo {mode} failed: {result.stderr[-2000:]}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def measure(server: Server, seconds: float) -> dict[str, Any]:
+    """Every mode against ``server``; sequential ones also pinned to one core."""
+    out: dict[str, Any] = {}
+    echo(server, "http-seq", min(1.0, seconds))  # warm-up: the daemon's one scrypt check
+    echo(server, "ws-seq", min(1.0, seconds))
+    for mode in MODES:
+        out[mode] = echo(server, mode, seconds)
+    every = set(range(os.cpu_count() or 1))
+    pin(server.pid, {0})
+    try:
+        for mode in ("http-seq", "ws-seq"):
+            out[f"{mode}-pinned"] = echo(server, mode, seconds, cpus={0})
+    finally:
+        pin(server.pid, every)
+    return out
+
+
+def _ratios(out: dict[str, Any]) -> dict[str, float]:
+    def rate(mode: str) -> float:
+        return float(out[mode]["rate"])
+
+    return {"sequential": rate("ws-seq") / max(1e-9, rate("http-seq")),
+            "sequential_pinned": rate("ws-seq-pinned") / max(1e-9, rate("http-seq-pinned")),
+            "inflight64": rate("ws-par") / max(1e-9, rate("http-par"))}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    seconds = ctx.sizes["echo_seconds"]
+    bare = Baseline(ctx.workdir, tag="echo-baseline")
+    bare.start()
+    try:
+        base = measure(bare, seconds)
+    finally:
+        bare.stop()
+    daemon = Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag="echo-daemon")
+    daemon.start()
+    try:
+        out = measure(daemon, seconds)
+        if (os.cpu_count() or 1) > 1 and not ctx.smoke:
+            out["raw_round_trip_us"] = {"same_core": raw_round_trip((0, 0), 1.0),
+                                        "across_cores": raw_round_trip((0, 1), 1.0)}
+        if ctx.profile:
+            for mode in ("http-seq", "ws-seq"):
+                spy = Profile(daemon.pid, ctx.workdir / f"echo-{mode}.pyspy", seconds)
+                echo(daemon, mode, seconds)
+                out[f"profile_{mode}"] = spy.finish()
+    finally:
+        daemon.stop()
+    ratios, bare_ratios = _ratios(out), _ratios(base)
+    errors = sum(v["errors"] for v in out.values() if isinstance(v, dict) and "errors" in v)
+    return {"daemon": out, "baseline": base, "ratios": ratios, "baseline_ratios": bare_ratios,
+            "daemon_vs_bare": {m: out[m]["rate"] / max(1e-9, base[m]["rate"])
+                               for m in (*MODES, "http-seq-pinned", "ws-seq-pinned")},
+            "errors": errors,
+            "targets": {"ws>=3x_http_sequential": ratios["sequential"] >= 3.0,
+                        "ws>=3x_http_sequential_pinned": ratios["sequential_pinned"] >= 3.0}}

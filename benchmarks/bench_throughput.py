@@ -1,0 +1,97 @@
+"""3. Publish throughput: state changes per second across many accounts, one listener each.
+
+Every prepared user (10,000 in the full run) owns one account and holds one
+connection (the first half EventSource, the second half WebSocket), throttles
+at 0. A publisher process sends ``rounds`` rounds in which every account
+changes once, ``batch`` accounts per publish, over 4 keep-alive connections.
+The last round's state is ``final``; the rate counts only when every client
+has seen ``final`` on its own account: changes published / (time the last
+client saw ``final`` - time the first publish was sent).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from benchmarks.common import PYTHON, ROOT, Child, cpu_seconds, expect_all, split, stop_all
+from benchmarks.context import Context
+from benchmarks.profiling import Profile
+from benchmarks.server import Daemon, client_processes, wait_ready
+
+SECTIONS = {"event-source": "event-source-throttle = 0", "websocket": "ws-throttle = 0"}
+PUBLISH_CONNECTIONS = 4
+TARGET = 20_000
+
+
+def publish(daemon: Daemon, accounts_file: str, batch: int, rounds: int) -> dict[str, Any]:
+    result = subprocess.run(
+        [PYTHON, "-m", "benchmarks.load_publish", "--port", str(daemon.admin_port),
+         "--token", daemon.admin_token, "--accounts-file", accounts_file,
+         "--batch", str(batch), "--rounds", str(rounds),
+         "--connections", str(PUBLISH_CONNECTIONS)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"load_publish failed: {result.stderr[-2000:]}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def one_run(daemon: Daemon, children: list[Child], accounts_file: str, n: int, batch: int,
+            rounds: int) -> dict[str, Any]:
+    for child in children:
+        child.send(cmd="reset")  # forget receipts and "final" flags of an earlier run
+    expect_all(children, "reset", 60)
+    cpu_before = cpu_seconds(daemon.pid)
+    sent = publish(daemon, accounts_file, batch, rounds)
+    finals = expect_all(children, "final", 120)
+    cpu_used = cpu_seconds(daemon.pid) - cpu_before
+    for child in children:
+        child.send(cmd="counters")
+    counters = expect_all(children, "counters", 60)
+    t_end = max(f["t"] for f in finals)
+    seconds = (t_end - sent["t_first"]) / 1e9
+    changes = n * rounds
+    return {"batch": batch, "rounds": rounds, "changes": changes, "seconds": seconds,
+            "changes_per_s": changes / seconds, "publishes": sent["publishes"],
+            "publish_errors": sent["errors"], "ack_p50_ms": sent["ack_p50_ms"],
+            "ack_p99_ms": sent["ack_p99_ms"],
+            "events_received_total": sum(c["events"] for c in counters),
+            "daemon_cpu_s": cpu_used, "daemon_cpu_us_per_change": cpu_used / changes * 1e6,
+            "daemon_core_share": cpu_used / seconds}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    n = ctx.sizes["throughput_accounts"]
+    users = ctx.users(n)
+    half = n // 2
+    procs = ctx.client_procs
+    accounts_file = ctx.workdir / f"accounts-{n}.json"
+    accounts_file.write_text(json.dumps([u["account"] for u in users]))
+    auth = ctx.auth_file(users)
+    daemon = Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag="throughput-daemon")
+    children: list[Child] = []
+    out: dict[str, Any] = {"accounts": n, "runs": []}
+    daemon.start()
+    try:
+        children += client_processes(daemon, "es", split(half, procs), auth_file=auth,
+                                     src_base=2, max_seconds=ctx.max_seconds)
+        children += client_processes(daemon, "ws", split(n - half, procs), auth_file=auth,
+                                     auth_offset=half, src_base=2 + procs,
+                                     max_seconds=ctx.max_seconds)
+        out["connect"] = wait_ready(children, ctx.connect_timeout)
+        for batch in ctx.sizes["throughput_batches"]:
+            out["runs"].append(one_run(daemon, children, str(accounts_file), n, batch,
+                                       ctx.sizes["throughput_rounds"]))
+        if ctx.profile:
+            batch = ctx.sizes["throughput_batches"][0]
+            spy = Profile(daemon.pid, ctx.workdir / "throughput.pyspy", 8)
+            one_run(daemon, children, str(accounts_file), n, batch, 3)
+            out["profile"] = spy.finish()
+    finally:
+        stop_all(children)
+        daemon.stop()
+    best = max(r["changes_per_s"] for r in out["runs"])
+    out["best_changes_per_s"] = best
+    out["targets"] = {"changes_per_s>=20000": best >= TARGET}
+    return out

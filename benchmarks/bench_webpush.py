@@ -1,0 +1,64 @@
+"""4. Web Push pipeline: per-message CPU against pywebpush and the primitives' floor;
+deliveries per second to a local receiver against a bare treq POST loop.
+
+Both halves run in a child process (:mod:`benchmarks.load_webpush`). The receiver
+is the bare baseline server's ``POST /push`` (201 to everything) in its own
+process. The delivery half drives jmappushd's ``Sender`` over its real
+``TreqTransport`` (treq, the persistent pool, the SSRF-guarded endpoint factory,
+the push timeout), which is what the delivery service calls per message; the
+daemon's scheduling around it (the per-subscription queue, retries, the store
+writes that settle a delivered state) is not in this figure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from benchmarks.common import PYTHON, ROOT
+from benchmarks.context import Context
+from benchmarks.server import Baseline
+
+CONCURRENCY = 16
+
+
+def child(*args: str, timeout: float = 600) -> dict[str, Any]:
+    result = subprocess.run([PYTHON, "-m", "benchmarks.load_webpush", *args],
+                            capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"load_webpush {args}: {result.stderr[-2000:]}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    count = ctx.sizes["webpush_messages"]
+    cpu = child("--mode", "cpu", "--count", str(count), "--rounds", "3" if ctx.smoke else "7")
+    out: dict[str, Any] = {"cpu_us_per_message": cpu}
+    has_pywebpush = "pywebpush" in cpu
+    if not has_pywebpush:
+        ctx.note("pywebpush is not installed (pip install -e '.[bench]'): its comparison "
+                 "was skipped")
+    out["vs_pywebpush"] = cpu["pywebpush"] / cpu["jmappushd"] if has_pywebpush else None
+    out["vs_floor"] = cpu["jmappushd"] / cpu["floor"]
+    out["pywebpush_vs_floor"] = cpu["pywebpush"] / cpu["floor"] if has_pywebpush else None
+    receiver = Baseline(ctx.workdir, tag="webpush-receiver")
+    receiver.start()
+    try:
+        url = f"http://127.0.0.1:{receiver.admin_port}/push/subscription-1"
+        deliver = child("--mode", "deliver", "--url", url, "--count",
+                        str(ctx.sizes["webpush_deliveries"]), "--concurrency", str(CONCURRENCY))
+    finally:
+        receiver.stop()
+    ours = max(deliver["jmappushd"]["per_s"], deliver["jmappushd_2"]["per_s"])
+    bare = max(deliver["bare_treq"]["per_s"], deliver["bare_treq_2"]["per_s"])
+    out["deliveries"] = deliver | {"concurrency": CONCURRENCY}
+    out["deliveries_ratio"] = ours / bare
+    failed = sum(v["failed"] for v in deliver.values() if isinstance(v, dict))
+    out["targets"] = {
+        "cpu_vs_pywebpush>=1.6": (out["vs_pywebpush"] >= 1.6) if has_pywebpush else None,
+        "cpu_vs_floor<=1.15": out["vs_floor"] <= 1.15,
+        "deliveries>=0.5x_bare_treq": out["deliveries_ratio"] >= 0.5 and failed == 0,
+    }
+    return out

@@ -1,0 +1,251 @@
+"""Web Push: per-message CPU of three send paths, and deliveries per second to a receiver.
+
+``--mode cpu``: CPU time (``process_time``) per message, best of several
+repetitions, all three given the same encoded StateChange body (building the
+JSON is not part of any of them), for (a) jmappushd's path: ``Sender.headers``
+(VAPID header from the per-origin token cache, TTL, Urgency, Topic...),
+``ece.encrypt`` with the subscription key parsed once, and the request objects
+``TreqTransport`` builds (``Headers``, body producer); (b) pywebpush's path as
+``webpush()`` runs it per message: ``Vapid.sign`` of the claims, ``WebPusher``
+and its ``_prepare_send_data`` (encryption and headers), everything but the
+HTTP call; (c) the floor: only the primitives RFC 8291 needs per message (an
+ephemeral P-256 key pair, ECDH, the HKDF steps as one-shot HMAC-SHA-256, one
+AES-128-GCM seal).
+
+``--mode deliver``: POSTs to ``--url`` with ``--concurrency`` in flight, for
+``--count`` messages, (a) through jmappushd's ``Sender`` over its real
+``TreqTransport`` (encrypting and signing each message) and (b) as a bare treq
+POST loop of the same, already encrypted, bodies. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from jmappushd.config import PushConfig
+from jmappushd.metrics import Metrics
+from jmappushd.push import ece
+from jmappushd.push.b64 import b64url_decode, b64url_encode
+from jmappushd.push.keys import KeyRing
+from jmappushd.push.payload import state_change, topic_for
+from jmappushd.push.sender import BytesProducer, Sender, TreqTransport, build_http_client
+from jmappushd.push.vapid import VapidKey
+
+CHANGED = {"A1b2C3d4E5f6G7h8I9j0K1l2": {"Email": "s1234", "Mailbox": "s88", "Thread": "s77"}}
+ENDPOINT = "https://push.example.net/wpush/v2/gAAAAABkZ7Q0abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass
+class Target:
+    """The PushTarget protocol: what Sender needs of a subscription."""
+
+    id: str
+    url: str
+    key_id: str
+    keys: tuple[ec.EllipticCurvePublicKey, bytes, bytes] | None
+
+
+class WallClock:
+    """IReactorTime.seconds for code that only reads the time."""
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+def subscription() -> tuple[ec.EllipticCurvePrivateKey, str, str]:
+    ua = ec.generate_private_key(ec.SECP256R1())
+    raw = ua.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    return ua, b64url_encode(raw), b64url_encode(os.urandom(16))
+
+
+def our_path(url: str, p256dh: str, auth: str, clock: Any) -> Callable[[], Any]:
+    keyring = KeyRing(clock)
+    key = VapidKey.generate()
+    keyring.set_current(key)
+    sender = Sender(transport=None, keyring=keyring, clock=clock,  # type: ignore[arg-type]
+                    config=PushConfig(), metrics=Metrics())
+    target = Target("S1", url, key.key_id, ece.parse_subscription_keys(p256dh, auth))
+    from twisted.web.http_headers import Headers
+
+    body = state_change(CHANGED)
+
+    def one() -> Any:
+        headers = sender.headers(target, topic_for(target.id))
+        assert headers is not None and target.keys is not None
+        public, raw, secret = target.keys
+        encrypted = ece.encrypt(body, raw, secret, ua_public_key=public)
+        return Headers({n: [v] for n, v in headers.items()}), BytesProducer(encrypted)
+
+    return one
+
+
+def pywebpush_path(url: str, p256dh: str, auth: str) -> Callable[[], Any]:
+    from py_vapid import Vapid
+    from pywebpush import WebPusher
+
+    vapid = Vapid()
+    vapid.generate_keys()
+    info = {"endpoint": url, "keys": {"p256dh": p256dh, "auth": auth}}
+    origin = "https://push.example.net"
+    body = json.dumps({"@type": "StateChange", "changed": CHANGED}, separators=(",", ":"))
+
+    def one() -> Any:
+        claims = {"sub": "mailto:ops@example.com", "aud": origin,
+                  "exp": int(time.time()) + 12 * 3600}
+        headers = dict(vapid.sign(claims))
+        return WebPusher(info)._prepare_send_data(body, headers, ttl=86400)
+
+    return one
+
+
+def floor_path(p256dh: str, auth: str) -> Callable[[], bytes]:
+    ua_public = b64url_decode(p256dh)
+    ua_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), ua_public)
+    secret = b64url_decode(auth)
+    plaintext = json.dumps({"@type": "StateChange", "changed": CHANGED},
+                           separators=(",", ":")).encode() + b"\x02"
+    curve, ecdh = ec.SECP256R1(), ec.ECDH()
+
+    def one() -> bytes:
+        eph = ec.generate_private_key(curve)
+        as_public = eph.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        shared = eph.exchange(ecdh, ua_key)
+        prk_key = hmac.digest(secret, shared, "sha256")
+        ikm = hmac.digest(prk_key, b"WebPush: info\x00" + ua_public + as_public + b"\x01",
+                          "sha256")
+        salt = os.urandom(16)
+        prk = hmac.digest(salt, ikm, "sha256")
+        cek = hmac.digest(prk, b"Content-Encoding: aes128gcm\x00\x01", "sha256")[:16]
+        nonce = hmac.digest(prk, b"Content-Encoding: nonce\x00\x01", "sha256")[:12]
+        return AESGCM(cek).encrypt(nonce, plaintext, None)
+
+    return one
+
+
+def cpu_per_message(fn: Callable[[], Any], count: int, repeats: int) -> float:
+    """Best-of-``repeats`` CPU microseconds per call."""
+    for _ in range(min(50, count)):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time_ns()
+        for _ in range(count):
+            fn()
+        best = min(best, (time.process_time_ns() - start) / count / 1e3)
+    return best
+
+
+def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    _, p256dh, auth = subscription()
+    paths = {"jmappushd": our_path(ENDPOINT, p256dh, auth, WallClock()),
+             "floor": floor_path(p256dh, auth)}
+    # Without the bench extra (no pywebpush) the comparison is with the floor only.
+    with contextlib.suppress(ImportError):
+        paths["pywebpush"] = pywebpush_path(ENDPOINT, p256dh, auth)
+    result: dict[str, Any] = {name: [] for name in paths}
+    for _ in range(args.rounds):  # interleaved, so drift hits all three alike
+        for name, fn in paths.items():
+            result[name].append(cpu_per_message(fn, args.count, 1))
+    return {name: min(values) for name, values in result.items()} | {"samples_us": result}
+
+
+def run_deliver(args: argparse.Namespace) -> dict[str, Any]:
+    from twisted.internet import defer, task
+
+    out: dict[str, Any] = {}
+
+    async def main(reactor: Any) -> None:
+        _, p256dh, auth = subscription()
+        client, pool = build_http_client(reactor, allow_private=True, connect_timeout=10.0)
+        keyring = KeyRing(reactor)
+        key = VapidKey.generate()
+        keyring.set_current(key)
+        sender = Sender(TreqTransport(client, reactor, 10.0), keyring, reactor, PushConfig(),
+                        Metrics())
+        target = Target("S1", args.url, key.key_id, ece.parse_subscription_keys(p256dh, auth))
+        body = state_change(CHANGED)
+
+        async def ours() -> bool:
+            result = await sender.send(target, body, "state", topic_for(target.id))
+            return result.status in (200, 201, 202)
+
+        import treq
+        headers: dict[str | bytes, str | bytes] = {}
+        headers.update(sender.headers(target, topic_for(target.id)) or {})
+        assert target.keys is not None
+        bodies = [ece.encrypt(body, target.keys[1], target.keys[2],
+                              ua_public_key=target.keys[0]) for _ in range(64)]
+        counter = iter(range(10**9))
+
+        async def bare() -> bool:
+            response = await treq.post(args.url, data=bodies[next(counter) % 64],
+                                       headers=headers)
+            await response.content()
+            return int(response.code) in (200, 201, 202)
+
+        for name, fn in (("bare_treq", bare), ("jmappushd", ours),
+                         ("bare_treq_2", bare), ("jmappushd_2", ours)):
+            out[name] = await _loop(fn, args.count, args.concurrency)
+        await pool.closeCachedConnections()
+        emit(out)  # task.react exits the process when main returns
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    return out
+
+
+async def _loop(fn: Callable[[], Any], count: int, concurrency: int) -> dict[str, Any]:
+    from twisted.internet import defer
+
+    ok = failed = 0
+    remaining = count
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal ok, failed, remaining
+        while remaining > 0:
+            remaining -= 1
+            try:
+                good = await fn()
+            except Exception:
+                good = False
+            ok, failed = ok + good, failed + (not good)
+
+    await defer.gatherResults([defer.ensureDeferred(worker()) for _ in range(concurrency)])
+    seconds = time.perf_counter() - start
+    return {"ok": ok, "failed": failed, "seconds": seconds, "per_s": ok / seconds}
+
+
+def emit(result: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps({"type": "result", **result}) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--mode", choices=("cpu", "deliver"), required=True)
+    p.add_argument("--count", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--url", default="")
+    p.add_argument("--concurrency", type=int, default=16)
+    args = p.parse_args()
+    if args.mode == "cpu":
+        emit(run_cpu(args))
+    else:
+        run_deliver(args)
+
+
+if __name__ == "__main__":
+    main()
