@@ -45,3 +45,13 @@ def test_wheel_ships_plugin_and_twistd_finds_it(tmp_path: Path) -> None:
     where = subprocess.run([str(python), "-c", "import jmappushd; print(jmappushd.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path).stdout
     assert where.startswith(str(env_dir)), where
+    # Every module of the package made it into the wheel and imports from there.
+    modules = sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in (ROOT / "jmappushd").rglob("*.py") if p.name != "__init__.py")
+    for module in modules:
+        assert module.replace(".", "/") + ".py" in names, module
+    check = subprocess.run([str(python), "-c", "import importlib, sys\n"
+                            "for m in sys.argv[1:]: importlib.import_module(m)", *modules],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
