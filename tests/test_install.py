@@ -6,6 +6,7 @@ needs no network; the project itself is installed from its wheel, not the checko
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,9 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_ships_plugin_and_twistd_finds_it(tmp_path: Path) -> None:
     """`pip install` of the wheel into a fresh venv → `twistd --help` lists jmappushd."""
     dist = tmp_path / "dist"
+    # Build from a clean copy: a stale build/ folder in the checkout could hide a
+    # package missing from setup.cfg.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", "build", "dist", "var", "*.egg-info", ".git", "__pycache__", "*_cache"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist),
-         str(ROOT)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+         str(source)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
     wheel = next(dist.glob("jmappushd-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/jmappushd_plugin.py" in names
