@@ -230,7 +230,7 @@ def _echo(e: dict[str, Any], plot: str | None) -> str:
         "every request (the daemon's credential cache spares the scrypt check). The bare "
         "server answers the same exchange from bare twisted.web and bare Autobahn.\n\n")
     text += table(("mode", "ours /s", "ours p50 ms", "bare /s", "ours/bare"), rows)
-    text += table(("WS/HTTP ratio", "jmappushd", "bare Twisted"),
+    text += "\n" + table(("WS/HTTP ratio", "jmappushd", "bare Twisted"),
                   [("sequential", r["sequential"], br["sequential"]),
                    ("sequential, pinned", r["sequential_pinned"], br["sequential_pinned"]),
                    ("64 in flight", r["inflight64"], br["inflight64"])])
