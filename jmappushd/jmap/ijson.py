@@ -31,11 +31,13 @@ class _Invalid(ValueError):
 
 def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """Build an object, refusing duplicate member names (RFC 7493 §2.3)."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Invalid(f"duplicate member name {key!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # rare: only then look for the culprit
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Invalid(f"duplicate member name {key!r}")
+            seen.add(key)
     return result
 
 
