@@ -107,7 +107,8 @@ async def test_blob_endpoints_say_not_supported(live: LiveDaemon) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_echo_and_result_references(live: LiveDaemon) -> None:
-    """API-1, API-7, API-12, API-15: Core/echo, in order, with a `*` result reference."""
+    """API-1, API-7, API-12, API-14, API-15: Core/echo, in order, with a `*` result
+    reference; the Response has methodResponses and sessionState, no createdIds."""
     await live.add_user("alice")
     body = {"using": [CORE], "methodCalls": [
         ["Core/echo", {"a": [{"b": [1, 2]}, {"b": [3]}]}, "c1"],

@@ -65,7 +65,7 @@ async def user(d: LiveDaemon, name: str = "alice") -> tuple[str, Client]:
 
 @pytest_twisted.ensureDeferred
 async def test_session_advertises_websocket(live: LiveDaemon) -> None:
-    """SES-14, WS-1, C-WS-9: the session lists urn:ietf:params:jmap:websocket with a ws://
+    """SES-14, WS-1, WS-17, C-WS-9: the session lists urn:ietf:params:jmap:websocket with a ws://
     url (public-url is http here) for /jmap/ws and supportsPush as a JSON boolean true."""
     await live.add_user("alice")
     response = await treq.get(live.base + "/jmap/session",
