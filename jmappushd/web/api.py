@@ -15,7 +15,6 @@ from jmappushd.app import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.web.base import AppResource
-from jmappushd.web.httpauth import authenticate
 from jmappushd.web.responses import (
     serve_async,
     write_json,
@@ -73,9 +72,8 @@ class APIResource(AppResource):
 
     async def _handle(self, request: Request) -> None:
         app = self._app
-        principal = await authenticate(app.auth, request, app.config.auth.realm)
+        principal = await self.authenticated(request, "api")
         if principal is None:
-            app.metrics.http_requests.labels("api", "401").inc()
             return
         try:
             body = self._parse(request)

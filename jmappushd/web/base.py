@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from jmappushd.app import App
+from jmappushd.auth import Principal
+from jmappushd.web.httpauth import authenticate
 
 
 class AppResource(Resource):
@@ -17,3 +20,11 @@ class AppResource(Resource):
     def __init__(self, app: App) -> None:
         super().__init__()
         self._app = app
+
+    async def authenticated(self, request: Request, endpoint: str) -> Principal | None:
+        """The request's Principal, or None once a 401 has been answered and counted."""
+        app = self._app
+        principal = await authenticate(app.auth, request, app.config.auth.realm)
+        if principal is None:
+            app.metrics.http_requests.labels(endpoint, "401").inc()
+        return principal

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.app import App
 from jmappushd.web.base import AppResource
-from jmappushd.web.httpauth import authenticate
 from jmappushd.web.responses import serve_async, write_json, write_problem
 
 
@@ -22,9 +20,8 @@ class SessionResource(AppResource):
 
     async def _handle(self, request: Request) -> None:
         app = self._app
-        principal = await authenticate(app.auth, request, app.config.auth.realm)
+        principal = await self.authenticated(request, "session")
         if principal is None:
-            app.metrics.http_requests.labels("session", "401").inc()
             return
         # SES-13: never cache the session.
         request.setHeader(b"Cache-Control", b"no-cache, no-store, must-revalidate")
@@ -50,23 +47,18 @@ class WellKnownRedirect(Resource):
     render_HEAD = render_GET
 
 
-class NotSupportedResource(Resource):
+class NotSupportedResource(AppResource):
     """Upload and download URLs exist in the session but this daemon stores no blobs."""
 
-    isLeaf = True
-    log = Logger()
-
     def __init__(self, app: App, what: str) -> None:
-        super().__init__()
-        self._app = app
+        super().__init__(app)
         self._what = what
 
     def render(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log)
 
     async def _handle(self, request: Request) -> None:
-        principal = await authenticate(self._app.auth, request, self._app.config.auth.realm)
-        if principal is None:
+        if await self.authenticated(request, self._what) is None:
             return
         write_problem(request, 501, f"{self._what} is not supported by this push daemon")
 
