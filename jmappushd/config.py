@@ -212,6 +212,7 @@ class PushConfig:
     urgency: str = _opt("normal", check=_choice(URGENCIES))
     vapid_subject: str = _opt("", check=_check_vapid_subject)
     require_keys: bool = False
+    vapid_rotation_transition: int = 0  # s, 0 = old-key subscriptions end at rotation (C-V-2)
 
     @property
     def push_attempt_interval_s(self) -> float:

@@ -51,8 +51,9 @@ class FakeStore:
     def all_push_subscriptions(self) -> Deferred[list[PushSubscription]]:
         return succeed(list(self.subs.values()))
 
-    def delete_push_subscriptions_except_key(self, key_id: str) -> Deferred[list[str]]:
-        gone = [s.id for s in self.subs.values() if s.vapid_key_id != key_id]
+    def delete_push_subscriptions_except_keys(self, key_ids: Collection[str]
+                                              ) -> Deferred[list[str]]:
+        gone = [s.id for s in self.subs.values() if s.vapid_key_id not in key_ids]
         for sub_id in gone:
             del self.subs[sub_id]
         return succeed(gone)

@@ -116,3 +116,65 @@ def test_methods_wait_for_start_and_fail_cleanly_if_it_failed() -> None:
     assert isinstance(failure, Failure) and isinstance(failure.value, MethodError)
     assert failure.value.type == "serverUnavailable"
     pending.addErrback(lambda _: None)
+
+
+def test_rotation_with_transition_keeps_old_subscriptions_until_the_end() -> None:
+    """C-V-2, VAPID-13, PS-24: with vapid-rotation-transition the old key's subscriptions
+    survive the rotation and are still signed with the old key; when the period ends they
+    are destroyed and the old key is erased from the store."""
+    from jmappushd.push.keys import META_PREVIOUS_KEY
+
+    h = Harness(vapid_rotation_transition=100)
+    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.record("S1")
+    runtime, _ = runtime_on(h)
+    defer.ensureDeferred(runtime.start())
+    gone = defer.ensureDeferred(runtime.rotate_key())
+    assert gone.result == []
+    assert runtime.keyring.current.key_id != h.key.key_id
+    assert runtime.keyring.signer(h.key.key_id) is not None  # still signing for S1
+    assert set(h.store.subs) == {"S1"} and h.store.meta[META_PREVIOUS_KEY]
+    h.clock.advance(99)
+    assert set(h.store.subs) == {"S1"}
+    h.clock.advance(1)
+    assert h.store.subs == {} and runtime.delivery.get("S1") is None
+    assert runtime.keyring.signer(h.key.key_id) is None
+    assert h.store.meta[META_PREVIOUS_KEY] == ""
+
+
+def test_transition_survives_a_restart_and_ends_on_time() -> None:
+    """A restart during the transition keeps the old key for its subscriptions and still
+    ends the transition at the recorded time."""
+    h = Harness(vapid_rotation_transition=100)
+    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.record("S1")
+    runtime, _ = runtime_on(h)
+    defer.ensureDeferred(runtime.start())
+    defer.ensureDeferred(runtime.rotate_key())
+    defer.ensureDeferred(runtime.stop())
+    assert h.clock.getDelayedCalls() == []
+    h.clock.advance(40)
+    again, _ = runtime_on(h)
+    defer.ensureDeferred(again.start())
+    assert set(h.store.subs) == {"S1"}
+    assert again.keyring.signer(h.key.key_id) is not None
+    h.clock.advance(60)
+    assert h.store.subs == {}
+    assert again.keyring.signer(h.key.key_id) is None
+
+
+def test_restart_after_the_transition_destroys_old_subscriptions() -> None:
+    """A daemon that was down when the transition ended destroys the old key's
+    subscriptions at start."""
+    h = Harness(vapid_rotation_transition=100)
+    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.record("S1")
+    runtime, _ = runtime_on(h)
+    defer.ensureDeferred(runtime.start())
+    defer.ensureDeferred(runtime.rotate_key())
+    defer.ensureDeferred(runtime.stop())
+    h.clock.advance(500)
+    again, _ = runtime_on(h)
+    defer.ensureDeferred(again.start())
+    assert h.store.subs == {}
+    assert again.keyring.signer(h.key.key_id) is None

@@ -108,7 +108,7 @@ async def test_delete_other_keys(store: SQLiteStore) -> None:
     await store.create_push_subscription(subscription("S1", alice.id, "t:A"), 10)
     await store.create_push_subscription(
         subscription("S2", alice.id, "t:A", vapid_key_id="k2"), 10)
-    assert await store.delete_push_subscriptions_except_key("k2") == ["S1"]
+    assert await store.delete_push_subscriptions_except_keys(["k2"]) == ["S1"]
     assert await store.push_subscription_ids() == {"S2"}
 
 

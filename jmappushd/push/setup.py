@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
@@ -18,7 +19,14 @@ from twisted.web.iweb import IPolicyForHTTPS
 from jmappushd.app import App
 from jmappushd.jmap.registry import CORE_CAPABILITY, MethodError
 from jmappushd.push.delivery import DeliveryService
-from jmappushd.push.keys import VAPID_CAPABILITY, KeyRing, load_or_create_key, store_new_key
+from jmappushd.push.keys import (
+    VAPID_CAPABILITY,
+    KeyRing,
+    forget_previous_key,
+    load_or_create_key,
+    load_previous_key,
+    store_new_key,
+)
 from jmappushd.push.limits import CreationRateLimiter
 from jmappushd.push.methods import PushSubscriptionMethods
 from jmappushd.push.sender import PushTransport, Sender, TreqTransport, build_http_client
@@ -48,6 +56,7 @@ class PushRuntime:
         self._failed = False
         self._stopped = False
         self._waiting: list[defer.Deferred[None]] = []
+        self._transition: IDelayedCall | None = None
 
     def register(self) -> None:
         """Add the methods (core, RFC 8620 §7.2) to the shared registry."""
@@ -77,8 +86,14 @@ class PushRuntime:
         store = self.app.store
         key = await load_or_create_key(store)
         self.keyring.set_current(key)
+        previous = await load_previous_key(store)
+        if previous is not None and previous[1] > self.app.clock.seconds():
+            self.keyring.keep(previous[0])  # a rotation's transition is still running
+            self._schedule_transition_end(previous[0].key_id, previous[1])
+        elif previous is not None:
+            await forget_previous_key(store)
         self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
-        stale = await store.delete_push_subscriptions_except_key(key.key_id)
+        stale = await store.delete_push_subscriptions_except_keys(self.keyring.key_ids)
         if stale:
             self.log.info("destroyed {count} subscriptions of an old VAPID key", count=len(stale))
         records = await store.all_push_subscriptions()
@@ -95,19 +110,53 @@ class PushRuntime:
         self._release()
 
     async def rotate_key(self) -> list[str]:
-        """New VAPID key (SES-16); old-key subscriptions are destroyed at once (C-V-2 with
-        no transition, VAPID-13). Returns the destroyed ids."""
-        key = await store_new_key(self.app.store)
+        """New VAPID key (SES-16). Old-key subscriptions are destroyed at once, or, with
+        ``vapid-rotation-transition``, keep the old key until the period ends (C-V-2,
+        VAPID-13). Returns the ids destroyed now."""
+        transition = self.app.config.push.vapid_rotation_transition
+        old = self.keyring.current
+        until = self.app.clock.seconds() + transition if transition > 0 else 0.0
+        key = await store_new_key(self.app.store, old if transition > 0 else None, until)
+        self._cancel_transition()  # an earlier transition's key ends now
         self.keyring.set_current(key)
+        if transition > 0:
+            self.keyring.keep(old)
+            self._schedule_transition_end(old.key_id, until)
         self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
-        gone = await self.app.store.delete_push_subscriptions_except_key(key.key_id)
+        return await self._destroy_other_keys()
+
+    async def _destroy_other_keys(self) -> list[str]:
+        gone = await self.app.store.delete_push_subscriptions_except_keys(self.keyring.key_ids)
         for sub_id in gone:
             self.delivery.forget(sub_id)
         return gone
 
+    def _schedule_transition_end(self, key_id: str, until: float) -> None:
+        self._cancel_transition()
+        delay = max(0.0, until - self.app.clock.seconds())
+        self._transition = self.app.clock.callLater(delay, self._end_transition, key_id)
+
+    def _cancel_transition(self) -> None:
+        timer, self._transition = self._transition, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _end_transition(self, key_id: str) -> None:
+        self._transition = None
+        self.keyring.drop(key_id)
+        d = defer.ensureDeferred(self._finish_transition(key_id))
+        d.addErrback(lambda f: self.log.failure("ending the VAPID key transition failed", f))
+
+    async def _finish_transition(self, key_id: str) -> None:
+        gone = await self._destroy_other_keys()
+        await forget_previous_key(self.app.store)
+        self.log.info("VAPID key {key_id} retired; {count} subscriptions destroyed",
+                      key_id=key_id, count=len(gone))
+
     async def stop(self) -> None:
         """Shutdown hook: stop delivering, record what is owed, close the pool."""
         self._stopped = True
+        self._cancel_transition()
         await self.delivery.stop()
         if self._pool is not None:
             await self._pool.closeCachedConnections()

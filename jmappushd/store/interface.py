@@ -130,5 +130,6 @@ class IStore(Interface):
     def delete_push_subscription(sub_id: str) -> Deferred[bool]:
         """Destroy a subscription, erasing its URL and keys (PS-8)."""
 
-    def delete_push_subscriptions_except_key(key_id: str) -> Deferred[list[str]]:
-        """Destroy every subscription not tied to VAPID key ``key_id``; returns their ids."""
+    def delete_push_subscriptions_except_keys(key_ids: Collection[str]) -> Deferred[list[str]]:
+        """Destroy every subscription not tied to one of the VAPID keys ``key_ids``;
+        returns their ids."""

@@ -114,9 +114,14 @@ def delete(cursor: Cursor, sub_id: str) -> bool:
     return cursor.rowcount > 0
 
 
-def delete_other_keys(cursor: Cursor, key_id: str) -> list[str]:
-    """Destroy subscriptions tied to any VAPID key but ``key_id`` (VAPID-13, C-V-2)."""
-    cursor.execute("SELECT id FROM push_subscriptions WHERE vapid_key_id IS NOT ?", (key_id,))
+def delete_other_keys(cursor: Cursor, key_ids: list[str]) -> list[str]:
+    """Destroy subscriptions tied to any VAPID key not in ``key_ids`` (VAPID-13, C-V-2)."""
+    if not key_ids:
+        raise ValueError("at least one VAPID key id must be kept")
+    marks = ", ".join("?" * len(key_ids))
+    # Only "?" placeholders are formatted in; the key ids are bound parameters.
+    where = f"vapid_key_id IS NULL OR vapid_key_id NOT IN ({marks})"
+    cursor.execute(f"SELECT id FROM push_subscriptions WHERE {where}", key_ids)  # noqa: S608
     gone = [row[0] for row in cursor.fetchall()]
-    cursor.execute("DELETE FROM push_subscriptions WHERE vapid_key_id IS NOT ?", (key_id,))
+    cursor.execute(f"DELETE FROM push_subscriptions WHERE {where}", key_ids)  # noqa: S608
     return gone

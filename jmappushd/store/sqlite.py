@@ -327,5 +327,6 @@ class SQLiteStore:
     def delete_push_subscription(self, sub_id: str) -> Deferred[bool]:
         return self._run(ops.BEGIN_WRITE, pushops.delete, sub_id)
 
-    def delete_push_subscriptions_except_key(self, key_id: str) -> Deferred[list[str]]:
-        return self._run(ops.BEGIN_WRITE, pushops.delete_other_keys, key_id)
+    def delete_push_subscriptions_except_keys(self, key_ids: Collection[str]
+                                              ) -> Deferred[list[str]]:
+        return self._run(ops.BEGIN_WRITE, pushops.delete_other_keys, sorted(set(key_ids)))
