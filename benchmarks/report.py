@@ -24,6 +24,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([*lines, rule, ""])
 
 
+def _times(ratio: float | None) -> str:
+    """A ratio as ``1.27x``; ``n/a`` when the baseline was too small to measure."""
+    return "n/a" if ratio is None else f"{ratio:.2f}x"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "met" if value else "**missed**"
@@ -159,8 +164,8 @@ def _capacity(c: dict[str, Any], plot: str | None) -> str:
     text += table(("server", "connections", "KiB/ES", "KiB/WS", "idle CPU %", "held",
                    "dropped", "failed"), rows)
     text += (f"\nRatios (daemon, one user, against the baseline): EventSource "
-             f"**{c['es_ratio']:.2f}x**, WebSocket **{c['ws_ratio']:.2f}x**. With a user per "
-             f"connection pair the daemon's whole growth is {c['user_each_total_ratio']:.2f}x "
+             f"**{_times(c['es_ratio'])}**, WebSocket **{_times(c['ws_ratio'])}**. With a user per "
+             f"connection pair the daemon's whole growth is {_times(c['user_each_total_ratio'])} "
              "the baseline's (cached principals and credentials per user come on top).\n")
     return text
 
