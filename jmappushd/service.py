@@ -150,6 +150,9 @@ class JMAPPushService(MultiService):
         self._reactor = reactor
         self.ready: defer.Deferred[None] = defer.Deferred()
         self.shutdown_hooks: list[Callable[[], Awaitable[None] | None]] = []
+        # Run after the store and hub are up and before "ready": a transport whose state
+        # lives in the store (push: the VAPID key) is complete once the daemon says ready.
+        self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
         self.jmap_children: dict[bytes, IResource] = {}
 
     def add_listeners(self) -> None:
@@ -183,6 +186,8 @@ class JMAPPushService(MultiService):
         await self.app.store.open()
         await self.app.hub.start()
         self.app.auth.start()
+        for hook in self.startup_hooks:
+            await hook()
         if self.app.urls.base.startswith("http://"):
             self.log.warn("public-url {url} is plain http: for development only; RFC 8620 "
                           "requires HTTPS (SES-1), use an ssl: listener or a TLS proxy",

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 
@@ -174,10 +175,14 @@ def install(service: Any, tls_policy: IPolicyForHTTPS | None = None) -> PushRunt
     runtime.register()
     app.services["push"] = runtime
 
-    def on_ready(result: object) -> object:
-        defer.ensureDeferred(runtime.start()).addErrback(runtime.start_failed)
-        return result
+    async def start() -> None:
+        # Push failing to start must not stop the daemon: its methods answer
+        # serverUnavailable and the failure is logged.
+        try:
+            await runtime.start()
+        except Exception:
+            runtime.start_failed(Failure())
 
-    service.ready.addCallback(on_ready)
+    service.startup_hooks.append(start)
     service.shutdown_hooks.append(runtime.stop)
     return runtime
