@@ -20,7 +20,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorCore, IReactorThreads
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
@@ -231,5 +231,5 @@ def build_service(config: Config, reactor: Any) -> JMAPPushService:
     return service
 
 
-__all__ = ["IReactorThreads", "JMAPPushService", "StateError", "build_app", "build_service",
+__all__ = ["JMAPPushService", "StateError", "build_app", "build_service",
            "prepare_state"]

@@ -142,9 +142,8 @@ def test_rotation_with_transition_keeps_old_subscriptions_until_the_end() -> Non
     assert h.store.meta[META_PREVIOUS_KEY] == ""
 
 
-def test_transition_survives_a_restart_and_ends_on_time() -> None:
-    """A restart during the transition keeps the old key for its subscriptions and still
-    ends the transition at the recorded time."""
+def rotated_with_transition_then_stopped() -> Harness:
+    """A daemon with subscription S1 rotates its key with a 100 s transition, then stops."""
     h = Harness(vapid_rotation_transition=100)
     h.store.meta[META_KEY] = h.key.to_private_string()
     h.record("S1")
@@ -152,6 +151,13 @@ def test_transition_survives_a_restart_and_ends_on_time() -> None:
     defer.ensureDeferred(runtime.start())
     defer.ensureDeferred(runtime.rotate_key())
     defer.ensureDeferred(runtime.stop())
+    return h
+
+
+def test_transition_survives_a_restart_and_ends_on_time() -> None:
+    """A restart during the transition keeps the old key for its subscriptions and still
+    ends the transition at the recorded time."""
+    h = rotated_with_transition_then_stopped()
     assert h.clock.getDelayedCalls() == []
     h.clock.advance(40)
     again, _ = runtime_on(h)
@@ -166,13 +172,7 @@ def test_transition_survives_a_restart_and_ends_on_time() -> None:
 def test_restart_after_the_transition_destroys_old_subscriptions() -> None:
     """A daemon that was down when the transition ended destroys the old key's
     subscriptions at start."""
-    h = Harness(vapid_rotation_transition=100)
-    h.store.meta[META_KEY] = h.key.to_private_string()
-    h.record("S1")
-    runtime, _ = runtime_on(h)
-    defer.ensureDeferred(runtime.start())
-    defer.ensureDeferred(runtime.rotate_key())
-    defer.ensureDeferred(runtime.stop())
+    h = rotated_with_transition_then_stopped()
     h.clock.advance(500)
     again, _ = runtime_on(h)
     defer.ensureDeferred(again.start())
