@@ -94,12 +94,13 @@ def restrict(
 class HubSubscription:
     """A listener's registration; ``cancel`` removes it at once (and is idempotent)."""
 
-    __slots__ = ("_hub", "account_ids", "active", "listener")
+    __slots__ = ("_hub", "account_ids", "active", "listener", "multi")
 
     def __init__(self, hub: Hub, listener: ChangeListener, account_ids: frozenset[str]) -> None:
         self._hub = hub
         self.listener = listener
         self.account_ids = account_ids
+        self.multi = len(account_ids) > 1
         self.active = True
 
     def cancel(self) -> None:
@@ -212,17 +213,27 @@ class Hub:
     def _receive(self, change: Change) -> None:
         if change.seq > self.last_seq:
             self.last_seq = change.seq
-        targets: dict[ChangeListener, None] = {}
+        by_account = self._by_account
+        seen: set[ChangeListener] | None = None
         for account_id in change.changed:
-            listeners = self._by_account.get(account_id)
-            if listeners:
-                targets.update(dict.fromkeys(listeners))
-        for listener in targets:
-            try:
-                listener.change_published(change)
-            except Exception:
-                self.log.failure("listener {listener!r} failed on change {seq}",
-                                 listener=listener, seq=change.seq)
+            listeners = by_account.get(account_id)
+            if not listeners:
+                continue
+            # A copy: a listener may leave (closeafter) while it is being called.
+            for listener, subscription in tuple(listeners.items()):
+                if subscription.multi:
+                    # It may watch several of the changed accounts: call it once.
+                    if seen is None:
+                        seen = {listener}
+                    elif listener in seen:
+                        continue
+                    else:
+                        seen.add(listener)
+                try:
+                    listener.change_published(change)
+                except Exception:
+                    self.log.failure("listener {listener!r} failed on change {seq}",
+                                     listener=listener, seq=change.seq)
 
     async def catch_up(
         self, token: str | None, account_ids: Collection[str]

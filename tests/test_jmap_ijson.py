@@ -67,10 +67,24 @@ def test_lone_surrogate_escapes_rejected(text: bytes) -> None:
     _not_json(text)
 
 
-@pytest.mark.parametrize("text", [b'"\\uffff"', b'"\\ufdd0"', '"\U0010fffe"'.encode()])
+@pytest.mark.parametrize("text", [
+    b'"\\uffff"', b'"\\ufdd0"', b'"\\uFDEF"', '"\U0010fffe"'.encode(),
+    '{"k\ufdd0":1}'.encode(), b'["\\uD83F\\uDFFE"]', b'{"a":{"b":["x\\uFFFEy"]}}',
+])
 def test_noncharacters_rejected(text: bytes) -> None:
-    """RFC 7493 §2.1 also forbids Unicode noncharacters in strings."""
+    """RFC 7493 §2.1 also forbids Unicode noncharacters in strings, written as
+    themselves or escaped (a supplementary one as a surrogate pair)."""
     _not_json(text)
+
+
+@pytest.mark.parametrize("text, value", [
+    (b'"\\\\ud800"', "\\ud800"),  # an escaped backslash, then plain text
+    (b'"\\uD7FF\\uFDCF\\uFDF0\\uFFFD"', "\ud7ff\ufdcf\ufdf0\ufffd"),
+    (b'"\\uD83D\\uDE00"', "\U0001f600"),  # a valid surrogate pair
+])
+def test_allowed_escapes_near_the_forbidden_ranges(text: bytes, value: str) -> None:
+    """Escapes that merely look suspicious are decoded exactly, not refused."""
+    assert ijson.loads(text) == value
 
 
 def test_empty_body_rejected() -> None:
@@ -93,10 +107,21 @@ def test_dumps_is_compact_utf8() -> None:
     assert ijson.dumps({"a": [1, "é"], "b": None}) == '{"a":[1,"é"],"b":null}'.encode()
 
 
+def test_dumps_matches_the_standard_encoder() -> None:
+    """The prebuilt encoder gives byte for byte what json.dumps gives with the same options."""
+    import json
+    doc = {"@type": "StateChange", "changed": {"A\u00e9": {"Email": "s\"1\\\n"}},
+           "n": [1, 2.5, -0.0, 1e300, None, True, False], "e": {}, "l": []}
+    assert ijson.dumps(doc) == json.dumps(doc, separators=(",", ":"), ensure_ascii=False,
+                                          allow_nan=False).encode("utf-8")
+
+
 def test_dumps_refuses_nan() -> None:
     """Encoding a non-finite float is a programming error, never invalid JSON output."""
     with pytest.raises(ValueError):
         ijson.dumps(float("nan"))
+    with pytest.raises(ValueError):
+        ijson.dumps({"a": [float("inf")]})
 
 
 def test_problem_json_shape() -> None:

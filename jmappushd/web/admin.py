@@ -38,7 +38,6 @@ def parse_state_change(value: Any) -> dict[str, dict[str, str]]:
     changed = value.get("changed")
     if not isinstance(changed, dict) or not changed:
         raise InvalidPublish('"changed" must be a non-empty object of account ids')
-    out: dict[str, dict[str, str]] = {}
     for account_id, type_states in changed.items():
         if not _ID.match(account_id):
             raise InvalidPublish(f"invalid account id {account_id!r}")
@@ -52,8 +51,9 @@ def parse_state_change(value: Any) -> dict[str, dict[str, str]]:
                     f"state of {account_id}/{type_name} must be a string of 1 to "
                     f"{MAX_STATE_LENGTH} characters"
                 )
-        out[account_id] = dict(type_states)
-    return out
+    # The parser built these objects for this request alone: nothing else holds them.
+    checked: dict[str, dict[str, str]] = changed
+    return checked
 
 
 def require_admin(request: Request, token: str) -> bool:

@@ -24,6 +24,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from jmappushd.hub import Change, Hub, HubSubscription, restrict
+from jmappushd.sendnow import send_now
 from jmappushd.throttle import CoalescingThrottle
 from jmappushd.web.responses import is_gone
 from jmappushd.web.sse import OPEN_COMMENT, ping_event, state_event
@@ -183,7 +184,15 @@ class EventStream:
             self.end()  # ES-3, C-ES-3: the first state event ends the response
 
     def _write(self, data: bytes) -> None:
-        self.request.write(data)
+        request = self.request
+        if (request.chunked and request.startedWriting and not request.finished
+                and not request._disconnected):
+            # One event is one whole chunk: frame it here and send it at once
+            # (what Request.write would queue for the next reactor turn).
+            request.sentLength += len(data)
+            send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            request.write(data)
         ping = self._ping
         if ping is not None and ping.active():
             ping.reset(self.interval)  # ES-4: measured from the previous event

@@ -21,6 +21,7 @@ from twisted.web.server import Request
 from jmappushd.app import App
 from jmappushd.auth import TOKEN_CREDENTIAL, Principal
 from jmappushd.hub import Change, restrict
+from jmappushd.ws.frames import text_frame
 from jmappushd.ws.messages import SUBPROTOCOL, encode_state_change
 from jmappushd.ws.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, JMAPWebSocketProtocol
 from jmappushd.ws.push import Payload
@@ -66,8 +67,6 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self._drained: defer.Deferred[None] | None = None
         self._cache_seq = -1
         self._cache: dict[tuple[frozenset[str], frozenset[str] | None], Payload | None] = {}
-        # Frames built once per change and written as-is to every connection.
-        self._frames: dict[bytes, Any] = {}
         self.stopping = False
 
     # -- connections --
@@ -117,10 +116,9 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
 
     def payload_for(self, change: Change, account_ids: frozenset[str],
                     types: frozenset[str] | None) -> Payload | None:
-        """Restrict and encode ``change`` once per (accounts, types) view."""
+        """Restrict, encode and frame ``change`` once per (accounts, types) view."""
         if change.seq != self._cache_seq:
             self._cache.clear()
-            self._frames.clear()
             self._cache_seq = change.seq
         key = (account_ids, types)
         try:
@@ -128,20 +126,12 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         except KeyError:
             pass
         restricted = restrict(change.changed, account_ids, types)
-        found = (restricted, encode_state_change(restricted, change.token)) if restricted else None
+        found = None
+        if restricted:
+            found = (restricted, text_frame(encode_state_change(restricted, change.token)))
         if len(self._cache) < 4096:
             self._cache[key] = found
         return found
-
-    def frame_for(self, payload: bytes) -> Any:
-        """The WebSocket frame for ``payload``, framed once however many connections
-        send it (no compression is negotiated, so one frame fits every connection)."""
-        frame = self._frames.get(payload)
-        if frame is None:
-            frame = self.prepareMessage(payload)
-            if len(self._frames) < 4096:
-                self._frames[payload] = frame
-        return frame
 
     # -- credentials (C-WS-5) and shutdown --
 

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from jmappushd.auth import Principal
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.sendnow import send_now
 from jmappushd.web.responses import problem_body
 from jmappushd.ws.eager import run_eagerly
 from jmappushd.ws.messages import (
@@ -123,11 +124,12 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.message_data = None  # type: ignore[assignment]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        # The common case without Autobahn's eagerly formatted debug log line.
+        # The common case without Autobahn's eagerly formatted debug log line. Every
+        # call carries one whole frame, so it may go out at once (see sendnow).
         if sync or chopsize or self.send_queue:
             super().sendData(data, sync, chopsize)
             return
-        self._transport().write(data)
+        send_now(self.transport, data)
         if self.state == _OPEN:
             self.trafficStats.outgoingOctetsWireLevel += len(data)
 
@@ -273,9 +275,10 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         assert principal is not None
         push.start(factory.app.hub, principal.account_ids, enable.push_state)
 
-    def send_push(self, payload: bytes) -> None:
+    def send_push(self, frame: bytes) -> None:
+        """Write one StateChange text frame (built by ``ws.frames``)."""
         if self.state == _OPEN:
-            self.sendPreparedMessage(self.factory.frame_for(payload))
+            self.sendData(frame)
             self.factory.events_sent.inc()
 
     def _stop_push(self) -> None:

@@ -21,10 +21,11 @@ from twisted.python.failure import Failure
 
 from jmappushd.hub import Change, Hub, HubSubscription, StateMap, restrict
 from jmappushd.throttle import CoalescingThrottle
+from jmappushd.ws.frames import text_frame
 from jmappushd.ws.messages import encode_state_change
 
 Payload = tuple[dict[str, dict[str, str]], bytes]
-"""A change restricted to one listener's view, and its encoded StateChange."""
+"""A change restricted to one listener's view, and its StateChange as a text frame."""
 
 
 class PayloadSource(Protocol):
@@ -92,20 +93,20 @@ class PushSession:
         found = self._source.payload_for(change, self._account_ids, self.types)
         if found is None:
             return
-        restricted, encoded = found
+        restricted, frame = found
         if self._held is not None:
             _merge(self._held, restricted)
             self._held_token = change.token
             return
         # With nothing pending, an immediate flush sends exactly this change: reuse
-        # the bytes encoded once for every listener with the same view.
-        self._ready = None if self.throttle.pending else encoded
+        # the frame built once for every listener with the same view.
+        self._ready = None if self.throttle.pending else frame
         self.throttle.offer(restricted, change.token)
         self._ready = None
 
     def _flush(self, changed: StateMap, token: str) -> None:
-        payload = self._ready
-        self._send(payload if payload is not None else encode_state_change(changed, token))
+        frame = self._ready
+        self._send(frame if frame is not None else text_frame(encode_state_change(changed, token)))
 
     def _caught_up(self, result: tuple[dict[str, dict[str, str]], str, bool]) -> None:
         states, token, known = result
@@ -120,7 +121,7 @@ class PushSession:
             self.throttle.offer(changed, token)
         elif not known:
             # C-WS-8: an unknown token still gets one StateChange with a fresh pushState.
-            self._send(encode_state_change({}, token))
+            self._send(text_frame(encode_state_change({}, token)))
 
     def _catch_up_failed(self, failure: Failure) -> Any:
         self.log.failure("WebSocket push catch-up failed", failure)
