@@ -88,11 +88,12 @@ def loads(data: bytes) -> Any:
             parse_constant=_constant,
             parse_float=_float,
         )
-        # Noncharacters can stand in the text as themselves; surrogates and
-        # noncharacters alike can hide behind \u escapes, whose first hex digit is
-        # then d or f. One scan of the text finds the first kind, and only a
-        # document with such an escape needs the walk over every decoded string.
-        if _FORBIDDEN.search(text) or _SUSPECT_ESCAPE.search(text):
+        # Noncharacters can stand in the text as themselves (never in ASCII text,
+        # which Python knows without a scan); surrogates and noncharacters alike can
+        # hide behind \u escapes, whose first hex digit is then d or f. Only a
+        # document with either needs the walk over every decoded string.
+        if ((not text.isascii() and _FORBIDDEN.search(text))
+                or ("\\u" in text and _SUSPECT_ESCAPE.search(text))):
             _check_strings(value)
     except _Invalid as e:
         raise RequestProblem("notJSON", f"The body is not I-JSON: {e}.") from None

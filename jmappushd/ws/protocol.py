@@ -49,6 +49,9 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_GRACE_S = 2.0
 """How long a peer may take to answer our Close before the TCP connection is aborted."""
 
+PING_FRAME = b"\x89\x00"
+"""The heartbeat: a final Ping frame with no payload (RFC 6455 §5.5.2), always the same."""
+
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 _CLOSED = WebSocketServerProtocol.STATE_CLOSED
 
@@ -175,7 +178,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.close(CLOSE_GOING_AWAY, "no traffic from the client")
             return
         if now >= self._next_ping:
-            self.sendPing()
+            self.sendData(PING_FRAME)
             self._next_ping = now + factory.heartbeat
         self._timer = factory.clock.callLater(min(self._next_ping, deadline) - now, self._tick)
 
