@@ -4,6 +4,8 @@
 token in the same format, encodes the two messages jmappushd would send (an SSE
 ``state`` event and a WebSocket StateChange with ``pushState``) once, writes them
 to every open connection and answers 202 like the daemon. It records nothing.
+With ``--routes`` each account's part goes only to that account's connections
+(encoded once per account), as the throughput benchmark needs.
 ``POST /api`` and Request messages on ``/ws`` get a canned Core/echo answer: the
 floor of a round trip through twisted.web and through Autobahn. ``POST /push/...``
 on the admin port is a push service receiver that answers 201 to everything.
@@ -18,6 +20,8 @@ import json
 import resource
 import secrets
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.web.resource import Resource
@@ -40,9 +44,10 @@ def _base36(number: int) -> str:
 class Publish(Resource):
     isLeaf = True
 
-    def __init__(self, sse: BareEventSource, ws: BareFactory) -> None:
+    def __init__(self, sse: BareEventSource, ws: BareFactory, routed: bool) -> None:
         super().__init__()
         self.sse, self.ws = sse, ws
+        self.routed = routed
         self.epoch = secrets.token_hex(8)
         self.seq = 0
 
@@ -51,14 +56,27 @@ class Publish(Resource):
         changed = json.loads(request.content.read())["changed"]
         self.seq += 1
         token = f"{self.epoch}-{_base36(self.seq)}"
-        change = json.dumps({"@type": "StateChange", "changed": changed},
-                            separators=(",", ":")).encode()
-        self.sse.broadcast(b"event: state\nid: %s\ndata: %s\n\n" % (token.encode(), change))
-        self.ws.broadcast(json.dumps({"@type": "StateChange", "changed": changed,
-                                      "pushState": token}, separators=(",", ":")).encode())
+        if self.routed:
+            for account, types in changed.items():
+                self.write_all({account: types}, token, self.sse.send_to, self.ws.send_to,
+                               account)
+        else:
+            self.write_all(changed, token, lambda _, data: self.sse.broadcast(data),
+                           lambda _, data: self.ws.broadcast(data), "")
         request.setResponseCode(202)
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps({"seq": self.seq, "token": token}).encode()
+
+
+    @staticmethod
+    def write_all(changed: dict[str, Any], token: str, sse_send: Callable[[str, bytes], None],
+                  ws_send: Callable[[str, bytes], None], account: str) -> None:
+        """Encode the SSE event and the WebSocket StateChange once, write each to its side."""
+        change = json.dumps({"@type": "StateChange", "changed": changed},
+                            separators=(",", ":")).encode()
+        sse_send(account, b"event: state\nid: %s\ndata: %s\n\n" % (token.encode(), change))
+        ws_send(account, json.dumps({"@type": "StateChange", "changed": changed,
+                                     "pushState": token}, separators=(",", ":")).encode())
 
 
 class BareAPI(Resource):
@@ -95,17 +113,24 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--admin-port", type=int, required=True)
     p.add_argument("--backlog", type=int, default=1024)
+    p.add_argument("--routes", default="",
+                   help="JSON file mapping Authorization values to accounts: publishes "
+                        "then reach only the connections of the accounts they name")
     args = p.parse_args()
+    routes: dict[str, str] = {}
+    if args.routes:
+        with open(args.routes) as handle:
+            routes = json.load(handle)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    sse = BareEventSource()
-    ws_resource, ws = bare_resource(f"ws://127.0.0.1:{args.port}/ws")
+    sse = BareEventSource(routes)
+    ws_resource, ws = bare_resource(f"ws://127.0.0.1:{args.port}/ws", routes)
     root = Resource()
     root.putChild(b"events", sse)
     root.putChild(b"ws", ws_resource)
     root.putChild(b"api", BareAPI())
     admin = Resource()
-    admin.putChild(b"publish", Publish(sse, ws))
+    admin.putChild(b"publish", Publish(sse, ws, routed=bool(routes)))
     admin.putChild(b"push", PushReceiver())
     site, admin_site = Site(root), Site(admin)
     site.noisy = admin_site.noisy = False

@@ -13,22 +13,23 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import PYTHON, ROOT, Child, cpu_seconds, expect_all, split, stop_all
 from benchmarks.context import Context
 from benchmarks.profiling import Profile
-from benchmarks.server import Daemon, client_processes, wait_ready
+from benchmarks.server import Baseline, Daemon, Server, client_processes, wait_ready
 
 SECTIONS = {"event-source": "event-source-throttle = 0", "websocket": "ws-throttle = 0"}
 PUBLISH_CONNECTIONS = 4
 TARGET = 20_000
 
 
-def publish(daemon: Daemon, accounts_file: str, batch: int, rounds: int) -> dict[str, Any]:
+def publish(server: Server, accounts_file: str, batch: int, rounds: int) -> dict[str, Any]:
     result = subprocess.run(
-        [PYTHON, "-m", "benchmarks.load_publish", "--port", str(daemon.admin_port),
-         "--token", daemon.admin_token, "--accounts-file", accounts_file,
+        [PYTHON, "-m", "benchmarks.load_publish", "--port", str(server.admin_port),
+         "--token", server.admin_token, "--accounts-file", accounts_file,
          "--batch", str(batch), "--rounds", str(rounds),
          "--connections", str(PUBLISH_CONNECTIONS)],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
@@ -37,15 +38,18 @@ def publish(daemon: Daemon, accounts_file: str, batch: int, rounds: int) -> dict
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def one_run(daemon: Daemon, children: list[Child], accounts_file: str, n: int, batch: int,
+def one_run(server: Server, children: list[Child], accounts_file: str, n: int, batch: int,
             rounds: int) -> dict[str, Any]:
     for child in children:
         child.send(cmd="reset")  # forget receipts and "final" flags of an earlier run
     expect_all(children, "reset", 60)
-    cpu_before = cpu_seconds(daemon.pid)
-    sent = publish(daemon, accounts_file, batch, rounds)
+    for child in children:
+        child.send(cmd="counters")
+    events_before = sum(c["events"] for c in expect_all(children, "counters", 60))
+    cpu_before = cpu_seconds(server.pid)
+    sent = publish(server, accounts_file, batch, rounds)
     finals = expect_all(children, "final", 120)
-    cpu_used = cpu_seconds(daemon.pid) - cpu_before
+    cpu_used = cpu_seconds(server.pid) - cpu_before
     for child in children:
         child.send(cmd="counters")
     counters = expect_all(children, "counters", 60)
@@ -56,42 +60,59 @@ def one_run(daemon: Daemon, children: list[Child], accounts_file: str, n: int, b
             "changes_per_s": changes / seconds, "publishes": sent["publishes"],
             "publish_errors": sent["errors"], "ack_p50_ms": sent["ack_p50_ms"],
             "ack_p99_ms": sent["ack_p99_ms"],
-            "events_received_total": sum(c["events"] for c in counters),
+            "events_received_total": sum(c["events"] for c in counters) - events_before,
             "daemon_cpu_s": cpu_used, "daemon_cpu_us_per_change": cpu_used / changes * 1e6,
             "daemon_core_share": cpu_used / seconds}
+
+
+def measure(server: Server, ctx: Context, users: list[dict[str, str]], accounts_file: Path,
+            batches: list[int], profile: bool) -> dict[str, Any]:
+    """Connect one client per account to ``server``, then publish at each batch size."""
+    n = len(users)
+    half = n // 2
+    procs = ctx.client_procs
+    auth = ctx.auth_file(users)
+    children: list[Child] = []
+    out: dict[str, Any] = {"runs": []}
+    server.start()
+    try:
+        children += client_processes(server, "es", split(half, procs), auth_file=auth,
+                                     src_base=2, max_seconds=ctx.max_seconds)
+        children += client_processes(server, "ws", split(n - half, procs), auth_file=auth,
+                                     auth_offset=half, src_base=2 + procs,
+                                     max_seconds=ctx.max_seconds)
+        out["connect"] = wait_ready(children, ctx.connect_timeout)
+        for batch in batches:
+            out["runs"].append(one_run(server, children, str(accounts_file), n, batch,
+                                       ctx.sizes["throughput_rounds"]))
+        if profile:
+            spy = Profile(server.pid, ctx.workdir / "throughput.pyspy", 8)
+            one_run(server, children, str(accounts_file), n, batches[0], 3)
+            out["profile"] = spy.finish()
+    finally:
+        stop_all(children)
+        server.stop()
+    out["best_changes_per_s"] = max(r["changes_per_s"] for r in out["runs"])
+    return out
 
 
 def run(ctx: Context) -> dict[str, Any]:
     n = ctx.sizes["throughput_accounts"]
     users = ctx.users(n)
-    half = n // 2
-    procs = ctx.client_procs
+    batches = ctx.sizes["throughput_batches"]
     accounts_file = ctx.workdir / f"accounts-{n}.json"
     accounts_file.write_text(json.dumps([u["account"] for u in users]))
-    auth = ctx.auth_file(users)
+    routes_file = ctx.workdir / f"routes-{n}.json"
+    routes_file.write_text(json.dumps(dict(zip(ctx.auth_lines(users),
+                                               (u["account"] for u in users), strict=True))))
     daemon = Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag="throughput-daemon")
-    children: list[Child] = []
-    out: dict[str, Any] = {"accounts": n, "runs": []}
-    daemon.start()
-    try:
-        children += client_processes(daemon, "es", split(half, procs), auth_file=auth,
-                                     src_base=2, max_seconds=ctx.max_seconds)
-        children += client_processes(daemon, "ws", split(n - half, procs), auth_file=auth,
-                                     auth_offset=half, src_base=2 + procs,
-                                     max_seconds=ctx.max_seconds)
-        out["connect"] = wait_ready(children, ctx.connect_timeout)
-        for batch in ctx.sizes["throughput_batches"]:
-            out["runs"].append(one_run(daemon, children, str(accounts_file), n, batch,
-                                       ctx.sizes["throughput_rounds"]))
-        if ctx.profile:
-            batch = ctx.sizes["throughput_batches"][0]
-            spy = Profile(daemon.pid, ctx.workdir / "throughput.pyspy", 8)
-            one_run(daemon, children, str(accounts_file), n, batch, 3)
-            out["profile"] = spy.finish()
-    finally:
-        stop_all(children)
-        daemon.stop()
-    best = max(r["changes_per_s"] for r in out["runs"])
-    out["best_changes_per_s"] = best
+    out: dict[str, Any] = {"accounts": n}
+    out |= measure(daemon, ctx, users, accounts_file, batches, ctx.profile)
+    bare = Baseline(ctx.workdir, tag="throughput-baseline", routes=routes_file)
+    out["baseline"] = measure(bare, ctx, users, accounts_file, batches[:1], False)
+    best = out["best_changes_per_s"]
+    floor = out["baseline"]["best_changes_per_s"]
+    first = out["runs"][0]["changes_per_s"]
+    out["ratio_vs_baseline"] = first / floor if floor else None
     out["targets"] = {"changes_per_s>=20000": best >= TARGET}
     return out

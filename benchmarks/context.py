@@ -96,9 +96,14 @@ class Context:
             raise RuntimeError(f"{n} users needed, {len(self._users)} prepared")
         return self._users[:n]
 
+    @staticmethod
+    def auth_lines(users: list[dict[str, str]]) -> list[str]:
+        """The Authorization value each user's connections send."""
+        return [f"Bearer {u['token']}" for u in users]
+
     def auth_file(self, users: list[dict[str, str]], name: str = "auth") -> str:
         path = self.workdir / f"{name}-{len(users)}.txt"
-        path.write_text("".join(f"Bearer {u['token']}\n" for u in users))
+        path.write_text("".join(f"{line}\n" for line in self.auth_lines(users)))
         return str(path)
 
     def fan_auth_file(self) -> str:

@@ -191,15 +191,28 @@ def _fanout(f: dict[str, Any], plot: str | None) -> str:
 
 
 def _throughput(t: dict[str, Any], plot: str | None) -> str:
-    rows = [(r["batch"], r["rounds"], r["changes"], r["seconds"], r["changes_per_s"],
-             r.get("daemon_cpu_us_per_change", "-"), r["ack_p50_ms"],
-             r["events_received_total"]) for r in t["runs"]]
-    return heading("3. Publish throughput") + (
+    def row(server: str, r: dict[str, Any]) -> tuple[Any, ...]:
+        return (server, r["batch"], r["rounds"], r["changes"], r["seconds"], r["changes_per_s"],
+                r.get("daemon_cpu_us_per_change", "-"), r["ack_p50_ms"],
+                r["events_received_total"])
+
+    rows = [row("jmappushd", r) for r in t["runs"]]
+    base = t.get("baseline") or {}
+    rows += [row("bare Twisted", r) for r in base.get("runs", [])]
+    text = heading("3. Publish throughput") + (
         f"{t['accounts']:,} accounts, one listener each (half EventSource, half WebSocket), "
         "throttles 0; rounds of one change per account, ``batch`` accounts per publish, "
-        "4 publisher connections. Counted when every client has seen its last state.\n\n"
-    ) + table(("batch", "rounds", "changes", "seconds", "changes/s", "daemon CPU us/change",
-               "ack p50 ms", "events received"), rows)
+        "4 publisher connections. Counted when every client has seen its last state. "
+        "The bare Twisted server gets the same publishes from the same publisher and "
+        "writes each account's event to that account's connections only (twisted.web and "
+        "Autobahn, nothing recorded): the ceiling for one event per change here. The CPU "
+        "column is the server process's CPU time per change.\n\n"
+    ) + table(("server", "batch", "rounds", "changes", "seconds", "changes/s",
+               "CPU us/change", "ack p50 ms", "events received"), rows)
+    if t.get("ratio_vs_baseline") is not None:
+        text += (f"\njmappushd against the bare server at the same batch size: "
+                 f"{t['ratio_vs_baseline']:.2f}x its rate.\n")
+    return text
 
 
 def _webpush(w: dict[str, Any], plot: str | None) -> str:

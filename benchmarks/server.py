@@ -170,12 +170,13 @@ class Baseline(Server):
     es_path = "/events"
     ws_path = "/ws"
 
-    def __init__(self, workdir: Path, tag: str = "baseline") -> None:
+    def __init__(self, workdir: Path, tag: str = "baseline", routes: Path | None = None) -> None:
         super().__init__(workdir)
-        self.proc = ServerProcess(
-            [PYTHON, "-m", "benchmarks.baseline_server", "--port", str(self.port),
-             "--admin-port", str(self.admin_port), "--backlog", str(BACKLOG)],
-            workdir / f"{tag}.log", b"baseline ready")
+        argv = [PYTHON, "-m", "benchmarks.baseline_server", "--port", str(self.port),
+                "--admin-port", str(self.admin_port), "--backlog", str(BACKLOG)]
+        if routes is not None:
+            argv += ["--routes", str(routes)]
+        self.proc = ServerProcess(argv, workdir / f"{tag}.log", b"baseline ready")
 
 
 class Publisher:

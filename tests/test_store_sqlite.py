@@ -129,14 +129,32 @@ async def test_refuses_newer_schema(db_path: Path) -> None:
         await store.get_user("alice")
 
 
+def test_v2_drops_the_seq_index_and_keeps_the_states() -> None:
+    """A version-1 file upgrades in place: its states survive, the index nothing reads is
+    gone, and the catch-up query (accounts, then seq) still walks the primary key."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    assert migrate(connection.cursor(), MIGRATIONS[:1]) == (0, 1)
+    connection.execute("INSERT INTO states VALUES ('A', 'Email', 's1', 7)")
+    assert migrate(connection.cursor(), MIGRATIONS) == (1, 2)
+    assert connection.execute("SELECT * FROM states").fetchall() == [("A", "Email", "s1", 7)]
+    indexes = connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    names = [r[0] for r in indexes]
+    assert "states_by_seq" not in names
+    plan = " ".join(str(r) for r in connection.execute(
+        "EXPLAIN QUERY PLAN SELECT account_id, type, state FROM states "
+        "WHERE account_id IN (?, ?) AND seq > ?", ("A", "B", 3)))
+    assert "PRIMARY KEY" in plan and "SCAN" not in plan
+
+
 def test_migrate_applies_only_missing_steps() -> None:
     """migrate() runs only migrations above user_version and records the new version."""
     connection = sqlite3.connect(":memory:", isolation_level=None)
-    step2 = "CREATE TABLE extra (x TEXT DEFAULT 'a;b'); INSERT INTO extra DEFAULT VALUES;"
-    assert migrate(connection.cursor(), MIGRATIONS) == (0, 1)
+    step = "CREATE TABLE extra (x TEXT DEFAULT 'a;b'); INSERT INTO extra DEFAULT VALUES;"
+    known = len(MIGRATIONS)
+    assert migrate(connection.cursor(), MIGRATIONS) == (0, known)
     epoch = connection.execute("SELECT epoch FROM store_info").fetchone()[0]
-    assert migrate(connection.cursor(), [*MIGRATIONS, step2]) == (1, 2)
-    assert migrate(connection.cursor(), [*MIGRATIONS, step2]) == (2, 2)
+    assert migrate(connection.cursor(), [*MIGRATIONS, step]) == (known, known + 1)
+    assert migrate(connection.cursor(), [*MIGRATIONS, step]) == (known + 1, known + 1)
     assert connection.execute("SELECT x FROM extra").fetchall() == [("a;b",)]
     assert connection.execute("SELECT epoch FROM store_info").fetchone()[0] == epoch
     with pytest.raises(SchemaTooNew):
