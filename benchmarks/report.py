@@ -237,8 +237,12 @@ def _webpush(w: dict[str, Any], plot: str | None) -> str:
 
 def _echo(e: dict[str, Any], plot: str | None) -> str:
     modes = ("http-seq", "ws-seq", "http-seq-pinned", "ws-seq-pinned", "http-par", "ws-par")
-    rows = [(m, e["daemon"][m]["rate"], e["daemon"][m]["p50_ms"], e["baseline"][m]["rate"],
-             e["daemon_vs_bare"][m]) for m in modes]
+    def cpu(side: str, m: str) -> Any:
+        return e[side][m].get("server_cpu_us_per_request") or "-"
+
+    rows = [(m, e["daemon"][m]["rate"], e["daemon"][m]["p50_ms"], cpu("daemon", m),
+             e["baseline"][m]["rate"], cpu("baseline", m), e["daemon_vs_bare"][m])
+            for m in modes]
     r, br = e["ratios"], e["baseline_ratios"]
     raw = e["daemon"].get("raw_round_trip_us", {})
     text = heading("5. WebSocket vs HTTP") + (
@@ -246,8 +250,11 @@ def _echo(e: dict[str, Any], plot: str | None) -> str:
         "in flight (64 keep-alive HTTP connections; one WebSocket with 64 outstanding), "
         "``-pinned`` with client and server on one core. HTTP sends Basic credentials on "
         "every request (the daemon's credential cache spares the scrypt check). The bare "
-        "server answers the same exchange from bare twisted.web and bare Autobahn.\n\n")
-    text += table(("mode", "ours /s", "ours p50 ms", "bare /s", "ours/bare"), rows)
+        "server answers the same exchange from bare twisted.web and bare Autobahn. "
+        "Sequential modes alternate HTTP and WebSocket in 5 slices; \"CPU us\" is the "
+        "server process's CPU time per request over those slices.\n\n")
+    text += table(("mode", "ours /s", "ours p50 ms", "ours CPU us", "bare /s", "bare CPU us",
+                   "ours/bare"), rows)
     text += "\n" + table(("WS/HTTP ratio", "jmappushd", "bare Twisted"),
                   [("sequential", r["sequential"], br["sequential"]),
                    ("sequential, pinned", r["sequential_pinned"], br["sequential_pinned"]),

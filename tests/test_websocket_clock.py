@@ -4,6 +4,7 @@ with a task.Clock as the App's clock (no reactor, no sockets)."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -260,3 +261,61 @@ def test_session_state_memo_follows_registry_generation(h: Harness) -> None:
     h.send(proto, echo(rid="3"))
     (third,) = transport.messages()
     assert third["sessionState"] == h.app.session_state(alice) != first["sessionState"]
+
+
+def request_frame(rid: str, **args: object) -> bytes:
+    return client_frame(json.dumps(echo(rid=rid, **args), ensure_ascii=False).encode())
+
+
+def test_whole_frames_in_one_chunk_are_answered_in_order(h: Harness) -> None:
+    """WS-8, WS-16: frames that arrive together (a small request, a pong, a request over 125
+    bytes with non-ASCII text, a client ping, another request) are all handled, in order,
+    and the ping is answered with a pong carrying its payload (RFC 6455 §5.5.3)."""
+    alice = h.store.add("alice", "A")
+    proto, transport = h.connect(alice)
+    chunk = (request_frame("1") + client_frame(b"", opcode=10)
+             + request_frame("2", text="é€😀" * 40) + client_frame(b"hb", opcode=9)
+             + request_frame("3"))
+    proto.dataReceived(chunk)
+    frames = transport.take()
+    assert [op for op, _ in frames] == [1, 1, 10, 1]
+    assert frames[2][1] == b"hb"
+    ids = [json.loads(p)["requestId"] for op, p in frames if op == 1]
+    assert ids == ["1", "2", "3"]
+    second = json.loads(frames[1][1])
+    assert second["methodResponses"][0][1] == {"text": "é€😀" * 40}
+
+
+def test_a_frame_split_across_chunks_is_reassembled(h: Harness) -> None:
+    """A chunk that ends inside a frame: the whole frames before it are answered at once,
+    the split one when its last byte arrives, and later frames still in order."""
+    alice = h.store.add("alice", "A")
+    proto, transport = h.connect(alice)
+    whole, split = request_frame("1"), request_frame("2", pad="x" * 300)
+    proto.dataReceived(whole + split[:7])
+    assert [json.loads(p)["requestId"] for _, p in transport.take()] == ["1"]
+    proto.dataReceived(split[7:-1])
+    assert transport.take() == []
+    proto.dataReceived(split[-1:] + request_frame("3"))
+    assert [json.loads(p)["requestId"] for _, p in transport.take()] == ["2", "3"]
+
+
+def test_unmasked_client_frame_is_a_protocol_error(h: Harness) -> None:
+    """RFC 6455 §5.1: a client frame without a mask closes the connection (1002); it is
+    never processed as a request."""
+    alice = h.store.add("alice", "A")
+    proto, transport = h.connect(alice)
+    payload = json.dumps(echo(rid="1")).encode()
+    proto.dataReceived(bytes([0x81, len(payload)]) + payload)
+    frames = transport.take()
+    assert [op for op, _ in frames] == [8] and close_code(frames) == 1002
+
+
+def test_invalid_utf8_after_a_good_request_closes_1007(h: Harness) -> None:
+    """WS-12 / RFC 6455 §8.1: the request before the bad frame is answered, then 1007."""
+    alice = h.store.add("alice", "A")
+    proto, transport = h.connect(alice)
+    proto.dataReceived(request_frame("1") + client_frame(b'{"@type":"Request","x":"\xff"}'))
+    frames = transport.take()
+    assert [op for op, _ in frames] == [1, 8]
+    assert json.loads(frames[0][1])["requestId"] == "1" and close_code(frames) == 1007

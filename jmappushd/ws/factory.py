@@ -51,6 +51,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.services = {"app": app}
         self.events_sent = app.metrics.events_sent.labels("websocket")
         cap = HARD_CAP_FACTOR * self.max_size_request
+        self.max_frame_payload = cap
         self.setProtocolOptions(
             webStatus=False,
             maxFramePayloadSize=cap,  # WS-22, C-WS-4: beyond the cap Autobahn closes 1009

@@ -28,6 +28,7 @@ from jmappushd.jmap.problems import RequestProblem
 from jmappushd.sendnow import send_now
 from jmappushd.web.responses import problem_body
 from jmappushd.ws.eager import run_eagerly
+from jmappushd.ws.frames import text_frame
 from jmappushd.ws.messages import (
     PUSH_DISABLE,
     PUSH_ENABLE,
@@ -51,6 +52,9 @@ CLOSE_GRACE_S = 2.0
 
 PING_FRAME = b"\x89\x00"
 """The heartbeat: a final Ping frame with no payload (RFC 6455 §5.5.2), always the same."""
+
+_FIN_TEXT = 0x81
+_FIN_PONG = 0x8A
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 _CLOSED = WebSocketServerProtocol.STATE_CLOSED
@@ -92,7 +96,57 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes) -> None:
         # Anything at all from the client (message, ping, pong) proves it is alive.
         self._last_rx = self.factory.clock.seconds()
+        if (self.state == _OPEN and self.current_frame is None and not self.data
+                and not self.inside_message):
+            data = self._take_whole_frames(data)
+            if not data:
+                return
         self._dataReceived(data)
+
+    def _take_whole_frames(self, data: bytes) -> bytes:
+        """Handle the common frames here; return the rest, from the first other one, for
+        Autobahn.
+
+        A JMAP client mostly sends whole, small, masked text frames (Requests) and
+        empty pongs. Autobahn's general state machine costs more than the JMAP work
+        of a ``Core/echo``, so those are taken straight from the TCP chunk: unmasked
+        (RFC 6455 §5.3), checked as UTF-8 (§8.1) and handed to ``onMessage``.
+        Anything else (fragments, pings, close, binary, reserved bits, unmasked or
+        oversized or incomplete frames, invalid UTF-8) goes to Autobahn unchanged,
+        which then handles it and everything after it exactly as before.
+        """
+        pos, size = 0, len(data)
+        cap = self.factory.max_frame_payload
+        while size - pos >= 6 and self.state == _OPEN:
+            first, second = data[pos], data[pos + 1]
+            if second < 0x80 or (first != _FIN_TEXT and first != _FIN_PONG):
+                break
+            length = second & 0x7F
+            key_at = pos + 2
+            if length == 126:
+                if size - pos < 8:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                key_at = pos + 4
+            elif length == 127:
+                break
+            end = key_at + 4 + length
+            if end > size or length > cap:
+                break
+            if first == _FIN_PONG:
+                pos = end
+                continue
+            masked = data[key_at + 4 : end]
+            key = data[key_at : key_at + 4] * (length // 4 + 1)
+            payload = (int.from_bytes(masked, "big") ^ int.from_bytes(key[:length], "big")
+                       ).to_bytes(length, "big")
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break  # Autobahn closes with 1007
+            pos = end
+            self.onMessage(payload, False)
+        return data[pos:] if pos else data
 
     def onConnect(self, request: Any) -> str:
         """Select ``jmap`` (WS-5); the handshake resource already refused the rest."""
@@ -244,8 +298,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def _answer(self, response: dict[str, Any], request_id: str | None) -> None:
         self._in_flight -= 1
-        if self.state == _OPEN:
-            self.sendMessage(encode_response(response, request_id))
+        self._send_text(encode_response(response, request_id))
 
     def _failed(self, failure: Failure, request_id: str | None) -> None:
         self._in_flight -= 1
@@ -253,14 +306,16 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._problem(failure.value, request_id)
             return
         self._log.failure("WebSocket request crashed", failure)
-        if self.state == _OPEN:
-            self.sendMessage(encode_request_error(problem_body(500, "internal error"),
-                                                  request_id))
+        self._send_text(encode_request_error(problem_body(500, "internal error"), request_id))
 
     def _problem(self, problem: RequestProblem, request_id: str | None) -> None:
         self.factory.count_error(problem.kind)
+        self._send_text(encode_request_error(problem.to_json(), request_id))
+
+    def _send_text(self, payload: bytes) -> None:
+        """One whole text message as one frame (no extension is ever negotiated)."""
         if self.state == _OPEN:
-            self.sendMessage(encode_request_error(problem.to_json(), request_id))
+            self.sendData(text_frame(payload))
 
     # -- push --
 
