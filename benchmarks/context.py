@@ -22,7 +22,7 @@ FULL_SIZES: dict[str, Any] = {
     "fanout_rounds": {100: 40, 1_000: 25, 10_000: 12},
     "throughput_accounts": 10_000,
     "throughput_rounds": 8,
-    "throughput_batches": [100, 10],
+    "throughput_batches": [1000, 100, 10],
     "webpush_messages": 3_000,
     "webpush_deliveries": 3_000,
     "echo_seconds": 5.0,

@@ -209,9 +209,11 @@ def _throughput(t: dict[str, Any], plot: str | None) -> str:
         "column is the server process's CPU time per change.\n\n"
     ) + table(("server", "batch", "rounds", "changes", "seconds", "changes/s",
                "CPU us/change", "ack p50 ms", "events received"), rows)
-    if t.get("ratio_vs_baseline") is not None:
-        text += (f"\njmappushd against the bare server at the same batch size: "
-                 f"{t['ratio_vs_baseline']:.2f}x its rate.\n")
+    ratios = t.get("ratio_vs_baseline") or {}
+    if ratios:
+        text += "\njmappushd's rate against the bare server's at the same batch size: " + (
+            ", ".join(f"{ratio:.2f}x (batch {batch})" for batch, ratio in ratios.items())
+        ) + ".\n"
     return text
 
 

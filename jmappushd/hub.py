@@ -73,8 +73,18 @@ class LocalBus:
 def restrict(
     changed: StateMap, account_ids: Collection[str], types: frozenset[str] | None
 ) -> dict[str, dict[str, str]]:
-    """Keep only readable accounts and wanted types; drop what ends up empty (ES-12)."""
+    """Keep only readable accounts and wanted types; drop what ends up empty (ES-12).
+
+    The inner maps may be ``changed``'s own (with ``types`` None): results are read-only.
+    """
     out: dict[str, dict[str, str]] = {}
+    if len(account_ids) == 1 and types is None:
+        # The common listener: one account, every type.
+        for account_id in account_ids:
+            type_states = changed.get(account_id)
+            if type_states:
+                out[account_id] = type_states  # type: ignore[assignment]
+        return out
     if len(account_ids) < len(changed):
         # Walk the smaller side: a batched publish of many accounts meets listeners
         # that read one or two of them.

@@ -150,17 +150,35 @@ def test_pings_repeat_at_the_interval_without_ids() -> None:
 
 
 def test_state_event_pushes_the_next_ping_back() -> None:
-    """ES-4: a state event at t=20 moves the next ping to t=50 (one timer, reset)."""
+    """ES-4: a state event at t=20 moves the next ping to t=50 (one timer: the event only
+    notes its time, and the timer, firing at t=30, waits out the rest)."""
     env = Env()
     stream = env.stream(ping=30)
     timer = env.clock.getDelayedCalls()[0]
     env.clock.advance(20)
     env.publish({"A": {"Email": "s1"}})
-    assert env.clock.getDelayedCalls() == [timer]  # the same IDelayedCall, reset
+    assert env.clock.getDelayedCalls() == [timer]  # no timer work per event
     env.clock.advance(29.9)
     assert [e.event for e in events(stream)] == ["state"]
     env.clock.advance(0.1)
     assert [e.event for e in events(stream)] == ["state", "ping"]
+
+
+def test_steady_events_suppress_pings_with_one_timer() -> None:
+    """ES-4: with a state event every 10 s no ping is ever due; the first ping comes a
+    whole interval after the last event, and the stream never owns more than one timer."""
+    env = Env()
+    stream = env.stream(ping=30)
+    for i in range(12):
+        env.clock.advance(10)
+        env.publish({"A": {"Email": f"s{i}"}})
+        assert len(env.clock.getDelayedCalls()) == 1
+    assert [e.event for e in events(stream)] == ["state"] * 12
+    env.clock.advance(29.9)
+    assert [e.event for e in events(stream)] == ["state"] * 12
+    env.clock.advance(0.1)
+    assert [e.event for e in events(stream)] == ["state"] * 12 + ["ping"]
+    assert len(env.clock.getDelayedCalls()) == 1
 
 
 def test_ping_zero_sends_no_pings_and_owns_no_timer() -> None:

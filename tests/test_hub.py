@@ -50,6 +50,11 @@ def test_restrict_filters_accounts_and_types() -> None:
     assert restrict(changed, {"A"}, None) == {"A": {"Email": "1", "Mailbox": "2"}}
     assert restrict(changed, {"A", "B"}, frozenset({"Mailbox"})) == {"A": {"Mailbox": "2"}}
     assert restrict(changed, {"C"}, None) == {}
+    assert restrict(changed, {"B"}, frozenset({"Mailbox"})) == {}
+    assert restrict({"A": {}}, {"A"}, None) == {}
+    assert restrict(changed, {"A", "B", "C"}, None) == changed
+    # One account, every type: the change's own map, shared (results are read-only).
+    assert restrict(changed, frozenset({"B"}), None)["B"] is changed["B"]
 
 
 @pytest_twisted.ensureDeferred

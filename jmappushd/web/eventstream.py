@@ -7,8 +7,9 @@ per-connection :class:`~jmappushd.throttle.CoalescingThrottle` and become
 ``state`` events. ``close`` (client gone, shutdown, revoked credentials) drops
 the subscription, the ping timer and the throttle at once.
 
-An idle stream owns exactly one timer, its ping (none with ``ping=0``), and it
-is moved with ``reset`` after every event rather than re-created (ES-4). When
+An idle stream owns exactly one timer, its ping (none with ``ping=0``). An event
+only notes its time; when the timer fires it sends the ping or, if an event went
+out meanwhile, waits until a whole interval has passed since that event (ES-4). When
 the transport pushes back (a slow reader), the throttle is paused: changes keep
 merging per account/type, so what is pending stays bounded.
 """
@@ -95,7 +96,8 @@ class StreamContext:
 class EventStream:
     """A single ``text/event-stream`` response and everything it owns."""
 
-    __slots__ = ("_ctx", "_held", "_held_token", "_paused", "_ping", "_subscription",
+    __slots__ = ("_ctx", "_held", "_held_token", "_last_write", "_paused", "_ping",
+                 "_subscription",
                  "_throttle", "account_ids", "close_after", "closed", "credential_id",
                  "interval", "request", "types", "user_id")
 
@@ -113,6 +115,7 @@ class EventStream:
         self.closed = False
         self._paused = False
         self._ping: IDelayedCall | None = None
+        self._last_write = 0.0
         self._subscription: HubSubscription | None = None
         self._held: dict[str, dict[str, str]] | None = None
         self._held_token = ""
@@ -130,6 +133,7 @@ class EventStream:
         request.notifyFinish().addBoth(self._finished)
         self._subscription = self._ctx.hub.subscribe(self, self.account_ids)
         if self.interval > 0:
+            self._last_write = self._ctx.clock.seconds()
             self._ping = self._ctx.clock.callLater(self.interval, self._ping_due)
 
     def hold(self) -> None:
@@ -193,18 +197,23 @@ class EventStream:
             send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
         else:
             request.write(data)
-        ping = self._ping
-        if ping is not None and ping.active():
-            ping.reset(self.interval)  # ES-4: measured from the previous event
+        # ES-4: the next ping is due a whole interval after this event; the timer is
+        # not moved here (that costs more than the write) but when it fires.
+        self._last_write = self._ctx.clock.seconds()
 
     def _ping_due(self) -> None:
         self._ping = None
         if self.closed:
             return
-        if not self._paused:
-            self._write(ping_event(self.interval))
-        if not self.closed:
-            self._ping = self._ctx.clock.callLater(self.interval, self._ping_due)
+        clock = self._ctx.clock
+        wait = self._last_write + self.interval - clock.seconds()
+        if wait <= 0:
+            if not self._paused:
+                self._write(ping_event(self.interval))
+            if self.closed:
+                return
+            wait = self.interval
+        self._ping = clock.callLater(wait, self._ping_due)
 
     # IPushProducer: Twisted pauses us while the client reads slowly.
     def pauseProducing(self) -> None:

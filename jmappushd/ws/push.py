@@ -115,8 +115,10 @@ class PushSession:
             return
         changed = restrict(states, self._account_ids, self.types)
         if held:
-            _merge(changed, held)
-            token = self._held_token
+            merged: dict[str, dict[str, str]] = {}
+            _merge(merged, changed)  # restrict's maps are read-only: merge into new ones
+            _merge(merged, held)
+            changed, token = merged, self._held_token
         if changed:
             self.throttle.offer(changed, token)
         elif not known:
