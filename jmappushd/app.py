@@ -16,6 +16,7 @@ from jmappushd.jmap.registry import MethodRegistry
 from jmappushd.metrics import Metrics
 from jmappushd.session import SessionURLs, build_session
 from jmappushd.store.interface import IStore
+from jmappushd.timerwheel import TimerWheel
 
 
 @dataclass
@@ -35,6 +36,11 @@ class App:
     services: dict[str, Any] = field(default_factory=dict)
     _states: WeakKeyDictionary[Principal, tuple[int, str]] = field(
         default_factory=WeakKeyDictionary, repr=False)
+    wheel: TimerWheel = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # The connections' heartbeats and pings, on the app's clock (tests inject one).
+        self.wheel = TimerWheel(self.clock)
 
     def session_for(self, principal: Principal) -> dict[str, Any]:
         return build_session(self.config, self.registry, self.urls, principal)

@@ -286,6 +286,7 @@ def test_slow_reader_pauses_and_pending_stays_bounded() -> None:
         env.publish({"A": {"Email": f"s{i}", "Mailbox": f"m{i}"}})
     env.clock.advance(30)  # pings are skipped while the reader is backed up
     assert events(stream) == []
+    assert stream._throttle is not None  # made paused by the first change
     assert stream._throttle.pending == {"A": {"Email": "s999", "Mailbox": "m999"}}
     stream.resumeProducing()
     assert states(stream) == [{"A": {"Email": "s999", "Mailbox": "m999"}}]

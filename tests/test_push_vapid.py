@@ -153,22 +153,35 @@ def test_claims_with_and_without_subject() -> None:
     assert "sub" not in token_parts(plain.authorization(URL))[1]
 
 
-@pytest.mark.parametrize(
-    ("url", "origin"),
-    [
-        ("https://push.example.net:8443/p/abc", "https://push.example.net:8443"),
-        ("https://push.example.net/p/abc", "https://push.example.net"),
-        ("https://push.example.net:443/p/abc?x=1#f", "https://push.example.net"),
-        ("https://PUSH.Example.NET/x", "https://push.example.net"),
-        ("https://user:pw@push.example.net/x", "https://push.example.net"),
-        ("https://[2001:DB8::1]:8443/x", "https://[2001:db8::1]:8443"),
-        ("http://push.example.net:80/x", "http://push.example.net"),
-        ("http://push.example.net:443/x", "http://push.example.net:443"),
-    ],
-)
+ORIGINS = [
+    ("https://push.example.net:8443/p/abc", "https://push.example.net:8443"),
+    ("https://push.example.net/p/abc", "https://push.example.net"),
+    ("https://push.example.net:443/p/abc?x=1#f", "https://push.example.net"),
+    ("https://push.example.net?x=/y", "https://push.example.net"),
+    ("https://push.example.net:8443#/frag", "https://push.example.net:8443"),
+    ("https://PUSH.Example.NET/x", "https://push.example.net"),
+    ("https://user:pw@push.example.net/x", "https://push.example.net"),
+    ("https://[2001:DB8::1]:8443/x", "https://[2001:db8::1]:8443"),
+    ("http://push.example.net:80/x", "http://push.example.net"),
+    ("http://push.example.net:443/x", "http://push.example.net:443"),
+]
+
+
+@pytest.mark.parametrize(("url", "origin"), ORIGINS)
 def test_origin_of(url: str, origin: str) -> None:
     """VAPID-3: aud is scheme://host[:port], lowercase host, default port omitted, no path."""
     assert origin_of(url) == origin
+
+
+def test_signer_remembers_origins_by_authority_only() -> None:
+    """VAPID-3: the signer's remembered origins give the same aud as origin_of for every
+    URL, asked in any order and again, however the paths and queries differ."""
+    signer, _clock = make_signer(max_origins=3)  # small: the memory is cleared as it fills
+    for _ in range(2):
+        for url, origin in ORIGINS:
+            assert verify_vapid_header(signer.authorization(url), NOW)["aud"] == origin
+            same_service = url.split("#")[0] + ("&" if "?" in url else "?") + "other=1"
+            assert verify_vapid_header(signer.authorization(same_service), NOW)["aud"] == origin
 
 
 @pytest.mark.parametrize("url", ["/relative", "https://", "https://host:99999/", "no-scheme"])

@@ -174,7 +174,8 @@ class Sender:
         self._transport = transport
         self._keyring = keyring
         self._clock = clock
-        self._config = config
+        self._fixed_headers = {"Content-Type": "application/json", "TTL": str(config.ttl),
+                               "Urgency": config.urgency}
         self._metrics = metrics
 
     def headers(self, target: PushTarget, topic: str | None) -> dict[str, str] | None:
@@ -182,12 +183,8 @@ class Sender:
         signer = self._keyring.signer(target.key_id)
         if signer is None:
             return None
-        headers = {
-            "Content-Type": "application/json",
-            "TTL": str(self._config.ttl),
-            "Urgency": self._config.urgency,
-            "Authorization": signer.authorization(target.url),
-        }
+        headers = self._fixed_headers.copy()
+        headers["Authorization"] = signer.authorization(target.url)
         if topic is not None:
             headers["Topic"] = topic
         if target.keys is not None:

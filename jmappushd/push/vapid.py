@@ -159,6 +159,7 @@ class VapidSigner:
         self._renew_before = renew_before
         self._max_origins = max_origins
         self._cache: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._origins: dict[str, str] = {}
 
     @property
     def key(self) -> VapidKey:
@@ -167,7 +168,7 @@ class VapidSigner:
 
     def authorization(self, url: str) -> str:
         """The ``Authorization`` header value for a POST to ``url`` (VAPID-1, VAPID-12)."""
-        origin = origin_of(url)
+        origin = self._origin(url)
         now = self._clock.seconds()
         cached = self._cache.get(origin)
         if cached is not None:
@@ -182,6 +183,30 @@ class VapidSigner:
         if len(self._cache) > self._max_origins:
             self._cache.popitem(last=False)
         return header
+
+    def _origin(self, url: str) -> str:
+        """``origin_of(url)``, remembered per ``scheme://authority`` text.
+
+        Parsing the URL cost as much as the rest of the header; every push to one push
+        service starts with the same authority, and the origin depends on nothing after
+        it (the path, where push services keep their secrets, is not kept).
+        """
+        start = url.find("://")
+        if start < 0:
+            return origin_of(url)
+        end = len(url)
+        for separator in "/?#":
+            at = url.find(separator, start + 3)
+            if 0 <= at < end:
+                end = at
+        prefix = url[:end]
+        origin = self._origins.get(prefix)
+        if origin is None:
+            origin = origin_of(url)
+            if len(self._origins) >= self._max_origins:
+                self._origins.clear()
+            self._origins[prefix] = origin
+        return origin
 
     def _token(self, origin: str, exp: int) -> str:
         """Sign a compact JWS with claims aud, exp and optional sub (VAPID-2..5)."""

@@ -126,6 +126,7 @@ class EventSourceResource(Resource):
         self.context = StreamContext(
             clock, app.hub, config.event_source_throttle_s,
             app.metrics.events_sent.labels(TRANSPORT), registry.discard,
+            wheel=app.wheel if clock is app.clock else None,
         )
 
     def render(self, request: Request) -> Any:

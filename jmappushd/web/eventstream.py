@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -27,6 +27,7 @@ from zope.interface import implementer
 from jmappushd.hub import Change, Hub, HubSubscription, restrict
 from jmappushd.sendnow import send_now
 from jmappushd.throttle import CoalescingThrottle
+from jmappushd.timerwheel import TimerWheel, WheelTimer
 from jmappushd.web.responses import is_gone
 from jmappushd.web.sse import OPEN_COMMENT, ping_event, state_event
 
@@ -83,8 +84,10 @@ class StreamContext:
     """What every stream of one endpoint shares (one object, not one per connection)."""
 
     def __init__(self, clock: IReactorTime, hub: Hub, throttle_s: float,
-                 events_sent: Counter, on_close: Callable[[EventStream], None]) -> None:
+                 events_sent: Counter, on_close: Callable[[EventStream], None],
+                 wheel: TimerWheel | None = None) -> None:
         self.clock = clock
+        self.wheel = wheel if wheel is not None else TimerWheel(clock)
         self.hub = hub
         self.throttle_s = throttle_s
         self.events_sent = events_sent
@@ -114,12 +117,13 @@ class EventStream:
         self.close_after = close_after
         self.closed = False
         self._paused = False
-        self._ping: IDelayedCall | None = None
+        self._ping: WheelTimer | None = None
         self._last_write = 0.0
         self._subscription: HubSubscription | None = None
         self._held: dict[str, dict[str, str]] | None = None
         self._held_token = ""
-        self._throttle = CoalescingThrottle(ctx.clock, ctx.throttle_s, self._flush)
+        # Made on the first change: most streams sit idle, and idle should cost little.
+        self._throttle: CoalescingThrottle | None = None
 
     def open(self) -> None:
         """Send 200 and the headers now, then start listening (ES-1, C-ES-5)."""
@@ -134,7 +138,7 @@ class EventStream:
         self._subscription = self._ctx.hub.subscribe(self, self.account_ids)
         if self.interval > 0:
             self._last_write = self._ctx.clock.seconds()
-            self._ping = self._ctx.clock.callLater(self.interval, self._ping_due)
+            self._ping = self._ctx.wheel.call_later(self.interval, self._ping_due)
 
     def hold(self) -> None:
         """Keep live changes aside while the catch-up query runs (they follow it)."""
@@ -148,9 +152,18 @@ class EventStream:
             return
         missed = restrict(states, self.account_ids, self.types)
         if missed:
-            self._throttle.offer(missed, token)
+            self._throttled().offer(missed, token)
         if held and not self.closed:
-            self._throttle.offer(held, self._held_token)
+            self._throttled().offer(held, self._held_token)
+
+    def _throttled(self) -> CoalescingThrottle:
+        throttle = self._throttle
+        if throttle is None:
+            ctx = self._ctx
+            throttle = self._throttle = CoalescingThrottle(ctx.clock, ctx.throttle_s, self._flush)
+            if self._paused:
+                throttle.pause()
+        return throttle
 
     def change_published(self, change: Change) -> None:
         """Hub callback: keep what this stream may see and wants (ES-12)."""
@@ -164,7 +177,7 @@ class EventStream:
                 self._held.setdefault(account_id, {}).update(type_states)
             self._held_token = change.token
             return
-        self._throttle.offer(changed, change.token)
+        self._throttled().offer(changed, change.token)
 
     def set_accounts(self, account_ids: frozenset[str]) -> None:
         """Grants changed: listen to the new set; forget pending data of lost accounts."""
@@ -174,7 +187,8 @@ class EventStream:
             self._subscription.cancel()
         self.account_ids = account_ids
         self._subscription = self._ctx.hub.subscribe(self, account_ids)
-        for pending in (self._throttle.pending, self._held or {}):
+        throttled = self._throttle.pending if self._throttle is not None else {}
+        for pending in (throttled, self._held or {}):
             for account_id in [a for a in pending if a not in account_ids]:
                 del pending[account_id]
 
@@ -213,17 +227,19 @@ class EventStream:
             if self.closed:
                 return
             wait = self.interval
-        self._ping = clock.callLater(wait, self._ping_due)
+        self._ping = self._ctx.wheel.call_later(wait, self._ping_due)
 
     # IPushProducer: Twisted pauses us while the client reads slowly.
     def pauseProducing(self) -> None:
         self._paused = True
-        self._throttle.pause()
+        if self._throttle is not None:
+            self._throttle.pause()
 
     def resumeProducing(self) -> None:
         if self._paused and not self.closed:
             self._paused = False
-            self._throttle.resume()
+            if self._throttle is not None:
+                self._throttle.resume()
 
     def stopProducing(self) -> None:
         self.close()
@@ -247,7 +263,8 @@ class EventStream:
             if self._ping.active():
                 self._ping.cancel()
             self._ping = None
-        self._throttle.cancel()
+        if self._throttle is not None:
+            self._throttle.cancel()
         self._held = None
         self._unregister()
         self._ctx.on_close(self)

@@ -1,8 +1,8 @@
 """One JMAP WebSocket connection: Requests in; Responses, RequestErrors, StateChanges out.
 
 The principal was authenticated before the upgrade (see ``handshake``). Every
-timer runs on the factory's injected clock: one IDelayedCall per connection
-sends the heartbeat ping, enforces ``ws-client-timeout`` and, once we have sent a
+timer runs on the app's timer wheel (on its injected clock): one timer per
+connection sends the heartbeat ping, enforces ``ws-client-timeout`` and, once we have sent a
 Close, bounds the closing handshake; Autobahn's own timers (which use
 ``txaio.config.loop``) are all switched off by the factory. The connection is
 the transport's push producer, so a slow reader pauses its StateChanges (they
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from zope.interface import implementer
 from jmappushd.auth import Principal
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.sendnow import send_now
+from jmappushd.timerwheel import WheelTimer
 from jmappushd.web.responses import problem_body
 from jmappushd.ws.eager import run_eagerly
 from jmappushd.ws.frames import text_frame
@@ -72,7 +73,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self.principal: Principal | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: WheelTimer | None = None
         self._last_rx = 0.0
         self._next_ping = 0.0
         self._push: PushSession | None = None
@@ -161,7 +162,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         now = factory.clock.seconds()
         self._last_rx = now
         self._next_ping = now + factory.heartbeat
-        self._timer = factory.clock.callLater(
+        self._timer = factory.app.wheel.call_later(
             min(factory.heartbeat, factory.client_timeout), self._tick)
         # The handshake text is never needed again; keep idle connections small.
         self.http_request_data = b""
@@ -215,7 +216,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def _await_close(self) -> None:
         self._cancel_timer()
-        self._timer = self.factory.clock.callLater(CLOSE_GRACE_S, self._tick)
+        self._timer = self.factory.app.wheel.call_later(CLOSE_GRACE_S, self._tick)
 
     # -- timers --
 
@@ -234,7 +235,8 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if now >= self._next_ping:
             self.sendData(PING_FRAME)
             self._next_ping = now + factory.heartbeat
-        self._timer = factory.clock.callLater(min(self._next_ping, deadline) - now, self._tick)
+        self._timer = factory.app.wheel.call_later(min(self._next_ping, deadline) - now,
+                                                   self._tick)
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
