@@ -101,6 +101,7 @@ class Load:
         self.opened = 0
         self.failed: dict[str, int] = {}
         self.closed_after_open = 0
+        self.closed_why: dict[str, int] = {}
         self.tokens: dict[str, list[int]] = {}
         self.events = 0
         self.finals = 0
@@ -156,6 +157,7 @@ class Load:
             self._fail(reason)
         elif conn.state == OPEN:
             self.closed_after_open += 1
+            self.closed_why[reason] = self.closed_why.get(reason, 0) + 1
         conn.state = CLOSED
         with contextlib.suppress(OSError):
             self.ep.unregister(fd)
@@ -242,7 +244,8 @@ class Load:
                 self.pings += 1
                 conn.sock.send(ws_frame(10, payload))
             elif opcode == 8:
-                self._close(fd, conn, "ws-close")
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
+                self._close(fd, conn, f"ws-close:{code}")
                 return
 
     def got(self, raw: bytes, t: int) -> None:
@@ -284,7 +287,8 @@ class Load:
 
     def report(self) -> dict[str, Any]:
         return {"opened": self.opened, "open": len(self.conns), "failed": self.failed,
-                "closed_after_open": self.closed_after_open, "events": self.events,
+                "closed_after_open": self.closed_after_open, "closed_why": self.closed_why,
+                "events": self.events,
                 "finals": self.finals, "pings": self.pings, "last_rx": self.last_rx}
 
     def run(self) -> None:

@@ -55,6 +55,7 @@ class TimerWheel:
         self._buckets: dict[int, dict[WheelTimer, None]] = {}
         self._armed: IDelayedCall | None = None
         self._armed_tick: int | None = None
+        self._firing = False
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
@@ -68,7 +69,7 @@ class TimerWheel:
         if bucket is None:
             bucket = self._buckets[tick] = {}
         bucket[timer] = None
-        if self._armed_tick is None or tick < self._armed_tick:
+        if not self._firing and (self._armed_tick is None or tick < self._armed_tick):
             self._arm(tick)
         return timer
 
@@ -100,16 +101,21 @@ class TimerWheel:
         self._armed = None
         self._armed_tick = None
         now_tick = math.floor(self._clock.seconds() / self._resolution + _EPSILON)
-        # Only what is due now; calls scheduled while these run wait for a later turn.
-        for tick in sorted(t for t in self._buckets if t <= now_tick):
-            bucket = self._buckets.pop(tick)
-            for timer in bucket:
-                if timer.tick != tick:
-                    continue  # cancelled meanwhile
-                timer.tick = None
-                try:
-                    timer.func()
-                except Exception:
-                    self.log.failure("timer {func!r} failed", func=timer.func)
-        if self._buckets and self._armed_tick is None:
+        # Only what is due now; calls scheduled while these run wait for a later turn,
+        # and the reactor timer is armed once, afterwards, for the earliest bucket of all.
+        self._firing = True
+        try:
+            for tick in sorted(t for t in self._buckets if t <= now_tick):
+                bucket = self._buckets.pop(tick)
+                for timer in bucket:
+                    if timer.tick != tick:
+                        continue  # cancelled meanwhile
+                    timer.tick = None
+                    try:
+                        timer.func()
+                    except Exception:
+                        self.log.failure("timer {func!r} failed", func=timer.func)
+        finally:
+            self._firing = False
+        if self._buckets:
             self._arm(min(self._buckets))

@@ -81,6 +81,21 @@ def test_an_earlier_timer_moves_the_shared_call_forward() -> None:
     assert fired == ["early", "late"]
 
 
+def test_a_call_scheduled_far_ahead_from_a_timer_does_not_delay_the_next_bucket() -> None:
+    """A heartbeat re-arming itself 5 s ahead must not push back timers due sooner (the
+    shared reactor timer is armed for the earliest bucket after every turn)."""
+    clock = Clock()
+    wheel = TimerWheel(clock, resolution=0.1)
+    fired: list[tuple[str, float]] = []
+    wheel.call_later(1, lambda: (fired.append(("a", clock.seconds())),
+                                 wheel.call_later(100, lambda: fired.append(("z", 0.0)))))
+    wheel.call_later(1.5, lambda: fired.append(("b", clock.seconds())))
+    wheel.call_later(2, lambda: fired.append(("c", clock.seconds())))
+    clock.pump([0.5] * 4)
+    assert fired == [("a", 1.0), ("b", 1.5), ("c", 2.0)]
+    assert len(clock.getDelayedCalls()) == 1  # armed for the call 100 s ahead
+
+
 def test_one_turn_runs_what_is_due_in_due_order() -> None:
     """After a long stall every overdue timer runs in one turn, earliest first; a timer
     cancelled by an earlier one in the same turn does not run."""

@@ -85,6 +85,28 @@ def test_heartbeat_pings_in_seconds(h: Harness) -> None:
     assert len(h.clock.getDelayedCalls()) == 1
 
 
+def test_staggered_connections_that_answer_pings_are_never_timed_out(tmp_path: Path) -> None:
+    """Connections opened at different moments share the timer wheel; every one gets its
+    ping on time and, answering it, outlives ws-client-timeout indefinitely (a late
+    shared timer once closed such connections with 1001 under load). Default settings:
+    a ping every 5 s, closed after 10 s of silence."""
+    h = Harness(write_config(tmp_path, ""))
+    alice = h.store.add("alice", "A")
+    conns = []
+    for _ in range(40):
+        conns.append(h.connect(alice))
+        h.clock.advance(0.11)  # all open before the first ping is due
+    for _ in range(600):  # two minutes in 0.2 s steps, each ping answered at once
+        h.clock.advance(0.2)
+        for proto, transport in conns:
+            frames = transport.take()
+            assert all(op == 9 for op, _ in frames), frames
+            for _ in frames:
+                proto.dataReceived(client_frame(b"", opcode=10))
+    assert all(proto.state == proto.STATE_OPEN for proto, _ in conns)
+    assert len(h.clock.getDelayedCalls()) == 1  # one shared timer for all forty
+
+
 def test_client_timeout_closes_and_leaves_the_hub(h: Harness) -> None:
     """ws-client-timeout is in seconds: with nothing received for 12 s the server sends
     Close 1001 and leaves the hub at once; an unanswered Close is aborted after the grace
