@@ -41,7 +41,13 @@ from jmappushd.push import ece
 from jmappushd.push.b64 import b64url_decode, b64url_encode
 from jmappushd.push.keys import KeyRing
 from jmappushd.push.payload import state_change, topic_for
-from jmappushd.push.sender import BytesProducer, Sender, TreqTransport, build_http_client
+from jmappushd.push.sender import (
+    BytesProducer,
+    Sender,
+    TreqTransport,
+    build_http_client,
+    request_headers,
+)
 from jmappushd.push.vapid import VapidKey
 
 CHANGED = {"A1b2C3d4E5f6G7h8I9j0K1l2": {"Email": "s1234", "Mailbox": "s88", "Thread": "s77"}}
@@ -78,8 +84,6 @@ def our_path(url: str, p256dh: str, auth: str, clock: Any) -> Callable[[], Any]:
     sender = Sender(transport=None, keyring=keyring, clock=clock,  # type: ignore[arg-type]
                     config=PushConfig(), metrics=Metrics())
     target = Target("S1", url, key.key_id, ece.parse_subscription_keys(p256dh, auth))
-    from twisted.web.http_headers import Headers
-
     body = state_change(CHANGED)
 
     def one() -> Any:
@@ -87,7 +91,7 @@ def our_path(url: str, p256dh: str, auth: str, clock: Any) -> Callable[[], Any]:
         assert headers is not None and target.keys is not None
         public, raw, secret = target.keys
         encrypted = ece.encrypt(body, raw, secret, ua_public_key=public)
-        return Headers({n: [v] for n, v in headers.items()}), BytesProducer(encrypted)
+        return request_headers(headers), BytesProducer(encrypted)
 
     return one
 

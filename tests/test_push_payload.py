@@ -135,3 +135,23 @@ def test_creation_rate_limiter_memory_is_bounded() -> None:
     clock.advance(61)
     assert limiter.allow("d")
     assert len(limiter._recent) == 1
+
+
+def test_request_headers_match_twisted_headers_and_refuse_control_characters() -> None:
+    """WP-1..WP-4 on the wire: the fast header build gives exactly what twisted.web's own
+    Headers would (canonical names, ASCII values), and a value with CR, LF or NUL, or
+    one that is not ASCII, is refused rather than sent."""
+    from twisted.web.http_headers import Headers
+
+    from jmappushd.push.sender import request_headers
+
+    values = {"Content-Type": "application/json", "TTL": "86400", "Urgency": "normal",
+              "Authorization": "vapid t=eyJ0eXAiOiJKV1QifQ.e30.c2ln, k=BAAA", "Topic": "abc_-1",
+              "Content-Encoding": "aes128gcm"}
+    for _ in range(2):  # the second time from the remembered encodings
+        built = request_headers(values)
+        expected = Headers({name: [value] for name, value in values.items()})
+        assert list(built.getAllRawHeaders()) == list(expected.getAllRawHeaders())
+    for bad in ("a\r\nX-Evil: 1", "a\nb", "a\0b", "caf\u00e9"):
+        with pytest.raises(ValueError):
+            request_headers({"Topic": bad})

@@ -143,7 +143,7 @@ class TreqTransport:
         return result
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> PushResponse:
-        raw = Headers({name: [value] for name, value in headers.items()})
+        raw = request_headers(headers)
         reactor: Any = self._clock
         response = await self._client.request(
             "POST", url, data=body, headers=raw, allow_redirects=False, unbuffered=True,
@@ -153,6 +153,50 @@ class TreqTransport:
         await treq.collect(response, _Discard())
         values = response.headers.getRawHeaders("retry-after")
         return PushResponse(int(response.code), values[0] if values else None)
+
+
+_CANONICAL: dict[str, bytes] = {}
+# Values repeat: the constant headers, one VAPID header per push service for hours,
+# one Topic per subscription. Checked and encoded once; bounded.
+_ENCODED: dict[str, bytes] = {}
+_MAX_ENCODED = 4096
+
+
+def request_headers(headers: dict[str, str]) -> Headers:
+    """twisted.web ``Headers`` for the request ``Sender.headers`` built.
+
+    ``Headers`` re-encodes every name and rewrites every value's line breaks, a third
+    of the cost of a push after the cryptography. Every value here is our own ASCII
+    (digits, tokens, base64url; the urgency is checked at start-up): a C-level check
+    refuses control characters (and ``encode`` anything not ASCII) the first time a
+    value is seen, and the canonical name form is looked up once per name through the
+    public API.
+    """
+    raw: dict[bytes, list[bytes]] = {}
+    for name, value in headers.items():
+        encoded = _ENCODED.get(value)
+        if encoded is None:
+            if not value.isprintable():  # no CR, LF, NUL or other control character
+                raise ValueError(f"header {name} has a control character")
+            encoded = value.encode("ascii")
+            if len(_ENCODED) >= _MAX_ENCODED:
+                _ENCODED.clear()
+            _ENCODED[value] = encoded
+        canonical = _CANONICAL.get(name)
+        if canonical is None:
+            ((canonical, _),) = Headers({name: [value]}).getAllRawHeaders()
+            _CANONICAL[name] = canonical
+        raw[canonical] = [encoded]
+    if _DIRECT_HEADERS:
+        built = Headers()
+        built._rawHeaders = raw
+        return built
+    return Headers(raw)  # type: ignore[arg-type]
+
+
+# Twisted has kept its headers in ``_rawHeaders`` (canonical name -> values) for a
+# decade; should that change, the public constructor is used instead.
+_DIRECT_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
 
 
 @dataclass(frozen=True, slots=True)
