@@ -475,3 +475,23 @@ def test_revoked_grant_stops_that_accounts_changes() -> None:
     env.clock.advance(1)
     assert states(stream) == [{"A": {"Email": "s1"}}, {"A": {"Email": "s2"}}]
     assert env.hub.listener_count == 1
+
+
+def test_an_open_stream_keeps_no_query_or_sent_headers() -> None:
+    """ES-1 headers go out at once; then the parsed query and the response headers (on
+    the wire already) are dropped, since a stream lives for hours."""
+    env = Env()
+    channel = DummyChannel()
+    request = Request(channel)
+    request.method, request.clientproto = b"GET", b"HTTP/1.1"
+    request.args = {b"types": [b"*"], b"closeafter": [b"no"], b"ping": [b"30"]}
+    stream = EventStream(env.ctx, request, user_id="u1", credential_id="password:u1",
+                         account_ids=frozenset({"A"}), types=None, interval=30,
+                         close_after=False)
+    env.registry.add(stream)
+    stream.open()
+    head = channel.transport.written.getvalue()
+    assert b"text/event-stream" in head and b"no-cache" in head
+    assert request.args == {} and list(request.responseHeaders.getAllRawHeaders()) == []
+    env.publish({"A": {"Email": "s1"}})  # chunked, through send_now's fallback path
+    assert b'"changed":{"A":{"Email":"s1"}}' in channel.transport.written.getvalue()

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -133,6 +134,10 @@ class EventStream:
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.write(OPEN_COMMENT)
+        # A stream lives for hours: drop what only its start needed (the parsed query,
+        # the response headers now on the wire), about a tenth of an idle stream.
+        request.args = {}
+        request.responseHeaders = Headers()
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
         self._subscription = self._ctx.hub.subscribe(self, self.account_ids)
