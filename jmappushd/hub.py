@@ -78,13 +78,6 @@ def restrict(
     The inner maps may be ``changed``'s own (with ``types`` None): results are read-only.
     """
     out: dict[str, dict[str, str]] = {}
-    if len(account_ids) == 1 and types is None:
-        # The common listener: one account, every type.
-        for account_id in account_ids:
-            type_states = changed.get(account_id)
-            if type_states:
-                out[account_id] = type_states  # type: ignore[assignment]
-        return out
     if len(account_ids) < len(changed):
         # Walk the smaller side: a batched publish of many accounts meets listeners
         # that read one or two of them.
@@ -93,12 +86,22 @@ def restrict(
         pairs = [(a, t) for a, t in changed.items() if a in account_ids]
     for account_id, type_states in pairs:
         if types is None:
-            kept = dict(type_states)
+            kept = type_states  # every type: nothing to filter, nothing to copy
         else:
             kept = {t: s for t, s in type_states.items() if t in types}
         if kept:
-            out[account_id] = kept
+            out[account_id] = kept  # type: ignore[assignment]
     return out
+
+
+def merge(into: dict[str, dict[str, str]], changed: StateMap) -> None:
+    """Newest state per account and type wins (states are idempotent, SC-2).
+
+    ``into``'s inner maps are its own: ``changed`` (perhaps from :func:`restrict`) is
+    only read.
+    """
+    for account_id, type_states in changed.items():
+        into.setdefault(account_id, {}).update(type_states)
 
 
 class HubSubscription:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from jmappushd.hub import merge
+
 StateMap = Mapping[str, Mapping[str, str]]
 Flush = Callable[[StateMap, str], None]
 
@@ -60,8 +62,7 @@ class CoalescingThrottle:
                 self._last_sent = now
                 self._flush(changed, token)
                 return
-        for account_id, type_states in changed.items():
-            self._pending.setdefault(account_id, {}).update(type_states)
+        merge(self._pending, changed)
         self._token = token
         self._maybe_send()
 

@@ -121,11 +121,6 @@ def seal(plaintext: bytes, ikm: bytes, salt: bytes, *, rs: int = 4096,
         raise ValueError("keyid longer than 255 octets")
     if len(plaintext) + 1 + TAG_LEN > rs:
         raise ValueError(f"plaintext of {len(plaintext)} octets does not fit one record of rs={rs}")
-    return _seal(plaintext, ikm, salt, rs, keyid)
-
-
-def _seal(plaintext: bytes, ikm: bytes, salt: bytes, rs: int, keyid: bytes) -> bytes:
-    """:func:`seal` once its arguments are known to be valid."""
     cek, nonce = _cek_nonce(ikm, salt)
     record = AESGCM(cek).encrypt(nonce, plaintext + _LAST_RECORD, None)
     return b"%b%b%c%b%b" % (salt, rs.to_bytes(4, "big"), len(keyid), keyid, record)
@@ -161,17 +156,11 @@ def encrypt(
         raise ValueError(f"ua_public must be {KEY_LEN} octets")
     if sender_private is None:
         sender_private = ec.generate_private_key(_CURVE)
-    as_public = sender_private.public_key().public_bytes(Encoding.X962,
-                                                         PublicFormat.UncompressedPoint)
+    as_public = public_bytes(sender_private.public_key())
     ecdh_secret = sender_private.exchange(_ECDH, ua_public_key)
     ikm = derive_ikm(ecdh_secret, auth_secret, ua_public, as_public)
-    if salt is None:
-        salt = os.urandom(SALT_LEN)
-    elif len(salt) != SALT_LEN:
-        raise ValueError(f"salt must be {SALT_LEN} octets")
-    if not MIN_RS <= rs < 2**32:
-        raise ValueError(f"rs must be in [{MIN_RS}, 2**32)")
-    return _seal(plaintext, ikm, salt, rs, as_public)
+    return seal(plaintext, ikm, os.urandom(SALT_LEN) if salt is None else salt,
+                rs=rs, keyid=as_public)
 
 
 def _split(body: bytes) -> tuple[bytes, int, bytes, bytes]:

@@ -155,6 +155,11 @@ class TreqTransport:
         return PushResponse(int(response.code), values[0] if values else None)
 
 
+# Twisted has kept its headers in ``_rawHeaders`` (canonical name -> values) for a
+# decade; should that change, the public constructor is used instead.
+_DIRECT_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
+
+
 _CANONICAL: dict[str, bytes] = {}
 # Values repeat: the constant headers, one VAPID header per push service for hours,
 # one Topic per subscription. Checked and encoded once; bounded.
@@ -192,11 +197,6 @@ def request_headers(headers: dict[str, str]) -> Headers:
         built._rawHeaders = raw
         return built
     return Headers(raw)  # type: ignore[arg-type]
-
-
-# Twisted has kept its headers in ``_rawHeaders`` (canonical name -> values) for a
-# decade; should that change, the public constructor is used instead.
-_DIRECT_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
 
 
 @dataclass(frozen=True, slots=True)

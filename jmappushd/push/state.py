@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from jmappushd.hub import Change, Hub, HubSubscription
+from jmappushd.hub import Change, Hub, HubSubscription, merge
 from jmappushd.push.ece import parse_subscription_keys
 from jmappushd.store.interface import IStore
 from jmappushd.store.records import PushDelivery, PushSubscription
@@ -25,12 +25,6 @@ __all__ = ["HubListeners", "SubState", "merge", "settle"]
 
 StateMap = Mapping[str, Mapping[str, str]]
 ParsedKeys = tuple[ec.EllipticCurvePublicKey, bytes, bytes]
-
-
-def merge(into: dict[str, dict[str, str]], changed: StateMap) -> None:
-    """Newest state per account and type wins (states are idempotent, SC-2)."""
-    for account_id, type_states in changed.items():
-        into.setdefault(account_id, {}).update(type_states)
 
 
 def settle(owed: dict[str, dict[str, str]], delivered: StateMap) -> None:

@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from jmappushd.hub import Change, Hub, HubSubscription, restrict
+from jmappushd.hub import Change, Hub, HubSubscription, merge, restrict
 from jmappushd.sendnow import send_now
 from jmappushd.throttle import CoalescingThrottle
 from jmappushd.timerwheel import TimerWheel, WheelTimer
@@ -178,8 +178,7 @@ class EventStream:
         if not changed:
             return
         if self._held is not None:
-            for account_id, type_states in changed.items():
-                self._held.setdefault(account_id, {}).update(type_states)
+            merge(self._held, changed)
             self._held_token = change.token
             return
         self._throttled().offer(changed, change.token)

@@ -21,8 +21,8 @@ from twisted.web.server import Request
 from jmappushd.app import App
 from jmappushd.auth import TOKEN_CREDENTIAL, Principal
 from jmappushd.hub import Change, restrict
-from jmappushd.ws.frames import text_frame
-from jmappushd.ws.messages import SUBPROTOCOL, encode_state_change
+from jmappushd.ws.frames import state_change_frame
+from jmappushd.ws.messages import SUBPROTOCOL
 from jmappushd.ws.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, JMAPWebSocketProtocol
 from jmappushd.ws.push import Payload
 
@@ -129,7 +129,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         restricted = restrict(change.changed, account_ids, types)
         found = None
         if restricted:
-            found = (restricted, text_frame(encode_state_change(restricted, change.token)))
+            found = (restricted, state_change_frame(restricted, change.token))
         if len(self._cache) < 4096:
             self._cache[key] = found
         return found

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import struct
 
-_FIN_TEXT = 0x81
+from jmappushd.hub import StateMap
+from jmappushd.ws.messages import encode_state_change
+
+FIN_TEXT = 0x81
+"""First octet of a final text frame."""
+FIN_PONG = 0x8A
+"""First octet of a final Pong frame."""
+PING_FRAME = b"\x89\x00"
+"""The heartbeat: a final Ping frame with no payload (RFC 6455 §5.5.2), always the same."""
+
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
@@ -20,9 +29,14 @@ def text_frame(payload: bytes) -> bytes:
     """One final, unmasked text frame carrying ``payload`` (UTF-8 JSON)."""
     n = len(payload)
     if n < 126:
-        head = _SHORT.pack(_FIN_TEXT, n)
+        head = _SHORT.pack(FIN_TEXT, n)
     elif n < 65536:
-        head = _MEDIUM.pack(_FIN_TEXT, 126, n)
+        head = _MEDIUM.pack(FIN_TEXT, 126, n)
     else:
-        head = _LONG.pack(_FIN_TEXT, 127, n)
+        head = _LONG.pack(FIN_TEXT, 127, n)
     return head + payload
+
+
+def state_change_frame(changed: StateMap, token: str) -> bytes:
+    """A pushed StateChange with ``pushState`` ``token``, framed (WS-19)."""
+    return text_frame(encode_state_change(changed, token))

@@ -29,7 +29,7 @@ from jmappushd.sendnow import send_now
 from jmappushd.timerwheel import WheelTimer
 from jmappushd.web.responses import problem_body
 from jmappushd.ws.eager import run_eagerly
-from jmappushd.ws.frames import text_frame
+from jmappushd.ws.frames import FIN_PONG, FIN_TEXT, PING_FRAME, text_frame
 from jmappushd.ws.messages import (
     PUSH_DISABLE,
     PUSH_ENABLE,
@@ -50,12 +50,6 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_GRACE_S = 2.0
 """How long a peer may take to answer our Close before the TCP connection is aborted."""
-
-PING_FRAME = b"\x89\x00"
-"""The heartbeat: a final Ping frame with no payload (RFC 6455 §5.5.2), always the same."""
-
-_FIN_TEXT = 0x81
-_FIN_PONG = 0x8A
 
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 _CLOSED = WebSocketServerProtocol.STATE_CLOSED
@@ -120,7 +114,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         cap = self.factory.max_frame_payload
         while size - pos >= 6 and self.state == _OPEN:
             first, second = data[pos], data[pos + 1]
-            if second < 0x80 or (first != _FIN_TEXT and first != _FIN_PONG):
+            if second < 0x80 or (first != FIN_TEXT and first != FIN_PONG):
                 break
             length = second & 0x7F
             key_at = pos + 2
@@ -134,7 +128,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             end = key_at + 4 + length
             if end > size or length > cap:
                 break
-            if first == _FIN_PONG:
+            if first == FIN_PONG:
                 pos = end
                 continue
             masked = data[key_at + 4 : end]

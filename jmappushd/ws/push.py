@@ -19,10 +19,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jmappushd.hub import Change, Hub, HubSubscription, StateMap, restrict
+from jmappushd.hub import Change, Hub, HubSubscription, StateMap, merge, restrict
 from jmappushd.throttle import CoalescingThrottle
-from jmappushd.ws.frames import text_frame
-from jmappushd.ws.messages import encode_state_change
+from jmappushd.ws.frames import state_change_frame
 
 Payload = tuple[dict[str, dict[str, str]], bytes]
 """A change restricted to one listener's view, and its StateChange as a text frame."""
@@ -33,11 +32,6 @@ class PayloadSource(Protocol):
 
     def payload_for(self, change: Change, account_ids: frozenset[str],
                     types: frozenset[str] | None) -> Payload | None: ...
-
-
-def _merge(into: dict[str, dict[str, str]], changed: StateMap) -> None:
-    for account_id, type_states in changed.items():
-        into.setdefault(account_id, {}).update(type_states)
 
 
 class PushSession:
@@ -95,7 +89,7 @@ class PushSession:
             return
         restricted, frame = found
         if self._held is not None:
-            _merge(self._held, restricted)
+            merge(self._held, restricted)
             self._held_token = change.token
             return
         # With nothing pending, an immediate flush sends exactly this change: reuse
@@ -106,7 +100,7 @@ class PushSession:
 
     def _flush(self, changed: StateMap, token: str) -> None:
         frame = self._ready
-        self._send(frame if frame is not None else text_frame(encode_state_change(changed, token)))
+        self._send(frame if frame is not None else state_change_frame(changed, token))
 
     def _caught_up(self, result: tuple[dict[str, dict[str, str]], str, bool]) -> None:
         states, token, known = result
@@ -116,14 +110,14 @@ class PushSession:
         changed = restrict(states, self._account_ids, self.types)
         if held:
             merged: dict[str, dict[str, str]] = {}
-            _merge(merged, changed)  # restrict's maps are read-only: merge into new ones
-            _merge(merged, held)
+            merge(merged, changed)  # restrict's maps are read-only: merge into new ones
+            merge(merged, held)
             changed, token = merged, self._held_token
         if changed:
             self.throttle.offer(changed, token)
         elif not known:
             # C-WS-8: an unknown token still gets one StateChange with a fresh pushState.
-            self._send(text_frame(encode_state_change({}, token)))
+            self._send(state_change_frame({}, token))
 
     def _catch_up_failed(self, failure: Failure) -> Any:
         self.log.failure("WebSocket push catch-up failed", failure)
