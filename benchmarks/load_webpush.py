@@ -37,18 +37,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
-from jmappushd.push import ece
-from jmappushd.push.b64 import b64url_decode, b64url_encode
-from jmappushd.push.keys import KeyRing
-from jmappushd.push.payload import state_change, topic_for
-from jmappushd.push.sender import (
+from jmappushd.transports.webpush import ece
+from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
+from jmappushd.transports.webpush.keys import KeyRing
+from jmappushd.transports.webpush.payload import state_change, topic_for
+from jmappushd.transports.webpush.sender import (
     BytesProducer,
     Sender,
     TreqTransport,
     build_http_client,
     request_headers,
 )
-from jmappushd.push.vapid import VapidKey
+from jmappushd.transports.webpush.vapid import VapidKey
 
 CHANGED = {"A1b2C3d4E5f6G7h8I9j0K1l2": {"Email": "s1234", "Mailbox": "s88", "Thread": "s77"}}
 ENDPOINT = "https://push.example.net/wpush/v2/gAAAAABkZ7Q0abcdefghijklmnopqrstuvwxyz0123456789"

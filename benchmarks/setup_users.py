@@ -18,9 +18,9 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import load_config
-from jmappushd.passwords import hash_password, new_bearer_token, token_digest
-from jmappushd.service import prepare_state
+from jmappushd.daemon.service import prepare_state
 from jmappushd.store.sqlite import SQLiteStore
 
 CHEAP_LOG_N = 4  # never used to log in: these users present bearer tokens

@@ -11,7 +11,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from jmappushd.service import StateError, build_service, prepare_state
+from jmappushd.daemon.service import StateError, build_service, prepare_state
 
 
 class Options(usage.Options):

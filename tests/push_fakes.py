@@ -15,15 +15,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from jmappushd.config import PushConfig
-from jmappushd.hub import Hub
+from jmappushd.core.hub import Hub
 from jmappushd.metrics import Metrics
-from jmappushd.push.b64 import b64url_encode
-from jmappushd.push.delivery import DeliveryService
-from jmappushd.push.ece import public_bytes
-from jmappushd.push.keys import KeyRing
-from jmappushd.push.sender import PushResponse, Sender
-from jmappushd.push.vapid import VapidKey, verify_vapid_header
 from jmappushd.store.records import Account, PushDelivery, PushSubscription
+from jmappushd.transports.webpush.b64 import b64url_encode
+from jmappushd.transports.webpush.delivery import DeliveryService
+from jmappushd.transports.webpush.ece import public_bytes
+from jmappushd.transports.webpush.keys import KeyRing
+from jmappushd.transports.webpush.sender import PushResponse, Sender
+from jmappushd.transports.webpush.vapid import VapidKey, verify_vapid_header
 
 
 class FakeStore:

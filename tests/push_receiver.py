@@ -28,9 +28,9 @@ from twisted.internet.ssl import PrivateCertificate
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from jmappushd.push.b64 import b64url_encode
-from jmappushd.push.ece import public_bytes
-from jmappushd.push.vapid import verify_vapid_header
+from jmappushd.transports.webpush.b64 import b64url_encode
+from jmappushd.transports.webpush.ece import public_bytes
+from jmappushd.transports.webpush.vapid import verify_vapid_header
 
 
 def make_certificate(directory: Path) -> tuple[bytes, bytes, Path]:

@@ -12,10 +12,10 @@ from typing import Any
 import treq
 from twisted.internet import defer
 
-from jmappushd.app import App
+from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import Config, parse_config
-from jmappushd.passwords import hash_password, new_bearer_token, token_digest
-from jmappushd.service import JMAPPushService, build_service, prepare_state
+from jmappushd.daemon.context import App
+from jmappushd.daemon.service import JMAPPushService, build_service, prepare_state
 
 # A cheap scrypt cost for tests; the format is the production one.
 TEST_LOG_N = 4

@@ -13,8 +13,8 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from jmappushd.auth import Authenticator, BearerToken, CredentialCache, Principal
-from jmappushd.passwords import hash_password, new_bearer_token, token_digest, verify_password
+from jmappushd.auth.authenticator import Authenticator, BearerToken, CredentialCache, Principal
+from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest, verify_password
 from jmappushd.store.sqlite import SQLiteStore
 from tests.support import TEST_LOG_N
 
@@ -179,7 +179,12 @@ def test_cred_components_provide_their_interfaces() -> None:
     from twisted.cred.portal import IRealm
     from zope.interface.verify import verifyObject
 
-    from jmappushd.auth import BearerTokenChecker, IBearerToken, JMAPRealm, PasswordChecker
+    from jmappushd.auth.authenticator import (
+        BearerTokenChecker,
+        IBearerToken,
+        JMAPRealm,
+        PasswordChecker,
+    )
 
     fake: Any = object()
     cache = CredentialCache(Clock(), 1)

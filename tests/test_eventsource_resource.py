@@ -12,14 +12,14 @@ from twisted.internet.task import Clock
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from jmappushd.hub import Change
-from jmappushd.passwords import token_digest
-from jmappushd.service import build_app
+from jmappushd.auth.passwords import token_digest
+from jmappushd.core.hub import Change
+from jmappushd.core.position import make_token
+from jmappushd.daemon.service import build_app
 from jmappushd.store.records import Account, TokenRecord, User
-from jmappushd.tokens import make_token
-from jmappushd.web.eventsource import EventSourceResource
-from jmappushd.web.sse import Event, EventParser
-from jmappushd.web.streamregistry import StreamRegistry
+from jmappushd.transports.eventsource.registry import StreamRegistry
+from jmappushd.transports.eventsource.resource import EventSourceResource
+from jmappushd.transports.eventsource.sse import Event, EventParser
 from tests.support import make_config
 
 TOKEN = "jmp_test-token"

@@ -19,11 +19,11 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from jmappushd.hub import Change, Hub, LocalBus
-from jmappushd.tokens import make_token
-from jmappushd.web.eventstream import EventStream, StreamContext
-from jmappushd.web.sse import Event, EventParser
-from jmappushd.web.streamregistry import StreamRegistry
+from jmappushd.core.hub import Change, Hub, LocalBus
+from jmappushd.core.position import make_token
+from jmappushd.transports.eventsource.registry import StreamRegistry
+from jmappushd.transports.eventsource.sse import Event, EventParser
+from jmappushd.transports.eventsource.stream import EventStream, StreamContext
 
 EPOCH = "ep"
 

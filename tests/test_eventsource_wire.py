@@ -7,9 +7,9 @@ import json
 import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
+from jmappushd.transports.eventsource.resource import InvalidParameter, clamp_ping, parse_params
+from jmappushd.transports.eventsource.sse import EventParser, ping_event, state_event
 from jmappushd.web.cors import CorsPolicy
-from jmappushd.web.eventsource import InvalidParameter, clamp_ping, parse_params
-from jmappushd.web.sse import EventParser, ping_event, state_event
 
 
 def args(**values: str) -> dict[bytes, list[bytes]]:

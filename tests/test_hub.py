@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest_twisted
 
-from jmappushd.hub import Change, Hub, restrict
+from jmappushd.core.hub import Change, Hub, restrict
+from jmappushd.core.position import make_token, parse_token
 from jmappushd.store.sqlite import SQLiteStore
-from jmappushd.tokens import make_token, parse_token
 
 
 class Recorder:
@@ -154,6 +154,6 @@ def test_local_bus_provides_ibus() -> None:
     """verifyObject: the in-process bus implements IBus (the seam a cluster bus replaces)."""
     from zope.interface.verify import verifyObject
 
-    from jmappushd.hub import IBus, LocalBus
+    from jmappushd.core.hub import IBus, LocalBus
 
     assert verifyObject(IBus, LocalBus())

@@ -10,7 +10,7 @@ import re
 
 from twisted.internet import defer
 
-from jmappushd.push import payload
+from jmappushd.transports.webpush import payload
 from tests.push_fakes import Harness
 
 

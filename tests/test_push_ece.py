@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from jmappushd.push import ece
-from jmappushd.push.b64 import b64url_decode, b64url_encode
-from jmappushd.push.ece import (
+from jmappushd.transports.webpush import ece
+from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
+from jmappushd.transports.webpush.ece import (
     MAX_PLAINTEXT,
     InvalidKeys,
     decrypt,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from jmappushd.push.b64 import b64url_encode
-from jmappushd.push.validate import parse_utc
+from jmappushd.transports.webpush.b64 import b64url_encode
+from jmappushd.transports.webpush.validate import parse_utc
 from tests.push_receiver import FAST, PushWorld, start_world
 from tests.support import basic, bearer
 
@@ -355,6 +355,6 @@ async def test_session_advertises_vapid_key(make_world: MakeWorld) -> None:
     key = session["capabilities"]["urn:ietf:params:jmap:webpush-vapid"]["applicationServerKey"]
     assert re.fullmatch(r"[A-Za-z0-9_-]{87}", key)
     stored = await w.daemon.app.store.get_meta("vapid.private_key")
-    from jmappushd.push.vapid import VapidKey
+    from jmappushd.transports.webpush.vapid import VapidKey
 
     assert VapidKey.from_private_string(stored).public_key_b64 == key

@@ -10,9 +10,9 @@ from email.utils import format_datetime
 import pytest
 from twisted.internet.task import Clock
 
-from jmappushd.push import payload
-from jmappushd.push.limits import CreationRateLimiter
-from jmappushd.push.policy import MAX_RETRY_AFTER, Outcome, classify, retry_after
+from jmappushd.transports.webpush import payload
+from jmappushd.transports.webpush.limits import CreationRateLimiter
+from jmappushd.transports.webpush.policy import MAX_RETRY_AFTER, Outcome, classify, retry_after
 
 
 def test_verification_body_has_exactly_three_members() -> None:
@@ -143,7 +143,7 @@ def test_request_headers_match_twisted_headers_and_refuse_control_characters() -
     one that is not ASCII, is refused rather than sent."""
     from twisted.web.http_headers import Headers
 
-    from jmappushd.push.sender import request_headers
+    from jmappushd.transports.webpush.sender import request_headers
 
     values = {"Content-Type": "application/json", "TTL": "86400", "Urgency": "normal",
               "Authorization": "vapid t=eyJ0eXAiOiJKV1QifQ.e30.c2ln, k=BAAA", "Topic": "abc_-1",

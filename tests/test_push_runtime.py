@@ -9,14 +9,14 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from jmappushd.auth import Principal
+from jmappushd.auth.authenticator import Principal
 from jmappushd.config import Config
+from jmappushd.daemon.service import build_app
 from jmappushd.jmap.registry import CallContext, MethodError
-from jmappushd.push.keys import META_KEY, VAPID_CAPABILITY
-from jmappushd.push.setup import PushRuntime
-from jmappushd.push.vapid import VapidKey
-from jmappushd.service import build_app
 from jmappushd.store.records import Account
+from jmappushd.transports.webpush.keys import META_KEY, VAPID_CAPABILITY
+from jmappushd.transports.webpush.service import PushRuntime
+from jmappushd.transports.webpush.vapid import VapidKey
 from tests.push_fakes import FakeStore, FakeTransport, Harness
 
 ALICE = Principal("u1", "alice", "token:T", (Account("A", "alice", True),), "A")
@@ -122,7 +122,7 @@ def test_rotation_with_transition_keeps_old_subscriptions_until_the_end() -> Non
     """C-V-2, VAPID-13, PS-24: with vapid-rotation-transition the old key's subscriptions
     survive the rotation and are still signed with the old key; when the period ends they
     are destroyed and the old key is erased from the store."""
-    from jmappushd.push.keys import META_PREVIOUS_KEY
+    from jmappushd.transports.webpush.keys import META_PREVIOUS_KEY
 
     h = Harness(vapid_rotation_transition=100)
     h.store.meta[META_KEY] = h.key.to_private_string()

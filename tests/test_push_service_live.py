@@ -20,10 +20,10 @@ from zope.interface import implementer
 
 from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
-from jmappushd.push.keys import KeyRing
-from jmappushd.push.policy import Outcome
-from jmappushd.push.sender import Sender, TreqTransport, build_http_client
-from jmappushd.push.vapid import VapidKey
+from jmappushd.transports.webpush.keys import KeyRing
+from jmappushd.transports.webpush.policy import Outcome
+from jmappushd.transports.webpush.sender import Sender, TreqTransport, build_http_client
+from jmappushd.transports.webpush.vapid import VapidKey
 from tests.push_receiver import FAST, LogWatcher, PushWorld, ReceiverServer, start_world
 from tests.support import basic
 

@@ -27,7 +27,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from jmappushd.push.ssrf import (
+from jmappushd.transports.webpush.ssrf import (
     ForbiddenAddress,
     GuardedEndpointFactory,
     check_push_url,

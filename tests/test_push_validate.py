@@ -7,14 +7,14 @@ import dataclasses
 import pytest
 
 from jmappushd.config import PushConfig
-from jmappushd.push.validate import (
+from jmappushd.store.records import PushSubscription
+from jmappushd.transports.webpush.validate import (
     SetFailure,
     format_utc,
     parse_utc,
     validate_create,
     validate_update,
 )
-from jmappushd.store.records import PushSubscription
 from tests.push_fakes import Receiver
 
 NOW = 1_700_000_000.0

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256
 from twisted.internet.task import Clock
 
-from jmappushd.push.b64 import b64url_decode, b64url_encode
-from jmappushd.push.ece import encrypt, public_bytes
-from jmappushd.push.vapid import (
+from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
+from jmappushd.transports.webpush.ece import encrypt, public_bytes
+from jmappushd.transports.webpush.vapid import (
     VapidKey,
     VapidSigner,
     origin_of,

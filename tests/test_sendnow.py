@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.internet.testing import StringTransport
 
-from jmappushd.sendnow import send_now
+from jmappushd.net.sendnow import send_now
 
 
 class Held(protocol.Protocol):

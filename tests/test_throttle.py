@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from jmappushd.throttle import CoalescingThrottle
+from jmappushd.core.throttle import CoalescingThrottle
 
 Sent = list[tuple[dict[str, dict[str, str]], str]]
 

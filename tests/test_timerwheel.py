@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from jmappushd.timerwheel import TimerWheel
+from jmappushd.net.timerwheel import TimerWheel
 
 
 def test_fires_at_the_next_tick_never_early() -> None:

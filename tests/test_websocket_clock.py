@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 
-from jmappushd.auth import Principal
+from jmappushd.auth.authenticator import Principal
+from jmappushd.core.position import make_token
 from jmappushd.store.records import Account, TokenRecord
-from jmappushd.tokens import make_token
-from jmappushd.ws.protocol import CLOSE_GRACE_S, JMAPWebSocketProtocol
+from jmappushd.transports.websocket.protocol import CLOSE_GRACE_S, JMAPWebSocketProtocol
 from tests.test_websocket_helpers import (
     FakeTransport,
     Harness,

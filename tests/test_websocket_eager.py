@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 
-from jmappushd.ws.eager import run_eagerly
+from jmappushd.transports.websocket.eager import run_eagerly
 
 
 async def _now(value: int) -> int:

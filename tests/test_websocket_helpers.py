@@ -20,19 +20,19 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from jmappushd.app import App
-from jmappushd.auth import Authenticator, Principal
+from jmappushd.auth.authenticator import Authenticator, Principal
 from jmappushd.config import Config
-from jmappushd.hub import Change, Hub, LocalBus
+from jmappushd.core.hub import Change, Hub, LocalBus
+from jmappushd.core.position import make_token
+from jmappushd.daemon.context import App
+from jmappushd.daemon.service import build_registry
 from jmappushd.jmap.processor import RequestProcessor
+from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
-from jmappushd.service import build_registry
-from jmappushd.session import SessionURLs
 from jmappushd.store.records import Account, TokenRecord, User
-from jmappushd.tokens import make_token
-from jmappushd.websocket import WEBSOCKET_CAPABILITY
-from jmappushd.ws.factory import JMAPWebSocketFactory
-from jmappushd.ws.protocol import JMAPWebSocketProtocol
+from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
+from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
+from jmappushd.transports.websocket.service import WEBSOCKET_CAPABILITY
 
 CORE = "urn:ietf:params:jmap:core"
 TIMEOUT = 10.0

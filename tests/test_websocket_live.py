@@ -14,11 +14,11 @@ import pytest_twisted
 import treq
 from twisted.internet import defer
 
+from jmappushd.core.throttle import CoalescingThrottle
 from jmappushd.jmap.registry import CORE_CAPABILITY, CallContext
-from jmappushd.throttle import CoalescingThrottle
-from jmappushd.websocket import WEBSOCKET_CAPABILITY
-from jmappushd.ws.protocol import JMAPWebSocketProtocol
-from jmappushd.ws.push import PushSession
+from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
+from jmappushd.transports.websocket.push import PushSession
+from jmappushd.transports.websocket.service import WEBSOCKET_CAPABILITY
 from tests.support import LiveDaemon, bearer, make_config, start_daemon, stop_daemon
 from tests.test_websocket_helpers import (
     CORE,

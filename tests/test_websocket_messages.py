@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jmappushd.ws.messages import (
+from jmappushd.transports.websocket.messages import (
     BadMessage,
     encode_request_error,
     encode_response,

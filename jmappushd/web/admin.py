@@ -13,7 +13,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from jmappushd.app import App
+from jmappushd.daemon.context import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.web.base import AppResource

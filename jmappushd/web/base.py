@@ -6,8 +6,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from jmappushd.app import App
-from jmappushd.auth import Principal
+from jmappushd.auth.authenticator import Principal
+from jmappushd.daemon.context import App
 from jmappushd.web.httpauth import authenticate
 
 

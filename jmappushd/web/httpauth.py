@@ -1,7 +1,7 @@
 """HTTP authentication for every JMAP endpoint: Basic, Bearer, and ``access_token``.
 
 Credentials are turned into twisted.cred credentials here and checked by the
-:class:`~jmappushd.auth.Authenticator`; a failure answers 401 with a
+:class:`~jmappushd.auth.authenticator.Authenticator`; a failure answers 401 with a
 ``WWW-Authenticate`` challenge for both schemes (SES-1, RFC 9110 §11.6.1).
 """
 
@@ -14,7 +14,7 @@ from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.web.server import Request
 
-from jmappushd.auth import Authenticator, BearerToken, Principal
+from jmappushd.auth.authenticator import Authenticator, BearerToken, Principal
 from jmappushd.web.responses import write_problem
 
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from jmappushd.app import App
+from jmappushd.daemon.context import App
 from jmappushd.web.api import APIResource
-from jmappushd.web.session import (
+from jmappushd.web.discovery import (
     NotFoundResource,
     NotSupportedResource,
     SessionResource,

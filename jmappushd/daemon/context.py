@@ -1,0 +1,61 @@
+"""The objects one daemon shares between its transports, wired once by the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from twisted.internet.interfaces import IReactorTime
+
+from jmappushd.auth.authenticator import Authenticator, Principal
+from jmappushd.config import Config
+from jmappushd.core.hub import Hub
+from jmappushd.jmap.processor import RequestProcessor
+from jmappushd.jmap.registry import MethodRegistry
+from jmappushd.jmap.session import SessionURLs, build_session
+from jmappushd.metrics import Metrics
+from jmappushd.net.timerwheel import TimerWheel
+from jmappushd.store.interface import IStore
+
+
+@dataclass
+class App:
+    """Configuration, storage, hub, auth and the JMAP method registry."""
+
+    config: Config
+    clock: IReactorTime
+    store: IStore
+    hub: Hub
+    auth: Authenticator
+    registry: MethodRegistry
+    processor: RequestProcessor
+    metrics: Metrics
+    urls: SessionURLs
+    admin_token: str = ""
+    services: dict[str, Any] = field(default_factory=dict)
+    _states: WeakKeyDictionary[Principal, tuple[int, str]] = field(
+        default_factory=WeakKeyDictionary, repr=False)
+    wheel: TimerWheel = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # The connections' heartbeats and pings, on the app's clock (tests inject one).
+        self.wheel = TimerWheel(self.clock)
+
+    def session_for(self, principal: Principal) -> dict[str, Any]:
+        return build_session(self.config, self.registry, self.urls, principal)
+
+    def session_state(self, principal: Principal) -> str:
+        """The session ``state`` (SES-11), memoized per principal and registry generation.
+
+        A Principal is immutable and replaced when the user's accounts change, and every
+        capability change bumps the registry's generation, so the memo cannot go stale.
+        """
+        generation = self.registry.generation
+        memo = self._states.get(principal)
+        if memo is not None and memo[0] == generation:
+            return memo[1]
+        state = self.session_for(principal)["state"]
+        assert isinstance(state, str)
+        self._states[principal] = (generation, state)
+        return state

@@ -1,0 +1,216 @@
+"""``GET {eventSourceUrl}``: JMAP push over server-sent events (RFC 8620 §7.3).
+
+The resource authenticates (Basic, Bearer, or an ``access_token`` query parameter
+for browsers, ES-1/SES-1), validates ``types``, ``closeafter`` and ``ping``
+(C-ES-2), enforces the per-user connection limit and hands the response to an
+:class:`~jmappushd.transports.eventsource.stream.EventStream`. With ``Last-Event-ID`` the stream
+first gets what the client missed (ES-10, C-ES-3): it subscribes to the hub
+*before* asking the hub what changed since the token, so a change racing with
+the query may be sent twice but is never lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from jmappushd.auth.authenticator import Principal
+from jmappushd.daemon.context import App
+from jmappushd.transports.eventsource.registry import StreamRegistry
+from jmappushd.transports.eventsource.stream import EventStream, StreamContext
+from jmappushd.web.cors import CorsPolicy
+from jmappushd.web.httpauth import authenticate
+from jmappushd.web.responses import is_gone, serve_async, write_problem
+
+TRANSPORT = "eventsource"
+_TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,127}$")
+_PING = re.compile(r"^[0-9]{1,10}$")
+MAX_TYPES = 128
+MAX_LAST_EVENT_ID = 200
+
+
+class InvalidParameter(ValueError):
+    """A missing or malformed query parameter; ``name`` says which (C-ES-2)."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(detail)
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    """The validated query: ``types`` None means ``*``; ``ping`` is already clamped."""
+
+    types: frozenset[str] | None
+    close_after: bool
+    ping: int
+
+
+def clamp_ping(requested: int, ping_min: int, ping_max: int) -> int:
+    """0 stays 0 (no pings, ES-4); anything else into [min, max] (ES-7, C-ES-1)."""
+    if requested == 0:
+        return 0
+    return max(ping_min, min(ping_max, requested))
+
+
+_types_memo: dict[str, frozenset[str] | None] = {}
+
+
+def parse_types(raw: str) -> frozenset[str] | None:
+    """``*`` or a comma-separated list of type names (ES-2); shared per distinct value."""
+    cached = _types_memo.get(raw)
+    if cached is not None or raw in _types_memo:
+        return cached
+    if raw == "*":
+        types: frozenset[str] | None = None
+    else:
+        names = raw.split(",")
+        if len(names) > MAX_TYPES:
+            raise InvalidParameter("types", f"types lists more than {MAX_TYPES} names")
+        for name in names:
+            if not _TYPE_NAME.match(name):
+                raise InvalidParameter(
+                    "types", f"types must be * or a comma-separated list of type names, "
+                    f"not {raw[:100]!r}")
+        types = frozenset(names)
+    if len(_types_memo) >= 1024:
+        _types_memo.clear()
+    _types_memo[raw] = types
+    return types
+
+
+def parse_params(args: Mapping[bytes, Sequence[bytes]], ping_min: int, ping_max: int
+                 ) -> StreamParams:
+    """Validate the three template variables; Twisted has already percent-decoded them."""
+    types = parse_types(_single(args, "types"))
+    closeafter = _single(args, "closeafter")
+    if closeafter not in ("state", "no"):
+        raise InvalidParameter("closeafter", "closeafter must be state or no")
+    ping = _single(args, "ping")
+    if not _PING.match(ping):
+        raise InvalidParameter("ping", "ping must be a non-negative integer number of seconds")
+    return StreamParams(types, closeafter == "state", clamp_ping(int(ping), ping_min, ping_max))
+
+
+def _single(args: Mapping[bytes, Sequence[bytes]], name: str) -> str:
+    values = args.get(name.encode("ascii"))
+    if not values:
+        raise InvalidParameter(name, f"the {name} parameter is missing")
+    if len(values) > 1:
+        raise InvalidParameter(name, f"the {name} parameter is given more than once")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidParameter(name, f"the {name} parameter is not UTF-8") from None
+
+
+class EventSourceResource(Resource):
+    """The endpoint; one per daemon, mounted at ``/jmap/eventsource``."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, app: App, clock: IReactorTime, registry: StreamRegistry) -> None:
+        super().__init__()
+        self._app = app
+        self.registry = registry
+        config = app.config.event_source
+        self._cors = CorsPolicy(config.cors_origins)
+        self.context = StreamContext(
+            clock, app.hub, config.event_source_throttle_s,
+            app.metrics.events_sent.labels(TRANSPORT), registry.discard,
+            wheel=app.wheel if clock is app.clock else None,
+        )
+
+    def render(self, request: Request) -> Any:
+        if request.method == b"GET":
+            self._cors.apply(request)
+            return serve_async(request, self._handle(request), self.log)
+        if request.method == b"OPTIONS":
+            self._cors.preflight(request)  # no authentication on a preflight
+            return b""
+        self._cors.apply(request)
+        request.setHeader(b"Allow", b"GET, OPTIONS")
+        write_problem(request, 405, "the EventSource endpoint only answers GET")
+        return NOT_DONE_YET
+
+    async def _handle(self, request: Request) -> None:
+        app = self._app
+        principal = await authenticate(app.auth, request, app.config.auth.realm,
+                                       app.config.auth.allow_access_token)
+        if principal is None:
+            self._count(401)
+            return
+        config = app.config.event_source
+        try:
+            params = parse_params(request.args, config.ping_min, config.ping_max)
+        except InvalidParameter as exc:
+            self._count(400)
+            write_problem(request, 400, str(exc), parameter=exc.name)
+            return
+        password_fp = await self.registry.password_fingerprint_for(principal)
+        if is_gone(request):
+            return
+        if self.registry.closing:
+            self._count(503)
+            write_problem(request, 503, "the server is shutting down")
+            return
+        if self.registry.count_for(principal.user_id) >= config.max_connections_per_user:
+            self._count(429)
+            write_problem(request, 429, "too many open EventSource connections for this user "
+                          f"(at most {config.max_connections_per_user})")
+            return
+        stream = self._open(request, principal, params, password_fp)
+        last_event_id = request.getHeader(b"Last-Event-ID")
+        if last_event_id is not None:
+            await self._catch_up(stream, last_event_id)
+
+    def _open(self, request: Request, principal: Principal, params: StreamParams,
+              password_fp: bytes | None) -> EventStream:
+        stream = EventStream(
+            self.context, request, user_id=principal.user_id,
+            credential_id=principal.credential_id, account_ids=principal.account_ids,
+            types=params.types, interval=params.ping, close_after=params.close_after,
+        )
+        self.registry.add(stream, password_fp)
+        stream.open()
+        self._count(200)
+        return stream
+
+    async def _catch_up(self, stream: EventStream, header: bytes) -> None:
+        """The stream is already subscribed (and holding live changes) before the query."""
+        token = header.decode("ascii", "replace").strip()
+        if len(token) > MAX_LAST_EVENT_ID:
+            token = ""
+        stream.hold()
+        try:
+            states, token_now, _known = await self._app.hub.catch_up(
+                token or None, stream.account_ids)
+        except Exception:
+            self.log.failure("catch-up for {user_id} failed; ending the stream",
+                             user_id=stream.user_id)
+            stream.end()  # the client reconnects with the same Last-Event-ID
+            return
+        stream.catch_up_done(states, token_now)
+
+    def _count(self, status: int) -> None:
+        self._app.metrics.http_requests.labels(TRANSPORT, str(status)).inc()
+
+
+def install(service: Any) -> None:
+    """Mount ``/jmap/eventsource``, end every stream at shutdown, export the count."""
+    app: App = service.app
+    registry = StreamRegistry(app.store)
+    resource = EventSourceResource(app, service._reactor, registry)
+    service.jmap_children[b"eventsource"] = resource
+    service.shutdown_hooks.append(registry.close_all)
+    app.auth.on_invalidate(registry.invalidate)
+    app.metrics.track_listeners(TRANSPORT, lambda: registry.count)
+    app.services[TRANSPORT] = resource

@@ -1,0 +1,410 @@
+"""The Web Push delivery service: throttled, retried, durable (RFC 8620 §7.2, C-WP-*).
+
+Flow per verified subscription: the hub hands it changes for its user's accounts; the
+wanted types are merged into ``owed``. A POST goes out at once when nothing is in
+flight, no retry or Retry-After is pending and the last POST is ``push-throttle`` old;
+otherwise the change waits, merged, for the scheduler tick (a ``LoopingCall`` every
+``push-retry-interval``), which also sends retries. A failed StateChange is retried
+up to ``push-attempts-max`` attempts ``push-attempt-interval`` apart (a longer
+Retry-After wins); after the last one it is dropped (logged and counted) but kept
+owed, so the next StateChange carries everything since the last success.
+
+Durability: before every POST the attempt is recorded with the owed state and the
+change sequence number it covers; results are recorded too. Changes merged after
+the last record are found again at start with ``changes_since(last_sent_seq)``. So a
+crash loses no change and never grants an extra attempt.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from jmappushd.config import PushConfig
+from jmappushd.core.hub import Change, Hub, restrict
+from jmappushd.metrics import Metrics
+from jmappushd.store.interface import IStore
+from jmappushd.store.records import PushSubscription
+from jmappushd.transports.webpush import payload
+from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome
+from jmappushd.transports.webpush.sender import Result, Sender
+from jmappushd.transports.webpush.state import HubListeners, SubState, merge, settle
+
+__all__ = ["DeliveryService"]
+
+
+class DeliveryService:
+    """Owns every subscription's delivery state, the scheduler tick and in-flight POSTs."""
+
+    log = Logger()
+
+    def __init__(self, store: IStore, hub: Hub, clock: IReactorTime, config: PushConfig,
+                 sender: Sender, metrics: Metrics) -> None:
+        self._store = store
+        self._hub = hub
+        self._clock = clock
+        self._config = config
+        self._sender = sender
+        self._metrics = metrics
+        self._subs: dict[str, SubState] = {}
+        self._listeners = HubListeners(hub, store)
+        self._scheduled: set[SubState] = set()
+        self._deadlines: list[tuple[float, str]] = []
+        self._verifications: set[defer.Deferred[None]] = set()
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = clock
+        self._stopping = False
+        self._refreshing: defer.Deferred[None] | None = None
+        self._recovering: defer.Deferred[None] | None = None
+        self._refresh_again = False
+        gauge = metrics.push_subscriptions
+        gauge.labels("verified").set_function(lambda: self.count(verified=True))
+        gauge.labels("unverified").set_function(lambda: self.count(verified=False))
+
+    # -- lifecycle --
+
+    async def start(self, records: list[PushSubscription]) -> None:
+        """Track stored subscriptions and start the tick; missed changes are recovered in
+        the background (method calls need not wait for that)."""
+        for record in records:
+            self._track(record)
+        verified = [sub for sub in self._subs.values() if sub.verified]
+        for sub in verified:
+            await self._listeners.activate(sub, self._stopping)
+        self._loop.start(self._config.push_retry_interval_s, now=False).addErrback(
+            lambda f: self.log.failure("push scheduler stopped", f))
+        self._recovering = defer.ensureDeferred(self._recover_all(verified))
+        self._recovering.addErrback(self._log_failure)
+        self.log.info("push delivery started with {count} subscriptions", count=len(self._subs))
+
+    async def _recover_all(self, subs: list[SubState]) -> None:
+        for sub in subs:
+            if self._stopping:
+                return
+            if not sub.gone:
+                await self._recover(sub)
+
+    async def stop(self) -> None:
+        """Stop the tick, cancel in-flight POSTs, record what is still owed."""
+        self._stopping = True
+        if self._loop.running:
+            self._loop.stop()
+        if self._recovering is not None:
+            await self._recovering
+        for d in [s.request for s in self._subs.values() if s.request] + [*self._verifications]:
+            d.cancel()
+        for sub in self._subs.values():
+            if sub.hub_sub is not None:
+                sub.hub_sub.cancel()
+        dirty = [sub for sub in self._subs.values() if sub.dirty]
+        await defer.DeferredList([defer.ensureDeferred(self._persist(s)) for s in dirty])
+
+    def count(self, verified: bool) -> int:
+        return sum(1 for s in self._subs.values() if s.verified == verified)
+
+    def get(self, sub_id: str) -> SubState | None:
+        return self._subs.get(sub_id)
+
+    # -- changes from the methods layer --
+
+    def created(self, record: PushSubscription) -> None:
+        """A new subscription: send its one PushVerification now (PS-13, C-PS-9)."""
+        sub = self._track(record)
+        if sub is None:
+            return
+        body = payload.verification(record.id, record.verification_code)
+        d = defer.ensureDeferred(self._verify(sub, body))
+        self._verifications.add(d)
+        d.addErrback(self._log_failure)
+        d.addBoth(lambda _: self._verifications.discard(d))
+
+    async def updated(self, record: PushSubscription) -> None:
+        """Apply a /set update: expiry, types, and activation once verified (PS-15, PS-16)."""
+        sub = self._subs.get(record.id)
+        if sub is None:
+            return
+        sub.types = None if record.types is None else frozenset(record.types)
+        if record.expires != sub.expires:
+            sub.expires = record.expires
+            heapq.heappush(self._deadlines, (record.expires, sub.id))
+        if record.verified and not sub.verified:
+            sub.verified = True
+            sub.seq = max(sub.seq, record.delivery.last_sent_seq)
+            await self._listeners.activate(sub, self._stopping)
+
+    def forget(self, sub_id: str) -> None:
+        """The subscription was destroyed through the API (or elsewhere): stop at once."""
+        sub = self._subs.get(sub_id)
+        if sub is not None:
+            self._remove(sub)
+
+    def invalidated(self) -> None:
+        """Credentials or grants may have changed: re-check subscriptions and accounts."""
+        if self._stopping or not self._loop.running:
+            return
+        if self._refreshing is not None:
+            self._refresh_again = True
+            return
+        self._refreshing = defer.ensureDeferred(self._refresh())
+
+        def done(result: object) -> None:
+            self._refreshing = None
+            if self._refresh_again:
+                self._refresh_again = False
+                self.invalidated()
+
+        self._refreshing.addErrback(lambda f: self.log.failure("push refresh failed", f))
+        self._refreshing.addBoth(done)
+
+    # -- tracking --
+
+    def _track(self, record: PushSubscription) -> SubState | None:
+        try:
+            sub = SubState(self, record)
+        except ValueError:
+            self.log.warn("subscription {sub_id} has unusable keys; destroying it",
+                          sub_id=record.id)
+            self._store.delete_push_subscription(record.id).addErrback(self._log_failure)
+            return None
+        self._subs[sub.id] = sub
+        self._listeners.add(sub)
+        heapq.heappush(self._deadlines, (sub.expires, sub.id))
+        if not sub.verified:
+            heapq.heappush(self._deadlines,
+                           (sub.created + self._config.push_verify_timeout_s, sub.id))
+        if sub.next_attempt is not None:
+            self._scheduled.add(sub)
+        return sub
+
+    async def _recover(self, sub: SubState) -> None:
+        """Merge changes recorded after the last durable record of this subscription.
+
+        The SQLite store answers in call order, so every change committed before this
+        query has already reached the listener: the answer is never older than what
+        was merged live, and overwriting with it is safe.
+        """
+        as_of = self._hub.last_seq
+        if sub.seq >= as_of:
+            return
+        changed = await self._store.changes_since(sub.seq, sub.accounts)
+        wanted = restrict(changed, sub.accounts, sub.types)
+        sub.seq = max(sub.seq, as_of)
+        if wanted and not sub.gone:
+            merge(sub.owed, wanted)
+            sub.dirty = True
+            self._want_send(sub, self._clock.seconds())
+
+    async def _refresh(self) -> None:
+        existing = await self._store.push_subscription_ids()
+        for sub in list(self._subs.values()):
+            if sub.id not in existing:
+                self.log.info("subscription {sub_id} was deleted (credentials revoked)",
+                              sub_id=sub.id)
+                self._remove(sub)
+        await self._listeners.refresh_accounts(lambda: self._stopping)
+
+    # -- the hub side --
+
+    def offer(self, sub: SubState, change: Change) -> None:
+        """A change for one of the subscription's accounts (called by the hub)."""
+        if change.seq <= sub.seq or sub.gone or not sub.verified:
+            return
+        sub.seq = change.seq
+        wanted = restrict(change.changed, sub.accounts, sub.types)
+        if not wanted:
+            return
+        merge(sub.owed, wanted)
+        sub.dirty = True
+        now = self._clock.seconds()
+        if sub.expires <= now:
+            self._destroy(sub, "expired")
+            return
+        self._want_send(sub, now)
+
+    def _want_send(self, sub: SubState, now: float) -> None:
+        """Send now (leading edge) or leave it merged for the tick (PS-22, C-WP-5)."""
+        if sub.busy or sub.next_attempt is not None:
+            return  # merged into the pending send or retry
+        when = max(now, sub.not_before)
+        if when <= now:
+            self._send(sub, now)
+        else:
+            sub.next_attempt = when
+            self._scheduled.add(sub)
+
+    # -- the scheduler --
+
+    def tick(self) -> None:
+        """Destroy expired/unverified subscriptions and send what is due; never raises."""
+        try:
+            now = self._clock.seconds()
+            self._expire(now)
+            for sub in list(self._scheduled):
+                self._maybe_send_due(sub, now)
+        except Exception:
+            self.log.failure("push scheduler tick failed")
+
+    def _expire(self, now: float) -> None:
+        """C-PS-2, C-PS-8: expired and unverified-too-long subscriptions are destroyed."""
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, sub_id = heapq.heappop(self._deadlines)
+            sub = self._subs.get(sub_id)
+            if sub is None:
+                continue
+            if sub.expires <= now:
+                self._destroy(sub, "expired")
+            elif not sub.verified and sub.created + self._config.push_verify_timeout_s <= now:
+                self._destroy(sub, "not verified in time")
+
+    def _maybe_send_due(self, sub: SubState, now: float) -> None:
+        if sub.busy or sub.next_attempt is None:
+            self._scheduled.discard(sub)
+            return
+        if sub.next_attempt > now:
+            return
+        if not sub.owed:
+            sub.next_attempt = None
+            sub.attempts = 0
+            self._scheduled.discard(sub)
+            self._persist_later(sub)
+        elif sub.attempts >= self._config.push_attempts_max:
+            self._drop(sub, "attempts")  # its last attempt was in flight at a crash
+            self._persist_later(sub)
+        else:
+            self._send(sub, now)
+
+    # -- sending --
+
+    def _send(self, sub: SubState, now: float) -> None:
+        if sub.expires <= now:
+            self._destroy(sub, "expired")  # PS-4: nothing is sent after expires
+            return
+        sub.attempts += 1
+        if sub.attempts > 1:
+            self._metrics.push_retries.inc()
+        sub.busy = True
+        sub.not_before = max(sub.not_before, now + self._config.push_throttle_s)
+        # Recorded before the POST: if we crash now, this is when the retry is due.
+        sub.next_attempt = now + self._config.push_attempt_interval_s
+        self._scheduled.discard(sub)
+        d = defer.ensureDeferred(self._deliver(sub))
+        sub.request = d
+        d.addErrback(self._log_failure)
+
+    async def _deliver(self, sub: SubState) -> None:
+        parts, unfit = payload.split_state_change(sub.owed)
+        if unfit:
+            self.log.warn("subscription {sub_id}: {count} states too large to push",
+                          sub_id=sub.id, count=unfit)
+        await self._persist(sub)
+        topic = payload.topic_for(sub.id) if len(parts) == 1 else None
+        result = Result(Outcome.DELIVERED)
+        for body, states in parts:
+            if sub.gone or self._stopping:
+                return
+            result = await self._sender.send(sub, body, "state", topic)
+            if sub.gone or self._stopping:
+                return
+            if result.outcome is not Outcome.DELIVERED:
+                break
+            settle(sub.owed, states)
+        sub.busy = False
+        sub.request = None
+        self._settle(sub, result)
+
+    def _settle(self, sub: SubState, result: Result) -> None:
+        """Decide what happens after a StateChange POST (C-WP-2)."""
+        now = self._clock.seconds()
+        outcome = result.outcome
+        if outcome is Outcome.GONE:
+            self._destroy(sub, "gone (HTTP 404/410)")
+            return
+        if result.retry_after is not None:
+            sub.not_before = max(sub.not_before, now + result.retry_after)
+        if outcome is Outcome.DELIVERED:
+            sub.attempts = 0
+            sub.failing_since = None
+            sub.next_attempt = None
+            if sub.owed:
+                self._want_send(sub, now)
+            self._persist_later(sub)
+            return
+        if sub.failing_since is None:
+            sub.failing_since = now
+        if now - sub.failing_since >= self._config.failing_give_up:
+            self._destroy(sub, "failing for too long")
+            return
+        if outcome is Outcome.RATE_LIMITED:
+            sub.attempts = max(0, sub.attempts - 1)  # a 429 is not a failed attempt
+            delay = result.retry_after if result.retry_after is not None \
+                else DEFAULT_RATE_LIMIT_DELAY
+            sub.not_before = max(sub.not_before, now + delay)
+            self._reschedule(sub, sub.not_before)
+        elif outcome is Outcome.REJECTED:
+            self._drop(sub, "rejected")
+        elif sub.attempts >= self._config.push_attempts_max:
+            self._drop(sub, "attempts")
+        else:
+            self._reschedule(sub, max(now + self._config.push_attempt_interval_s, sub.not_before))
+        self._persist_later(sub)
+
+    def _reschedule(self, sub: SubState, when: float) -> None:
+        sub.next_attempt = when
+        self._scheduled.add(sub)
+
+    def _drop(self, sub: SubState, reason: str) -> None:
+        """Give up this notification, never silently; the owed state stays for the next one."""
+        self._metrics.push_dropped.labels(reason).inc()
+        self.log.warn(
+            "subscription {sub_id}: StateChange dropped ({reason}) after {attempts} attempt(s); "
+            "the next one will carry every change since the last delivery",
+            sub_id=sub.id, reason=reason, attempts=sub.attempts)
+        sub.attempts = 0
+        sub.next_attempt = None
+        self._scheduled.discard(sub)
+
+    async def _verify(self, sub: SubState, body: bytes) -> None:
+        """The one PushVerification: no retry on any outcome (C-PS-9, VAPID-14)."""
+        result = await self._sender.send(sub, body, "verification")
+        if result.outcome is Outcome.GONE and not sub.gone and not self._stopping:
+            self._destroy(sub, "gone (HTTP 404/410) at verification")
+
+    # -- destroying and persisting --
+
+    def _destroy(self, sub: SubState, reason: str) -> None:
+        self.log.info("subscription {sub_id} destroyed: {reason}", sub_id=sub.id, reason=reason)
+        self._remove(sub)
+        self._store.delete_push_subscription(sub.id).addErrback(self._log_failure)
+
+    def _remove(self, sub: SubState) -> None:
+        self._listeners.discard(sub)
+        request, sub.request = sub.request, None
+        sub.erase()
+        self._subs.pop(sub.id, None)
+        self._scheduled.discard(sub)
+        if request is not None:
+            request.cancel()
+
+    def _persist_later(self, sub: SubState) -> None:
+        defer.ensureDeferred(self._persist(sub)).addErrback(self._log_failure)
+
+    async def _persist(self, sub: SubState) -> None:
+        if sub.gone:
+            return
+        sub.dirty = False
+        try:
+            await self._store.save_push_delivery(sub.id, sub.snapshot())
+        except defer.CancelledError:
+            sub.dirty = True  # stopping: stop() records it again
+        except Exception:
+            sub.dirty = True
+            self.log.failure("could not record the delivery state of {sub_id}", sub_id=sub.id)
+
+    def _log_failure(self, failure: Any) -> None:
+        if not failure.check(defer.CancelledError):
+            self.log.failure("push delivery error", failure)

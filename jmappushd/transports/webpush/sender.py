@@ -1,0 +1,270 @@
+"""One Web Push POST: headers, encryption, VAPID, and the HTTP client it goes through.
+
+:class:`Sender` turns a body for a subscription into a request (WP-1..WP-4, ENC-1,
+VAPID-12) and the answer into an :class:`~jmappushd.transports.webpush.policy.Outcome`. The HTTP
+side is a small :class:`PushTransport` so tests can hand out Deferreds they fire
+themselves; :class:`TreqTransport` is the real one: a treq ``HTTPClient`` over one
+persistent pool and the SSRF-guarded endpoint factory, no redirects followed, every
+request bounded by ``push-timeout`` on the injected clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import treq
+from cryptography.hazmat.primitives.asymmetric import ec
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IHostnameResolver, IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
+from zope.interface import implementer
+
+from jmappushd.config import PushConfig
+from jmappushd.metrics import Metrics
+from jmappushd.transports.webpush import ece
+from jmappushd.transports.webpush.keys import KeyRing
+from jmappushd.transports.webpush.policy import Outcome, classify, retry_after
+from jmappushd.transports.webpush.ssrf import ForbiddenAddress, GuardedEndpointFactory
+
+__all__ = ["BytesProducer", "PushResponse", "PushTarget", "PushTransport", "Sender",
+           "TreqTransport", "build_http_client"]
+
+MAX_RESPONSE_BODY = 65_536  # a push service answers with (almost) nothing
+
+
+@dataclass(frozen=True, slots=True)
+class PushResponse:
+    """What matters of a push service's answer."""
+
+    code: int
+    retry_after: str | None = None
+
+
+class PushTransport(Protocol):
+    """POSTs a body and fires with the response (or fails: timeout, network, SSRF)."""
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Deferred[PushResponse]: ...
+
+
+class PushTarget(Protocol):
+    """The parts of a subscription a POST needs."""
+
+    id: str
+    url: str
+    key_id: str
+    keys: tuple[ec.EllipticCurvePublicKey, bytes, bytes] | None
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """Writes a bytes body at once; unlike treq's default it needs no global cooperator."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+MAX_PERSISTENT_PER_HOST = 16
+
+
+def build_http_client(
+    reactor: Any, allow_private: bool, connect_timeout: float,
+    tls_policy: IPolicyForHTTPS | None = None, resolver: IHostnameResolver | None = None,
+) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """One treq client over one persistent pool, checking addresses at connect (PS-18)."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    # Several messages to one push service are often in flight at once: keep that many
+    # connections alive instead of the default two (benchmarks: reconnects dominated).
+    pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+    factory = GuardedEndpointFactory(reactor, allow_private, tls_policy, connect_timeout,
+                                     resolver=resolver)
+    agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
+    return HTTPClient(agent, data_to_body_producer=BytesProducer), pool
+
+
+class _Discard:
+    """Reads and forgets a response body, refusing an absurdly long one."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def __call__(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_RESPONSE_BODY:
+            raise ValueError("push service response body too long")
+
+
+class TreqTransport:
+    """The real transport: treq, no redirects (C-WP-2), ``push-timeout`` on ``clock``."""
+
+    def __init__(self, client: HTTPClient, clock: IReactorTime, timeout: float) -> None:
+        self._client = client
+        self._clock = clock
+        self._timeout = timeout
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Deferred[PushResponse]:
+        request = Deferred.fromCoroutine(self._post(url, body, headers))
+        # treq's timeout covers the response head; this one covers the body as well.
+        request.addTimeout(self._timeout, self._clock)
+
+        cancelled = False
+
+        def cancel(_: object) -> None:
+            nonlocal cancelled
+            cancelled = True
+            request.cancel()
+
+        def forward(outcome: Any) -> None:
+            if not cancelled:  # else the caller cancelled: the outcome is moot
+                result.callback(outcome)
+
+        # Cancelling the result (shutdown, destroy) fails it with CancelledError, whatever
+        # the request then reports, so cancellation is never mistaken for a timeout.
+        result: Deferred[PushResponse] = Deferred(cancel)
+        request.addBoth(forward)
+        return result
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> PushResponse:
+        raw = request_headers(headers)
+        reactor: Any = self._clock
+        response = await self._client.request(
+            "POST", url, data=body, headers=raw, allow_redirects=False, unbuffered=True,
+            timeout=self._timeout, reactor=reactor)
+        if response.length is not UNKNOWN_LENGTH and response.length > MAX_RESPONSE_BODY:
+            raise ValueError("push service response body too long")
+        await treq.collect(response, _Discard())
+        values = response.headers.getRawHeaders("retry-after")
+        return PushResponse(int(response.code), values[0] if values else None)
+
+
+# Twisted has kept its headers in ``_rawHeaders`` (canonical name -> values) for a
+# decade; should that change, the public constructor is used instead.
+_DIRECT_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
+
+
+_CANONICAL: dict[str, bytes] = {}
+# Values repeat: the constant headers, one VAPID header per push service for hours,
+# one Topic per subscription. Checked and encoded once; bounded.
+_ENCODED: dict[str, bytes] = {}
+_MAX_ENCODED = 4096
+
+
+def request_headers(headers: dict[str, str]) -> Headers:
+    """twisted.web ``Headers`` for the request ``Sender.headers`` built.
+
+    ``Headers`` re-encodes every name and rewrites every value's line breaks, a third
+    of the cost of a push after the cryptography. Every value here is our own ASCII
+    (digits, tokens, base64url; the urgency is checked at start-up): a C-level check
+    refuses control characters (and ``encode`` anything not ASCII) the first time a
+    value is seen, and the canonical name form is looked up once per name through the
+    public API.
+    """
+    raw: dict[bytes, list[bytes]] = {}
+    for name, value in headers.items():
+        encoded = _ENCODED.get(value)
+        if encoded is None:
+            if not value.isprintable():  # no CR, LF, NUL or other control character
+                raise ValueError(f"header {name} has a control character")
+            encoded = value.encode("ascii")
+            if len(_ENCODED) >= _MAX_ENCODED:
+                _ENCODED.clear()
+            _ENCODED[value] = encoded
+        canonical = _CANONICAL.get(name)
+        if canonical is None:
+            ((canonical, _),) = Headers({name: [value]}).getAllRawHeaders()
+            _CANONICAL[name] = canonical
+        raw[canonical] = [encoded]
+    if _DIRECT_HEADERS:
+        built = Headers()
+        built._rawHeaders = raw
+        return built
+    return Headers(raw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A POST's outcome and the delay the service asked for, if any."""
+
+    outcome: Outcome
+    retry_after: float | None = None
+    status: int | None = None
+
+
+class Sender:
+    """Builds and sends one push; never raises, every failure becomes a :class:`Result`."""
+
+    log = Logger()
+
+    def __init__(self, transport: PushTransport, keyring: KeyRing, clock: IReactorTime,
+                 config: PushConfig, metrics: Metrics) -> None:
+        self._transport = transport
+        self._keyring = keyring
+        self._clock = clock
+        self._fixed_headers = {"Content-Type": "application/json", "TTL": str(config.ttl),
+                               "Urgency": config.urgency}
+        self._metrics = metrics
+
+    def headers(self, target: PushTarget, topic: str | None) -> dict[str, str] | None:
+        """The request headers (WP-1..WP-4, ENC-1, VAPID-12); None if its key is gone."""
+        signer = self._keyring.signer(target.key_id)
+        if signer is None:
+            return None
+        headers = self._fixed_headers.copy()
+        headers["Authorization"] = signer.authorization(target.url)
+        if topic is not None:
+            headers["Topic"] = topic
+        if target.keys is not None:
+            headers["Content-Encoding"] = "aes128gcm"
+        return headers
+
+    async def send(self, target: PushTarget, body: bytes, kind: str,
+                   topic: str | None = None) -> Result:
+        """POST ``body`` (encrypted when the subscription has keys) and judge the answer."""
+        headers = self.headers(target, topic)
+        if headers is None:
+            self.log.warn("subscription {sub_id}: its VAPID key is gone", sub_id=target.id)
+            return self._count(kind, Result(Outcome.GONE))
+        if target.keys is not None:
+            public, raw, auth = target.keys
+            body = ece.encrypt(body, raw, auth, ua_public_key=public)
+        started = self._clock.seconds()
+        try:
+            response = await self._transport.post(target.url, body, headers)
+        except CancelledError:
+            raise  # shutdown or destroy: not an outcome
+        except ForbiddenAddress as exc:
+            self.log.warn("subscription {sub_id}: {reason}", sub_id=target.id, reason=str(exc))
+            return self._count(kind, Result(Outcome.REJECTED), "forbidden")
+        except Exception as exc:
+            self.log.info("push to subscription {sub_id} failed: {error}",
+                          sub_id=target.id, error=repr(exc))
+            return self._count(kind, Result(Outcome.FAILED), "error")
+        self._metrics.push_latency.observe(max(0.0, self._clock.seconds() - started))
+        outcome = classify(response.code)
+        if outcome is not Outcome.DELIVERED:
+            self.log.info("push to subscription {sub_id}: HTTP {status}",
+                          sub_id=target.id, status=response.code)
+        delay = retry_after(response.retry_after, self._clock.seconds())
+        return self._count(kind, Result(outcome, delay, response.code))
+
+    def _count(self, kind: str, result: Result, label: str | None = None) -> Result:
+        self._metrics.push_deliveries.labels(kind, label or result.outcome.value).inc()
+        return result

@@ -1,0 +1,193 @@
+"""Service glue: ``install(service)`` wires PushSubscription and Web Push into the daemon.
+
+At install the methods are registered and the HTTP client is built; the store is not
+open yet, so everything that reads it (the VAPID key, the subscriptions) runs once the
+service is ready. Method calls wait for that. Shutdown stops the tick, cancels
+in-flight POSTs, records what is owed and closes the connection pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+
+from jmappushd.daemon.context import App
+from jmappushd.jmap.registry import CORE_CAPABILITY, MethodError
+from jmappushd.transports.webpush.delivery import DeliveryService
+from jmappushd.transports.webpush.keys import (
+    VAPID_CAPABILITY,
+    KeyRing,
+    forget_previous_key,
+    load_or_create_key,
+    load_previous_key,
+    store_new_key,
+)
+from jmappushd.transports.webpush.limits import CreationRateLimiter
+from jmappushd.transports.webpush.methods import PushSubscriptionMethods
+from jmappushd.transports.webpush.sender import (
+    PushTransport,
+    Sender,
+    TreqTransport,
+    build_http_client,
+)
+
+__all__ = ["PushRuntime", "install"]
+
+
+class PushRuntime:
+    """The push side of one daemon: key ring, delivery service, HTTP pool, lifecycle."""
+
+    log = Logger()
+
+    def __init__(self, app: App, transport: PushTransport,
+                 pool: HTTPConnectionPool | None = None) -> None:
+        config = app.config.push
+        self.app = app
+        self.keyring = KeyRing(app.clock, config.vapid_subject)
+        self.sender = Sender(transport, self.keyring, app.clock, config, app.metrics)
+        self.delivery = DeliveryService(app.store, app.hub, app.clock, config, self.sender,
+                                        app.metrics)
+        self.limiter = CreationRateLimiter(app.clock, config.create_rate)
+        self.methods = PushSubscriptionMethods(app.config, app.clock, app.store, app.hub,
+                                               self.delivery, self.keyring, self.limiter,
+                                               self.wait_started)
+        self._pool = pool
+        self._started = False
+        self._failed = False
+        self._stopped = False
+        self._waiting: list[defer.Deferred[None]] = []
+        self._transition: IDelayedCall | None = None
+
+    def register(self) -> None:
+        """Add the methods (core, RFC 8620 §7.2) to the shared registry."""
+        registry = self.app.registry
+        registry.register("PushSubscription/get", CORE_CAPABILITY, self.methods.handle_get)
+        registry.register("PushSubscription/set", CORE_CAPABILITY, self.methods.handle_set)
+        self.app.auth.on_invalidate(self.delivery.invalidated)
+
+    async def wait_started(self) -> None:
+        """Method calls wait here until the key and the subscriptions are loaded."""
+        if self._started:
+            return
+        if not self._failed and not self._stopped:
+            d: defer.Deferred[None] = defer.Deferred()
+            self._waiting.append(d)
+            await d
+        if not self._started:
+            raise MethodError("serverUnavailable", "Push subscriptions are not available.")
+
+    def _release(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def start(self) -> None:
+        """Load (or create) the VAPID key, then the subscriptions, then start delivering."""
+        store = self.app.store
+        key = await load_or_create_key(store)
+        self.keyring.set_current(key)
+        previous = await load_previous_key(store)
+        if previous is not None and previous[1] > self.app.clock.seconds():
+            self.keyring.keep(previous[0])  # a rotation's transition is still running
+            self._schedule_transition_end(previous[0].key_id, previous[1])
+        elif previous is not None:
+            await forget_previous_key(store)
+        self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
+        stale = await store.delete_push_subscriptions_except_keys(self.keyring.key_ids)
+        if stale:
+            self.log.info("destroyed {count} subscriptions of an old VAPID key", count=len(stale))
+        records = await store.all_push_subscriptions()
+        if self._stopped:
+            return
+        await self.delivery.start(records)
+        self._started = True
+        self._release()
+
+    def start_failed(self, failure: Any) -> None:
+        """Log why push could not start; method calls then get serverUnavailable."""
+        self._failed = True
+        self.log.failure("push delivery could not start", failure)
+        self._release()
+
+    async def rotate_key(self) -> list[str]:
+        """New VAPID key (SES-16). Old-key subscriptions are destroyed at once, or, with
+        ``vapid-rotation-transition``, keep the old key until the period ends (C-V-2,
+        VAPID-13). Returns the ids destroyed now."""
+        transition = self.app.config.push.vapid_rotation_transition
+        old = self.keyring.current
+        until = self.app.clock.seconds() + transition if transition > 0 else 0.0
+        key = await store_new_key(self.app.store, old if transition > 0 else None, until)
+        self._cancel_transition()  # an earlier transition's key ends now
+        self.keyring.set_current(key)
+        if transition > 0:
+            self.keyring.keep(old)
+            self._schedule_transition_end(old.key_id, until)
+        self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
+        return await self._destroy_other_keys()
+
+    async def _destroy_other_keys(self) -> list[str]:
+        gone = await self.app.store.delete_push_subscriptions_except_keys(self.keyring.key_ids)
+        for sub_id in gone:
+            self.delivery.forget(sub_id)
+        return gone
+
+    def _schedule_transition_end(self, key_id: str, until: float) -> None:
+        self._cancel_transition()
+        delay = max(0.0, until - self.app.clock.seconds())
+        self._transition = self.app.clock.callLater(delay, self._end_transition, key_id)
+
+    def _cancel_transition(self) -> None:
+        timer, self._transition = self._transition, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _end_transition(self, key_id: str) -> None:
+        self._transition = None
+        self.keyring.drop(key_id)
+        d = defer.ensureDeferred(self._finish_transition(key_id))
+        d.addErrback(lambda f: self.log.failure("ending the VAPID key transition failed", f))
+
+    async def _finish_transition(self, key_id: str) -> None:
+        gone = await self._destroy_other_keys()
+        await forget_previous_key(self.app.store)
+        self.log.info("VAPID key {key_id} retired; {count} subscriptions destroyed",
+                      key_id=key_id, count=len(gone))
+
+    async def stop(self) -> None:
+        """Shutdown hook: stop delivering, record what is owed, close the pool."""
+        self._stopped = True
+        self._cancel_transition()
+        await self.delivery.stop()
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+        self._release()
+
+
+def install(service: Any, tls_policy: IPolicyForHTTPS | None = None) -> PushRuntime:
+    """Wire push into a :class:`~jmappushd.daemon.service.JMAPPushService` before it starts."""
+    app: App = service.app
+    reactor = service._reactor
+    config = app.config.push
+    client, pool = build_http_client(reactor, config.allow_private_urls, config.push_timeout_s,
+                                     tls_policy)
+    runtime = PushRuntime(app, TreqTransport(client, reactor, config.push_timeout_s), pool)
+    runtime.register()
+    app.services["push"] = runtime
+
+    async def start() -> None:
+        # Push failing to start must not stop the daemon: its methods answer
+        # serverUnavailable and the failure is logged.
+        try:
+            await runtime.start()
+        except Exception:
+            runtime.start_failed(Failure())
+
+    service.startup_hooks.append(start)
+    service.shutdown_hooks.append(runtime.stop)
+    return runtime

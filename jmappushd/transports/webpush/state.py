@@ -1,0 +1,157 @@
+"""The in-memory delivery state of one push subscription, and the merge rules.
+
+One :class:`SubState` per subscription, with ``__slots__``: an idle verified
+subscription is this object plus its hub registration, no timer. ``owed`` is the
+merged newest state per account and type not yet confirmed by the push service,
+so it is bounded by the number of account/type pairs (DESIGN: bounded everything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from jmappushd.core.hub import Change, Hub, HubSubscription, merge
+from jmappushd.store.interface import IStore
+from jmappushd.store.records import PushDelivery, PushSubscription
+from jmappushd.transports.webpush.ece import parse_subscription_keys
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+__all__ = ["HubListeners", "SubState", "merge", "settle"]
+
+StateMap = Mapping[str, Mapping[str, str]]
+ParsedKeys = tuple[ec.EllipticCurvePublicKey, bytes, bytes]
+
+
+def settle(owed: dict[str, dict[str, str]], delivered: StateMap) -> None:
+    """Forget what was delivered, keeping any newer state that arrived meanwhile."""
+    for account_id, type_states in delivered.items():
+        pending = owed.get(account_id)
+        if pending is None:
+            continue
+        for type_name, state in type_states.items():
+            if pending.get(type_name) == state:
+                del pending[type_name]
+        if not pending:
+            del owed[account_id]
+
+
+def parse_keys(record: PushSubscription) -> ParsedKeys | None:
+    """The subscription's validated RFC 8291 keys (checked at create, C-PS-4)."""
+    if record.keys_p256dh is None or record.keys_auth is None:
+        return None
+    return parse_subscription_keys(record.keys_p256dh, record.keys_auth)
+
+
+class SubState:
+    """Delivery bookkeeping for one subscription; also its hub listener."""
+
+    __slots__ = (
+        "accounts", "attempts", "busy", "created", "dirty", "expires", "failing_since", "gone",
+        "hub_sub", "id", "key_id", "keys", "next_attempt", "not_before", "owed", "owner",
+        "request", "seq", "types", "url", "user_id", "verified",
+    )
+
+    def __init__(self, owner: Any, record: PushSubscription) -> None:
+        self.owner = owner
+        self.id = record.id
+        self.user_id = record.user_id
+        self.url = record.url
+        self.keys: ParsedKeys | None = parse_keys(record)
+        self.key_id = record.vapid_key_id
+        self.types = None if record.types is None else frozenset(record.types)
+        self.expires = record.expires
+        self.created = record.created
+        self.verified = record.verified
+        self.accounts: frozenset[str] = frozenset()
+        d = record.delivery
+        self.owed: dict[str, dict[str, str]] = {a: dict(t) for a, t in d.pending.items()}
+        self.attempts = d.attempts
+        self.next_attempt = d.next_attempt
+        self.failing_since = d.failing_since
+        self.seq = d.last_sent_seq
+        self.not_before = 0.0  # earliest next POST: throttle window or Retry-After
+        self.busy = False
+        self.request: Deferred[None] | None = None
+        self.hub_sub: HubSubscription | None = None
+        self.gone = False
+        self.dirty = False
+
+    def change_published(self, change: Change) -> None:
+        """Hub listener entry point."""
+        self.owner.offer(self, change)
+
+    def snapshot(self) -> PushDelivery:
+        """The durable part, copied (the store may serialise it on another thread)."""
+        return PushDelivery({a: dict(t) for a, t in self.owed.items()}, self.attempts,
+                            self.next_attempt, self.failing_since, self.seq)
+
+    def erase(self) -> None:
+        """Forget the URL, keys and pending data of a destroyed subscription (PS-8)."""
+        self.gone = True
+        self.url = ""
+        self.keys = None
+        self.owed = {}
+
+    def __repr__(self) -> str:
+        return f"<SubState {self.id}>"
+
+
+class HubListeners:
+    """Hub registrations of verified subscriptions, under their user's accounts.
+
+    Accounts are loaded once per user and reloaded when credentials or grants may have
+    changed; a subscription whose user's accounts changed is registered again.
+    """
+
+    def __init__(self, hub: Hub, store: IStore) -> None:
+        self._hub = hub
+        self._store = store
+        self._accounts: dict[str, frozenset[str]] = {}
+        self._by_user: dict[str, set[SubState]] = {}
+
+    def add(self, sub: SubState) -> None:
+        self._by_user.setdefault(sub.user_id, set()).add(sub)
+
+    def discard(self, sub: SubState) -> None:
+        if sub.hub_sub is not None:
+            sub.hub_sub.cancel()
+            sub.hub_sub = None
+        users = self._by_user.get(sub.user_id)
+        if users is not None:
+            users.discard(sub)
+            if not users:
+                del self._by_user[sub.user_id]
+                self._accounts.pop(sub.user_id, None)
+
+    async def activate(self, sub: SubState, stopping: bool = False) -> None:
+        """Listen to the hub for the user's accounts."""
+        accounts = self._accounts.get(sub.user_id)
+        if accounts is None:
+            accounts = await self._load(sub.user_id)
+        if sub.gone or stopping:
+            return
+        sub.accounts = accounts
+        if sub.hub_sub is not None:
+            sub.hub_sub.cancel()
+        sub.hub_sub = self._hub.subscribe(sub, accounts)
+
+    async def _load(self, user_id: str) -> frozenset[str]:
+        accounts = frozenset(a.id for a in await self._store.accounts_for_user(user_id))
+        self._accounts[user_id] = accounts
+        return accounts
+
+    async def refresh_accounts(self, stopping: Callable[[], bool]) -> None:
+        """Reload every user's accounts; re-register the subscriptions of users that changed."""
+        for user_id in list(self._by_user):
+            old = self._accounts.get(user_id)
+            if old is None or stopping():
+                continue
+            if await self._load(user_id) != old:
+                for sub in list(self._by_user.get(user_id, ())):
+                    if sub.verified:
+                        await self.activate(sub, stopping())
