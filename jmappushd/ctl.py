@@ -24,7 +24,7 @@ from twisted.internet import defer, task
 from jmappushd import __version__
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from jmappushd.daemon.service import StateError, load_or_create_admin_token, prepare_state
+from jmappushd.daemon.statedir import StateError, load_or_create_admin_token, prepare_state
 from jmappushd.store.records import AccountInUse, NoSuchUser, UserExists
 from jmappushd.store.sqlite import SQLiteStore
 

@@ -21,6 +21,11 @@ from jmappushd.daemon.service import JMAPPushService, build_service, prepare_sta
 TEST_LOG_N = 4
 
 
+def no_threads(f: Any, *args: Any) -> defer.Deferred[Any]:
+    """A thread runner for unit tests that must never run blocking work."""
+    raise AssertionError(f"unexpected blocking call {f!r}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

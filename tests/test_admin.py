@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 import treq
 
+from jmappushd.transports.webpush.service import WebPushService
 from jmappushd.web.admin import InvalidPublish, parse_state_change
 from tests.support import LiveDaemon
 
@@ -81,7 +82,7 @@ async def test_vapid_rotation_changes_key_and_session_state(live: LiveDaemon) ->
 
     vapid = "urn:ietf:params:jmap:webpush-vapid"
     await live.add_user("alice")
-    await live.app.services["push"].wait_started()
+    await live.service.transport(WebPushService).runtime.wait_started()
     r = await treq.get(live.base + "/jmap/session", headers=basic("alice", "secret"))
     before = await r.json()
     r = await treq.post(live.admin + "/vapid/rotate")

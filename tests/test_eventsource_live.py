@@ -18,6 +18,7 @@ import treq
 from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
+from jmappushd.transports.eventsource.service import EventSourceService
 from jmappushd.transports.eventsource.sse import Event, EventParser
 from tests.support import LiveDaemon, basic, bearer, make_config, start_daemon, stop_daemon
 
@@ -142,7 +143,7 @@ def es(tmp_path: Path) -> Iterator[LiveDaemon]:
 
 
 def registry(daemon: LiveDaemon) -> Any:
-    return daemon.app.services["eventsource"].registry
+    return daemon.service.transport(EventSourceService).registry
 
 
 @pytest_twisted.ensureDeferred

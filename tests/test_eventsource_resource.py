@@ -20,7 +20,7 @@ from jmappushd.store.records import Account, TokenRecord, User
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.resource import EventSourceResource
 from jmappushd.transports.eventsource.sse import Event, EventParser
-from tests.support import make_config
+from tests.support import make_config, no_threads
 
 TOKEN = "jmp_test-token"
 USER = User("u1", "alice", "hash", "A", 0.0)
@@ -58,7 +58,7 @@ class Setup:
         self.clock = Clock()
         self.store = FakeStore()
         config = make_config(tmp_path, sections={"event-source": section})
-        self.app = build_app(config, self.clock, store=self.store)  # type: ignore[arg-type]
+        self.app = build_app(config, self.clock, self.store, no_threads)  # type: ignore[arg-type]
         defer.ensureDeferred(self.app.hub.start())
         self.registry = StreamRegistry(self.app.store)
         self.resource = EventSourceResource(self.app, self.clock, self.registry)

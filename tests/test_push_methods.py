@@ -17,6 +17,7 @@ import pytest
 import pytest_twisted
 
 from jmappushd.transports.webpush.b64 import b64url_encode
+from jmappushd.transports.webpush.service import WebPushService
 from jmappushd.transports.webpush.validate import parse_utc
 from tests.push_receiver import FAST, PushWorld, start_world
 from tests.support import basic, bearer
@@ -289,7 +290,7 @@ async def test_credentials_own_subscriptions(make_world: MakeWorld) -> None:
     token = (await w.daemon.app.store.list_tokens("alice"))[0]
     await w.daemon.app.store.revoke_token(token.id)
     await w.daemon.app.auth.check_generation()
-    runtime = w.daemon.app.services["push"]
+    runtime = w.daemon.service.transport(WebPushService).runtime
     if runtime.delivery._refreshing is not None:
         await runtime.delivery._refreshing
     assert runtime.delivery.get(sub_id) is None

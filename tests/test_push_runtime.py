@@ -18,6 +18,7 @@ from jmappushd.transports.webpush.keys import META_KEY, VAPID_CAPABILITY
 from jmappushd.transports.webpush.service import PushRuntime
 from jmappushd.transports.webpush.vapid import VapidKey
 from tests.push_fakes import FakeStore, FakeTransport, Harness
+from tests.support import no_threads
 
 ALICE = Principal("u1", "alice", "token:T", (Account("A", "alice", True),), "A")
 
@@ -32,7 +33,7 @@ class FakePool:
 
 def runtime_on(h: Harness, store: FakeStore | None = None) -> tuple[PushRuntime, FakePool]:
     config = dataclasses.replace(Config(), push=h.config)
-    app = build_app(config, h.clock, store=store or h.store)  # type: ignore[arg-type]
+    app = build_app(config, h.clock, store or h.store, no_threads)  # type: ignore[arg-type]
     defer.ensureDeferred(app.hub.start())
     pool = FakePool()
     runtime = PushRuntime(app, FakeTransport(), pool)  # type: ignore[arg-type]

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
 import twisted.plugins
 from jmappushd import tap
+from jmappushd.daemon.listeners import ListenerService
 
 
 def test_plugin_is_discoverable() -> None:
@@ -32,7 +32,7 @@ def test_options_build_the_service(tmp_path: Path) -> None:
     options.parseOptions(["--config", str(ini)])
     service = tap.makeService(options)
     assert isinstance(service, MultiService)
-    listeners = [s for s in service if isinstance(s, StreamServerEndpointService)]
+    listeners = [s for s in service if isinstance(s, ListenerService)]
     assert len(listeners) == 2
     assert (tmp_path / "state" / "admin.token").stat().st_mode & 0o777 == 0o600
 

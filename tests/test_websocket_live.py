@@ -18,7 +18,7 @@ from jmappushd.core.throttle import CoalescingThrottle
 from jmappushd.jmap.registry import CORE_CAPABILITY, CallContext
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
 from jmappushd.transports.websocket.push import PushSession
-from jmappushd.transports.websocket.service import WEBSOCKET_CAPABILITY
+from jmappushd.transports.websocket.service import WEBSOCKET_CAPABILITY, WebSocketService
 from tests.support import LiveDaemon, bearer, make_config, start_daemon, stop_daemon
 from tests.test_websocket_helpers import (
     CORE,
@@ -87,7 +87,7 @@ async def test_handshake_selects_jmap(live: LiveDaemon) -> None:
     assert headers["sec-websocket-protocol"] == "jmap"
     client = await connect(live.base, basic_header("alice"), protocols=("chat", "jmap"))
     assert client.selected == "jmap"
-    (server,) = live.app.services["websocket"].connections
+    (server,) = live.service.transport(WebSocketService).factory.connections
     assert server.transport.producer is server  # it, not twisted.web, is the producer now
     await client.bye()
 
@@ -584,7 +584,7 @@ async def test_shutdown_closes_with_1001(tmp_path: Path) -> None:
         for client in clients:
             assert (await client.wait_closed())[0] == 1001
         assert d.app.hub.listener_count == 0
-        factory = d.app.services["websocket"]
+        factory = d.service.transport(WebSocketService).factory
         assert not factory.connections
         assert factory.numPorts == 0  # the service stopped the factory it started
     finally:
@@ -599,7 +599,7 @@ async def test_many_connect_disconnect_cycles_leave_nothing(wsd: LiveDaemon) -> 
     from twisted.internet import reactor
 
     await wsd.add_user("alice")
-    factory = wsd.app.services["websocket"]
+    factory = wsd.service.transport(WebSocketService).factory
     for i in range(1000):
         client = await connect(wsd.base, basic_header("alice"))
         client.send({"@type": "WebSocketPushEnable"})

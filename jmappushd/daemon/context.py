@@ -33,7 +33,6 @@ class App:
     metrics: Metrics
     urls: SessionURLs
     admin_token: str = ""
-    services: dict[str, Any] = field(default_factory=dict)
     _states: WeakKeyDictionary[Principal, tuple[int, str]] = field(
         default_factory=WeakKeyDictionary, repr=False)
     wheel: TimerWheel = field(init=False, repr=False)

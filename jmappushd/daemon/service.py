@@ -1,113 +1,66 @@
-"""Wiring: the daemon's MultiService, built from a validated Config.
+"""Wiring: the whole daemon built from a validated Config, top to bottom, in one place.
 
-``prepare_state`` runs before the reactor (from ``tap.Options.postOptions``), so
-an unusable state directory, token file or database stops twistd with one clear
-line instead of a traceback after the ports are bound.
+:func:`build_service` creates the shared objects (:func:`build_app`), the core
+service (store, hub, credential watcher), one service per transport and the
+listening endpoints, and hands them to :class:`JMAPPushService`. Children start in
+the order core, listeners, transports and stop one after the other in reverse:
+transports first (every connection is closed with 1001, Web Push records what it
+owes), then the listening ports, then the core (the store closes last).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import resource
-import secrets
-import sqlite3
-import stat
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
-from twisted.web.resource import IResource
+from twisted.python.failure import Failure
 
-from jmappushd.auth.authenticator import Authenticator
+from jmappushd.auth.authenticator import Authenticator, ThreadRunner
 from jmappushd.config import Config
 from jmappushd.core.hub import Hub
 from jmappushd.daemon.context import App
+from jmappushd.daemon.core import CoreService
+from jmappushd.daemon.listeners import ListenerService
+from jmappushd.daemon.reactor import IDaemonReactor
+from jmappushd.daemon.statedir import (
+    StateError,
+    load_or_create_admin_token,
+    prepare_state,
+    raise_open_files_limit,
+)
 from jmappushd.jmap.core import register_core
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import MethodRegistry
 from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
 from jmappushd.store.interface import IStore
-from jmappushd.store.records import SchemaTooNew
-from jmappushd.store.schema import configure_connection, migrate
 from jmappushd.store.sqlite import SQLiteStore
+from jmappushd.transports.eventsource.service import EventSourceService
+from jmappushd.transports.interface import ITransportService
+from jmappushd.transports.webpush.service import WebPushService
+from jmappushd.transports.websocket.service import WebSocketService
 from jmappushd.web.admin import ADMIN_MAX_BODY, build_admin_root
 from jmappushd.web.root import build_root
 from jmappushd.web.site import JMAPSite
 
+__all__ = ["ITransportService", "JMAPPushService", "StateError", "build_app", "build_service",
+           "prepare_state", "thread_runner"]
 
-class StateError(Exception):
-    """The state directory, token file or database cannot be used."""
-
-
-def load_or_create_admin_token(path: str) -> str:
-    """Read the admin token; create it (0600, 256 random bits) on first start."""
-    token_path = Path(path)
-    if not token_path.exists():
-        token_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token = secrets.token_urlsafe(32)
-        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-        return token
-    mode = token_path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise StateError(f"{path}: the admin token file must not be accessible to group or "
-                         f"others (chmod 600 {path})")
-    token = token_path.read_text(encoding="utf-8").strip()
-    if len(token) < 16:
-        raise StateError(f"{path}: the admin token is missing or shorter than 16 characters")
-    return token
+T = TypeVar("T")
+S = TypeVar("S", bound=ITransportService)
 
 
-def prepare_state(config: Config) -> None:
-    """Create the state directory, the admin token and the schema, or raise StateError."""
-    try:
-        Path(config.server.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(config.storage.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        load_or_create_admin_token(config.admin.token_file)
-    except OSError as exc:
-        raise StateError(f"{exc.filename}: {exc.strerror}") from exc
-    try:
-        old_umask = os.umask(0o077)
-        try:
-            connection = sqlite3.connect(config.storage.path, isolation_level=None)
-        finally:
-            os.umask(old_umask)
-        try:
-            configure_connection(connection, "NORMAL", 5000)
-            cursor = connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                migrate(cursor)
-                cursor.execute("COMMIT")
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-        finally:
-            connection.close()
-    except SchemaTooNew as exc:
-        raise StateError(f"{config.storage.path}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise StateError(f"{config.storage.path}: cannot open the database: {exc}") from exc
+def thread_runner(reactor: IReactorThreads) -> ThreadRunner:
+    """Run blocking work (the password KDF) on the reactor's thread pool."""
 
+    def run_in_thread(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
-def raise_open_files_limit(wanted: int) -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE (to the hard limit when ``wanted`` is 0)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if wanted <= 0 else min(wanted, hard)
-    if hard == resource.RLIM_INFINITY and wanted <= 0:
-        target = max(soft, 1 << 20)
-    if target > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+    return run_in_thread
 
 
 def build_registry() -> MethodRegistry:
@@ -116,20 +69,16 @@ def build_registry() -> MethodRegistry:
     return registry
 
 
-def build_app(config: Config, reactor: Any, store: IStore | None = None) -> App:
+def build_app(config: Config, clock: IReactorTime, store: IStore,
+              run_in_thread: ThreadRunner) -> App:
     """Create every shared object; nothing is started yet."""
-    store = store if store is not None else SQLiteStore(config.storage.path, reactor=reactor)
-
-    def run_in_thread(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
     registry = build_registry()
     app = App(
         config=config,
-        clock=reactor,
+        clock=clock,
         store=store,
         hub=Hub(store),
-        auth=Authenticator(store, reactor, run_in_thread, config.auth.cache_ttl),
+        auth=Authenticator(store, clock, run_in_thread, config.auth.cache_ttl),
         registry=registry,
         processor=RequestProcessor(registry, config.jmap.max_calls_in_request),
         metrics=Metrics(),
@@ -140,95 +89,83 @@ def build_app(config: Config, reactor: Any, store: IStore | None = None) -> App:
 
 
 class JMAPPushService(MultiService):
-    """Owns the App, its listeners and every timer; stops them all on shutdown."""
+    """The daemon: core, listeners and transports, started in order and stopped in reverse."""
 
     log = Logger()
 
-    def __init__(self, app: App, reactor: Any) -> None:
+    def __init__(self, app: App, reactor: IDaemonReactor, core: CoreService,
+                 listeners: Sequence[ListenerService],
+                 transports: Sequence[ITransportService]) -> None:
         super().__init__()
         self.app = app
         self._reactor = reactor
+        self.core = core
+        self.transports = tuple(transports)
         self.ready: defer.Deferred[None] = defer.Deferred()
-        self.shutdown_hooks: list[Callable[[], Awaitable[None] | None]] = []
-        # Run after the store and hub are up and before "ready": a transport whose state
-        # lives in the store (push: the VAPID key) is complete once the daemon says ready.
-        self.startup_hooks: list[Callable[[], Awaitable[None]]] = []
-        self.jmap_children: dict[bytes, IResource] = {}
+        core.setServiceParent(self)
+        for child in (*listeners, *transports):
+            child.setServiceParent(self)
 
-    def add_listeners(self) -> None:
-        """Bind the JMAP and admin endpoints (fails synchronously, as twistd expects)."""
-        config = self.app.config
-        access_log = config.log.access_log
-        jmap_site = JMAPSite(build_root(self.app, self.jmap_children),
-                             max_body=config.jmap.max_size_request, name="jmap",
-                             access_log=access_log)
-        admin_site = JMAPSite(build_admin_root(self.app), max_body=ADMIN_MAX_BODY, name="admin",
-                              access_log=access_log)
-        for description in config.server.listen:
-            self._listen(description, jmap_site)
-        for description in config.admin.listen:
-            self._listen(description, admin_site)
-
-    def _listen(self, description: str, site: JMAPSite) -> None:
-        svc = strports.service(description, site, reactor=self._reactor)
-        svc._raiseSynchronously = True  # type: ignore[attr-defined]
-        svc.setServiceParent(self)
+    def transport(self, kind: type[S]) -> S:
+        """The transport service of this class (tests and tools reach its parts this way)."""
+        for transport in self.transports:
+            if isinstance(transport, kind):
+                return transport
+        raise LookupError(f"no {kind.__name__} in this daemon")
 
     def startService(self) -> None:
-        soft, hard = raise_open_files_limit(self.app.config.server.max_open_files)
+        config = self.app.config
+        soft, hard = raise_open_files_limit(config.server.max_open_files)
         self.log.info("open files limit: soft {soft}, hard {hard}", soft=soft, hard=hard)
-        self.app.admin_token = load_or_create_admin_token(self.app.config.admin.token_file)
+        self.app.admin_token = load_or_create_admin_token(config.admin.token_file)
         super().startService()
-        d = defer.ensureDeferred(self._start())
-        d.addErrback(self._start_failed)
+        defer.ensureDeferred(self._become_ready()).addErrback(self._start_failed)
 
-    async def _start(self) -> None:
-        await self.app.store.open()
-        await self.app.hub.start()
-        self.app.auth.start()
-        for hook in self.startup_hooks:
-            await hook()
-        if self.app.urls.base.startswith("http://"):
+    async def _become_ready(self) -> None:
+        await self.core.when_started()
+        for transport in self.transports:
+            await transport.when_started()
+        urls = self.app.urls
+        if urls.base.startswith("http://"):
             self.log.warn("public-url {url} is plain http: for development only; RFC 8620 "
                           "requires HTTPS (SES-1), use an ssl: listener or a TLS proxy",
-                          url=self.app.urls.base)
-        self.log.info("jmappushd ready: session at {url}", url=self.app.urls.session)
+                          url=urls.base)
+        self.log.info("jmappushd ready: session at {url}", url=urls.session)
         self.ready.callback(None)
 
-    def _start_failed(self, failure: Any) -> None:
+    def _start_failed(self, failure: Failure) -> None:
         self.log.failure("jmappushd could not start", failure)
-        if IReactorCore.providedBy(self._reactor):
-            self._reactor.stop()
-
-    async def _stop(self) -> None:
-        for hook in reversed(self.shutdown_hooks):
-            try:
-                result = hook()
-                if result is not None:
-                    await result
-            except Exception:
-                self.log.failure("shutdown hook failed")
-        self.app.auth.stop()
-        await defer.maybeDeferred(super().stopService)
-        await self.app.store.close()
+        self._reactor.stop()
 
     def stopService(self) -> defer.Deferred[None]:
-        return defer.ensureDeferred(self._stop())
+        Service.stopService(self)
+        return defer.ensureDeferred(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        # One after the other: the store must outlive what Web Push records at shutdown.
+        for child in reversed(list(self)):
+            try:
+                await defer.maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("stopping {child!r} failed", child=child)
 
 
-def build_service(config: Config, reactor: Any) -> JMAPPushService:
+def build_service(config: Config, reactor: IDaemonReactor,
+                  store: IStore | None = None) -> JMAPPushService:
     """The whole daemon, ready for ``setServiceParent`` or twistd."""
-    from jmappushd.transports.eventsource import resource as eventsource
-    from jmappushd.transports.webpush import service as push_setup
-    from jmappushd.transports.websocket import service as websocket
-    app = build_app(config, reactor)
-    service = JMAPPushService(app, reactor)
-    eventsource.install(service)
-    websocket.install(service)
-    push_setup.install(service)
-    service.add_listeners()
-    return service
-
-
-__all__ = ["JMAPPushService", "StateError", "build_app", "build_service",
-           "prepare_state"]
+    if store is None:
+        store = SQLiteStore(config.storage.path, reactor=reactor)
+    app = build_app(config, reactor, store, thread_runner(reactor))
+    core = CoreService(app)
+    eventsource = EventSourceService(app, reactor)
+    websocket = WebSocketService(app, reactor)
+    webpush = WebPushService(app, reactor, core)
+    access_log = config.log.access_log
+    jmap_site = JMAPSite(
+        build_root(app, {b"eventsource": eventsource.resource, b"ws": websocket.resource}),
+        max_body=config.jmap.max_size_request, name="jmap", access_log=access_log)
+    admin_site = JMAPSite(build_admin_root(app, webpush.runtime), max_body=ADMIN_MAX_BODY,
+                          name="admin", access_log=access_log)
+    listeners = [ListenerService(reactor, d, jmap_site) for d in config.server.listen]
+    listeners += [ListenerService(reactor, d, admin_site) for d in config.admin.listen]
+    return JMAPPushService(app, reactor, core, listeners, [eventsource, websocket, webpush])

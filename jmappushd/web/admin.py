@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -99,12 +99,27 @@ class PublishResource(AppResource):
         write_json(request, 202, {"seq": change.seq, "token": change.token})
 
 
+class KeyRotation(Protocol):
+    """What the admin listener needs of Web Push (its runtime provides it)."""
+
+    async def wait_started(self) -> None: ...
+
+    async def rotate_key(self) -> list[str]: ...
+
+    def application_server_key(self) -> str: ...
+
+
 class RotateVapidKeyResource(AppResource):
     """``POST /vapid/rotate``: a new VAPID key (SES-16, VAPID-13).
 
     The session state changes, and subscriptions tied to the old key are destroyed
-    at once (no transition period, C-V-2); clients re-subscribe with the new key.
+    at once or when ``vapid-rotation-transition`` ends (C-V-2); clients re-subscribe
+    with the new key.
     """
+
+    def __init__(self, app: App, push: KeyRotation | None) -> None:
+        super().__init__(app)
+        self._push = push
 
     def render_POST(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log)
@@ -112,7 +127,7 @@ class RotateVapidKeyResource(AppResource):
     async def _handle(self, request: Request) -> None:
         if not require_admin(request, self._app.admin_token):
             return
-        runtime = self._app.services.get("push")
+        runtime = self._push
         if runtime is None:
             write_problem(request, 503, "push delivery is not running")
             return
@@ -120,7 +135,7 @@ class RotateVapidKeyResource(AppResource):
         destroyed = await runtime.rotate_key()
         self.log.info("VAPID key rotated; {count} subscriptions destroyed", count=len(destroyed))
         write_json(request, 200, {
-            "applicationServerKey": runtime.keyring.capability()["applicationServerKey"],
+            "applicationServerKey": runtime.application_server_key(),
             "destroyed": len(destroyed),
         })
 
@@ -147,12 +162,13 @@ class MetricsResource(AppResource):
         return NOT_DONE_YET
 
 
-def build_admin_root(app: App) -> Resource:
+def build_admin_root(app: App, push: KeyRotation | None) -> Resource:
+    """The admin tree; ``push`` is None when the daemon runs without Web Push."""
     root = Resource()
     root.putChild(b"publish", PublishResource(app))
     root.putChild(b"health", HealthResource(app))
     root.putChild(b"metrics", MetricsResource(app))
     vapid = Resource()
-    vapid.putChild(b"rotate", RotateVapidKeyResource(app))
+    vapid.putChild(b"rotate", RotateVapidKeyResource(app, push))
     root.putChild(b"vapid", vapid)
     return root

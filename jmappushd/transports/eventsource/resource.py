@@ -203,14 +203,3 @@ class EventSourceResource(Resource):
     def _count(self, status: int) -> None:
         self._app.metrics.http_requests.labels(TRANSPORT, str(status)).inc()
 
-
-def install(service: Any) -> None:
-    """Mount ``/jmap/eventsource``, end every stream at shutdown, export the count."""
-    app: App = service.app
-    registry = StreamRegistry(app.store)
-    resource = EventSourceResource(app, service._reactor, registry)
-    service.jmap_children[b"eventsource"] = resource
-    service.shutdown_hooks.append(registry.close_all)
-    app.auth.on_invalidate(registry.invalidate)
-    app.metrics.track_listeners(TRANSPORT, lambda: registry.count)
-    app.services[TRANSPORT] = resource

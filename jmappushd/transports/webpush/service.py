@@ -1,24 +1,28 @@
-"""Service glue: ``install(service)`` wires PushSubscription and Web Push into the daemon.
+"""The Web Push side of the daemon: its runtime (key ring, delivery, pool) and its service.
 
-At install the methods are registered and the HTTP client is built; the store is not
-open yet, so everything that reads it (the VAPID key, the subscriptions) runs once the
-service is ready. Method calls wait for that. Shutdown stops the tick, cancels
+At construction the methods are registered and the HTTP client is built; the store is
+not open yet, so everything that reads it (the VAPID key, the subscriptions) runs once
+the core service has started. Method calls wait for that. Shutdown stops the tick, cancels
 in-flight POSTs, records what is owed and closes the connection pool.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from jmappushd.daemon.context import App
+from jmappushd.daemon.core import CoreService
+from jmappushd.daemon.reactor import IDaemonReactor
+from jmappushd.daemon.signal import StartSignal
 from jmappushd.jmap.registry import CORE_CAPABILITY, MethodError
+from jmappushd.transports.interface import ITransportService
 from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.keys import (
     VAPID_CAPABILITY,
@@ -37,7 +41,7 @@ from jmappushd.transports.webpush.sender import (
     build_http_client,
 )
 
-__all__ = ["PushRuntime", "install"]
+__all__ = ["PushRuntime", "WebPushService"]
 
 
 class PushRuntime:
@@ -109,11 +113,15 @@ class PushRuntime:
         self._started = True
         self._release()
 
-    def start_failed(self, failure: Any) -> None:
+    def start_failed(self, failure: Failure) -> None:
         """Log why push could not start; method calls then get serverUnavailable."""
         self._failed = True
         self.log.failure("push delivery could not start", failure)
         self._release()
+
+    def application_server_key(self) -> str:
+        """The current VAPID public key as the session advertises it (87 characters)."""
+        return self.keyring.capability()["applicationServerKey"]
 
     async def rotate_key(self) -> list[str]:
         """New VAPID key (SES-16). Old-key subscriptions are destroyed at once, or, with
@@ -169,25 +177,45 @@ class PushRuntime:
         self._release()
 
 
-def install(service: Any, tls_policy: IPolicyForHTTPS | None = None) -> PushRuntime:
-    """Wire push into a :class:`~jmappushd.daemon.service.JMAPPushService` before it starts."""
-    app: App = service.app
-    reactor = service._reactor
-    config = app.config.push
-    client, pool = build_http_client(reactor, config.allow_private_urls, config.push_timeout_s,
-                                     tls_policy)
-    runtime = PushRuntime(app, TreqTransport(client, reactor, config.push_timeout_s), pool)
-    runtime.register()
-    app.services["push"] = runtime
+@implementer(ITransportService)
+class WebPushService(Service):
+    """PushSubscription methods and Web Push delivery as a service of the daemon.
 
-    async def start() -> None:
-        # Push failing to start must not stop the daemon: its methods answer
-        # serverUnavailable and the failure is logged.
+    Built with the daemon (the methods are registered at once, so the session lists
+    them); once the core is up it loads the VAPID key and the subscriptions. Push
+    failing to start does not stop the daemon: its methods answer
+    ``serverUnavailable`` and the failure is logged.
+    """
+
+    name = "webpush"
+
+    def __init__(self, app: App, reactor: IDaemonReactor, core: CoreService,
+                 tls_policy: IPolicyForHTTPS | None = None) -> None:
+        config = app.config.push
+        client, pool = build_http_client(reactor, config.allow_private_urls,
+                                         config.push_timeout_s, tls_policy)
+        self.runtime = PushRuntime(app, TreqTransport(client, reactor, config.push_timeout_s),
+                                   pool)
+        self.runtime.register()
+        self._core = core
+        self._started = StartSignal()
+
+    def startService(self) -> None:
+        super().startService()
+        defer.ensureDeferred(self._start()).addBoth(lambda _: self._started.fire())
+
+    async def _start(self) -> None:
         try:
-            await runtime.start()
+            await self._core.when_started()
+            await self.runtime.start()
         except Exception:
-            runtime.start_failed(Failure())
+            self.runtime.start_failed(Failure())
 
-    service.startup_hooks.append(start)
-    service.shutdown_hooks.append(runtime.stop)
-    return runtime
+    def when_started(self) -> defer.Deferred[None]:
+        """Fires once the key and subscriptions are loaded (or loading failed and was
+        logged): the daemon says ready only then, so the first session is complete."""
+        return self._started.wait()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.ensureDeferred(self.runtime.stop())
