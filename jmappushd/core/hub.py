@@ -339,10 +339,10 @@ class Hub:
         entries = await log.changes_after(self.last_seq)
         epoch = self.epoch
         for seq, changed in entries:
+            if seq > self.last_seq + 1:
+                self._step_over_holes(seq - 1)  # what the log lacks below seq is a hole
             if seq > self.last_seq and seq not in self._ahead:
                 self._receive(Change(seq, make_token(epoch, seq), changed))
-        if entries:
-            self._step_over_holes(entries[-1][0])
         return self.last_seq
 
     def _step_over_holes(self, upto: int) -> None:
