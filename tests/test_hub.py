@@ -227,7 +227,7 @@ def test_failing_bus_answers_every_publish_of_the_group_commit() -> None:
     with its (durable) Change, the failure is logged once with its seq, and the next
     batch is written and answered too."""
     store = HeldStore()
-    hub = started_hub(ManualBus(fail_on=frozenset({1, 4})), store)
+    hub = started_hub(ManualBus(fail_on=frozenset({2})), store)
     events = logged_failures(hub)
     first = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
     batch = [defer.ensureDeferred(hub.publish({"A": {"Email": f"s{i}"}})) for i in (2, 3, 4)]
@@ -236,7 +236,7 @@ def test_failing_bus_answers_every_publish_of_the_group_commit() -> None:
     store.commit()
     assert [d.called for d in batch] == [True, True, True]
     assert [d.result.seq for d in batch] == [2, 3, 4]
-    assert [e["seq"] for e in events if e.get("log_failure")] == [1, 4]
+    assert [e["seq"] for e in events if e.get("log_failure")] == [2]
     later = defer.ensureDeferred(hub.publish({"A": {"Email": "s5"}}))
     store.commit()
     assert later.called and later.result.seq == 5
