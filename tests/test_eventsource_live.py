@@ -18,7 +18,7 @@ import treq
 from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
-from jmappushd.transports.eventsource.sse import Event, EventParser
+from tests.sse_parser import Event, EventParser
 from tests.support import LiveDaemon, basic, bearer, make_config, start_daemon, stop_daemon
 
 TIMEOUT = 10.0
