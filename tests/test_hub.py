@@ -362,3 +362,20 @@ async def test_fill_gap_rereads_the_log_after_the_watermark() -> None:
     assert (hub.last_seq, hub.highest_seq) == (6, 6)
     assert await hub.fill_gap(log) == 6
     assert len(seen.changes) == 5
+
+
+def test_changes_delivered_before_start_do_not_leave_a_gap() -> None:
+    """A bus may deliver before the hub has read the store's position: once started at the
+    durable position, what arrived up to it is settled and the next change is in order."""
+    bus = ManualBus()
+    store = HeldStore()
+    store.seq = 3
+    hub = Hub(store, bus)  # type: ignore[arg-type]
+    bus.deliver(2)
+    bus.deliver(3)
+    defer.ensureDeferred(hub.start())
+    assert (hub.last_seq, hub.highest_seq, hub.token) == (3, 3, "ep-3")
+    seen = Recorder()
+    hub.subscribe(seen, ["A"])
+    bus.deliver(4)
+    assert seen.changes[-1].token == "ep-4" and hub.last_seq == hub.highest_seq == 4

@@ -176,7 +176,8 @@ class Hub:
 
     async def start(self) -> None:
         """Learn the store's epoch and position; publishes and catch-ups wait for this."""
-        self.epoch, self.last_seq = await self._store.position()
+        self.epoch, position = await self._store.position()
+        self._advance_to(position)  # all of it durable; a bus may have delivered some
         self._started = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -340,13 +341,14 @@ class Hub:
         epoch = self.epoch
         for seq, changed in entries:
             if seq > self.last_seq + 1:
-                self._step_over_holes(seq - 1)  # what the log lacks below seq is a hole
+                self._advance_to(seq - 1)  # what the log lacks below seq is a hole
             if seq > self.last_seq and seq not in self._ahead:
                 self._receive(Change(seq, make_token(epoch, seq), changed))
         return self.last_seq
 
-    def _step_over_holes(self, upto: int) -> None:
-        """Everything up to ``upto`` was received or never committed: move past it."""
+    def _advance_to(self, upto: int) -> None:
+        """Move the watermark to ``upto``: every seq up to it was received, is a hole in
+        the log, or (at start) is durable already and read by catch-ups."""
         if upto <= self.last_seq:
             return
         ahead = self._ahead
