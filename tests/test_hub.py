@@ -287,7 +287,7 @@ def test_in_order_delivery_hands_listeners_the_change_itself() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_watermark_waits_for_the_gap_to_close() -> None:
-    """ES-9/WS tokens: seq 2 before seq 1 is fanned out at once but the watermark (and
+    """ES-10, WS-19: seq 2 before seq 1 is fanned out at once but the watermark (and
     every token: Hub.token, catch_up's, the change's) stays at 0 until seq 1 arrives,
     then jumps to 2."""
     bus = ManualBus()
@@ -309,7 +309,7 @@ async def test_watermark_waits_for_the_gap_to_close() -> None:
 
 
 def test_tokens_given_to_listeners_never_claim_an_unseen_seq() -> None:
-    """Whatever the arrival order, the token handed out with a change stands for a
+    """ES-10, WS-19: whatever the arrival order, the token handed out with a change stands for a
     position every seq up to which has already been delivered."""
     for seed in range(20):
         order = list(range(1, 41))
