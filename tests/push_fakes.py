@@ -23,7 +23,8 @@ from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.ece import public_bytes
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.sender import PushResponse, Sender
-from jmappushd.transports.webpush.vapid import VapidKey, verify_vapid_header
+from jmappushd.transports.webpush.vapid import VapidKey
+from tests.vapid_check import verify_vapid_header
 
 
 class FakeStore:

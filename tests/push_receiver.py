@@ -30,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from jmappushd.transports.webpush.b64 import b64url_encode
 from jmappushd.transports.webpush.ece import public_bytes
-from jmappushd.transports.webpush.vapid import verify_vapid_header
+from tests.vapid_check import verify_vapid_header
 
 
 def make_certificate(directory: Path) -> tuple[bytes, bytes, Path]:

@@ -19,7 +19,7 @@ from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
 from jmappushd.transports.eventsource.service import EventSourceService
-from jmappushd.transports.eventsource.sse import Event, EventParser
+from tests.sse_parser import Event, EventParser
 from tests.support import LiveDaemon, basic, bearer, make_config, start_daemon, stop_daemon
 
 TIMEOUT = 10.0

@@ -19,7 +19,7 @@ from jmappushd.daemon.service import build_app
 from jmappushd.store.records import Account, TokenRecord, User
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.resource import EventSourceResource
-from jmappushd.transports.eventsource.sse import Event, EventParser
+from tests.sse_parser import Event, EventParser
 from tests.support import make_config, no_threads
 
 TOKEN = "jmp_test-token"

@@ -22,8 +22,8 @@ from twisted.web.test.requesthelper import DummyChannel
 from jmappushd.core.hub import Change, Hub, LocalBus
 from jmappushd.core.position import make_token
 from jmappushd.transports.eventsource.registry import StreamRegistry
-from jmappushd.transports.eventsource.sse import Event, EventParser
 from jmappushd.transports.eventsource.stream import EventStream, StreamContext
+from tests.sse_parser import Event, EventParser
 
 EPOCH = "ep"
 

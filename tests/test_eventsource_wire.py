@@ -8,8 +8,9 @@ import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
 from jmappushd.transports.eventsource.resource import InvalidParameter, clamp_ping, parse_params
-from jmappushd.transports.eventsource.sse import EventParser, ping_event, state_event
+from jmappushd.transports.eventsource.sse import ping_event, state_event
 from jmappushd.web.cors import CorsPolicy
+from tests.sse_parser import EventParser
 
 
 def args(**values: str) -> dict[bytes, list[bytes]]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest_twisted
+from twisted.internet import defer
+from twisted.logger import Logger
 
-from jmappushd.core.hub import Change, Hub, restrict
+from jmappushd.core.hub import Change, Hub, StateMap, restrict
 from jmappushd.core.position import make_token, parse_token
 from jmappushd.store.sqlite import SQLiteStore
 
@@ -157,3 +161,221 @@ def test_local_bus_provides_ibus() -> None:
     from jmappushd.core.hub import IBus, LocalBus
 
     assert verifyObject(IBus, LocalBus())
+
+
+class HeldStore:
+    """The hub's store calls; each write waits until the test answers it (``commit``)."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.writes: list[tuple[list[StateMap], defer.Deferred[list[int]]]] = []
+        self.raise_now = False
+
+    def position(self) -> defer.Deferred[tuple[str, int]]:
+        return defer.succeed(("ep", self.seq))
+
+    def record_changes_batch(self, batch: list[StateMap]) -> defer.Deferred[list[int]]:
+        if self.raise_now:
+            raise RuntimeError("store refused at once")
+        d: defer.Deferred[list[int]] = defer.Deferred()
+        self.writes.append((list(batch), d))
+        return d
+
+    def commit(self) -> None:
+        batch, d = self.writes.pop(0)
+        first = self.seq + 1
+        self.seq += len(batch)
+        d.callback(list(range(first, self.seq + 1)))
+
+
+class ManualBus:
+    """A bus the test drives: announcements are kept, delivery happens when told."""
+
+    def __init__(self, fail_on: frozenset[int] = frozenset()) -> None:
+        self.receiver: Callable[[Change], None] | None = None
+        self.announced: list[Change] = []
+        self.fail_on = fail_on
+
+    def announce(self, change: Change) -> None:
+        if change.seq in self.fail_on:
+            raise RuntimeError(f"bus lost {change.seq}")
+        self.announced.append(change)
+
+    def set_receiver(self, receiver: Callable[[Change], None]) -> None:
+        self.receiver = receiver
+
+    def deliver(self, seq: int, changed: StateMap | None = None) -> None:
+        assert self.receiver is not None
+        self.receiver(Change(seq, make_token("ep", seq), changed or {"A": {"Email": f"s{seq}"}}))
+
+
+def started_hub(bus: ManualBus, store: HeldStore | None = None) -> Hub:
+    hub = Hub(store or HeldStore(), bus)  # type: ignore[arg-type]
+    done = defer.ensureDeferred(hub.start())
+    assert done.called
+    return hub
+
+
+def logged_failures(hub: Hub) -> list[dict[str, object]]:
+    events: list[dict[str, object]] = []
+    hub.log = Logger(observer=events.append)  # type: ignore[misc]
+    return events
+
+
+def test_failing_bus_answers_every_publish_of_the_group_commit() -> None:
+    """A bus raising on one change of a batch: every publish of that batch still fires
+    with its (durable) Change, the failure is logged once with its seq, and the next
+    batch is written and answered too."""
+    store = HeldStore()
+    hub = started_hub(ManualBus(fail_on=frozenset({2})), store)
+    events = logged_failures(hub)
+    first = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
+    batch = [defer.ensureDeferred(hub.publish({"A": {"Email": f"s{i}"}})) for i in (2, 3, 4)]
+    store.commit()
+    assert first.called and first.result.seq == 1
+    store.commit()
+    assert [d.called for d in batch] == [True, True, True]
+    assert [d.result.seq for d in batch] == [2, 3, 4]
+    assert [e["seq"] for e in events if e.get("log_failure")] == [2]
+    later = defer.ensureDeferred(hub.publish({"A": {"Email": "s5"}}))
+    store.commit()
+    assert later.called and later.result.seq == 5
+
+
+def test_store_raising_at_once_fails_its_publishes_and_the_hub_goes_on() -> None:
+    """A store that raises instead of returning a failed Deferred: the batch's publishes
+    fail (none hangs) and the hub writes the next publish."""
+    store = HeldStore()
+    hub = started_hub(ManualBus(), store)
+    store.raise_now = True
+    failed = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
+    assert failed.called
+    failure = []
+    failed.addErrback(failure.append)
+    assert failure and failure[0].check(RuntimeError)
+    store.raise_now = False
+    later = defer.ensureDeferred(hub.publish({"A": {"Email": "s2"}}))
+    store.commit()
+    assert later.called and later.result.seq == 1
+
+
+def test_failing_listener_does_not_stop_the_others() -> None:
+    """A listener raising inside fan-out is logged; listeners after it still get the change."""
+    bus = ManualBus()
+    hub = started_hub(bus)
+    events = logged_failures(hub)
+    hub.subscribe(Exploder(), ["A"])
+    after = Recorder()
+    hub.subscribe(after, ["A"])
+    bus.deliver(1)
+    assert [c.seq for c in after.changes] == [1]
+    assert len([e for e in events if e.get("log_failure")]) == 1
+
+
+def test_in_order_delivery_hands_listeners_the_change_itself() -> None:
+    """The LocalBus case: the watermark follows each change and listeners get the very
+    Change announced, with its own token (no copy on the hot path)."""
+    hub = Hub(HeldStore())  # type: ignore[arg-type]
+    defer.ensureDeferred(hub.start())
+    seen = Recorder()
+    hub.subscribe(seen, ["A"])
+    published = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
+    hub._store.commit()  # type: ignore[attr-defined]
+    assert seen.changes == [published.result]
+    assert seen.changes[0].position == 1 and hub.last_seq == 1 and hub.token == "ep-1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_watermark_waits_for_the_gap_to_close() -> None:
+    """ES-10, WS-19: seq 2 before seq 1 is fanned out at once but the watermark (and
+    every token: Hub.token, catch_up's, the change's) stays at 0 until seq 1 arrives,
+    then jumps to 2."""
+    bus = ManualBus()
+    hub = started_hub(bus)
+    seen = Recorder()
+    hub.subscribe(seen, ["A"])
+    bus.deliver(2)
+    assert [c.seq for c in seen.changes] == [2]
+    assert seen.changes[0].token == "ep-0" and seen.changes[0].position == 0
+    assert (hub.last_seq, hub.highest_seq, hub.token) == (0, 2, "ep-0")
+    _, now, _ = await hub.catch_up("ep-0", ["A"])
+    assert now == "ep-0"
+    bus.deliver(1)
+    assert [c.seq for c in seen.changes] == [2, 1]
+    assert seen.changes[1].token == "ep-2" and seen.changes[1].position == 2
+    assert (hub.last_seq, hub.highest_seq, hub.token) == (2, 2, "ep-2")
+    bus.deliver(3)
+    assert seen.changes[2].token == "ep-3"
+
+
+def test_tokens_given_to_listeners_never_claim_an_unseen_seq() -> None:
+    """ES-10, WS-19: whatever the arrival order, the token handed out with a change stands for a
+    position every seq up to which has already been delivered."""
+    for seed in range(20):
+        order = list(range(1, 41))
+        random.Random(seed).shuffle(order)
+        bus = ManualBus()
+        hub = started_hub(bus)
+        seen = Recorder()
+        hub.subscribe(seen, ["A"])
+        delivered: set[int] = set()
+        for seq in order:
+            bus.deliver(seq)
+            delivered.add(seq)
+            change = seen.changes[-1]
+            claimed = parse_token(change.token, "ep", 40)
+            assert claimed == change.position
+            assert set(range(1, claimed + 1)) <= delivered, (seed, order, claimed)
+            assert hub.last_seq == claimed
+        assert hub.last_seq == hub.highest_seq == 40 and hub.token == "ep-14"  # 40 in base 36
+
+
+class MemoryLog:
+    """A change log to re-read: ``(seq, changed)`` entries, holes allowed."""
+
+    def __init__(self, entries: list[tuple[int, StateMap]]) -> None:
+        self.entries = entries
+        self.asked: list[int] = []
+
+    def changes_after(self, seq: int) -> defer.Deferred[list[tuple[int, StateMap]]]:
+        self.asked.append(seq)
+        return defer.succeed([e for e in self.entries if e[0] > seq])
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_gap_rereads_the_log_after_the_watermark() -> None:
+    """A lost wake-up (seq 2 never delivered): fill_gap asks the log for everything after
+    the watermark, fans out only what was never received (2 and 4, not 3 again), steps
+    over a sequence hole (5) and moves the watermark to the log's end."""
+    bus = ManualBus()
+    hub = started_hub(bus)
+    seen = Recorder()
+    hub.subscribe(seen, ["A"])
+    bus.deliver(1)
+    bus.deliver(3)
+    assert hub.last_seq == 1
+    log = MemoryLog([(n, {"A": {"Email": f"s{n}"}}) for n in (1, 2, 3, 4, 6)])
+    assert await hub.fill_gap(log) == 6
+    assert log.asked == [1]
+    assert [c.seq for c in seen.changes] == [1, 3, 2, 4, 6]
+    assert [c.token for c in seen.changes] == ["ep-1", "ep-1", "ep-3", "ep-4", "ep-6"]
+    assert (hub.last_seq, hub.highest_seq) == (6, 6)
+    assert await hub.fill_gap(log) == 6
+    assert len(seen.changes) == 5
+
+
+def test_changes_delivered_before_start_do_not_leave_a_gap() -> None:
+    """A bus may deliver before the hub has read the store's position: once started at the
+    durable position, what arrived up to it is settled and the next change is in order."""
+    bus = ManualBus()
+    store = HeldStore()
+    store.seq = 3
+    hub = Hub(store, bus)  # type: ignore[arg-type]
+    bus.deliver(2)
+    bus.deliver(3)
+    defer.ensureDeferred(hub.start())
+    assert (hub.last_seq, hub.highest_seq, hub.token) == (3, 3, "ep-3")
+    seen = Recorder()
+    hub.subscribe(seen, ["A"])
+    bus.deliver(4)
+    assert seen.changes[-1].token == "ep-4" and hub.last_seq == hub.highest_seq == 4

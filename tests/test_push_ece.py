@@ -14,14 +14,13 @@ from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
 from jmappushd.transports.webpush.ece import (
     MAX_PLAINTEXT,
     InvalidKeys,
-    decrypt,
     derive_ikm,
     encrypt,
     parse_subscription_keys,
     public_bytes,
     seal,
-    unseal,
 )
+from tests.ece_decrypt import decrypt, unseal
 
 # RFC 8291 Appendix A, as recomputed in CHECKLIST §5.4.
 PLAINTEXT = b"When I grow up, I want to be a watermelon"

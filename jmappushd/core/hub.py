@@ -5,12 +5,20 @@ sequence number), then announces it on the bus; whatever the bus delivers is
 handed to every local listener that watches one of the changed accounts. The
 in-process :class:`LocalBus` delivers at once; a cluster bus (PostgreSQL
 LISTEN/NOTIFY, Redis pub/sub) implements the same two-method interface.
+
+Positions: ``Hub.last_seq`` is the *contiguous watermark*, the seq up to which
+every change has been received from the bus. A cluster bus may deliver out of
+order or lose a wake-up, so "highest seq seen" would let a resumption token skip
+a change this node never fanned out. Changes are still fanned out on arrival; a
+change that arrives above a gap is handed to listeners with the watermark's token
+(its :attr:`Change.position`), never with a token claiming the unseen seqs below
+it. :meth:`Hub.fill_gap` re-reads a change log to close a gap that will not
+close by itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from twisted.internet import defer
@@ -27,13 +35,25 @@ StateMap = Mapping[str, Mapping[str, str]]
 MAX_GROUP_COMMIT = 512
 
 
-@dataclass(frozen=True, eq=False)
 class Change:
-    """One recorded change: its sequence number, the token after it, and what changed."""
+    """One recorded change: its sequence number, a safe resumption token, what changed.
 
-    seq: int
-    token: str
-    changed: StateMap
+    ``position`` is the seq ``token`` stands for: every change up to it has been
+    seen. It is ``seq`` itself unless the change arrived above a gap, where it is
+    the (lower) contiguous watermark. Read-only by convention.
+    """
+
+    __slots__ = ("changed", "position", "seq", "token")
+
+    def __init__(self, seq: int, token: str, changed: StateMap,
+                 position: int | None = None) -> None:
+        self.seq = seq
+        self.token = token
+        self.changed = changed
+        self.position = seq if position is None else position
+
+    def __repr__(self) -> str:
+        return f"Change(seq={self.seq}, token={self.token!r}, position={self.position})"
 
 
 _Queued = tuple[StateMap, "defer.Deferred[Change]"]
@@ -43,6 +63,18 @@ class ChangeListener(Protocol):
     """Anything that wants changes: an EventSource stream, a WebSocket, push delivery."""
 
     def change_published(self, change: Change) -> None: ...
+
+
+class ChangeLog(Protocol):
+    """The durable change log read back by :meth:`Hub.fill_gap` (a cluster store's)."""
+
+    def changes_after(self, seq: int) -> defer.Deferred[Sequence[tuple[int, StateMap]]]:
+        """Every recorded ``(seq, changed)`` after ``seq``, in seq order, from one snapshot.
+
+        A seq missing below the highest one returned was never committed (a hole in
+        the sequence), so the hub may step over it.
+        """
+        ...
 
 
 class IBus(Interface):
@@ -134,7 +166,8 @@ class Hub:
         self._by_account: dict[str, dict[ChangeListener, HubSubscription]] = {}
         self._count = 0
         self.epoch = ""
-        self.last_seq = 0
+        self.last_seq = 0  # the contiguous watermark: every change up to it was received
+        self._ahead: set[int] = set()  # received above a gap; empty while delivery is in order
         self._queue: list[_Queued] = []
         self._writing = False
         self._started = False
@@ -143,7 +176,8 @@ class Hub:
 
     async def start(self) -> None:
         """Learn the store's epoch and position; publishes and catch-ups wait for this."""
-        self.epoch, self.last_seq = await self._store.position()
+        self.epoch, position = await self._store.position()
+        self._advance_to(position)  # all of it durable; a bus may have delivered some
         self._started = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -157,8 +191,13 @@ class Hub:
 
     @property
     def token(self) -> str:
-        """The token for everything this node has fanned out so far."""
+        """The token for everything up to the contiguous watermark (all of it fanned out)."""
         return make_token(self.epoch, self.last_seq)
+
+    @property
+    def highest_seq(self) -> int:
+        """The highest seq received; above ``last_seq`` only while a gap is open."""
+        return max(self._ahead, default=self.last_seq)
 
     @property
     def listener_count(self) -> int:
@@ -182,21 +221,36 @@ class Hub:
         batch = self._queue[:MAX_GROUP_COMMIT]
         del self._queue[:MAX_GROUP_COMMIT]
         self._writing = True
-        d = self._store.record_changes_batch([changed for changed, _ in batch])
+        # maybeDeferred: a store raising at once still answers this batch's waiters.
+        d = defer.maybeDeferred(self._store.record_changes_batch,
+                                [changed for changed, _ in batch])
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,),
                        errbackArgs=(batch,))
 
     def _written(self, seqs: list[int], batch: list[_Queued]) -> None:
+        """Announce each recorded change and answer its publish, whatever the bus does.
+
+        The changes are durable: a bus that fails to announce one is logged (with the
+        seq) and its publish still fires; a gap it leaves is for :meth:`fill_gap`.
+        """
         self._writing = False
         if self._queue:
             self._write_queued()
+        if len(seqs) != len(batch):
+            failure = Failure(RuntimeError(f"store gave {len(seqs)} seqs for {len(batch)}"))
+            for _, waiter in batch:
+                waiter.errback(failure)
+            return
+        epoch = self.epoch
+        announce = self._bus.announce
         for seq, (changed, waiter) in zip(seqs, batch, strict=True):
-            change = Change(seq=seq, token=make_token(self.epoch, seq), changed=changed)
+            change = Change(seq, make_token(epoch, seq), changed)
             self.publish_count += 1
             try:
-                self._bus.announce(change)
-            finally:
-                waiter.callback(change)
+                announce(change)
+            except Exception:
+                self.log.failure("announcing recorded change {seq} failed", seq=seq)
+            waiter.callback(change)
 
     def _write_failed(self, failure: Failure, batch: list[_Queued]) -> None:
         self._writing = False
@@ -224,8 +278,34 @@ class Hub:
         self._count -= 1
 
     def _receive(self, change: Change) -> None:
-        if change.seq > self.last_seq:
-            self.last_seq = change.seq
+        """The bus's entry point: move the watermark, then fan out at once."""
+        seq = change.seq
+        if seq == self.last_seq + 1 and not self._ahead:
+            self.last_seq = seq  # in order (the LocalBus case): the change's own token holds
+        elif seq > self.last_seq:
+            change = self._out_of_order(change)
+        self._fan_out(change)
+
+    def _out_of_order(self, change: Change) -> Change:
+        """Track a change around a gap; hand listeners the watermark's token with it.
+
+        The change's own token would claim every seq below it, some not yet seen.
+        """
+        seq = change.seq
+        ahead = self._ahead
+        if seq == self.last_seq + 1:
+            while seq + 1 in ahead:  # the gap closes: absorb what was waiting above it
+                seq += 1
+                ahead.remove(seq)
+            self.last_seq = seq
+        else:
+            ahead.add(seq)
+        position = self.last_seq
+        if position == change.seq:
+            return change
+        return Change(change.seq, make_token(self.epoch, position), change.changed, position)
+
+    def _fan_out(self, change: Change) -> None:
         by_account = self._by_account
         seen: set[ChangeListener] | None = None
         for account_id in change.changed:
@@ -248,6 +328,36 @@ class Hub:
                     self.log.failure("listener {listener!r} failed on change {seq}",
                                      listener=listener, seq=change.seq)
 
+    async def fill_gap(self, log: ChangeLog) -> int:
+        """Re-read ``log`` after the watermark and fan out what the bus never brought.
+
+        For the bus's owner, when a gap stays open (a lost wake-up): each missing
+        change goes through the normal path, so nothing is delivered twice; holes in
+        the sequence below the highest logged seq are stepped over. Returns the new
+        watermark.
+        """
+        await self._wait_started()
+        entries = await log.changes_after(self.last_seq)
+        epoch = self.epoch
+        for seq, changed in entries:
+            if seq > self.last_seq + 1:
+                self._advance_to(seq - 1)  # what the log lacks below seq is a hole
+            if seq > self.last_seq and seq not in self._ahead:
+                self._receive(Change(seq, make_token(epoch, seq), changed))
+        return self.last_seq
+
+    def _advance_to(self, upto: int) -> None:
+        """Move the watermark to ``upto``: every seq up to it was received, is a hole in
+        the log, or (at start) is durable already and read by catch-ups."""
+        if upto <= self.last_seq:
+            return
+        ahead = self._ahead
+        ahead.difference_update([s for s in ahead if s <= upto])
+        while upto + 1 in ahead:
+            upto += 1
+            ahead.remove(upto)
+        self.last_seq = upto
+
     async def catch_up(
         self, token: str | None, account_ids: Collection[str]
     ) -> tuple[dict[str, dict[str, str]], str, bool]:
@@ -255,8 +365,9 @@ class Hub:
 
         Returns ``(states, token_now, known)``. An unknown or expired token gives
         the full current state (``known`` False). The returned token never
-        overstates: it is taken before the query, so a change racing with it is
-        delivered again live rather than lost (states are idempotent).
+        overstates: it is the contiguous watermark taken before the query, so a
+        change racing with it (or received above a gap) is delivered again live
+        rather than lost (states are idempotent).
         """
         await self._wait_started()
         as_of = self.last_seq

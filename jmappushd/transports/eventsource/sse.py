@@ -4,15 +4,12 @@ Events are blocks of ``field: value`` lines ended by an empty line. JMAP sends t
 kinds: ``state`` (a StateChange, with an ``id:`` line carrying the resumption
 token, C-ES-4) and ``ping`` (``{"interval": N}``, never an ``id:`` line, ES-5).
 The JSON is compact, so one ``data:`` line always suffices.
-
-:class:`EventParser` is the inverse, incremental and tolerant of CR LF and CR
-line ends; the tests read streams with it, and a CLI client could too.
+The parsing side (a client's) lives with the tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from jmappushd.jmap.ijson import dumps
 
@@ -49,84 +46,3 @@ def ping_event(interval: int) -> bytes:
 def _line_safe(value: str) -> str:
     """Tokens are opaque but must never break the line structure."""
     return value.replace("\r", "").replace("\n", "")
-
-
-@dataclass(frozen=True)
-class Event:
-    """One parsed event; ``id`` is None when the block had no ``id:`` line."""
-
-    event: str
-    data: str
-    id: str | None
-
-
-class EventParser:
-    """Feed bytes in any chunking; complete events accumulate in ``events``."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.comments: list[str] = []
-        self._buffer = b""
-        self._event = ""
-        self._data: list[str] = []
-        self._id: str | None = None
-        self._has_fields = False
-        self._skip_lf = False
-
-    def feed(self, data: bytes) -> list[Event]:
-        """Parse ``data``; return the events it completed."""
-        self._buffer += data
-        done: list[Event] = []
-        while True:
-            line, found = self._next_line()
-            if not found:
-                break
-            event = self._line(line)
-            if event is not None:
-                done.append(event)
-        self.events.extend(done)
-        return done
-
-    def _next_line(self) -> tuple[str, bool]:
-        buffer = self._buffer
-        if not buffer:
-            return "", False
-        if self._skip_lf and buffer[:1] == b"\n":
-            buffer = buffer[1:]  # the LF of a CR LF split across chunks
-        self._skip_lf = False
-        for index, byte in enumerate(buffer):
-            if byte in (0x0A, 0x0D):
-                end = index + 1
-                if byte == 0x0D:
-                    if buffer[end : end + 1] == b"\n":
-                        end += 1
-                    elif end == len(buffer):
-                        self._skip_lf = True
-                self._buffer = buffer[end:]
-                return buffer[:index].decode("utf-8", "replace"), True
-        self._buffer = buffer
-        return "", False
-
-    def _line(self, line: str) -> Event | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            self.comments.append(line[1:].strip())
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        self._has_fields = True
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id":
-            self._id = value
-        return None
-
-    def _dispatch(self) -> Event | None:
-        if not self._has_fields:
-            return None
-        event = Event(self._event or "message", "\n".join(self._data), self._id)
-        self._event, self._data, self._id, self._has_fields = "", [], None, False
-        return event

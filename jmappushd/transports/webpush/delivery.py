@@ -184,17 +184,25 @@ class DeliveryService:
     async def _recover(self, sub: SubState) -> None:
         """Merge changes recorded after the last durable record of this subscription.
 
-        The SQLite store answers in call order, so every change committed before this
-        query has already reached the listener: the answer is never older than what
-        was merged live, and overwriting with it is safe.
+        ``as_of`` is the hub's contiguous watermark before the query: every change up
+        to it is in the answer or was offered live (the subscription listens already).
+        Nothing assumes the store answers in call order: a state merged live while
+        the query runs wins over the answer for its account and type; were the answer
+        newer, its change is still to come live.
         """
         as_of = self._hub.last_seq
         if sub.seq >= as_of:
             return
+        before = {a: dict(t) for a, t in sub.owed.items()}
         changed = await self._store.changes_since(sub.seq, sub.accounts)
-        wanted = restrict(changed, sub.accounts, sub.types)
         sub.seq = max(sub.seq, as_of)
-        if wanted and not sub.gone:
+        if sub.gone:
+            return
+        live = {(a, t) for a, types in sub.owed.items() for t, state in types.items()
+                if before.get(a, {}).get(t) != state}
+        wanted = {a: kept for a, types in restrict(changed, sub.accounts, sub.types).items()
+                  if (kept := {t: s for t, s in types.items() if (a, t) not in live})}
+        if wanted:
             merge(sub.owed, wanted)
             sub.dirty = True
             self._want_send(sub, self._clock.seconds())
@@ -214,7 +222,7 @@ class DeliveryService:
         """A change for one of the subscription's accounts (called by the hub)."""
         if change.seq <= sub.seq or sub.gone or not sub.verified:
             return
-        sub.seq = change.seq
+        sub.seq = max(sub.seq, change.position)  # never past a gap the hub still has
         wanted = restrict(change.changed, sub.accounts, sub.types)
         if not wanted:
             return

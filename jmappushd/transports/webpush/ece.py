@@ -6,6 +6,7 @@ HMAC-SHA-256 calls (``hmac.digest`` one-shots, cheaper than the ``HKDF`` class)
 and one AES-128-GCM seal. Callers that send many messages to one subscription
 should parse its keys once with :func:`parse_subscription_keys` and pass
 ``ua_public_key`` so the point is not decoded and validated again per message.
+The receiving side (decryption) lives with the tests, which need it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hmac
 import os
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -25,14 +25,12 @@ __all__ = [
     "MAX_BODY",
     "MAX_PLAINTEXT",
     "InvalidKeys",
-    "decrypt",
     "derive_ikm",
     "encrypt",
     "load_p256_point",
     "parse_subscription_keys",
     "public_bytes",
     "seal",
-    "unseal",
 ]
 
 MAX_BODY = 4096  # WP-7: a push service may not answer 413 at or below this size
@@ -161,49 +159,3 @@ def encrypt(
     ikm = derive_ikm(ecdh_secret, auth_secret, ua_public, as_public)
     return seal(plaintext, ikm, os.urandom(SALT_LEN) if salt is None else salt,
                 rs=rs, keyid=as_public)
-
-
-def _split(body: bytes) -> tuple[bytes, int, bytes, bytes]:
-    """Parse an aes128gcm body into (salt, rs, keyid, the single record)."""
-    if len(body) < 21:
-        raise ValueError("body shorter than the aes128gcm header")
-    rs = int.from_bytes(body[16:20], "big")
-    end = 21 + body[20]
-    if rs < MIN_RS:
-        raise ValueError(f"invalid record size {rs}")
-    record = body[end:]
-    if len(record) > rs:
-        raise ValueError("more than one record is not supported (RFC 8291 §4)")
-    if len(record) < TAG_LEN + 1:
-        raise ValueError("record too short")
-    return body[:16], rs, body[21:end], record
-
-
-def _open(record: bytes, ikm: bytes, salt: bytes) -> bytes:
-    """Decrypt a final record and strip its padding (ENC-6: delimiter must be 0x02)."""
-    cek, nonce = _cek_nonce(ikm, salt)
-    try:
-        padded = AESGCM(cek).decrypt(nonce, record, None)
-    except InvalidTag:
-        raise ValueError("authentication tag mismatch") from None
-    data = padded.rstrip(b"\x00")
-    if not data or data[-1:] != _LAST_RECORD:
-        raise ValueError("last record delimiter is not 0x02")
-    return data[:-1]
-
-
-def unseal(body: bytes, ikm: bytes) -> tuple[bytes, bytes]:
-    """Decode a single-record RFC 8188 body with a known IKM; returns (plaintext, keyid)."""
-    salt, _rs, keyid, record = _split(body)
-    return _open(record, ikm, salt), keyid
-
-
-def decrypt(body: bytes, ua_private: ec.EllipticCurvePrivateKey, auth_secret: bytes) -> bytes:
-    """Decrypt a Web Push body as the user agent would (our own peer for tests/receiver)."""
-    salt, _rs, keyid, record = _split(body)
-    if len(keyid) != KEY_LEN:
-        raise ValueError(f"keyid must be the {KEY_LEN}-octet sender key (ENC-4)")
-    as_key = load_p256_point(keyid, "keyid")
-    ecdh_secret = ua_private.exchange(_ECDH, as_key)
-    ikm = derive_ikm(ecdh_secret, auth_secret, public_bytes(ua_private.public_key()), keyid)
-    return _open(record, ikm, salt)

@@ -3,8 +3,7 @@
 :class:`VapidKey` is the daemon's P-256 signing key; :class:`VapidSigner` builds the
 ``Authorization: vapid t=<JWT>, k=<key>`` header and caches one token per push
 service origin (C-V-1, VAPID-9), so the per-message cost is a URL split and a
-dictionary look-up. :func:`verify_vapid_header` is the receiving side, for tests
-and the test push service.
+dictionary look-up. The receiving side (verifying a header) lives with the tests.
 """
 
 from __future__ import annotations
@@ -15,25 +14,19 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256
 from twisted.internet.interfaces import IReactorTime
 
 from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
-from jmappushd.transports.webpush.ece import load_p256_point, public_bytes
+from jmappushd.transports.webpush.ece import public_bytes
 
 __all__ = [
     "MAX_LIFETIME",
     "VapidKey",
     "VapidSigner",
     "origin_of",
-    "parse_vapid_header",
-    "verify_vapid_header",
 ]
 
 MAX_LIFETIME = 24 * 3600  # VAPID-4: exp at most 24 h after the request
@@ -216,73 +209,3 @@ class VapidSigner:
         payload = b64url_encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
         signing_input = f"{_JWT_HEADER}.{payload}"
         return f"{signing_input}.{b64url_encode(self._key.sign(signing_input.encode('ascii')))}"
-
-
-def parse_vapid_header(header: str) -> tuple[str, str]:
-    """Split ``vapid t=..., k=...`` into (token, key); unknown parameters are ignored (VAPID-1)."""
-    scheme, _, rest = header.strip().partition(" ")
-    if scheme.lower() != "vapid":
-        raise ValueError("authorization scheme is not vapid")
-    params: dict[str, str] = {}
-    for item in rest.split(","):
-        if not item.strip():
-            continue
-        name, sep, value = item.partition("=")
-        name, value = name.strip().lower(), value.strip()
-        if not sep or not name:
-            raise ValueError(f"malformed auth-param {item.strip()!r}")
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        if name in params:
-            raise ValueError(f"repeated parameter {name!r}")
-        params[name] = value
-    if "t" not in params or "k" not in params:
-        raise ValueError("vapid authorization needs both t and k")
-    return params["t"], params["k"]
-
-
-def _json_object(segment: str, what: str) -> dict[str, Any]:
-    """Decode one base64url JSON object segment of a JWT."""
-    value = json.loads(b64url_decode(segment))
-    if not isinstance(value, dict):
-        raise ValueError(f"JWT {what} is not a JSON object")
-    return value
-
-
-def verify_vapid_header(header: str, now: float, *, audience: str | None = None) -> dict[str, Any]:
-    """Verify a VAPID header as a push service would (RFC 8292 §4.2); return the claims.
-
-    Checks the ES256 signature against ``k`` (VAPID-2), that ``exp`` is an integer
-    with ``now <= exp <= now + 24 h`` (VAPID-4), and ``aud`` when ``audience`` is
-    given (VAPID-3). Raises ValueError on any failure.
-    """
-    token, k = parse_vapid_header(header)
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise ValueError("JWT must have three segments")
-    jose = _json_object(parts[0], "header")
-    if jose.get("alg") != "ES256" or str(jose.get("typ", "JWT")).upper() != "JWT":
-        raise ValueError("JWT header must be typ JWT, alg ES256")
-    signature = b64url_decode(parts[2])
-    if len(signature) != 64:
-        raise ValueError("ES256 signature must be 64 octets (R||S)")
-    public = load_p256_point(b64url_decode(k), "k")
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                               int.from_bytes(signature[32:], "big"))
-    try:
-        public.verify(der, f"{parts[0]}.{parts[1]}".encode("ascii"), _ECDSA)
-    except InvalidSignature:
-        raise ValueError("VAPID signature does not verify") from None
-    claims = _json_object(parts[1], "claims")
-    exp = claims.get("exp")
-    if not isinstance(exp, int) or isinstance(exp, bool):
-        raise ValueError("exp claim missing or not an integer")
-    if now > exp:
-        raise ValueError("VAPID token expired")
-    if exp - now > MAX_LIFETIME:
-        raise ValueError("VAPID token exp more than 24 hours ahead")
-    if not isinstance(claims.get("aud"), str):
-        raise ValueError("aud claim missing")
-    if audience is not None and claims["aud"] != audience:
-        raise ValueError(f"aud {claims['aud']!r} does not match {audience!r}")
-    return claims
