@@ -172,12 +172,6 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if isBinary:
             self.close(CLOSE_UNSUPPORTED_DATA, "binary messages are not supported")  # C-WS-2
 
-    def onMessageEnd(self) -> None:
-        # Autobahn's version also fires an observable "message" event (a Deferred per
-        # message) that nothing here listens to; hand the message over directly.
-        if not _fastpath.ws_message_end(self):
-            super().onMessageEnd()
-
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # The common case without Autobahn's eagerly formatted debug log line. Every
         # call carries one whole frame, so it may go out at once (see sendnow).
