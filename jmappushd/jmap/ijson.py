@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.net import _fastpath
 
 # Code points I-JSON forbids in strings and member names (RFC 7493 §2.1): surrogates
 # (only reachable through \u escapes, since the UTF-8 decoder rejects encoded ones) and
@@ -109,16 +109,12 @@ def loads(data: bytes) -> Any:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # ``json.dumps`` with non-default options builds a new JSONEncoder, and every
 # ``encode`` builds a new C encoder; one built once halves the cost of the small
-# documents fan-out encodes per listener. (None where the C accelerator is absent.)
-_C_ENCODE = (
-    None if c_make_encoder is None
-    else c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",",
-                        False, False, False)
-)
+# documents fan-out encodes per listener (None where the C accelerator is absent).
+_C_ENCODE = _fastpath.c_encoder(_ENCODER.default)
 
 
 def dumps(obj: Any) -> bytes:
     """Encode as compact UTF-8 JSON; non-finite floats are a programming error."""
-    if _C_ENCODE is not None and isinstance(obj, dict):
+    if _C_ENCODE is not None and _fastpath.C_ENCODER and isinstance(obj, dict):
         return "".join(_C_ENCODE(obj, 0)).encode("utf-8")
     return _ENCODER.encode(obj).encode("utf-8")

@@ -17,21 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import tcp
+from jmappushd.net._fastpath import tcp_idle_socket
 
 
 def send_now(transport: Any, data: bytes) -> None:
     """Write ``data`` to ``transport``, sending it before returning when possible."""
-    if (
-        type(transport) is tcp.Server
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-        and not transport._writeDisconnected
-    ):
+    sock = tcp_idle_socket(transport)
+    if sock is not None:
         try:
-            sent = transport.socket.send(data)
+            sent = sock.send(data)
         except OSError:
             # EAGAIN, or a dead peer: the queued write below meets the same
             # condition and Twisted handles it (waits, or loses the connection).

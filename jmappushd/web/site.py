@@ -17,6 +17,7 @@ from twisted.web.server import Request, Site
 
 from jmappushd.jmap.ijson import dumps
 from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
+from jmappushd.net._fastpath import raw_transport
 
 
 class LimitedRequest(Request):
@@ -64,7 +65,7 @@ class LimitedRequest(Request):
             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
             b"Connection: close\r\n\r\n"
         )
-        transport = self.channel.transport if self.channel is not None else None
+        transport = raw_transport(self)
         if transport is not None:
             transport.write(head + body)
             transport.loseConnection()

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from jmappushd.core.hub import Change, Hub, HubSubscription, merge, restrict
 from jmappushd.core.throttle import CoalescingThrottle
+from jmappushd.net import _fastpath
 from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.transports.eventsource.sse import OPEN_COMMENT, ping_event, state_event
@@ -207,12 +208,11 @@ class EventStream:
 
     def _write(self, data: bytes) -> None:
         request = self.request
-        if (request.chunked and request.startedWriting and not request.finished
-                and not request._disconnected):
+        transport = _fastpath.chunk_transport(request, data)
+        if transport is not None:
             # One event is one whole chunk: frame it here and send it at once
             # (what Request.write would queue for the next reactor turn).
-            request.sentLength += len(data)
-            send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
+            send_now(transport, _fastpath.chunk(data))
         else:
             request.write(data)
         # ES-4: the next ping is due a whole interval after this event; the timer is

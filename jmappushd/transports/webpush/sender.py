@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
+from jmappushd.net._fastpath import headers_from
 from jmappushd.transports.webpush import ece
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.policy import Outcome, classify, retry_after
@@ -155,11 +156,6 @@ class TreqTransport:
         return PushResponse(int(response.code), values[0] if values else None)
 
 
-# Twisted has kept its headers in ``_rawHeaders`` (canonical name -> values) for a
-# decade; should that change, the public constructor is used instead.
-_DIRECT_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
-
-
 _CANONICAL: dict[str, bytes] = {}
 # Values repeat: the constant headers, one VAPID header per push service for hours,
 # one Topic per subscription. Checked and encoded once; bounded.
@@ -192,11 +188,7 @@ def request_headers(headers: dict[str, str]) -> Headers:
             ((canonical, _),) = Headers({name: [value]}).getAllRawHeaders()
             _CANONICAL[name] = canonical
         raw[canonical] = [encoded]
-    if _DIRECT_HEADERS:
-        built = Headers()
-        built._rawHeaders = raw
-        return built
-    return Headers(raw)  # type: ignore[arg-type]
+    return headers_from(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from jmappushd.auth.authenticator import Principal
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.net import _fastpath
 from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import WheelTimer
 from jmappushd.transports.websocket.eager import run_eagerly
@@ -91,12 +92,11 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes) -> None:
         # Anything at all from the client (message, ping, pong) proves it is alive.
         self._last_rx = self.factory.clock.seconds()
-        if (self.state == _OPEN and self.current_frame is None and not self.data
-                and not self.inside_message):
+        if _fastpath.ws_between_frames(self):
             data = self._take_whole_frames(data)
             if not data:
                 return
-        self._dataReceived(data)
+        _fastpath.ws_feed(self, data)
 
     def _take_whole_frames(self, data: bytes) -> bytes:
         """Handle the common frames here; return the rest, from the first other one, for
@@ -106,9 +106,11 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         empty pongs. Autobahn's general state machine costs more than the JMAP work
         of a ``Core/echo``, so those are taken straight from the TCP chunk: unmasked
         (RFC 6455 §5.3), checked as UTF-8 (§8.1) and handed to ``onMessage``.
-        Anything else (fragments, pings, close, binary, reserved bits, unmasked or
-        oversized or incomplete frames, invalid UTF-8) goes to Autobahn unchanged,
-        which then handles it and everything after it exactly as before.
+        Anything else (fragments, pings, close, binary, reserved bits, unmasked,
+        oversized, incomplete or non-minimally encoded frames, 64-bit lengths, pongs
+        over 125 octets, invalid UTF-8) goes to Autobahn unchanged, which then handles
+        it and everything after it: the answer never depends on how TCP split the
+        bytes (tests/test_websocket_frames_differential.py).
         """
         pos, size = 0, len(data)
         cap = self.factory.max_frame_payload
@@ -119,9 +121,11 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             length = second & 0x7F
             key_at = pos + 2
             if length == 126:
-                if size - pos < 8:
-                    break
+                if size - pos < 8 or first == FIN_PONG:
+                    break  # a control frame > 125 octets: Autobahn closes 1002 (§5.5)
                 length = (data[pos + 2] << 8) | data[pos + 3]
+                if length < 126:
+                    break  # not the minimal length encoding: Autobahn closes 1002 (§5.2)
                 key_at = pos + 4
             elif length == 127:
                 break
@@ -168,22 +172,14 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if isBinary:
             self.close(CLOSE_UNSUPPORTED_DATA, "binary messages are not supported")  # C-WS-2
 
-    def onMessageEnd(self) -> None:
-        # Autobahn's version also fires an observable "message" event (a Deferred per
-        # message) that nothing here listens to; hand the message over directly.
-        if not self.failedByMe:
-            self.onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None  # type: ignore[assignment]
-
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # The common case without Autobahn's eagerly formatted debug log line. Every
         # call carries one whole frame, so it may go out at once (see sendnow).
-        if sync or chopsize or self.send_queue:
+        if sync or chopsize or not _fastpath.ws_send_direct(self):
             super().sendData(data, sync, chopsize)
             return
         send_now(self.transport, data)
-        if self.state == _OPEN:
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        _fastpath.ws_count_sent(self, len(data))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
@@ -195,7 +191,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """Leave the hub now, send Close ``code`` and abort if no answer comes in time."""
         self._stop_push()
         if self.state == _OPEN:
-            self.failedByMe = True  # Autobahn then discards the rest of any message
+            _fastpath.ws_discard_rest(self)
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
         elif self.state != _CLOSED:
             self._await_close()

@@ -1,0 +1,325 @@
+"""Every read of a library's private internals, in one place, each with a public fallback.
+
+The hot paths measured in ``docs/benchmarks.rst`` skip a library's general code by
+reading what it keeps privately: Twisted's TCP write queue (``send_now``), the
+chunked state of a ``Request`` (EventSource events), the dict inside ``Headers``
+(Web Push requests), CPython's C JSON encoder (``ijson.dumps``) and Autobahn's
+frame parser state (the WebSocket frame fast path). Each is a flag here, on when the
+installed library still has what it reads. :func:`check` (called once at start-up)
+re-verifies the *behaviour* each one reproduces against the library's own public
+code; a path that no longer matches is switched off, so its callers use the public
+API (``transport.write``, ``Request.write``, ``Headers(...)``, ``JSONEncoder``,
+Autobahn's ``dataReceived``), and is logged once. The upper bounds in ``setup.cfg``
+keep upgrades deliberate; this check keeps them safe.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from json import encoder as _json_encoder
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import abstract, tcp
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.http_headers import Headers
+
+if TYPE_CHECKING:
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+_log = Logger()
+
+TCP_SEND = all(hasattr(abstract.FileDescriptor, a)
+               for a in ("dataBuffer", "offset", "_writeDisconnected", "connected",
+                         "disconnecting"))
+"""``send_now`` may call ``socket.send`` on a ``tcp.Server`` with an empty write queue."""
+
+CHUNK_WRITE = all(hasattr(http.Request, a)
+                  for a in ("chunked", "startedWriting", "finished", "_disconnected",
+                            "sentLength"))
+"""An EventSource event may be framed as one HTTP/1.1 chunk and sent at once."""
+
+RAW_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
+"""``Headers`` may be filled with already canonical, already checked names and values."""
+
+C_ENCODER = getattr(_json_encoder, "c_make_encoder", None) is not None
+"""One C JSON encoder may be built once and reused for every ``dumps``."""
+
+WS_FRAMES = True
+"""Whole small client frames may be parsed from the TCP chunk and Autobahn's state read;
+set by :func:`check` (Autobahn is only imported there)."""
+
+_warned: set[str] = set()
+
+
+# -- Twisted TCP: the write queue of a tcp.Server --
+
+
+def tcp_idle_socket(transport: Any) -> socket.socket | None:
+    """The socket of a plain TCP server connection with nothing queued, else ``None``.
+
+    Reproduces the test Twisted's ``FileDescriptor.write`` leaves to ``doWrite``: data
+    may go to the kernel now only if nothing is buffered (``_tempDataLen``, the unsent
+    part of ``dataBuffer`` after ``offset``) and writing was not shut down.
+    """
+    if (TCP_SEND and type(transport) is tcp.Server and transport.connected
+            and not transport.disconnecting and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and not transport._writeDisconnected):
+        sock: socket.socket = transport.socket
+        return sock
+    return None
+
+
+# -- twisted.web: one chunk of a chunked response --
+
+
+def chunk_transport(request: http.Request, data: bytes) -> Any:
+    """The transport to send ``data`` on as a whole chunk, or ``None`` for ``Request.write``.
+
+    Reproduces ``Request.write`` once the headers are out in chunked mode: it counts
+    ``sentLength`` and writes ``toChunk(data)``. The caller sends :func:`chunk` itself
+    so the chunk leaves at once instead of on the next reactor turn.
+    """
+    if (CHUNK_WRITE and data and request.chunked and request.startedWriting
+            and not request.finished and not request._disconnected):
+        request.sentLength += len(data)
+        return request.channel.transport
+    return None
+
+
+def chunk(data: bytes) -> bytes:
+    """HTTP/1.1 chunk framing, byte for byte ``twisted.web.http.toChunk``."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def raw_transport(request: http.Request) -> Any:
+    """The connection's transport, for a response written before the request is parsed.
+
+    ``HTTPChannel`` answers malformed requests the same way (a complete response
+    straight to the transport, then ``loseConnection``); ``Request.write`` cannot,
+    since it needs the request line that has not been parsed yet. Only public
+    attributes (``Request.channel``, ``Protocol.transport``) are read.
+    """
+    channel = request.channel
+    return channel.transport if channel is not None else None
+
+
+# -- twisted.web: Headers --
+
+
+def headers_from(raw: dict[bytes, list[bytes]]) -> Headers:
+    """``Headers`` holding ``raw`` (canonical names, checked ASCII values) as given.
+
+    Reproduces ``Headers(raw)`` without its per-name and per-value re-encoding.
+    """
+    if RAW_HEADERS:
+        built = Headers()
+        built._rawHeaders = raw
+        return built
+    return Headers(raw)  # type: ignore[arg-type]
+
+
+# -- Autobahn: the frame parser's state and its send queue --
+
+
+def ws_between_frames(proto: WebSocketServerProtocol) -> bool:
+    """True when an open connection is between frames with nothing buffered.
+
+    Only then may a whole frame be parsed outside Autobahn: its parser keeps a partly
+    received frame in ``current_frame``/``data`` and a fragmented message open in
+    ``inside_message``.
+    """
+    return bool(WS_FRAMES and proto.state == proto.STATE_OPEN
+                and proto.current_frame is None and not proto.data
+                and not proto.inside_message)
+
+
+def ws_feed(proto: WebSocketServerProtocol, data: bytes) -> None:
+    """Autobahn's ``dataReceived`` without the debug line it formats eagerly per call."""
+    if WS_FRAMES:
+        proto._dataReceived(data)
+    else:
+        from autobahn.twisted.websocket import WebSocketAdapterProtocol
+
+        WebSocketAdapterProtocol.dataReceived(proto, data)
+
+
+def ws_send_direct(proto: WebSocketServerProtocol) -> bool:
+    """True when a whole frame may bypass Autobahn's ``sendData`` (nothing queued in it)."""
+    return bool(WS_FRAMES and not proto.send_queue)
+
+
+def ws_count_sent(proto: WebSocketServerProtocol, octets: int) -> None:
+    """Count a directly sent frame in Autobahn's traffic statistics, as ``sendData`` does."""
+    if proto.state == proto.STATE_OPEN:
+        proto.trafficStats.outgoingOctetsWireLevel += octets
+
+
+def ws_discard_rest(proto: WebSocketServerProtocol) -> None:
+    """Make Autobahn drop the rest of any message, as it does when it fails a connection."""
+    proto.failedByMe = True
+
+
+# -- CPython json: the C encoder --
+
+
+def c_encoder(default: Callable[[Any], Any]) -> Callable[[Any, int], list[str]] | None:
+    """A reusable C encoder for compact, non-ASCII-escaping, NaN-refusing JSON, or ``None``.
+
+    Reproduces ``JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False).encode`` for dicts, which builds this same encoder on every call.
+    """
+    make = getattr(_json_encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    built: Callable[[Any, int], list[str]] = make(
+        None, default, _json_encoder.encode_basestring, None, ":", ",", False, False, False)
+    return built
+
+
+# -- the start-up check --
+
+
+def check() -> list[str]:
+    """Verify every fast path against the installed libraries; return the ones switched off.
+
+    Call once at start-up: each path whose library no longer behaves as it reproduces
+    is turned off (its callers then use the public API) and logged once.
+    """
+    global TCP_SEND, CHUNK_WRITE, RAW_HEADERS, C_ENCODER, WS_FRAMES
+    # Each probe runs the fast path itself, so every path is on while they run.
+    TCP_SEND = CHUNK_WRITE = RAW_HEADERS = C_ENCODER = WS_FRAMES = True
+    TCP_SEND = _passes(_probe_tcp_send)
+    CHUNK_WRITE = _passes(_probe_chunk_write)
+    RAW_HEADERS = _passes(_probe_headers)
+    C_ENCODER = _passes(_probe_c_encoder)
+    WS_FRAMES = _passes(_probe_ws_frames)
+    flags = {"tcp-send": TCP_SEND, "chunk-write": CHUNK_WRITE, "raw-headers": RAW_HEADERS,
+             "c-json-encoder": C_ENCODER, "websocket-frames": WS_FRAMES}
+    missing = [name for name, on in flags.items() if not on]
+    for name in missing:
+        if name not in _warned:
+            _warned.add(name)
+            _log.warn("fast path {path} is off: the installed library no longer has what "
+                      "it reads; using the public API", path=name)
+    return missing
+
+
+def _passes(probe: Callable[[], bool]) -> bool:
+    """A probe that raises (an attribute gone, a changed signature) has failed."""
+    try:
+        return probe()
+    except Exception:
+        return False
+
+
+def _probe_tcp_send() -> bool:
+    """A queued write shows in ``_tempDataLen``; with the queue empty a send is direct."""
+    ours, theirs = socket.socketpair()
+    try:
+        server = tcp.Server(ours, _Null(), ("127.0.0.1", 1), None, 0,  # type: ignore[arg-type]
+                            MemoryReactor())
+        if tcp_idle_socket(server) is not ours:
+            return False
+        server.write(b"q")
+        return tcp_idle_socket(server) is None and server._tempDataLen == 1
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _probe_chunk_write() -> bool:
+    """Our framing of a second write equals ``Request.write``'s, and so does its count."""
+    public, fast = _started_request(), _started_request()
+    wire_of = public.channel.transport
+    assert isinstance(wire_of, StringTransport)
+    before = wire_of.value()
+    public.write(b"event")
+    wire = wire_of.value()[len(before):]
+    transport = chunk_transport(fast, b"event")
+    if transport is None:
+        return False
+    transport.write(chunk(b"event"))
+    return (wire == chunk(b"event") == transport.value()[len(before):]
+            and public.sentLength == fast.sentLength)
+
+
+def _started_request() -> http.Request:
+    """A GET over HTTP/1.1 whose headers and first chunk are written."""
+    channel = http.HTTPChannel()
+    channel.timeOut = None
+    channel.makeConnection(StringTransport())
+    request = http.Request(channel)
+    request.clientproto, request.method = b"HTTP/1.1", b"GET"
+    request.write(b"first")
+    return request
+
+
+def _probe_headers() -> bool:
+    """Filled directly, ``Headers`` equals the public constructor's and answers lookups."""
+    if "_rawHeaders" not in getattr(Headers, "__slots__", ()):
+        return False
+    raw = {b"Content-Encoding": [b"aes128gcm"], b"Ttl": [b"60"]}
+    built = headers_from(dict(raw))
+    return (built == Headers(raw)  # type: ignore[arg-type]
+            and built.getRawHeaders(b"ttl") == [b"60"]
+            and sorted(built.getAllRawHeaders()) == sorted(raw.items()))
+
+
+def _probe_c_encoder() -> bool:
+    """The reused encoder's output equals ``json.dumps`` with the same options."""
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    encode = c_encoder(plain.default)
+    sample = {"@type": "StateChange", "é": [1, 2.5, None, True, "\u2028\n"], "n": {}}
+    return encode is not None and "".join(encode(sample, 0)) == plain.encode(sample)
+
+
+def _probe_ws_frames() -> bool:
+    """Autobahn's parser state reads as the WebSocket fast path expects it to.
+
+    A real Autobahn server protocol on a ``StringTransport`` is opened and fed a text
+    frame in two parts: between frames it must look idle, inside one it must not, and
+    the message must arrive whole; a directly sent frame must be countable.
+    """
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+    got: list[bytes] = []
+
+    class Probe(WebSocketServerProtocol):  # type: ignore[misc]
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            got.append(payload)
+
+    factory = WebSocketServerFactory(reactor=MemoryReactor())
+    factory.protocol = Probe
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
+                               autoPingInterval=0)
+    proto: WebSocketServerProtocol = Probe()
+    proto.factory = factory
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(_PROBE_HANDSHAKE)
+    frame = b"\x81\x82\x00\x00\x00\x00ok"  # masked "ok" with a zero key
+    opened = ws_between_frames(proto) and ws_send_direct(proto)
+    ws_feed(proto, frame[:5])
+    inside = not ws_between_frames(proto)
+    ws_feed(proto, frame[5:])
+    before = proto.trafficStats.outgoingOctetsWireLevel
+    ws_count_sent(proto, 3)
+    counted = proto.trafficStats.outgoingOctetsWireLevel == before + 3
+    return opened and inside and ws_between_frames(proto) and got == [b"ok"] and counted
+
+
+_PROBE_HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+class _Null:
+    """The least a ``tcp.Server`` needs from its protocol for the probe."""
+
+    def makeConnection(self, transport: object) -> None:
+        """Nothing to set up."""

@@ -1,0 +1,245 @@
+"""net._fastpath: each private-internals fast path matches the library's public code, and
+when the start-up check finds a library changed, the public path is used with the same
+output and one log line.
+
+No reactor and no real connections: a ``tcp.Server`` on a socketpair with a
+MemoryReactor, twisted.web Requests on StringTransports. The WebSocket frame fast path
+has its own differential test (tests/test_websocket_frames_differential.py).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from json import encoder as json_encoder
+from typing import Any
+
+import pytest
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import abstract, tcp
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.http_headers import Headers
+
+from jmappushd.jmap import ijson
+from jmappushd.net import _fastpath
+from jmappushd.net.sendnow import send_now
+from jmappushd.transports.webpush.sender import request_headers
+
+
+@pytest.fixture(autouse=True)
+def rechecked() -> Iterator[None]:
+    """Every test leaves the flags as the installed libraries set them."""
+    yield
+    assert _fastpath.check() == []
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(_fastpath, "_log", Logger(observer=events.append))
+    monkeypatch.setattr(_fastpath, "_warned", set())
+    return events
+
+
+def test_the_installed_libraries_pass() -> None:
+    """Twisted, Autobahn and json as installed still have everything the fast paths read."""
+    assert _fastpath.check() == []
+    assert _fastpath.TCP_SEND and _fastpath.CHUNK_WRITE and _fastpath.RAW_HEADERS
+    assert _fastpath.C_ENCODER and _fastpath.WS_FRAMES
+
+
+# -- send_now on a tcp.Server --
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[tcp.Server, socket.socket, MemoryReactor]]:
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    reactor = MemoryReactor()
+    transport = tcp.Server(ours, _fastpath._Null(), ("127.0.0.1", 1), None,  # type: ignore[arg-type]
+                           0, reactor)
+    yield transport, theirs, reactor
+    ours.close()
+    theirs.close()
+
+
+def test_send_now_sends_at_once(server: tuple[tcp.Server, socket.socket, MemoryReactor]
+                                ) -> None:
+    """With the fast path on and nothing queued, the peer has the bytes on return and
+    the reactor was never asked to write."""
+    transport, peer, reactor = server
+    send_now(transport, b"event")
+    assert peer.recv(100) == b"event"
+    assert transport not in reactor.writers
+
+
+def test_send_now_falls_back_to_write(server: tuple[tcp.Server, socket.socket, MemoryReactor],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switched off, send_now is ``transport.write``: queued for the reactor, not sent."""
+    transport, peer, reactor = server
+    monkeypatch.setattr(_fastpath, "TCP_SEND", False)
+    send_now(transport, b"event")
+    assert transport in reactor.writers and transport._tempDataLen == 5
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
+
+
+def test_a_changed_write_queue_switches_tcp_send_off(monkeypatch: pytest.MonkeyPatch,
+                                                     logged: list[dict[str, Any]]) -> None:
+    """A Twisted without ``_writeDisconnected`` fails the check: off, and logged once."""
+    monkeypatch.delattr(abstract.FileDescriptor, "_writeDisconnected")
+    assert _fastpath.check() == ["tcp-send"]
+    assert _fastpath.check() == ["tcp-send"]
+    assert not _fastpath.TCP_SEND
+    assert [e["path"] for e in logged] == ["tcp-send"]
+    assert _fastpath.tcp_idle_socket(object()) is None
+
+
+# -- one chunk of a chunked response --
+
+
+def started_request() -> tuple[http.Request, StringTransport]:
+    transport = StringTransport()
+    channel = http.HTTPChannel()
+    channel.timeOut = None
+    channel.makeConnection(transport)
+    request = http.Request(channel)
+    request.clientproto, request.method = b"HTTP/1.1", b"GET"
+    request.write(b"retry: 5000\n\n")
+    return request, transport
+
+
+@pytest.mark.parametrize("event", [b"x", b"event: state\ndata: {}\n\n", b"\xe2\x82\xac" * 5000])
+def test_chunk_framing_is_request_write(event: bytes) -> None:
+    """ES wire format: an event framed here is byte for byte what ``Request.write``
+    sends, and ``sentLength`` (the access log's length) counts it the same."""
+    public, public_wire = started_request()
+    fast, fast_wire = started_request()
+    public.write(event)
+    transport = _fastpath.chunk_transport(fast, event)
+    assert transport is fast_wire
+    send_now(transport, _fastpath.chunk(event))
+    assert fast_wire.value() == public_wire.value()
+    assert fast.sentLength == public.sentLength
+
+
+def test_chunk_fast_path_only_where_request_write_would_chunk() -> None:
+    """Before the headers, after finish, once disconnected, or for an empty write (which
+    ``Request.write`` sends nothing for), the caller must use ``Request.write``."""
+    channel = http.HTTPChannel()
+    channel.timeOut = None
+    channel.makeConnection(StringTransport())
+    fresh = http.Request(channel)
+    assert _fastpath.chunk_transport(fresh, b"x") is None
+    request, _ = started_request()
+    assert _fastpath.chunk_transport(request, b"") is None
+    request._disconnected = True
+    assert _fastpath.chunk_transport(request, b"x") is None
+    finished, _ = started_request()
+    finished.finished = 1  # what Request.finish sets
+    assert _fastpath.chunk_transport(finished, b"x") is None
+
+
+def test_a_changed_request_switches_chunk_write_off(monkeypatch: pytest.MonkeyPatch,
+                                                    logged: list[dict[str, Any]]) -> None:
+    """A Request without ``sentLength`` fails the check; the stream then writes through
+    ``Request.write`` (chunk_transport gives no transport)."""
+    monkeypatch.delattr(http.Request, "sentLength")
+    assert _fastpath.check() == ["chunk-write"]
+    monkeypatch.undo()
+    request, _ = started_request()
+    assert _fastpath.chunk_transport(request, b"x") is None
+    assert [e["path"] for e in logged] == ["chunk-write"]
+
+
+# -- Headers --
+
+SAMPLE = {"TTL": "2419200", "Urgency": "normal", "Content-Type": "application/octet-stream",
+          "Authorization": "vapid t=eyJ0eXAiOiJKV1QifQ.e30.sig, k=BPk", "Topic": "t-1",
+          "Content-Encoding": "aes128gcm"}
+
+
+def public_headers(headers: dict[str, str]) -> Headers:
+    return Headers({name: [value] for name, value in headers.items()})
+
+
+def test_request_headers_are_what_headers_builds() -> None:
+    """WP-1..WP-4: the directly filled Headers equal twisted.web's own for the same input."""
+    built = request_headers(SAMPLE)
+    assert built == public_headers(SAMPLE)
+    assert sorted(built.getAllRawHeaders()) == sorted(public_headers(SAMPLE).getAllRawHeaders())
+
+
+def test_without_raw_headers_the_constructor_is_used(monkeypatch: pytest.MonkeyPatch,
+                                                     logged: list[dict[str, Any]]) -> None:
+    """A Headers whose slots changed fails the check; the public constructor then builds
+    the same headers."""
+    monkeypatch.setattr(Headers, "__slots__", ["_other"])
+    assert _fastpath.check() == ["raw-headers"]
+    monkeypatch.undo()
+    assert request_headers(SAMPLE) == public_headers(SAMPLE)
+    assert [e["path"] for e in logged] == ["raw-headers"]
+
+
+# -- the C JSON encoder --
+
+DOCS: list[Any] = [
+    {"@type": "StateChange", "changed": {"A": {"Email": "s1", "Mailbox": "s2"}}},
+    {"é": "\u2028 \"quoted\" \\ \n\t", "n": [1, -2.5, 1e300, None, True, False], "e": {}},
+    {"deep": [[{"x": [[]]}]], "big": 2**70, "emoji": "😀"},
+    ["a list", 1],
+    "a string",
+]
+
+
+def compact(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_dumps_is_json_dumps(doc: Any) -> None:
+    """The reused C encoder writes exactly what ``json.dumps`` with the same options does."""
+    assert ijson.dumps(doc) == compact(doc)
+
+
+def test_dumps_refuses_nan_like_json_dumps() -> None:
+    """A non-finite float is a programming error on both paths."""
+    with pytest.raises(ValueError):
+        ijson.dumps({"x": float("nan")})
+
+
+def test_without_the_c_encoder_dumps_is_unchanged(monkeypatch: pytest.MonkeyPatch,
+                                                  logged: list[dict[str, Any]]) -> None:
+    """A Python without ``c_make_encoder`` fails the check; ``dumps`` then uses the pure
+    JSONEncoder and writes the same bytes."""
+    monkeypatch.setattr(json_encoder, "c_make_encoder", None)
+    assert _fastpath.check() == ["c-json-encoder"]
+    assert _fastpath.c_encoder(lambda o: o) is None
+    for doc in DOCS:
+        assert ijson.dumps(doc) == compact(doc)
+    assert [e["path"] for e in logged] == ["c-json-encoder"]
+
+
+# -- Autobahn --
+
+
+def test_a_changed_autobahn_switches_the_frame_fast_path_off(
+        monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]) -> None:
+    """An Autobahn whose parser entry point moved fails the check; the WebSocket fast path
+    is then off (its answers equal Autobahn's alone: the differential test)."""
+    monkeypatch.setattr(WebSocketProtocol, "_dataReceived", None)
+    assert _fastpath.check() == ["websocket-frames"]
+    assert not _fastpath.WS_FRAMES
+    assert [e["path"] for e in logged] == ["websocket-frames"]
+
+
+def test_a_raising_probe_counts_as_failed() -> None:
+    """A probe that raises (a changed signature) switches its path off instead of
+    stopping the daemon's start-up."""
+    def broken() -> bool:
+        raise TypeError("changed")
+    assert _fastpath._passes(broken) is False
