@@ -208,3 +208,17 @@ async def test_listener_binds_and_releases_its_port() -> None:
     await listener.stopService()
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_start_checks_the_fast_paths_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """Start-up asks the guarded fast-path module to verify the installed libraries
+    before anything listens, so a changed Twisted/Autobahn falls back to public APIs."""
+    from jmappushd.net import _fastpath
+
+    calls: list[str] = []
+    monkeypatch.setattr(_fastpath, "check", lambda: calls.append("check") or [])
+    service, rec, *_ = build(tmp_path)
+    service.startService()
+    assert calls == ["check"]
+    assert rec.events[0] == "start core"

@@ -37,6 +37,7 @@ from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import MethodRegistry
 from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
+from jmappushd.net import _fastpath
 from jmappushd.store.interface import IStore
 from jmappushd.store.sqlite import SQLiteStore
 from jmappushd.transports.eventsource.service import EventSourceService
@@ -118,6 +119,9 @@ class JMAPPushService(MultiService):
         soft, hard = raise_open_files_limit(config.server.max_open_files)
         self.log.info("open files limit: soft {soft}, hard {hard}", soft=soft, hard=hard)
         self.app.admin_token = load_or_create_admin_token(config.admin.token_file)
+        # The hot paths that read library internals are checked against the installed
+        # Twisted/Autobahn once; each one that no longer fits falls back to the public API.
+        _fastpath.check()
         super().startService()
         defer.ensureDeferred(self._become_ready()).addErrback(self._start_failed)
 
