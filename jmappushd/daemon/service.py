@@ -11,7 +11,6 @@ import contextlib
 import os
 import resource
 import secrets
-import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,10 +32,9 @@ from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import MethodRegistry
 from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
+from jmappushd.store.backends import create_store, prepare_store
 from jmappushd.store.interface import IStore
-from jmappushd.store.records import SchemaTooNew
-from jmappushd.store.schema import configure_connection, migrate
-from jmappushd.store.sqlite import SQLiteStore
+from jmappushd.store.records import StoreError
 from jmappushd.web.admin import ADMIN_MAX_BODY, build_admin_root
 from jmappushd.web.root import build_root
 from jmappushd.web.site import JMAPSite
@@ -67,35 +65,17 @@ def load_or_create_admin_token(path: str) -> str:
 
 
 def prepare_state(config: Config) -> None:
-    """Create the state directory, the admin token and the schema, or raise StateError."""
+    """Create the state directory, the admin token and the store's schema, or raise
+    StateError."""
     try:
         Path(config.server.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(config.storage.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         load_or_create_admin_token(config.admin.token_file)
     except OSError as exc:
         raise StateError(f"{exc.filename}: {exc.strerror}") from exc
     try:
-        old_umask = os.umask(0o077)
-        try:
-            connection = sqlite3.connect(config.storage.path, isolation_level=None)
-        finally:
-            os.umask(old_umask)
-        try:
-            configure_connection(connection, "NORMAL", 5000)
-            cursor = connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                migrate(cursor)
-                cursor.execute("COMMIT")
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-        finally:
-            connection.close()
-    except SchemaTooNew as exc:
-        raise StateError(f"{config.storage.path}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise StateError(f"{config.storage.path}: cannot open the database: {exc}") from exc
+        prepare_store(config.storage)
+    except StoreError as exc:
+        raise StateError(str(exc)) from exc
 
 
 def raise_open_files_limit(wanted: int) -> tuple[int, int]:
@@ -118,7 +98,7 @@ def build_registry() -> MethodRegistry:
 
 def build_app(config: Config, reactor: Any, store: IStore | None = None) -> App:
     """Create every shared object; nothing is started yet."""
-    store = store if store is not None else SQLiteStore(config.storage.path, reactor=reactor)
+    store = store if store is not None else create_store(config.storage, reactor)
 
     def run_in_thread(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
