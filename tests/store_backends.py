@@ -1,0 +1,82 @@
+"""The store backends the conformance suite runs against, one fixture param each.
+
+A new backend (PostgreSQL) is one more ``Backend`` in ``BACKENDS``: ``make``
+returns a new, unopened store object on the backend's data for this test
+(called again, on the *same* data when ``persists``), ``fresh`` one on new data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorTime
+
+from jmappushd.store import IStore, MemoryStore, PushSubscription, SQLiteStore
+
+Maker = Callable[[IReactorTime | None], IStore]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How to make stores of one backend for one test."""
+
+    name: str
+    make: Maker  # same data each call (when persists)
+    fresh: Maker  # new, empty data each call
+    persists: bool
+
+
+def sqlite_backend(tmp_path: Path) -> Backend:
+    counter = iter(range(1_000_000))
+
+    def on(path: Path) -> Maker:
+        return lambda clock: SQLiteStore(str(path), reactor, clock=clock)
+
+    def fresh(clock: IReactorTime | None) -> IStore:
+        return on(tmp_path / f"fresh{next(counter)}.sqlite")(clock)
+
+    return Backend("sqlite", on(tmp_path / "state" / "store.sqlite"), fresh, persists=True)
+
+
+def memory_backend(tmp_path: Path) -> Backend:
+    return Backend("memory", MemoryStore, MemoryStore, persists=False)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "sqlite": sqlite_backend,
+    "memory": memory_backend,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return BACKENDS[request.param](tmp_path)
+
+
+@pytest_twisted.async_yield_fixture
+async def store(backend: Backend) -> AsyncIterator[IStore]:
+    opened = backend.make(None)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+DIGEST_1 = bytes(range(32))
+DIGEST_2 = bytes(range(1, 33))
+
+
+def subscription(sub_id: str, user_id: str, credential: str, **changes: object
+                 ) -> PushSubscription:
+    """A stored-subscription record with test defaults."""
+    base = PushSubscription(
+        id=sub_id, user_id=user_id, credential_id=credential, device_client_id="dev",
+        url=f"https://push.example/{sub_id}-endpoint", keys_p256dh="P", keys_auth="A",
+        verification_code="code-" + sub_id, verified=False, client_verification_code=None,
+        expires=1000.0, types=("Email",), vapid_key_id="k1", created=10.0)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
