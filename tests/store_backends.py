@@ -1,5 +1,8 @@
 """The store backends the conformance suite runs against, one fixture param each.
 
+Test modules import ``backend_fixture`` and ``store_fixture`` and take the
+fixtures as ``backend`` and ``store``.
+
 A new backend (PostgreSQL) is one more ``Backend`` in ``BACKENDS``: ``make``
 returns a new, unopened store object on the backend's data for this test
 (called again, on the *same* data when ``persists``), ``fresh`` one on new data.
@@ -54,13 +57,13 @@ BACKENDS: dict[str, Callable[[Path], Backend]] = {
 }
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+@pytest.fixture(name="backend", params=sorted(BACKENDS))
+def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return BACKENDS[request.param](tmp_path)
 
 
-@pytest_twisted.async_yield_fixture
-async def store(backend: Backend) -> AsyncIterator[IStore]:
+@pytest_twisted.async_yield_fixture(name="store")
+async def store_fixture(backend: Backend) -> AsyncIterator[IStore]:
     opened = backend.make(None)
     await opened.open()
     yield opened

@@ -27,8 +27,8 @@ from tests.store_backends import (  # noqa: F401 - fixtures
     DIGEST_1,
     DIGEST_2,
     Backend,
-    backend,
-    store,
+    backend_fixture,
+    store_fixture,
     subscription,
 )
 

@@ -10,7 +10,6 @@ earlier call; its Deferred fires at once too, unless a test has called
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
@@ -215,13 +214,7 @@ class MemoryStore:
         return self._call(update)
 
     def save_push_delivery(self, sub_id: str, delivery: PushDelivery) -> Deferred[bool]:
-        def save() -> bool:
-            sub = self._data.subs.get(sub_id)
-            if sub is not None:
-                self._data.subs[sub_id] = dataclasses.replace(sub, delivery=delivery)
-            return sub is not None
-
-        return self._call(save)
+        return self._call(lambda: self._data.save_delivery(sub_id, delivery))
 
     def delete_push_subscription(self, sub_id: str) -> Deferred[bool]:
         return self._call(lambda: self._data.subs.pop(sub_id, None) is not None)

@@ -202,6 +202,12 @@ class MemoryData:
         self.subs[sub_id] = dataclasses.replace(sub, delivery=delivery, **fields)
         return True
 
+    def save_delivery(self, sub_id: str, delivery: PushDelivery) -> bool:
+        sub = self.subs.get(sub_id)
+        if sub is not None:
+            self.subs[sub_id] = dataclasses.replace(sub, delivery=_copy_delivery(delivery))
+        return sub is not None
+
     def delete_other_keys(self, key_ids: Sequence[str]) -> list[str]:
         gone = [s.id for s in self.subscriptions() if s.vapid_key_id not in key_ids]
         for sub_id in gone:
