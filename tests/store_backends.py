@@ -83,3 +83,23 @@ def subscription(sub_id: str, user_id: str, credential: str, **changes: object
         verification_code="code-" + sub_id, verified=False, client_verification_code=None,
         expires=1000.0, types=("Email",), vapid_key_id="k1", created=10.0)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def counting_ids() -> Callable[[str], str]:
+    """Predictable ids for a MemoryStore: u1, u2, ... for users, t1, ... for tokens."""
+    counts: dict[str, int] = {}
+
+    def make_id(prefix: str) -> str:
+        counts[prefix] = counts.get(prefix, 0) + 1
+        return f"{prefix}{counts[prefix]}"
+
+    return make_id
+
+
+def open_memory_store(clock: IReactorTime | None = None, *, predictable_ids: bool = True
+                      ) -> MemoryStore:
+    """An opened MemoryStore (it opens at once), with counting ids unless asked not to."""
+    store = (MemoryStore(clock, make_id=counting_ids()) if predictable_ids
+             else MemoryStore(clock))
+    store.open()
+    return store

@@ -29,18 +29,28 @@ from jmappushd.store.records import (
     TokenRecord,
     User,
 )
-from jmappushd.store.rules import check_digest, check_kept_keys, check_updatable, flatten
+from jmappushd.store.rules import (
+    check_digest,
+    check_kept_keys,
+    check_updatable,
+    flatten,
+    new_id,
+)
 
 T = TypeVar("T")
 
 
 @implementer(IStore)
 class MemoryStore:
-    """IStore on plain dicts; ``clock`` stamps ``created`` times (None: always 0)."""
+    """IStore on plain dicts; ``clock`` stamps ``created`` times (None: always 0).
 
-    def __init__(self, clock: IReactorTime | None = None) -> None:
+    ``make_id`` (prefix -> id) lets a test choose user and token ids.
+    """
+
+    def __init__(self, clock: IReactorTime | None = None, *,
+                 make_id: Callable[[str], str] = new_id) -> None:
         self._clock = clock
-        self._data = MemoryData("e" + secrets.token_hex(8))
+        self._data = MemoryData("e" + secrets.token_hex(8), make_id)
         self._open = False
         self._held: list[tuple[Deferred[object], object]] | None = None
         self._next_failure: Exception | None = None

@@ -8,7 +8,7 @@ hold both backends to the same answers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jmappushd.store.records import (
@@ -37,8 +37,9 @@ def _copy_delivery(d: PushDelivery) -> PushDelivery:
 class MemoryData:
     """Users (by name), tokens, grants, states, metadata and push subscriptions."""
 
-    def __init__(self, epoch: str) -> None:
+    def __init__(self, epoch: str, make_id: Callable[[str], str] = new_id) -> None:
         self.epoch = epoch
+        self.make_id = make_id
         self.seq = 0
         self.auth_generation = 0
         self.users: dict[str, User] = {}
@@ -66,10 +67,10 @@ class MemoryData:
                  now: float) -> User:
         if name in self.users:
             raise UserExists(name)
-        account = account_id if account_id is not None else new_id("a")
+        account = account_id if account_id is not None else self.make_id("a")
         if any(u.primary_account_id == account for u in self.users.values()):
             raise AccountInUse(account)
-        user = User(new_id("u"), name, password_hash, account, now)
+        user = User(self.make_id("u"), name, password_hash, account, now)
         self.users[name] = user
         self._bump()
         return user
@@ -118,7 +119,7 @@ class MemoryData:
         user = self._require(name)
         if any(stored == digest for _, stored in self.tokens.values()):
             raise ValueError("a token with this digest already exists")
-        record = TokenRecord(new_id("t"), user.id, now, label)
+        record = TokenRecord(self.make_id("t"), user.id, now, label)
         self.tokens[record.id] = (record, digest)
         self._bump()
         return record
