@@ -14,14 +14,18 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from jmappushd.store import IStore, MemoryStore, PushSubscription, SQLiteStore
 
+T = TypeVar("T")
 Maker = Callable[[IReactorTime | None], IStore]
 
 
@@ -103,3 +107,14 @@ def open_memory_store(clock: IReactorTime | None = None, *, predictable_ids: boo
              else MemoryStore(clock))
     store.open()
     return store
+
+
+def fired(d: Deferred[T]) -> T:
+    """The result of a Deferred that has already fired (the memory store's do at once)."""
+    results: list[T] = []
+    failures: list[Failure] = []
+    d.addCallbacks(results.append, failures.append)
+    if failures:
+        failures[0].raiseException()
+    assert results, "the Deferred has not fired"
+    return results[0]

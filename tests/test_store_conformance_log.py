@@ -12,7 +12,12 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
 from jmappushd.store import IStore, MemoryStore
-from tests.store_backends import Backend, backend_fixture, store_fixture  # noqa: F401
+from tests.store_backends import (  # noqa: F401 - fixtures
+    Backend,
+    backend_fixture,
+    fired,
+    store_fixture,
+)
 
 ID = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,254}$")
 
@@ -240,8 +245,8 @@ def test_memory_store_holds_answers_in_call_order() -> None:
     assert track.fired == []
     store.release()
     assert track.fired == track.issued
-    assert read.result == {"A": {"Email": "s1"}}  # type: ignore[attr-defined]
-    assert store.position().result[1] == 1  # type: ignore[attr-defined]
+    assert fired(read) == {"A": {"Email": "s1"}}
+    assert fired(store.position())[1] == 1
     track.all()
 
 
@@ -250,7 +255,6 @@ def test_memory_store_fail_next() -> None:
     store = MemoryStore()
     store.open()
     store.fail_next(OSError("disk gone"))
-    failed = store.record_changes({"A": {"Email": "s1"}})
-    assert isinstance(failed.result.value, OSError)  # type: ignore[attr-defined]
-    failed.addErrback(lambda _: None)
-    assert store.position().result[1] == 0  # type: ignore[attr-defined]
+    with pytest.raises(OSError, match="disk gone"):
+        fired(store.record_changes({"A": {"Email": "s1"}}))
+    assert fired(store.position())[1] == 0
