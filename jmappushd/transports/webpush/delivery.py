@@ -184,9 +184,9 @@ class DeliveryService:
     async def _recover(self, sub: SubState) -> None:
         """Merge changes recorded after the last durable record of this subscription.
 
-        The SQLite store answers in call order, so every change committed before this
-        query has already reached the listener: the answer is never older than what
-        was merged live, and overwriting with it is safe.
+        Stores answer in call order (guarantee (c) of jmappushd.store.interface), so every
+        change committed before this query has already reached the listener: the answer
+        is never older than what was merged live, and overwriting with it is safe.
         """
         as_of = self._hub.last_seq
         if sub.seq >= as_of:
