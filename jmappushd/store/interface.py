@@ -22,8 +22,10 @@ checks, for all methods of all these interfaces on one store object:
     answers only after every publish already handed to the store has been
     announced, so its answer is never older than what listeners merged live.
 
-Only one store object per process may be open on the same data; another process
-(``jmappushctl``) may write concurrently and its writes are seen by later calls.
+These hold per store object. Other store objects on the same data (another
+process: ``jmappushctl``) may write concurrently; a call sees every such write
+that committed before the call began. Calls made after ``close()`` fail at once
+with StoreClosed.
 """
 
 from __future__ import annotations
