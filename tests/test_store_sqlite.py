@@ -19,6 +19,7 @@ from jmappushd.store import (
     SQLiteStore,
     StoreClosed,
 )
+from jmappushd.store import sqlite as sqlite_module
 from jmappushd.store.schema import MIGRATIONS, configure_connection, migrate, split_statements
 from jmappushd.store.sqlite import SQL_THREADS
 
@@ -195,6 +196,19 @@ async def test_one_sql_thread_is_enforced(store: SQLiteStore) -> None:
     pool = store._pool
     assert pool is not None
     assert (pool.threadpool.min, pool.threadpool.max) == (SQL_THREADS, SQL_THREADS) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_sql_threads_are_refused(db_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool of more than one SQL thread would break call order: open() refuses it and
+    the store stays closed."""
+    monkeypatch.setattr(sqlite_module, "SQL_THREADS", 2)
+    store = SQLiteStore(str(db_path), reactor)
+    with pytest.raises(RuntimeError, match="one SQL thread"):
+        await store.open()
+    with pytest.raises(StoreClosed):
+        await store.position()
 
 
 @pytest_twisted.ensureDeferred

@@ -52,7 +52,7 @@ class MemoryStore:
         self._clock = clock
         self._data = MemoryData("e" + secrets.token_hex(8), make_id)
         self._open = False
-        self._held: list[tuple[Deferred[object], object]] | None = None
+        self._held: list[Callable[[], None]] | None = None
         self._next_failure: Exception | None = None
 
     # -- test hooks --
@@ -65,11 +65,8 @@ class MemoryStore:
     def release(self) -> None:
         """Fire every held answer, in call order, and answer at once again."""
         held, self._held = self._held or [], None
-        for d, outcome in held:
-            if isinstance(outcome, Failure):
-                d.errback(outcome)
-            else:
-                d.callback(outcome)
+        for answer in held:
+            answer()
 
     def fail_next(self, error: Exception) -> None:
         """Make the next call fail with ``error`` without doing its work."""
@@ -79,24 +76,28 @@ class MemoryStore:
 
     def _call(self, work: Callable[[], T]) -> Deferred[T]:
         """Do ``work`` now; answer now or, while held, in turn."""
-        outcome: object
+        d: Deferred[T] = Deferred()
+        answer = self._settle(work, d)
+        if self._held is not None:
+            self._held.append(answer)
+        else:
+            answer()
+        return d
+
+    def _settle(self, work: Callable[[], T], d: Deferred[T]) -> Callable[[], None]:
+        """Run ``work`` (unless closed or told to fail) and return what fires ``d``."""
         if not self._open:
-            outcome = Failure(StoreClosed("the store is not open"))
+            failure = Failure(StoreClosed("the store is not open"))
         elif self._next_failure is not None:
-            outcome, self._next_failure = Failure(self._next_failure), None
+            failure, self._next_failure = Failure(self._next_failure), None
         else:
             try:
-                outcome = work()
+                value = work()
             except Exception:
-                outcome = Failure()
-        d: Deferred[T] = Deferred()
-        if self._held is not None:
-            self._held.append((d, outcome))  # type: ignore[arg-type]
-        elif isinstance(outcome, Failure):
-            d.errback(outcome)
-        else:
-            d.callback(outcome)  # type: ignore[arg-type]
-        return d
+                failure = Failure()
+            else:
+                return lambda: d.callback(value)
+        return lambda: d.errback(failure)
 
     def _now(self) -> float:
         return 0.0 if self._clock is None else self._clock.seconds()

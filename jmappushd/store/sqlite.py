@@ -125,9 +125,10 @@ class SQLiteStore:
             cp_openfun=self._configure,
             cp_reactor=self._reactor,
         )
-        self._pool.start()  # type: ignore[no-untyped-call]
         if (self._pool.threadpool.min, self._pool.threadpool.max) != (1, 1):
-            raise RuntimeError("the SQLite store's call order needs exactly one SQL thread")
+            self._pool = None
+            return fail(RuntimeError("the SQLite store's call order needs one SQL thread"))
+        self._pool.start()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self._open(self._pool))
 
     async def _open(self, pool: adbapi.ConnectionPool) -> None:
