@@ -21,7 +21,8 @@ from twisted.internet import defer, task
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import load_config
 from jmappushd.daemon.service import prepare_state
-from jmappushd.store.sqlite import SQLiteStore
+from jmappushd.store.backends import create_store
+from jmappushd.store.interface import IPrincipalStore
 
 CHEAP_LOG_N = 4  # never used to log in: these users present bearer tokens
 
@@ -29,7 +30,7 @@ CHEAP_LOG_N = 4  # never used to log in: these users present bearer tokens
 async def create(reactor: Any, config_path: str, count: int, prefix: str) -> list[dict[str, str]]:
     config = load_config(config_path)
     prepare_state(config)
-    store = SQLiteStore(config.storage.path, reactor=reactor)
+    store = create_store(config.storage, reactor)
     await store.open()
     password_hash = hash_password("unused-bench-password", CHEAP_LOG_N)
     out: list[dict[str, str]] = []
@@ -44,7 +45,7 @@ async def create(reactor: Any, config_path: str, count: int, prefix: str) -> lis
     return out
 
 
-async def _user(store: SQLiteStore, name: str, password_hash: str) -> dict[str, str]:
+async def _user(store: IPrincipalStore, name: str, password_hash: str) -> dict[str, str]:
     user = await store.add_user(name, password_hash, None)
     token = new_bearer_token()
     await store.create_token(name, token_digest(token), "benchmark")

@@ -108,6 +108,10 @@ def _check_ws_origins(raw: str) -> tuple[str, ...]:
     return () if "*" in origins else origins  # "empty = any" is the one spelling consumers see
 
 
+# [storage] backend values; jmappushd.store.backends has one factory for each.
+STORAGE_BACKENDS = ("sqlite",)
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def check(value: str) -> str:
         if value.lower() not in options:
@@ -168,8 +172,9 @@ class AdminConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """[storage]: the SQLite database."""
+    """[storage]: which backend keeps the durable state, and where."""
 
+    backend: str = _opt("sqlite", check=_choice(STORAGE_BACKENDS))
     path: str = _opt(os.path.join(DEFAULT_STATE_DIR, "jmappushd.sqlite3"), is_path=True)
 
 

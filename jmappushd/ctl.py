@@ -1,8 +1,9 @@
 """``jmappushctl``: manage users, tokens and grants, check the config, publish changes.
 
 Every failure prints one line, ``jmappushctl: error: ...``, and exits non-zero.
-User and token commands write the SQLite store directly (safe while the daemon
-runs: WAL and a busy timeout); the daemon notices through the auth generation.
+User and token commands write the configured store directly (for SQLite, safe
+while the daemon runs: WAL and a busy timeout); the daemon notices through the
+auth generation.
 ``publish`` goes through the running daemon's admin listener.
 """
 
@@ -25,8 +26,9 @@ from jmappushd import __version__
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from jmappushd.daemon.statedir import StateError, load_or_create_admin_token, prepare_state
+from jmappushd.store.backends import create_store
+from jmappushd.store.interface import IPrincipalStore
 from jmappushd.store.records import AccountInUse, NoSuchUser, UserExists
-from jmappushd.store.sqlite import SQLiteStore
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _USERNAME = re.compile(r"^[^\s:]{1,255}$")
@@ -107,11 +109,11 @@ def read_password(from_stdin: bool, stdin: TextIO) -> str:
     return password
 
 
-async def _with_store(config: Config, work: Callable[[SQLiteStore], Coroutine[Any, Any, Any]]
-                      ) -> Any:
+async def _with_store(config: Config,
+                      work: Callable[[IPrincipalStore], Coroutine[Any, Any, Any]]) -> Any:
     from twisted.internet import reactor
 
-    store = SQLiteStore(config.storage.path, reactor=reactor)
+    store = create_store(config.storage, reactor)
     await store.open()
     try:
         return await work(store)
@@ -120,7 +122,7 @@ async def _with_store(config: Config, work: Callable[[SQLiteStore], Coroutine[An
 
 
 async def _user(args: argparse.Namespace, config: Config, out: TextIO, stdin: TextIO) -> None:
-    async def work(store: SQLiteStore) -> None:
+    async def work(store: IPrincipalStore) -> None:
         if args.action == "add":
             if not _USERNAME.match(args.name):
                 raise CtlError(f"invalid user name {args.name!r} (no spaces or colons)")
@@ -149,7 +151,7 @@ async def _user(args: argparse.Namespace, config: Config, out: TextIO, stdin: Te
 
 
 async def _token(args: argparse.Namespace, config: Config, out: TextIO) -> None:
-    async def work(store: SQLiteStore) -> None:
+    async def work(store: IPrincipalStore) -> None:
         if args.action == "create":
             token = new_bearer_token()
             record = await store.create_token(args.name, token_digest(token), args.label)
@@ -172,7 +174,7 @@ async def _account(args: argparse.Namespace, config: Config, out: TextIO) -> Non
     if not _ID.match(args.account_id):
         raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
 
-    async def work(store: SQLiteStore) -> None:
+    async def work(store: IPrincipalStore) -> None:
         if args.action == "grant":
             await store.grant(args.user, args.account_id)
             out.write(f"{args.user} may now read account {args.account_id}\n")

@@ -1,101 +1,79 @@
-"""Fakes for Clock-driven push delivery tests: a store, a transport, a receiver key."""
+"""Fakes for Clock-driven push delivery tests: a recording memory store, a transport, a
+receiver key."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import http_ece
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from jmappushd.config import PushConfig
 from jmappushd.core.hub import Hub
 from jmappushd.metrics import Metrics
-from jmappushd.store.records import Account, PushDelivery, PushSubscription
+from jmappushd.store import MemoryStore
+from jmappushd.store.records import PushDelivery, PushSubscription
 from jmappushd.transports.webpush.b64 import b64url_encode
 from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.ece import public_bytes
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.sender import PushResponse, Sender
 from jmappushd.transports.webpush.vapid import VapidKey
+from tests.store_backends import counting_ids, fired
 from tests.vapid_check import verify_vapid_header
 
 
-class FakeStore:
-    """The store calls the delivery service and the hub make, answered synchronously."""
+class PushStore(MemoryStore):
+    """The memory store, noting the delivery service's saves and deletes for assertions.
+
+    Users are named by their ids (``u1``...), so a test can make one per id it uses.
+    """
 
     def __init__(self) -> None:
-        self.seq = 0
-        self.states: dict[tuple[str, str], tuple[str, int]] = {}
-        self.accounts: dict[str, list[str]] = {}
-        self.subs: dict[str, PushSubscription] = {}
+        self._next_user_ids: list[str] = []
+        count = counting_ids()
+        super().__init__(make_id=lambda prefix: (self._next_user_ids.pop()
+                                                 if prefix == "u" and self._next_user_ids
+                                                 else count(prefix)))
+        self.open()
         self.saved: list[tuple[str, PushDelivery]] = []
         self.deleted: list[str] = []
-        self.meta: dict[str, str] = {}
 
-    def get_meta(self, key: str) -> Deferred[str | None]:
-        return succeed(self.meta.get(key))
+    def ensure_user(self, user_id: str, accounts: Sequence[str]) -> None:
+        """A user with this id (and name) whose first account is its own and the others
+        granted, unless it exists."""
+        if fired(self.get_user(user_id)) is None:
+            self._next_user_ids.append(user_id)
+            fired(self.add_user(user_id, "", accounts[0]))
+        for account_id in accounts[1:]:
+            fired(self.grant(user_id, account_id))
 
-    def set_meta(self, key: str, value: str) -> Deferred[None]:
-        self.meta[key] = value
-        return succeed(None)
+    @property
+    def seq(self) -> int:
+        return fired(self.position())[1]
 
-    def push_subscriptions_for(self, credential_id: str) -> Deferred[list[PushSubscription]]:
-        return succeed([s for s in self.subs.values() if s.credential_id == credential_id])
+    @property
+    def subs(self) -> dict[str, PushSubscription]:
+        """The stored subscriptions by id (a snapshot)."""
+        return {s.id: s for s in fired(self.all_push_subscriptions())}
 
-    def all_push_subscriptions(self) -> Deferred[list[PushSubscription]]:
-        return succeed(list(self.subs.values()))
-
-    def delete_push_subscriptions_except_keys(self, key_ids: Collection[str]
-                                              ) -> Deferred[list[str]]:
-        gone = [s.id for s in self.subs.values() if s.vapid_key_id not in key_ids]
-        for sub_id in gone:
-            del self.subs[sub_id]
-        return succeed(gone)
-
-    def position(self) -> Deferred[tuple[str, int]]:
-        return succeed(("e1", self.seq))
-
-    def record_changes(self, changed: Mapping[str, Mapping[str, str]]) -> Deferred[int]:
-        self.seq += 1
-        for account, types in changed.items():
-            for type_name, state in types.items():
-                self.states[(account, type_name)] = (state, self.seq)
-        return succeed(self.seq)
-
-    def record_changes_batch(self, batch: list[Mapping[str, Mapping[str, str]]]
-                             ) -> Deferred[list[int]]:
-        return succeed([self.record_changes(changed).result for changed in batch])
-
-    def changes_since(self, seq: int, account_ids: Collection[str]
-                      ) -> Deferred[dict[str, dict[str, str]]]:
-        out: dict[str, dict[str, str]] = {}
-        for (account, type_name), (state, at) in self.states.items():
-            if account in account_ids and at > seq:
-                out.setdefault(account, {})[type_name] = state
-        return succeed(out)
-
-    def accounts_for_user(self, user_id: str) -> Deferred[list[Account]]:
-        return succeed([Account(a, a, True) for a in self.accounts.get(user_id, [])])
+    def meta_value(self, key: str) -> str | None:
+        return fired(self.get_meta(key))
 
     def save_push_delivery(self, sub_id: str, delivery: PushDelivery) -> Deferred[bool]:
         self.saved.append((sub_id, delivery))
-        if sub_id in self.subs:
-            self.subs[sub_id] = dataclasses.replace(self.subs[sub_id], delivery=delivery)
-        return succeed(sub_id in self.subs)
+        return super().save_push_delivery(sub_id, delivery)
 
     def delete_push_subscription(self, sub_id: str) -> Deferred[bool]:
         self.deleted.append(sub_id)
-        return succeed(self.subs.pop(sub_id, None) is not None)
-
-    def push_subscription_ids(self) -> Deferred[set[str]]:
-        return succeed(set(self.subs))
+        return super().delete_push_subscription(sub_id)
 
     def last_saved(self, sub_id: str) -> PushDelivery:
         return [d for s, d in self.saved if s == sub_id][-1]
@@ -158,7 +136,7 @@ class Harness:
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.config = push_config(**config)
-        self.store = FakeStore()
+        self.store = PushStore()
         self.transport = FakeTransport()
         self.keyring = KeyRing(self.clock, "mailto:ops@example.com")
         self.key = VapidKey.generate()
@@ -168,10 +146,10 @@ class Harness:
 
     def _build(self) -> None:
         self.metrics = Metrics()
-        self.hub = Hub(self.store)  # type: ignore[arg-type]
+        self.hub = Hub(self.store)
         defer.ensureDeferred(self.hub.start())
         self.sender = Sender(self.transport, self.keyring, self.clock, self.config, self.metrics)
-        self.delivery = DeliveryService(self.store, self.hub, self.clock,  # type: ignore[arg-type]
+        self.delivery = DeliveryService(self.store, self.hub, self.clock,
                                         self.config, self.sender, self.metrics)
 
     def crash_and_restart(self) -> None:
@@ -184,7 +162,7 @@ class Harness:
     def record(self, sub_id: str = "S1", *, verified: bool = True, keys: bool = True,
                user: str = "u1", accounts: tuple[str, ...] = ("A",), **changes: Any
                ) -> PushSubscription:
-        self.store.accounts[user] = list(accounts)
+        self.store.ensure_user(user, accounts)
         record = PushSubscription(
             id=sub_id, user_id=user, credential_id="token:T", device_client_id="d",
             url=f"https://push.example/{sub_id}",
@@ -194,7 +172,7 @@ class Harness:
             expires=self.clock.seconds() + 7 * 86400, types=None, vapid_key_id=self.key.key_id,
             created=self.clock.seconds(), delivery=PushDelivery(last_sent_seq=self.store.seq))
         record = dataclasses.replace(record, **changes)
-        self.store.subs[record.id] = record
+        fired(self.store.create_push_subscription(record, 1_000_000))
         return record
 
     def start(self, *records: PushSubscription) -> None:

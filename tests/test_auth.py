@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from jmappushd.auth.authenticator import Authenticator, BearerToken, CredentialCache, Principal
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest, verify_password
 from jmappushd.store.sqlite import SQLiteStore
+from tests.store_backends import open_memory_store
 from tests.support import TEST_LOG_N
 
 
@@ -129,29 +130,19 @@ async def test_password_change_drops_cached_credentials(store: SQLiteStore) -> N
     assert isinstance(await auth.login(UsernamePassword(b"alice", b"new")), Principal)
 
 
-class GenerationOnlyStore:
-    """Answers auth_generation at once, from a list, so the poll is fully clock-driven."""
-
-    def __init__(self, generations: list[int]) -> None:
-        self.generations = generations
-
-    def auth_generation(self) -> defer.Deferred[int]:
-        return defer.succeed(self.generations.pop(0) if len(self.generations) > 1
-                             else self.generations[0])
-
-
 def test_generation_watcher_is_owned_and_clock_driven() -> None:
     """The watcher is one LoopingCall on the injected clock; a moved generation fires the
     invalidation listeners; after stop() no timer is left."""
     clock = Clock()
-    fake = GenerationOnlyStore([1, 1, 2])
-    auth = Authenticator(fake, clock, CountingKDF(), 60, generation_poll=2.0)  # type: ignore[arg-type]
+    memory = open_memory_store()  # answers at once, so the poll is fully clock-driven
+    auth = Authenticator(memory, clock, CountingKDF(), 60, generation_poll=2.0)
     fired: list[int] = []
     auth.on_invalidate(lambda: fired.append(1))
     auth.start()
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(2)
     assert fired == []
+    memory.add_user("alice", "h")  # bumps the generation
     clock.advance(2)
     assert fired == [1]
     auth.stop()

@@ -1,11 +1,11 @@
 """Clock-driven tests of the EventSource resource: the whole request path (bearer auth,
-parameters, limit, catch-up) on a fake store and a fake connection, no sockets."""
+parameters, limit, catch-up) on the memory store and a fake connection, no sockets."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -16,50 +16,49 @@ from jmappushd.auth.passwords import token_digest
 from jmappushd.core.hub import Change
 from jmappushd.core.position import make_token
 from jmappushd.daemon.service import build_app
-from jmappushd.store.records import Account, TokenRecord, User
+from jmappushd.store import MemoryStore
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.resource import EventSourceResource
 from tests.sse_parser import Event, EventParser
+from tests.store_backends import counting_ids
 from tests.support import make_config, no_threads
 
 TOKEN = "jmp_test-token"
-USER = User("u1", "alice", "hash", "A", 0.0)
 
 
-class FakeStore:
-    """Bearer-token login for one user with account A, and a controllable catch-up."""
+class CatchUpGate(MemoryStore):
+    """The memory store, with each catch-up answer held until the test fires ``since``.
+
+    alice (u1) reads her account A and holds the bearer token TOKEN; the change log is
+    at seq 5 and A's current states are Mailbox m0, Email s4, Thread t4.
+    """
 
     def __init__(self) -> None:
-        self.since: defer.Deferred[Any] | None = None
+        super().__init__(make_id=counting_ids())
+        self.open()
+        self.add_user("alice", "hash", "A")
+        self.create_token("alice", token_digest(TOKEN))
+        for changed in ({"Mailbox": "m0"}, {"Email": "e2"}, {"Thread": "t4"}, {"Email": "s4"}):
+            self.record_changes({"A": changed})
+        self.record_changes({"Z": {"Email": "other account"}})
+        self.since: defer.Deferred[None] | None = None
 
-    def position(self) -> defer.Deferred[tuple[str, int]]:
-        return defer.succeed(("ep", 5))
-
-    def find_token(self, digest: bytes) -> defer.Deferred[Any]:
-        found = (TokenRecord("t1", "u1", 0.0, ""), USER) if digest == token_digest(TOKEN) else None
-        return defer.succeed(found)
-
-    def get_user_by_id(self, user_id: str) -> defer.Deferred[Any]:
-        return defer.succeed(USER if user_id == "u1" else None)
-
-    def accounts_for_user(self, user_id: str) -> defer.Deferred[Any]:
-        return defer.succeed([Account("A", "alice", True)])
-
-    def changes_since(self, seq: int, account_ids: Any) -> defer.Deferred[Any]:
-        self.since = defer.Deferred()
-        return self.since
-
-    def current_states(self, account_ids: Any) -> defer.Deferred[Any]:
-        return defer.succeed({"A": {"Email": "full", "Mailbox": "m0"}})
+    def changes_since(self, seq: int, account_ids: Collection[str]
+                      ) -> defer.Deferred[dict[str, dict[str, str]]]:
+        answer = super().changes_since(seq, account_ids)
+        gate: defer.Deferred[None] = defer.Deferred()
+        self.since = gate
+        return gate.addCallback(lambda _: answer)
 
 
 class Setup:
     def __init__(self, tmp_path: Path, section: str = "event-source-throttle = 0") -> None:
         self.clock = Clock()
-        self.store = FakeStore()
+        self.store = CatchUpGate()
         config = make_config(tmp_path, sections={"event-source": section})
-        self.app = build_app(config, self.clock, self.store, no_threads)  # type: ignore[arg-type]
+        self.app = build_app(config, self.clock, self.store, no_threads)
         defer.ensureDeferred(self.app.hub.start())
+        self.epoch = self.app.hub.epoch
         self.registry = StreamRegistry(self.app.store)
         self.resource = EventSourceResource(self.app, self.clock, self.registry)
 
@@ -80,7 +79,7 @@ class Setup:
         return request, channel
 
     def announce(self, seq: int, changed: dict[str, dict[str, str]]) -> str:
-        token = make_token("ep", seq)
+        token = make_token(self.epoch, seq)
         self.app.hub._bus.announce(Change(seq, token, changed))
         return token
 
@@ -114,15 +113,15 @@ def test_change_during_catch_up_is_not_lost(tmp_path: Path) -> None:
     """ES-10: the stream subscribes before the catch-up query, so a change published while
     the query runs still arrives, after the catch-up event."""
     s = Setup(tmp_path)
-    _, channel = s.get("types=*&closeafter=no&ping=0", Last_Event_ID=make_token("ep", 2))
+    _, channel = s.get("types=*&closeafter=no&ping=0", Last_Event_ID=make_token(s.epoch, 2))
     assert s.store.since is not None and s.app.hub.listener_count == 1
     live = s.announce(6, {"A": {"Email": "s6"}})
     assert events(channel) == []
-    s.store.since.callback({"A": {"Email": "s4", "Thread": "t4"}})
+    s.store.since.callback(None)  # the answer: {"A": {"Email": "s4", "Thread": "t4"}}
     got = events(channel)
     assert [json.loads(e.data)["changed"] for e in got] == [
         {"A": {"Email": "s4", "Thread": "t4"}}, {"A": {"Email": "s6"}}]
-    assert [e.id for e in got] == [make_token("ep", 5), live]
+    assert [e.id for e in got] == [make_token(s.epoch, 5), live]
 
 
 def test_unknown_last_event_id_gives_full_state_of_requested_types(tmp_path: Path) -> None:

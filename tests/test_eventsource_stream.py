@@ -21,28 +21,11 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from jmappushd.core.hub import Change, Hub, LocalBus
 from jmappushd.core.position import make_token
+from jmappushd.store import MemoryStore
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.stream import EventStream, StreamContext
 from tests.sse_parser import Event, EventParser
-
-EPOCH = "ep"
-
-
-class NullStore:
-    """Just enough of IStore for Hub.start and Hub.catch_up."""
-
-    def __init__(self) -> None:
-        self.since: dict[str, dict[str, str]] = {}
-        self.current: dict[str, dict[str, str]] = {}
-
-    def position(self) -> defer.Deferred[tuple[str, int]]:
-        return defer.succeed((EPOCH, 0))
-
-    def changes_since(self, seq: int, account_ids: Any) -> defer.Deferred[Any]:
-        return defer.succeed(self.since)
-
-    def current_states(self, account_ids: Any) -> defer.Deferred[Any]:
-        return defer.succeed(self.current)
+from tests.store_backends import open_memory_store
 
 
 class Count:
@@ -60,20 +43,20 @@ class Env:
     throttle: float = 0.0
     clock: Clock = field(default_factory=Clock)
     bus: LocalBus = field(default_factory=LocalBus)
-    store: NullStore = field(default_factory=NullStore)
+    store: MemoryStore = field(default_factory=open_memory_store)
     sent: Count = field(default_factory=Count)
     seq: int = 0
 
     def __post_init__(self) -> None:
-        self.hub = Hub(self.store, self.bus)  # type: ignore[arg-type]
+        self.hub = Hub(self.store, self.bus)
         defer.ensureDeferred(self.hub.start())
-        self.registry = StreamRegistry(self.store)  # type: ignore[arg-type]
+        self.registry = StreamRegistry(self.store)
         self.ctx = StreamContext(self.clock, self.hub, self.throttle, self.sent,
                                  self.registry.discard)
 
     def publish(self, changed: Mapping[str, Mapping[str, str]]) -> str:
         self.seq += 1
-        token = make_token(EPOCH, self.seq)
+        token = make_token(self.hub.epoch, self.seq)
         self.bus.announce(Change(self.seq, token, changed))
         return token
 
@@ -391,35 +374,17 @@ def test_empty_catch_up_sends_nothing() -> None:
 # -- revocation ---------------------------------------------------------------------------
 
 
-@dataclass
-class Rec:
-    id: str
-    name: str = ""
-    password_hash: str = "h1"
-    primary_account_id: str = "A"
+def auth_store() -> MemoryStore:
+    """alice (u1, password hash h1) reads A (hers) and B (granted), with token t1."""
+    store = open_memory_store()
+    store.add_user("alice", "h1", "A")
+    store.grant("alice", "B")
+    store.create_token("alice", bytes(32))
+    return store
 
 
-class AuthStore(NullStore):
-    """Users, grants and tokens for the revalidation tests."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.users: dict[str, Rec] = {"u1": Rec("u1", "alice")}
-        self.grants: dict[str, list[str]] = {"u1": ["A", "B"]}
-        self.tokens: dict[str, list[str]] = {"alice": ["t1"]}
-
-    def get_user_by_id(self, user_id: str) -> defer.Deferred[Any]:
-        return defer.succeed(self.users.get(user_id))
-
-    def accounts_for_user(self, user_id: str) -> defer.Deferred[Any]:
-        return defer.succeed([Rec(a) for a in self.grants.get(user_id, [])])
-
-    def list_tokens(self, name: str) -> defer.Deferred[Any]:
-        return defer.succeed([Rec(t) for t in self.tokens.get(name, [])])
-
-
-def auth_env() -> tuple[Env, AuthStore, EventStream, EventStream]:
-    store = AuthStore()
+def auth_env() -> tuple[Env, MemoryStore, EventStream, EventStream]:
+    store = auth_store()
     env = Env(store=store)
     password = env.stream(accounts=("A", "B"), credential="password:u1")
     env.registry.add(password, b"fp")  # a fingerprint is remembered once per user
@@ -434,7 +399,7 @@ def revalidate(env: Env) -> None:
 def test_removed_user_loses_every_stream() -> None:
     """A user removed mid-stream has all its streams ended at the next invalidation."""
     env, store, password, token = auth_env()
-    del store.users["u1"]
+    store.remove_user("alice")
     revalidate(env)
     assert password.request.finished and token.request.finished
     assert env.hub.listener_count == 0
@@ -445,7 +410,7 @@ def test_revoked_token_ends_only_its_streams() -> None:
     env, store, password, token = auth_env()
     env.registry._users["u1"].password_fp = None  # let the first pass record the hash
     revalidate(env)
-    store.tokens["alice"] = []
+    store.revoke_token("t1")
     revalidate(env)
     assert token.request.finished and not password.request.finished
 
@@ -455,7 +420,7 @@ def test_changed_password_ends_password_streams() -> None:
     env, store, password, token = auth_env()
     env.registry._users["u1"].password_fp = None
     revalidate(env)
-    store.users["u1"].password_hash = "h2"
+    store.set_password("alice", "h2")
     revalidate(env)
     assert password.request.finished and not token.request.finished
 
@@ -463,12 +428,12 @@ def test_changed_password_ends_password_streams() -> None:
 def test_revoked_grant_stops_that_accounts_changes() -> None:
     """A revoked grant takes effect on open streams: that account's changes (even those
     pending in the throttle) are no longer sent; the other account's still are."""
-    store = AuthStore()
+    store = auth_store()
     env = Env(store=store, throttle=1.0)
     stream = env.stream(accounts=("A", "B"), credential="token:t1")
     env.publish({"A": {"Email": "s1"}})
     env.publish({"B": {"Email": "pending"}})
-    store.grants["u1"] = ["A"]
+    store.revoke_grant("alice", "B")
     revalidate(env)
     env.clock.advance(1)
     env.publish({"A": {"Email": "s2"}, "B": {"Email": "b2"}})

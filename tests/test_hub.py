@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -13,6 +14,7 @@ from twisted.logger import Logger
 from jmappushd.core.hub import Change, Hub, StateMap, restrict
 from jmappushd.core.position import make_token, parse_token
 from jmappushd.store.sqlite import SQLiteStore
+from tests.store_backends import fired, open_memory_store
 
 
 class Recorder:
@@ -134,24 +136,19 @@ async def test_concurrent_publishes_share_a_commit_in_order(tmp_path: Path) -> N
     await store.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_failed_commit_fails_its_publishes_and_the_hub_recovers(tmp_path: Path) -> None:
+def test_failed_commit_fails_its_publishes_and_the_hub_recovers() -> None:
     """A failing write errbacks every publish in its batch; later publishes still work."""
     from twisted.internet import defer
 
-    hub, store = await open_hub(tmp_path / "db")
-    original = store.record_changes_batch
-    store.record_changes_batch = lambda batch: defer.fail(RuntimeError("disk full"))  # type: ignore[method-assign]
-    try:
-        await hub.publish({"A": {"Email": "s1"}})
-    except RuntimeError as exc:
-        assert "disk full" in str(exc)
-    else:
-        raise AssertionError("publish should have failed")
-    store.record_changes_batch = original  # type: ignore[method-assign]
-    change = await hub.publish({"A": {"Email": "s2"}})
+    store = open_memory_store()
+    hub = Hub(store)
+    defer.ensureDeferred(hub.start())
+    store.fail_next(RuntimeError("disk full"))
+    failed = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
+    with pytest.raises(RuntimeError, match="disk full"):
+        fired(failed)
+    change = fired(defer.ensureDeferred(hub.publish({"A": {"Email": "s2"}})))
     assert change.seq == 1
-    await store.close()
 
 
 def test_local_bus_provides_ibus() -> None:

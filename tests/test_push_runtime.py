@@ -17,7 +17,7 @@ from jmappushd.store.records import Account
 from jmappushd.transports.webpush.keys import META_KEY, VAPID_CAPABILITY
 from jmappushd.transports.webpush.service import PushRuntime
 from jmappushd.transports.webpush.vapid import VapidKey
-from tests.push_fakes import FakeStore, FakeTransport, Harness
+from tests.push_fakes import FakeTransport, Harness, PushStore
 from tests.support import no_threads
 
 ALICE = Principal("u1", "alice", "token:T", (Account("A", "alice", True),), "A")
@@ -31,9 +31,9 @@ class FakePool:
         return succeed(None)
 
 
-def runtime_on(h: Harness, store: FakeStore | None = None) -> tuple[PushRuntime, FakePool]:
+def runtime_on(h: Harness, store: PushStore | None = None) -> tuple[PushRuntime, FakePool]:
     config = dataclasses.replace(Config(), push=h.config)
-    app = build_app(config, h.clock, store or h.store, no_threads)  # type: ignore[arg-type]
+    app = build_app(config, h.clock, store or h.store, no_threads)
     defer.ensureDeferred(app.hub.start())
     pool = FakePool()
     runtime = PushRuntime(app, FakeTransport(), pool)  # type: ignore[arg-type]
@@ -48,21 +48,21 @@ def test_key_created_once_persisted_and_advertised() -> None:
     runtime, _ = runtime_on(h)
     assert VAPID_CAPABILITY not in runtime.app.registry.capabilities()
     defer.ensureDeferred(runtime.start())
-    stored = h.store.meta[META_KEY]
+    stored = h.store.meta_value(META_KEY)
     key = VapidKey.from_private_string(stored).public_key_b64
     session = runtime.app.session_for(ALICE)
     assert session["capabilities"][VAPID_CAPABILITY] == {"applicationServerKey": key}
     again, _ = runtime_on(h)
     defer.ensureDeferred(again.start())
     assert again.keyring.current.public_key_b64 == key
-    assert h.store.meta[META_KEY] == stored
+    assert h.store.meta_value(META_KEY) == stored
 
 
 def test_subscriptions_of_another_key_are_destroyed_at_start() -> None:
     """PS-24, VAPID-13 (C-V-2 without transition): subscriptions tied to a key that is no
     longer the daemon's are destroyed."""
     h = Harness()
-    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.store.set_meta(META_KEY, h.key.to_private_string())
     h.record("S1")
     h.record("S2", vapid_key_id="old")
     runtime, _ = runtime_on(h)
@@ -75,7 +75,7 @@ def test_rotation_changes_session_state_and_destroys_old_subscriptions() -> None
     """SES-16, VAPID-13: rotating the key advertises the new key, changes the session state
     and destroys subscriptions created under the old key."""
     h = Harness()
-    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.store.set_meta(META_KEY, h.key.to_private_string())
     h.record("S1")
     runtime, _ = runtime_on(h)
     defer.ensureDeferred(runtime.start())
@@ -126,7 +126,7 @@ def test_rotation_with_transition_keeps_old_subscriptions_until_the_end() -> Non
     from jmappushd.transports.webpush.keys import META_PREVIOUS_KEY
 
     h = Harness(vapid_rotation_transition=100)
-    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.store.set_meta(META_KEY, h.key.to_private_string())
     h.record("S1")
     runtime, _ = runtime_on(h)
     defer.ensureDeferred(runtime.start())
@@ -134,19 +134,19 @@ def test_rotation_with_transition_keeps_old_subscriptions_until_the_end() -> Non
     assert gone.result == []
     assert runtime.keyring.current.key_id != h.key.key_id
     assert runtime.keyring.signer(h.key.key_id) is not None  # still signing for S1
-    assert set(h.store.subs) == {"S1"} and h.store.meta[META_PREVIOUS_KEY]
+    assert set(h.store.subs) == {"S1"} and h.store.meta_value(META_PREVIOUS_KEY)
     h.clock.advance(99)
     assert set(h.store.subs) == {"S1"}
     h.clock.advance(1)
     assert h.store.subs == {} and runtime.delivery.get("S1") is None
     assert runtime.keyring.signer(h.key.key_id) is None
-    assert h.store.meta[META_PREVIOUS_KEY] == ""
+    assert h.store.meta_value(META_PREVIOUS_KEY) == ""
 
 
 def rotated_with_transition_then_stopped() -> Harness:
     """A daemon with subscription S1 rotates its key with a 100 s transition, then stops."""
     h = Harness(vapid_rotation_transition=100)
-    h.store.meta[META_KEY] = h.key.to_private_string()
+    h.store.set_meta(META_KEY, h.key.to_private_string())
     h.record("S1")
     runtime, _ = runtime_on(h)
     defer.ensureDeferred(runtime.start())

@@ -1,9 +1,9 @@
-"""The SQLite store against a real reactor and real files (pytest-twisted)."""
+"""What only the SQLite store does, against a real reactor and real files (files, WAL,
+migrations, two processes); the shared behaviour is in tests/test_store_conformance*.py."""
 
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
@@ -13,25 +13,17 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import Clock
-from zope.interface.verify import verifyObject
 
 from jmappushd.store import (
-    Account,
-    AccountInUse,
-    IStore,
-    NoSuchUser,
     SchemaTooNew,
     SQLiteStore,
     StoreClosed,
-    User,
-    UserExists,
 )
+from jmappushd.store import sqlite as sqlite_module
 from jmappushd.store.schema import MIGRATIONS, configure_connection, migrate, split_statements
+from jmappushd.store.sqlite import SQL_THREADS
 
-ID = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,254}$")
 DIGEST_1 = bytes(range(32))
-DIGEST_2 = bytes(range(1, 33))
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -66,20 +58,7 @@ async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
     await opened.close()
 
 
-async def reopen(old: SQLiteStore) -> SQLiteStore:
-    await old.close()
-    new = SQLiteStore(old.path, reactor)
-    await new.open()
-    return new
-
-
 # -- lifecycle, files and schema --
-
-
-@pytest_twisted.ensureDeferred
-async def test_provides_istore(store: SQLiteStore) -> None:
-    """SQLiteStore provides every IStore method with a matching signature."""
-    assert verifyObject(IStore, store)
 
 
 @pytest_twisted.ensureDeferred
@@ -176,21 +155,6 @@ def test_split_statements_keeps_triggers_and_strings_whole() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_use_outside_open_fails(db_path: Path) -> None:
-    """Calls before open() or after close() fail with StoreClosed; close() is idempotent."""
-    store = SQLiteStore(str(db_path), reactor)
-    with pytest.raises(StoreClosed):
-        await store.position()
-    await store.open()
-    with pytest.raises(RuntimeError):
-        await store.open()
-    await store.close()
-    await store.close()
-    with pytest.raises(StoreClosed):
-        await store.record_changes({"A": {"Email": "s1"}})
-
-
-@pytest_twisted.ensureDeferred
 async def test_memory_database(tmp_path: Path) -> None:
     """":memory:" gives a working throwaway store and creates no file."""
     store = SQLiteStore(":memory:", reactor)
@@ -203,145 +167,48 @@ async def test_memory_database(tmp_path: Path) -> None:
     assert not os.path.exists(":memory:")
 
 
-# -- users, accounts, grants --
+# -- SQLite specifics behind the conformance suite (tests/test_store_conformance*.py) --
 
 
 @pytest_twisted.ensureDeferred
-async def test_add_user_makes_opaque_ids(store: SQLiteStore) -> None:
-    """API-19: generated user and account ids start with a letter and use the Id alphabet."""
-    alice = await store.add_user("alice", "hash")
-    assert re.fullmatch(r"a[A-Za-z0-9_-]{23}", alice.primary_account_id)
-    assert re.fullmatch(r"u[A-Za-z0-9_-]{23}", alice.id)
-    bob = await store.add_user("bob", "hash")
-    assert bob.primary_account_id != alice.primary_account_id
-    assert await store.get_user("alice") == alice
-    assert await store.get_user_by_id(alice.id) == alice
-    assert await store.get_user("carol") is None
-    assert await store.get_user_by_id("nope") is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_add_user_conflicts(store: SQLiteStore) -> None:
-    """A taken name raises UserExists; a taken primary account raises AccountInUse."""
-    await store.add_user("alice", "hash", "Ashared")
-    generation = await store.auth_generation()
-    with pytest.raises(UserExists):
-        await store.add_user("alice", "other")
-    with pytest.raises(AccountInUse):
-        await store.add_user("bob", "hash", "Ashared")
-    assert await store.get_user("bob") is None
-    assert await store.auth_generation() == generation
-
-
-@pytest_twisted.ensureDeferred
-async def test_created_uses_injected_clock(db_path: Path) -> None:
-    """User and token creation times come from the injected clock."""
-    clock = Clock()
-    clock.advance(1234.5)
-    store = SQLiteStore(str(db_path), reactor, clock=clock)
-    await store.open()
-    try:
-        assert (await store.add_user("alice", "h")).created == 1234.5
-        assert (await store.create_token("alice", DIGEST_1)).created == 1234.5
-    finally:
-        await store.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_list_users_and_passwords(store: SQLiteStore) -> None:
-    """Users list by name; set_password replaces the hash or raises NoSuchUser."""
-    await store.add_user("bob", "b")
-    await store.add_user("alice", "a")
-    assert [u.name for u in await store.list_users()] == ["alice", "bob"]
-    await store.set_password("alice", "new")
-    alice = await store.get_user("alice")
-    assert alice is not None and alice.password_hash == "new"
-    assert "new" not in repr(alice)
-    with pytest.raises(NoSuchUser):
-        await store.set_password("carol", "x")
-
-
-@pytest_twisted.ensureDeferred
-async def test_grants_and_accounts(store: SQLiteStore) -> None:
-    """Accounts list the primary (personal, user's name) first, then grants sorted by id."""
-    alice = await store.add_user("alice", "h", "Aalice")
-    await store.grant("alice", "Zteam")
-    await store.grant("alice", "Bshared")
-    await store.grant("alice", "Bshared")
-    await store.grant("alice", "Aalice")
-    assert await store.accounts_for_user(alice.id) == [
-        Account("Aalice", "alice", True),
-        Account("Bshared", "Bshared", False),
-        Account("Zteam", "Zteam", False),
-    ]
-    assert await store.revoke_grant("alice", "Zteam") is True
-    assert await store.revoke_grant("alice", "Zteam") is False
-    assert await store.revoke_grant("nobody", "Bshared") is False
-    assert [a.id for a in await store.accounts_for_user(alice.id)] == ["Aalice", "Bshared"]
-    assert await store.accounts_for_user("unknown") == []
-    with pytest.raises(NoSuchUser):
-        await store.grant("nobody", "Bshared")
-
-
-@pytest_twisted.ensureDeferred
-async def test_remove_user_cascades(store: SQLiteStore, db_path: Path) -> None:
-    """PS-7: removing a user deletes its tokens, grants and push subscriptions only."""
+async def test_remove_user_deletes_rows_without_foreign_keys(store: SQLiteStore,
+                                                             db_path: Path) -> None:
+    """Removing a user deletes its rows explicitly, so rows written by a connection without
+    foreign_keys (an operator's sqlite3 shell) go too."""
     alice = await store.add_user("alice", "h")
     bob = await store.add_user("bob", "h")
     await store.grant("alice", "Bshared")
-    await store.create_token("alice", DIGEST_1)
-    await store.create_token("bob", DIGEST_2)
+    with raw(db_path) as connection:  # foreign_keys is off on this connection
+        connection.execute("INSERT INTO grants (user_id, account_id) VALUES (?, 'Bx')",
+                           (alice.id,))
     add_subscription(db_path, "S1", alice.id, "basic:" + alice.id, "https://push.example/a")
     add_subscription(db_path, "S2", bob.id, "basic:" + bob.id, "https://push.example/b")
     assert await store.remove_user("alice") is True
-    assert await store.remove_user("alice") is False
-    assert await store.get_user("alice") is None
-    assert await store.find_token(DIGEST_1) is None
-    assert await store.find_token(DIGEST_2) is not None
     assert subscription_ids(db_path) == {"S2"}
     with raw(db_path) as connection:
         assert connection.execute("SELECT count(*) FROM grants").fetchone()[0] == 0
-    again = await store.add_user("alice", "h")
-    assert await store.accounts_for_user(again.id) == [
-        Account(again.primary_account_id, "alice", True)
-    ]
-
-
-# -- tokens --
 
 
 @pytest_twisted.ensureDeferred
-async def test_tokens(store: SQLiteStore) -> None:
-    """Tokens are stored by digest, found with their owner, listed, and revoked."""
-    alice = await store.add_user("alice", "h")
-    first = await store.create_token("alice", DIGEST_1, "laptop")
-    second = await store.create_token("alice", DIGEST_2)
-    assert ID.match(first.id) and first.id != second.id
-    assert (first.user_id, first.label, second.label) == (alice.id, "laptop", "")
-    assert await store.find_token(DIGEST_1) == (first, alice)
-    assert await store.find_token(bytes(32)) is None
-    assert [t.id for t in await store.list_tokens("alice")] == [first.id, second.id]
-    assert await store.list_tokens("nobody") == []
-    assert await store.revoke_token(first.id) is True
-    assert await store.revoke_token(first.id) is False
-    assert await store.find_token(DIGEST_1) is None
-    with pytest.raises(NoSuchUser):
-        await store.create_token("nobody", bytes(32))
-    with pytest.raises(ValueError):
-        await store.create_token("alice", b"short")
+async def test_one_sql_thread_is_enforced(store: SQLiteStore) -> None:
+    """The call-order guarantees rest on one SQL thread: open() sets it up that way, and
+    the pool's thread count is what the module promises."""
+    pool = store._pool
+    assert pool is not None
+    assert (pool.threadpool.min, pool.threadpool.max) == (SQL_THREADS, SQL_THREADS) == (1, 1)
 
 
 @pytest_twisted.ensureDeferred
-async def test_revoke_token_destroys_its_subscriptions(store: SQLiteStore, db_path: Path) -> None:
-    """PS-7: revoking a token destroys the subscriptions created with that token only."""
-    alice = await store.add_user("alice", "h")
-    token = await store.create_token("alice", DIGEST_1)
-    other = await store.create_token("alice", DIGEST_2)
-    add_subscription(db_path, "S1", alice.id, "token:" + token.id, "https://p.example/1")
-    add_subscription(db_path, "S2", alice.id, "token:" + other.id, "https://p.example/2")
-    add_subscription(db_path, "S3", alice.id, "basic:" + alice.id, "https://p.example/3")
-    await store.revoke_token(token.id)
-    assert subscription_ids(db_path) == {"S2", "S3"}
+async def test_more_sql_threads_are_refused(db_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool of more than one SQL thread would break call order: open() refuses it and
+    the store stays closed."""
+    monkeypatch.setattr(sqlite_module, "SQL_THREADS", 2)
+    store = SQLiteStore(str(db_path), reactor)
+    with pytest.raises(RuntimeError, match="one SQL thread"):
+        await store.open()
+    with pytest.raises(StoreClosed):
+        await store.position()
 
 
 @pytest_twisted.ensureDeferred
@@ -356,145 +223,6 @@ async def test_destroyed_subscription_url_is_erased(store: SQLiteStore, db_path:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     for name in os.listdir(db_path.parent):
         assert url.encode() not in (db_path.parent / name).read_bytes(), name
-
-
-@pytest_twisted.ensureDeferred
-async def test_auth_generation_bumps_on_credential_changes(store: SQLiteStore) -> None:
-    """Every change to users, passwords, grants or tokens bumps the generation; reads do not."""
-    seen = [await store.auth_generation()]
-
-    async def bumped() -> bool:
-        seen.append(await store.auth_generation())
-        return seen[-1] > seen[-2]
-
-    await store.add_user("alice", "h")
-    assert await bumped()
-    await store.set_password("alice", "h2")
-    assert await bumped()
-    await store.grant("alice", "Bshared")
-    assert await bumped()
-    await store.grant("alice", "Bshared")
-    assert not await bumped()
-    await store.revoke_grant("alice", "Bshared")
-    assert await bumped()
-    token = await store.create_token("alice", DIGEST_1)
-    assert await bumped()
-    await store.find_token(DIGEST_1)
-    await store.record_changes({"A": {"Email": "s1"}})
-    await store.set_meta("k", "v")
-    assert not await bumped()
-    await store.revoke_token(token.id)
-    assert await bumped()
-    await store.remove_user("alice")
-    assert await bumped()
-
-
-# -- states and the change sequence --
-
-
-@pytest_twisted.ensureDeferred
-async def test_record_changes(store: SQLiteStore) -> None:
-    """Each publish gets the next seq and upserts the newest state per (account, type)."""
-    epoch, seq = await store.position()
-    assert ID.match(epoch) and seq == 0
-    assert await store.record_changes({"A": {"Email": "s1", "Mailbox": "m1"}}) == 1
-    assert await store.record_changes({"A": {"Email": "s2"}, "B": {"Email": "b1"}}) == 2
-    assert await store.position() == (epoch, 2)
-    assert await store.current_states(["A", "B", "C"]) == {
-        "A": {"Email": "s2", "Mailbox": "m1"},
-        "B": {"Email": "b1"},
-    }
-    assert await store.current_states([]) == {}
-
-
-@pytest_twisted.ensureDeferred
-async def test_record_changes_rejects_empty_and_non_strings(store: SQLiteStore) -> None:
-    """A publish naming no state is a ValueError, a non-string a TypeError; seq stays put."""
-    with pytest.raises(ValueError):
-        await store.record_changes({})
-    with pytest.raises(ValueError):
-        await store.record_changes({"A": {}})
-    with pytest.raises(TypeError):
-        await store.record_changes({"A": {"Email": 5}})  # type: ignore[dict-item]
-    with pytest.raises(ValueError):
-        await store.record_changes_batch([{"A": {"Email": "s"}}, {}])
-    assert (await store.position())[1] == 0
-
-
-@pytest_twisted.ensureDeferred
-async def test_record_changes_batch(store: SQLiteStore) -> None:
-    """A batch gets consecutive seqs in one transaction; the later state wins."""
-    await store.record_changes({"A": {"Email": "s0"}})
-    seqs = await store.record_changes_batch(
-        [{"A": {"Email": "s1"}}, {"B": {"Email": "b1"}}, {"A": {"Email": "s2"}}]
-    )
-    assert seqs == [2, 3, 4]
-    assert await store.record_changes_batch([]) == []
-    assert await store.changes_since(2, ["A", "B"]) == {"A": {"Email": "s2"}, "B": {"Email": "b1"}}
-    assert await store.changes_since(3, ["A", "B"]) == {"A": {"Email": "s2"}}
-
-
-@pytest_twisted.ensureDeferred
-async def test_changes_since_filters_by_seq_and_account(store: SQLiteStore) -> None:
-    """changes_since returns only the given accounts' states changed after the seq."""
-    await store.record_changes({"A": {"Email": "a1", "Mailbox": "m1"}, "B": {"Email": "b1"}})
-    await store.record_changes({"A": {"Email": "a2"}})
-    await store.record_changes({"B": {"Mailbox": "bm"}, "C": {"Email": "c1"}})
-    assert await store.changes_since(0, ["A"]) == {"A": {"Email": "a2", "Mailbox": "m1"}}
-    assert await store.changes_since(1, ["A", "B"]) == {
-        "A": {"Email": "a2"},
-        "B": {"Mailbox": "bm"},
-    }
-    assert await store.changes_since(2, ["A"]) == {}
-    assert await store.changes_since(3, ["A", "B", "C"]) == {}
-    assert await store.changes_since(0, []) == {}
-
-
-@pytest_twisted.ensureDeferred
-async def test_many_accounts_are_queried_in_chunks(store: SQLiteStore) -> None:
-    """Account lists longer than one IN-list chunk still return every match."""
-    changed = {f"A{i}": {"Email": f"s{i}"} for i in range(1200)}
-    await store.record_changes(changed)
-    states = await store.changes_since(0, [*changed, "Aother"])
-    assert states == {account: dict(types) for account, types in changed.items()}
-
-
-@pytest_twisted.ensureDeferred
-async def test_sequence_and_epoch_survive_restart(store: SQLiteStore) -> None:
-    """After reopening, the epoch is the same, seq continues, and states are kept."""
-    epoch, _ = await store.position()
-    await store.record_changes({"A": {"Email": "s1"}})
-    await store.record_changes({"A": {"Email": "s2"}})
-    store = await reopen(store)
-    try:
-        assert await store.position() == (epoch, 2)
-        assert await store.record_changes({"A": {"Email": "s3"}}) == 3
-        assert await store.changes_since(2, ["A"]) == {"A": {"Email": "s3"}}
-    finally:
-        await store.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_new_file_gets_new_epoch(tmp_path: Path, store: SQLiteStore) -> None:
-    """A freshly created store has a different epoch, so old tokens are not trusted."""
-    other = SQLiteStore(str(tmp_path / "other.sqlite"), reactor)
-    await other.open()
-    try:
-        assert (await other.position())[0] != (await store.position())[0]
-    finally:
-        await other.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_record_changes_fire_in_call_order(store: SQLiteStore) -> None:
-    """Publishes issued back to back fire in call order with increasing seqs."""
-    fired: list[int] = []
-    calls = [store.record_changes({"A": {"Email": f"s{i}"}}) for i in range(40)]
-    for d in calls:
-        d.addCallback(fired.append)
-    await DeferredList(calls, fireOnOneErrback=True)
-    assert fired == list(range(1, 41))
-    assert await store.current_states(["A"]) == {"A": {"Email": "s39"}}
 
 
 @pytest_twisted.ensureDeferred
@@ -592,19 +320,3 @@ async def test_reader_not_blocked_by_writer(store: SQLiteStore, db_path: Path) -
         other.execute("ROLLBACK")
         other.close()
 
-
-# -- metadata --
-
-
-@pytest_twisted.ensureDeferred
-async def test_meta(store: SQLiteStore) -> None:
-    """Metadata values are stored, replaced, and None when absent."""
-    assert await store.get_meta("vapid") is None
-    await store.set_meta("vapid", "k1")
-    await store.set_meta("vapid", "k2")
-    assert await store.get_meta("vapid") == "k2"
-
-
-def test_user_repr_hides_password_hash() -> None:
-    """A User's repr never shows the password hash (it may end up in logs)."""
-    assert "secret" not in repr(User("u1", "alice", "secret", "A1", 0.0))

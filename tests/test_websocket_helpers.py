@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,10 +29,12 @@ from jmappushd.daemon.service import build_registry
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
-from jmappushd.store.records import Account, TokenRecord, User
+from jmappushd.store import MemoryStore
+from jmappushd.store.records import Account
 from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
 from jmappushd.transports.websocket.service import WEBSOCKET_CAPABILITY
+from tests.store_backends import counting_ids, fired
 
 CORE = "urn:ietf:params:jmap:core"
 TIMEOUT = 10.0
@@ -298,37 +300,29 @@ class _Stand_in_Resource:
         return proto
 
 
-class FakeStore:
-    """Just enough of IStore for the WebSocket protocol and hub fan-out."""
+class WSStore(MemoryStore):
+    """The memory store with users made in one call, and each catch-up answer held until
+    the test fires ``pending_query``. The change log starts at seq 5: A's Mailbox m and
+    Email old were recorded after seq 3."""
 
     def __init__(self) -> None:
-        self.users: dict[str, User] = {}
-        self.tokens: dict[str, list[TokenRecord]] = {}
-        self.grants: dict[str, list[Account]] = {}
+        super().__init__(make_id=counting_ids())
+        self.open()
+        for changed in ({"Z": {"Email": "z1"}}, {"Z": {"Email": "z2"}}, {"Z": {"Email": "z3"}},
+                        {"A": {"Mailbox": "m"}}, {"A": {"Email": "old"}}):
+            self.record_changes(changed)
 
     def add(self, name: str, account_id: str) -> Principal:
-        user = User(id="u-" + name, name=name, password_hash="", primary_account_id=account_id,
-                    created=0.0)
-        self.users[user.id] = user
-        self.grants[user.id] = [Account(account_id, name, True)]
-        return Principal(user.id, name, "password:" + user.id, tuple(self.grants[user.id]),
-                         account_id)
+        """A user with its personal account, and the Principal of a password login."""
+        user = fired(self.add_user(name, "", account_id))
+        accounts = (Account(account_id, name, True),)
+        return Principal(user.id, name, "password:" + user.id, accounts, account_id)
 
-    def get_user_by_id(self, user_id: str) -> defer.Deferred[User | None]:
-        return defer.succeed(self.users.get(user_id))
-
-    def list_tokens(self, name: str) -> defer.Deferred[list[TokenRecord]]:
-        return defer.succeed(self.tokens.get(name, []))
-
-    def accounts_for_user(self, user_id: str) -> defer.Deferred[list[Account]]:
-        return defer.succeed(list(self.grants.get(user_id, [])))
-
-    def position(self) -> defer.Deferred[tuple[str, int]]:
-        return defer.succeed(("ep", 5))
-
-    def changes_since(self, seq: int, account_ids: Any) -> defer.Deferred[Any]:
-        self.pending_query: defer.Deferred[Any] = defer.Deferred()
-        return self.pending_query
+    def changes_since(self, seq: int, account_ids: Collection[str]
+                      ) -> defer.Deferred[dict[str, dict[str, str]]]:
+        answer = super().changes_since(seq, account_ids)
+        self.pending_query: defer.Deferred[None] = defer.Deferred()
+        return self.pending_query.addCallback(lambda _: answer)
 
 
 class Harness:
@@ -336,13 +330,13 @@ class Harness:
 
     def __init__(self, config: Config) -> None:
         self.clock = task.Clock()
-        self.store = FakeStore()
+        self.store = WSStore()
         self.bus = LocalBus()
         registry = build_registry()
         self.app = App(
-            config=config, clock=self.clock, store=self.store,  # type: ignore[arg-type]
-            hub=Hub(self.store, self.bus),  # type: ignore[arg-type]
-            auth=Authenticator(self.store, self.clock,  # type: ignore[arg-type]
+            config=config, clock=self.clock, store=self.store,
+            hub=Hub(self.store, self.bus),
+            auth=Authenticator(self.store, self.clock,
                                lambda f, *a: defer.succeed(f(*a)), 0),
             registry=registry,
             processor=RequestProcessor(registry, config.jmap.max_calls_in_request),

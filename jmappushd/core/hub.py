@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from jmappushd.core.position import make_token, parse_token
-from jmappushd.store.interface import IStore
+from jmappushd.store.interface import IStateLog
 
 StateMap = Mapping[str, Mapping[str, str]]
 
@@ -159,7 +159,7 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, store: IStore, bus: IBus | None = None) -> None:
+    def __init__(self, store: IStateLog, bus: IBus | None = None) -> None:
         self._store = store
         self._bus: IBus = bus if bus is not None else LocalBus()
         self._bus.set_receiver(self._receive)

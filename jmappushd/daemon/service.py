@@ -38,8 +38,8 @@ from jmappushd.jmap.registry import MethodRegistry
 from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
 from jmappushd.net import _fastpath
+from jmappushd.store.backends import create_store
 from jmappushd.store.interface import IStore
-from jmappushd.store.sqlite import SQLiteStore
 from jmappushd.transports.eventsource.service import EventSourceService
 from jmappushd.transports.interface import ITransportService
 from jmappushd.transports.webpush.service import WebPushService
@@ -158,7 +158,7 @@ def build_service(config: Config, reactor: IDaemonReactor,
                   store: IStore | None = None) -> JMAPPushService:
     """The whole daemon, ready for ``setServiceParent`` or twistd."""
     if store is None:
-        store = SQLiteStore(config.storage.path, reactor=reactor)
+        store = create_store(config.storage, reactor)
     app = build_app(config, reactor, store, thread_runner(reactor))
     core = CoreService(app)
     eventsource = EventSourceService(app, reactor)

@@ -11,13 +11,12 @@ import contextlib
 import os
 import resource
 import secrets
-import sqlite3
 import stat
 from pathlib import Path
 
 from jmappushd.config import Config
-from jmappushd.store.records import SchemaTooNew
-from jmappushd.store.schema import configure_connection, migrate
+from jmappushd.store.backends import prepare_store
+from jmappushd.store.records import StoreError
 
 
 class StateError(Exception):
@@ -45,35 +44,17 @@ def load_or_create_admin_token(path: str) -> str:
 
 
 def prepare_state(config: Config) -> None:
-    """Create the state directory, the admin token and the schema, or raise StateError."""
+    """Create the state directory, the admin token and the store's schema, or raise
+    StateError."""
     try:
         Path(config.server.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(config.storage.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         load_or_create_admin_token(config.admin.token_file)
     except OSError as exc:
         raise StateError(f"{exc.filename}: {exc.strerror}") from exc
     try:
-        old_umask = os.umask(0o077)
-        try:
-            connection = sqlite3.connect(config.storage.path, isolation_level=None)
-        finally:
-            os.umask(old_umask)
-        try:
-            configure_connection(connection, "NORMAL", 5000)
-            cursor = connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                migrate(cursor)
-                cursor.execute("COMMIT")
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-        finally:
-            connection.close()
-    except SchemaTooNew as exc:
-        raise StateError(f"{config.storage.path}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise StateError(f"{config.storage.path}: cannot open the database: {exc}") from exc
+        prepare_store(config.storage)
+    except StoreError as exc:
+        raise StateError(str(exc)) from exc
 
 
 def raise_open_files_limit(wanted: int) -> tuple[int, int]:

@@ -1,7 +1,19 @@
-"""Durable storage: the IStore seam and its embedded SQLite default."""
+"""Durable storage: the store interfaces, the embedded SQLite default and a memory store.
+
+Backends are chosen by ``[storage] backend`` through :mod:`jmappushd.store.backends`.
+"""
 
 from jmappushd.store import records
-from jmappushd.store.interface import IStore, StateMap
+from jmappushd.store.interface import (
+    IMetadataStore,
+    IPrincipalStore,
+    IPushStore,
+    IStateLog,
+    IStore,
+    IStoreLifecycle,
+    StateMap,
+)
+from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import (
     Account,
     AccountInUse,
@@ -11,6 +23,7 @@ from jmappushd.store.records import (
     PushSubscription,
     SchemaTooNew,
     StoreClosed,
+    StoreError,
     TokenRecord,
     User,
     UserExists,
@@ -20,7 +33,13 @@ from jmappushd.store.sqlite import SQLiteStore
 __all__ = [
     "Account",
     "AccountInUse",
+    "IMetadataStore",
+    "IPrincipalStore",
+    "IPushStore",
+    "IStateLog",
     "IStore",
+    "IStoreLifecycle",
+    "MemoryStore",
     "NoSuchUser",
     "PushDelivery",
     "PushQuotaExceeded",
@@ -29,6 +48,7 @@ __all__ = [
     "SchemaTooNew",
     "StateMap",
     "StoreClosed",
+    "StoreError",
     "TokenRecord",
     "User",
     "UserExists",

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jmappushd.store.records import PushDelivery, PushQuotaExceeded, PushSubscription
+from jmappushd.store.rules import check_kept_keys, check_updatable
 from jmappushd.store.schema import Cursor
 
 _COLUMNS = (
@@ -21,9 +22,6 @@ _COLUMNS = (
     "created, pending, attempts, next_attempt, failing_since, last_sent_seq"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM push_subscriptions"  # noqa: S608 - constant text
-# Columns PushSubscription/set may change (the others are immutable, PS-12).
-UPDATABLE = frozenset({"verified", "client_verification_code", "expires", "types",
-                       "last_sent_seq"})
 
 
 def _types_text(types: Sequence[str] | None) -> str | None:
@@ -83,9 +81,7 @@ def ids(cursor: Cursor) -> set[str]:
 
 def update(cursor: Cursor, sub_id: str, changes: Mapping[str, Any]) -> bool:
     """Change updatable columns; ``types`` is a sequence or None. False if the id is gone."""
-    unknown = set(changes) - UPDATABLE
-    if unknown:
-        raise ValueError(f"not updatable: {sorted(unknown)}")
+    check_updatable(changes)
     if not changes:
         cursor.execute("SELECT 1 FROM push_subscriptions WHERE id = ?", (sub_id,))
         return cursor.fetchone() is not None
@@ -116,8 +112,7 @@ def delete(cursor: Cursor, sub_id: str) -> bool:
 
 def delete_other_keys(cursor: Cursor, key_ids: list[str]) -> list[str]:
     """Destroy subscriptions tied to any VAPID key not in ``key_ids`` (VAPID-13, C-V-2)."""
-    if not key_ids:
-        raise ValueError("at least one VAPID key id must be kept")
+    key_ids = check_kept_keys(key_ids)
     marks = ", ".join("?" * len(key_ids))
     # Only "?" placeholders are formatted in; the key ids are bound parameters.
     where = f"vapid_key_id IS NULL OR vapid_key_id NOT IN ({marks})"

@@ -117,3 +117,7 @@ class PushQuotaExceeded(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"at most {limit} push subscriptions per user")
         self.limit = limit
+
+
+class StoreError(Exception):
+    """The configured store cannot be prepared; the message is one line naming it."""

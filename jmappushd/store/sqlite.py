@@ -1,8 +1,12 @@
 """The embedded default store: one SQLite file, reached through adbapi.
 
-All SQL runs on a single pool thread with a single connection. SQLite admits one
-writer at a time anyway, and one thread also keeps results in call order, which
-the hub relies on: ``record_changes`` Deferreds fire in the order of the calls.
+The ordering guarantees of :mod:`jmappushd.store.interface` rest on one rule,
+enforced in :meth:`SQLiteStore.open`: all SQL runs on **one** pool thread with
+**one** connection. That thread takes work first in, first out, and hands each
+result back to the reactor in the same order, so calls complete in call order
+and every call sees all calls made before it. Answers that need no SQL (an
+argument error, an empty batch) go through the same thread, so they keep their
+turn too. SQLite admits one writer at a time anyway.
 
 The daemon and ``jmappushctl`` may use the file at the same time. Writes begin
 with ``BEGIN IMMEDIATE`` (the write lock is taken up front, waiting up to the busy
@@ -13,7 +17,6 @@ WAL snapshot and are never blocked, and every transaction is short.
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
@@ -36,17 +39,14 @@ from jmappushd.store.records import (
     TokenRecord,
     User,
 )
+from jmappushd.store.rules import check_digest, check_kept_keys, check_updatable, flatten, new_id
 from jmappushd.store.schema import SYNCHRONOUS_MODES, Cursor, configure_connection, migrate
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-def new_id(prefix: str) -> str:
-    """An opaque id: a letter prefix (API-19 advises one) and 23 random id characters."""
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(23))
+# The ordering guarantees need exactly one SQL thread holding one connection.
+SQL_THREADS = 1
 
 
 # -- helpers run on the pool thread outside any transaction --
@@ -76,21 +76,6 @@ def _disconnect(pool: adbapi.ConnectionPool) -> None:
     connection = pool.connections.get(pool.threadID())  # type: ignore[no-untyped-call]
     if connection is not None:
         pool.disconnect(connection)  # type: ignore[no-untyped-call]
-
-
-def _flatten(changed: StateMap) -> ops.StateRows:
-    """Copy a publish into rows on the reactor thread (the caller may reuse its dicts)."""
-    rows = [
-        (account_id, type_name, state)
-        for account_id, types in changed.items()
-        for type_name, state in types.items()
-    ]
-    if not rows:
-        raise ValueError("a change must name at least one (account, type) state")
-    for row in rows:
-        if not all(isinstance(part, str) for part in row):
-            raise TypeError(f"account ids, type names and states must be strings: {row!r}")
-    return rows
 
 
 @implementer(IStore)
@@ -135,11 +120,14 @@ class SQLiteStore:
             check_same_thread=False,
             isolation_level=None,  # we issue BEGIN ourselves
             timeout=self._busy_timeout_ms / 1000,
-            cp_min=1,
-            cp_max=1,
+            cp_min=SQL_THREADS,
+            cp_max=SQL_THREADS,
             cp_openfun=self._configure,
             cp_reactor=self._reactor,
         )
+        if (self._pool.threadpool.min, self._pool.threadpool.max) != (1, 1):
+            self._pool = None
+            return fail(RuntimeError("the SQLite store's call order needs one SQL thread"))
         self._pool.start()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self._open(self._pool))
 
@@ -194,6 +182,20 @@ class SQLiteStore:
         )
         return result
 
+    def _in_turn(self, answer: Callable[[], T]) -> Deferred[T]:
+        """Answer without SQL but in call order: through the same FIFO thread."""
+        if self._pool is None:
+            return fail(StoreClosed("the store is not open"))
+        return deferToThreadPool(self._threads, self._pool.threadpool, answer)
+
+    def _refuse(self, error: Exception) -> Deferred[T]:
+        """Fail a call with a bad argument in its turn, not ahead of earlier calls."""
+
+        def refuse() -> T:
+            raise error
+
+        return self._in_turn(refuse)
+
     # -- users and accounts --
 
     def add_user(
@@ -235,10 +237,12 @@ class SQLiteStore:
     # -- bearer tokens --
 
     def create_token(self, name: str, digest: bytes, label: str = "") -> Deferred[TokenRecord]:
-        if len(digest) != 32:
-            return fail(ValueError("a token digest is 32 bytes of SHA-256"))
+        try:
+            digest = check_digest(digest)
+        except ValueError as error:
+            return self._refuse(error)
         record = TokenRecord(new_id("t"), "", self._clock.seconds(), label)
-        return self._run(ops.BEGIN_WRITE, ops.create_token, name, record, bytes(digest))
+        return self._run(ops.BEGIN_WRITE, ops.create_token, name, record, digest)
 
     def find_token(self, digest: bytes) -> Deferred[tuple[TokenRecord, User] | None]:
         return self._run(ops.BEGIN_READ, ops.find_token, bytes(digest))
@@ -258,20 +262,16 @@ class SQLiteStore:
         return self._run(ops.BEGIN_READ, ops.position)
 
     def record_changes(self, changed: StateMap) -> Deferred[int]:
-        try:
-            rows = _flatten(changed)
-        except (TypeError, ValueError) as error:
-            return fail(error)
-        recorded = self._run(ops.BEGIN_WRITE, ops.record_batch, [rows])
+        recorded = self.record_changes_batch([changed])
         return recorded.addCallback(lambda seqs: seqs[0])
 
     def record_changes_batch(self, batch: Sequence[StateMap]) -> Deferred[list[int]]:
         try:
-            rows = [_flatten(changed) for changed in batch]
+            rows = [flatten(changed) for changed in batch]
         except (TypeError, ValueError) as error:
-            return fail(error)
+            return self._refuse(error)
         if not rows:
-            return succeed([])
+            return self._in_turn(list)
         return self._run(ops.BEGIN_WRITE, ops.record_batch, rows)
 
     def changes_since(
@@ -286,7 +286,7 @@ class SQLiteStore:
         self, account_ids: list[str], after: int | None
     ) -> Deferred[dict[str, dict[str, str]]]:
         if not account_ids:
-            return succeed({})
+            return self._in_turn(dict)
         # One read transaction, so all chunks see the same snapshot.
         return self._run(ops.BEGIN_READ, ops.states, sorted(set(account_ids)), after)
 
@@ -317,8 +317,10 @@ class SQLiteStore:
     def update_push_subscription(
         self, sub_id: str, changes: Mapping[str, object]
     ) -> Deferred[bool]:
-        if set(changes) - pushops.UPDATABLE:
-            return fail(ValueError(f"not updatable: {sorted(set(changes) - pushops.UPDATABLE)}"))
+        try:
+            check_updatable(changes)
+        except ValueError as error:
+            return self._refuse(error)
         return self._run(ops.BEGIN_WRITE, pushops.update, sub_id, dict(changes))
 
     def save_push_delivery(self, sub_id: str, delivery: PushDelivery) -> Deferred[bool]:
@@ -329,4 +331,8 @@ class SQLiteStore:
 
     def delete_push_subscriptions_except_keys(self, key_ids: Collection[str]
                                               ) -> Deferred[list[str]]:
-        return self._run(ops.BEGIN_WRITE, pushops.delete_other_keys, sorted(set(key_ids)))
+        try:
+            kept = check_kept_keys(key_ids)
+        except ValueError as error:
+            return self._refuse(error)
+        return self._run(ops.BEGIN_WRITE, pushops.delete_other_keys, kept)

@@ -18,6 +18,7 @@ from jmappushd.store.records import (
     User,
     UserExists,
 )
+from jmappushd.store.rules import StateRows
 from jmappushd.store.schema import Cursor
 
 T = TypeVar("T")
@@ -31,8 +32,6 @@ _UPSERT_STATE = (
     "ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, seq = excluded.seq"
 )
 
-# (account id, type name, state) rows of one publish
-StateRows = list[tuple[str, str, str]]
 
 def in_transaction(
     cursor: Cursor, begin: str, body: Callable[..., T], *args: Any, **kwargs: Any
