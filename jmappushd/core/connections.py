@@ -26,7 +26,7 @@ from jmappushd.core.revalidation import (
     verdict,
 )
 from jmappushd.store.interface import IStore
-from jmappushd.store.records import Account
+from jmappushd.store.records import Account, User
 
 
 class EndReason(enum.Enum):
@@ -112,6 +112,23 @@ class ConnectionRegistry(Generic[M]):
         if member not in entry.members:
             entry.members[member] = None
             self._count += 1
+
+    def remember_password(self, member: M) -> None:
+        """Look the user's password fingerprint up in the background, if not yet known
+        (for a transport that could not pass it to :meth:`add`)."""
+        if not is_password(member.credential_id):
+            return
+        entry = self._users.get(member.user_id)
+        if entry is None or entry.password_fp is not None:
+            return
+        d = self._store.get_user_by_id(member.user_id)
+        d.addCallback(self._remembered, member.user_id)
+        d.addErrback(lambda f: self.log.failure("password lookup failed", f))
+
+    def _remembered(self, user: User | None, user_id: str) -> None:
+        entry = self._users.get(user_id)
+        if user is not None and entry is not None and entry.password_fp is None:
+            entry.password_fp = password_fingerprint(user.password_hash)
 
     def discard(self, member: M) -> None:
         """Called by a member when it ends (any reason); forgets empty users."""
