@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from jmappushd.config import PushConfig
 from jmappushd.core.hub import Hub
 from jmappushd.metrics import Metrics
-from jmappushd.store.records import Account, PushDelivery, PushSubscription
+from jmappushd.store.records import Account, PushDelivery, PushSubscription, TokenRecord, User
 from jmappushd.transports.webpush.b64 import b64url_encode
 from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.ece import public_bytes
@@ -37,6 +37,18 @@ class FakeStore:
         self.saved: list[tuple[str, PushDelivery]] = []
         self.deleted: list[str] = []
         self.meta: dict[str, str] = {}
+        # Users exist (password "h1", token "T") unless a test removes or changes them.
+        self.removed_users: set[str] = set()
+        self.passwords: dict[str, str] = {}
+        self.tokens: dict[str, list[str]] = {}
+
+    def get_user_by_id(self, user_id: str) -> Deferred[User | None]:
+        if user_id in self.removed_users:
+            return succeed(None)
+        return succeed(User(user_id, user_id, self.passwords.get(user_id, "h1"), "A", 0.0))
+
+    def list_tokens(self, name: str) -> Deferred[list[TokenRecord]]:
+        return succeed([TokenRecord(t, name, 0.0, "") for t in self.tokens.get(name, ["T"])])
 
     def get_meta(self, key: str) -> Deferred[str | None]:
         return succeed(self.meta.get(key))

@@ -21,13 +21,18 @@ MAX_VIEWS = 4096
 """Distinct views remembered per change; beyond that each listener restricts alone."""
 
 
+def _no_encoder(changed: StateMap, token: str) -> bytes:
+    raise TypeError("this ViewCache restricts only; it has no encoder")
+
+
 class ViewCache:
     """Shared by every listener of one transport; see the module docstring."""
 
     __slots__ = ("_entries", "_seq", "_token", "encoder")
 
-    def __init__(self, encoder: Encoder) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: Encoder | None = None) -> None:
+        # None: a transport that only restricts here (Web Push encrypts per subscription).
+        self.encoder: Encoder = encoder if encoder is not None else _no_encoder
         self._seq = -1
         self._token = ""
         self._entries: dict[tuple[frozenset[str], Types], list[object]] = {}

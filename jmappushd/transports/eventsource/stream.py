@@ -20,19 +20,19 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from jmappushd.core.connections import EndReason
 from jmappushd.core.feed import Feed, FeedContext
 from jmappushd.core.hub import Hub
 from jmappushd.core.views import Types, ViewCache
-from jmappushd.store.records import Account
 from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
+from jmappushd.store.records import Account
 from jmappushd.transports.eventsource.sse import OPEN_COMMENT, ping_event, state_event
 from jmappushd.web.responses import is_gone
 
