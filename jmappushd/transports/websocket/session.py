@@ -11,7 +11,7 @@ RFC 6455 frames, can be another.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -64,8 +64,10 @@ class Counter(Protocol):
 
 
 class Processor(Protocol):
-    def process(self, request: Any, principal: Principal, session_state: str,
-                services: Mapping[str, object]) -> Any: ...
+    """The method machinery shared with HTTP (``jmap.processor.RequestProcessor``)."""
+
+    def process(self, request: Any, principal: Any, session_state: str,
+                services: Mapping[str, Any]) -> Coroutine[Any, Any, dict[str, Any]]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ class SessionContext:
 
     processor: Processor
     session_state: Callable[[Principal], str]
-    services: Mapping[str, object]
+    services: Mapping[str, Any]
     max_size_request: int
     max_concurrent: int
     feeds: FeedContext
