@@ -28,7 +28,7 @@ def install(service: Any) -> None:
         WEBSOCKET_CAPABILITY, {"url": app.urls.websocket, "supportsPush": True})
     app.services["websocket"] = factory
     app.auth.on_invalidate(factory.credentials_changed)
-    app.metrics.track_listeners("websocket", lambda: len(factory.connections))
+    app.metrics.track_listeners("websocket", lambda: factory.registry.count)
     factory.doStart()
 
     async def shutdown() -> None:
