@@ -126,7 +126,10 @@ class Feed:
             merge(self._held, changed)
             self._held_token = change.token
             return
-        self._throttled().offer(changed, change.token)
+        throttle = self._throttle
+        if throttle is None:
+            throttle = self._throttled()
+        throttle.offer(changed, change.token)
 
     def set_accounts(self, account_ids: frozenset[str]) -> None:
         """Grants changed: listen to the new set; forget pending data of lost accounts."""

@@ -28,7 +28,7 @@ def _no_encoder(changed: StateMap, token: str) -> bytes:
 class ViewCache:
     """Shared by every listener of one transport; see the module docstring."""
 
-    __slots__ = ("_entries", "_seq", "_token", "encoder")
+    __slots__ = ("_entries", "_last", "_seq", "_token", "encoder")
 
     def __init__(self, encoder: Encoder | None = None) -> None:
         # None: a transport that only restricts here (Web Push encrypts per subscription).
@@ -36,18 +36,23 @@ class ViewCache:
         self._seq = -1
         self._token = ""
         self._entries: dict[tuple[frozenset[str], Types], list[object]] = {}
+        # The entry ``restricted`` returned last: an immediate flush encodes right after
+        # it, so the hot path needs no second lookup.
+        self._last: list[object] | None = None
 
     def restricted(self, change: Change, account_ids: frozenset[str], types: Types
                    ) -> dict[str, dict[str, str]]:
         """``change`` as this view sees it (read-only; empty when nothing is visible)."""
         if change.seq != self._seq:
             self._seq, self._token, self._entries = change.seq, change.token, {}
+            self._last = None
         key = (account_ids, types)
         entry = self._entries.get(key)
         if entry is None:
             entry = [restrict(change.changed, account_ids, types), None]
             if len(self._entries) < MAX_VIEWS:
                 self._entries[key] = entry
+        self._last = entry
         result: dict[str, dict[str, str]] = entry[0]  # type: ignore[assignment]
         return result
 
@@ -55,7 +60,9 @@ class ViewCache:
                types: Types) -> bytes:
         """The wire bytes; reuses those of the view when ``changed`` is its unmerged map."""
         if token == self._token:
-            entry = self._entries.get((account_ids, types))
+            entry = self._last
+            if entry is None or entry[0] is not changed:
+                entry = self._entries.get((account_ids, types))
             if entry is not None and entry[0] is changed:
                 if entry[1] is None:
                     entry[1] = self.encoder(changed, token)
