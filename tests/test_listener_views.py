@@ -63,3 +63,14 @@ def test_distinct_views_are_bounded() -> None:
     assert len(views._entries) == MAX_VIEWS
     extra = frozenset({"A", "extra"})
     assert views.restricted(CHANGE, extra, None) == {"A": CHANGE.changed["A"]}
+
+
+def test_encoding_another_view_after_a_restriction_uses_that_views_bytes() -> None:
+    """The shortcut for the view restricted last never hands one view's bytes to another:
+    encoding view 1's map right after restricting view 2 still gives view 1's event."""
+    views = ViewCache(CountingEncoder())
+    first = views.restricted(CHANGE, A, None)
+    one = views.encode(first, CHANGE.token, A, None)
+    views.restricted(CHANGE, frozenset({"B"}), None)
+    assert views.encode(first, CHANGE.token, A, None) is one
+    assert one == b"ep-1:['A']"

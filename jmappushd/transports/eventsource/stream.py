@@ -1,11 +1,14 @@
-"""One open EventSource response: hub listener, throttle, ping timer, producer.
+"""One open EventSource response: its writer, ping timer and producer.
 
-Life of a stream: ``open`` writes the headers and a first comment at once (ES-1),
-subscribes to the hub and arms the ping; ``catch_up`` (only with
-``Last-Event-ID``) sends what the client missed; hub changes pass through the
-per-connection :class:`~jmappushd.core.throttle.CoalescingThrottle` and become
-``state`` events. ``close`` (client gone, shutdown, revoked credentials) drops
-the subscription, the ping timer and the throttle at once.
+The listener machine (hub subscription, catch-up while holding live changes,
+per-connection :class:`~jmappushd.core.throttle.CoalescingThrottle`, one
+encoding per view) is the shared :class:`~jmappushd.core.feed.Feed`; a stream
+adds what is EventSource's own. ``open`` writes the headers and a first comment
+at once (ES-1), subscribes and arms the ping; ``catch_up`` (only with
+``Last-Event-ID``) sends what the client missed and ends the stream if the query
+fails; changes become ``state`` events (never an empty one). ``close`` (client
+gone, shutdown, revoked credentials) drops the subscription, the ping timer and
+the throttle at once.
 
 An idle stream owns exactly one timer, its ping (none with ``ping=0``). An event
 only notes its time; when the timer fires it sends the ping or, if an event went

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
-from twisted.logger import Logger
 from twisted.web.server import Request
 
 from jmappushd.auth.authenticator import Principal
@@ -36,7 +35,6 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     """Builds one :class:`JMAPWebSocketProtocol` per authenticated upgrade."""
 
     protocol = JMAPWebSocketProtocol  # type: ignore[assignment]
-    _log = Logger()
 
     def __init__(self, app: App, reactor: Any) -> None:
         super().__init__(url=app.urls.websocket, protocols=[SUBPROTOCOL], server=None,

@@ -24,7 +24,6 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -60,7 +59,6 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """The server side of RFC 8887 for one authenticated client."""
 
     __slots__ = ("_last_rx", "_next_ping", "_timer", "session")
-    _log = Logger()
     factory: JMAPWebSocketFactory
 
     def __init__(self) -> None:
