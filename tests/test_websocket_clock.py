@@ -222,6 +222,27 @@ def test_credentials_rechecked_on_invalidate(h: Harness) -> None:
     assert carol_conn.principal is not None and carol_conn.principal.account_ids == {"A", "C"}
 
 
+def test_password_change_closes_password_websockets_with_1008(h: Harness) -> None:
+    """C-WS-5, and the same policy as EventSource: a changed password closes the
+    WebSockets opened with that password (1008) at the next invalidation; a WebSocket of
+    the same user opened with a bearer token stays open and keeps getting changes."""
+    import dataclasses
+
+    alice = h.store.add("alice", "A")
+    h.store.tokens["alice"] = [TokenRecord("t1", alice.user_id, 0.0, "")]
+    by_token = Principal(alice.user_id, "alice", "token:t1", alice.accounts, "A")
+    _password_conn, password_t = enabled(h, alice)
+    _token_conn, token_t = enabled(h, by_token)
+    user = h.store.users[alice.user_id]
+    h.store.users[alice.user_id] = dataclasses.replace(user, password_hash="changed")
+    h.app.auth.invalidate()
+    assert close_code(password_t.take()) == 1008
+    assert token_t.take() == []
+    h.publish({"A": {"Email": "a1"}})
+    assert token_t.messages()[0]["changed"] == {"A": {"Email": "a1"}}
+    assert password_t.take() == []
+
+
 def test_shutdown_closes_everything_with_1001(h: Harness) -> None:
     """Shutdown sends Close 1001 on every connection, leaves the hub at once, and finishes
     when all are gone: peers that answer close at once, silent ones are aborted after the

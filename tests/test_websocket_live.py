@@ -610,7 +610,7 @@ async def test_many_connect_disconnect_cycles_leave_nothing(wsd: LiveDaemon) -> 
             await client.bye()
     await _settle(factory)
     assert wsd.app.hub.listener_count == 0
-    assert not factory.connections and not factory._per_user
+    assert not factory.connections and factory.registry.count == 0
     owners = [getattr(c.func, "__self__", None) for c in reactor.getDelayedCalls()]
     ours = (JMAPWebSocketProtocol, CoalescingThrottle, PushSession)
     assert not [o for o in owners if isinstance(o, ours)]

@@ -185,20 +185,12 @@ class EventSourceResource(Resource):
         return stream
 
     async def _catch_up(self, stream: EventStream, header: bytes) -> None:
-        """The stream is already subscribed (and holding live changes) before the query."""
+        """The stream is already subscribed (and holds live changes) during the query;
+        if the query fails, the stream ends (the client retries the same Last-Event-ID)."""
         token = header.decode("ascii", "replace").strip()
         if len(token) > MAX_LAST_EVENT_ID:
             token = ""
-        stream.hold()
-        try:
-            states, token_now, _known = await self._app.hub.catch_up(
-                token or None, stream.account_ids)
-        except Exception:
-            self.log.failure("catch-up for {user_id} failed; ending the stream",
-                             user_id=stream.user_id)
-            stream.end()  # the client reconnects with the same Last-Event-ID
-            return
-        stream.catch_up_done(states, token_now)
+        await stream.catch_up(token or None)
 
     def _count(self, status: int) -> None:
         self._app.metrics.http_requests.labels(TRANSPORT, str(status)).inc()

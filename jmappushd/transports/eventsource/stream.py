@@ -1,11 +1,14 @@
-"""One open EventSource response: hub listener, throttle, ping timer, producer.
+"""One open EventSource response: its writer, ping timer and producer.
 
-Life of a stream: ``open`` writes the headers and a first comment at once (ES-1),
-subscribes to the hub and arms the ping; ``catch_up`` (only with
-``Last-Event-ID``) sends what the client missed; hub changes pass through the
-per-connection :class:`~jmappushd.core.throttle.CoalescingThrottle` and become
-``state`` events. ``close`` (client gone, shutdown, revoked credentials) drops
-the subscription, the ping timer and the throttle at once.
+The listener machine (hub subscription, catch-up while holding live changes,
+per-connection :class:`~jmappushd.core.throttle.CoalescingThrottle`, one
+encoding per view) is the shared :class:`~jmappushd.core.feed.Feed`; a stream
+adds what is EventSource's own. ``open`` writes the headers and a first comment
+at once (ES-1), subscribes and arms the ping; ``catch_up`` (only with
+``Last-Event-ID``) sends what the client missed and ends the stream if the query
+fails; changes become ``state`` events (never an empty one). ``close`` (client
+gone, shutdown, revoked credentials) drops the subscription, the ping timer and
+the throttle at once.
 
 An idle stream owns exactly one timer, its ping (none with ``ping=0``). An event
 only notes its time; when the timer fires it sends the ping or, if an event went
@@ -17,115 +20,70 @@ merging per account/type, so what is pending stays bounded.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from jmappushd.core.hub import Change, Hub, HubSubscription, merge, restrict
-from jmappushd.core.throttle import CoalescingThrottle
+from jmappushd.core.connections import EndReason
+from jmappushd.core.feed import Feed, FeedContext
+from jmappushd.core.hub import Hub
+from jmappushd.core.views import Types, ViewCache
 from jmappushd.net import _fastpath
 from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
+from jmappushd.store.records import Account
 from jmappushd.transports.eventsource.sse import OPEN_COMMENT, ping_event, state_event
 from jmappushd.web.responses import is_gone
 
 StateMap = Mapping[str, Mapping[str, str]]
-Types = frozenset[str] | None
-_Filter = tuple[frozenset[str], Types]
 
 
 class Counter(Protocol):
     def inc(self) -> None: ...
 
 
-class EventCache:
-    """Filters and encodes each change once per distinct (accounts, types) filter.
-
-    Fan-out hands one change to many streams; those with the same filter get the
-    same restricted map and, when it goes out unmerged, the same event bytes.
-    Only the newest change is remembered, so the cache stays tiny.
-    """
-
-    __slots__ = ("_entries", "_seq", "_token")
-
-    def __init__(self) -> None:
-        self._seq = -1
-        self._token = ""
-        self._entries: dict[_Filter, list[Any]] = {}
-
-    def restricted(self, change: Change, account_ids: frozenset[str], types: Types
-                   ) -> dict[str, dict[str, str]]:
-        if change.seq != self._seq:
-            self._seq, self._token, self._entries = change.seq, change.token, {}
-        key = (account_ids, types)
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = [restrict(change.changed, account_ids, types), None]
-            self._entries[key] = entry
-        result: dict[str, dict[str, str]] = entry[0]
-        return result
-
-    def encode(self, changed: StateMap, token: str, account_ids: frozenset[str], types: Types
-               ) -> bytes:
-        """The ``state`` event for ``changed``; reuses bytes other streams already built."""
-        if token == self._token:
-            entry = self._entries.get((account_ids, types))
-            if entry is not None and entry[0] == changed:
-                if entry[1] is None:
-                    entry[1] = state_event(changed, token)
-                cached: bytes = entry[1]
-                return cached
-        return state_event(changed, token)
-
-
-class StreamContext:
+class StreamContext(FeedContext):
     """What every stream of one endpoint shares (one object, not one per connection)."""
 
     def __init__(self, clock: IReactorTime, hub: Hub, throttle_s: float,
                  events_sent: Counter, on_close: Callable[[EventStream], None],
                  wheel: TimerWheel | None = None) -> None:
-        self.clock = clock
+        super().__init__(clock, hub, throttle_s, ViewCache(state_event))
         self.wheel = wheel if wheel is not None else TimerWheel(clock)
-        self.hub = hub
-        self.throttle_s = throttle_s
         self.events_sent = events_sent
         self.on_close = on_close
-        self.cache = EventCache()
 
 
 @implementer(IPushProducer)
-class EventStream:
-    """A single ``text/event-stream`` response and everything it owns."""
+class EventStream(Feed):
+    """A single ``text/event-stream`` response and everything it owns.
 
-    __slots__ = ("_ctx", "_held", "_held_token", "_last_write", "_paused", "_ping",
-                 "_subscription",
-                 "_throttle", "account_ids", "close_after", "closed", "credential_id",
-                 "interval", "request", "types", "user_id")
+    The listener machine (hub, catch-up, throttle, per-view encoding) is the shared
+    :class:`~jmappushd.core.feed.Feed`; this class is its writer, its ping and its
+    registry member.
+    """
+
+    __slots__ = ("_last_write", "_ping", "close_after", "credential_id", "interval",
+                 "request", "user_id")
+    _ctx: StreamContext
+    log = Logger()
 
     def __init__(self, ctx: StreamContext, request: Request, *, user_id: str,
                  credential_id: str, account_ids: frozenset[str], types: Types,
                  interval: int, close_after: bool) -> None:
-        self._ctx = ctx
+        super().__init__(ctx, account_ids, types)
         self.request = request
         self.user_id = user_id
         self.credential_id = credential_id
-        self.account_ids = account_ids
-        self.types = types
         self.interval = interval
         self.close_after = close_after
-        self.closed = False
-        self._paused = False
         self._ping: WheelTimer | None = None
         self._last_write = 0.0
-        self._subscription: HubSubscription | None = None
-        self._held: dict[str, dict[str, str]] | None = None
-        self._held_token = ""
-        # Made on the first change: most streams sit idle, and idle should cost little.
-        self._throttle: CoalescingThrottle | None = None
 
     def open(self) -> None:
         """Send 200 and the headers now, then start listening (ES-1, C-ES-5)."""
@@ -141,70 +99,28 @@ class EventStream:
         request.responseHeaders = Headers()
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
-        self._subscription = self._ctx.hub.subscribe(self, self.account_ids)
+        self.listen()
         if self.interval > 0:
             self._last_write = self._ctx.clock.seconds()
             self._ping = self._ctx.wheel.call_later(self.interval, self._ping_due)
 
-    def hold(self) -> None:
-        """Keep live changes aside while the catch-up query runs (they follow it)."""
-        if self._held is None:
-            self._held = {}
+    def catch_up_failed(self, failure: Failure) -> None:
+        """The client reconnects with the same Last-Event-ID: end rather than skip."""
+        self.log.failure("catch-up for {user_id} failed; ending the stream", failure,
+                         user_id=self.user_id)
+        self.end()
 
-    def catch_up_done(self, states: StateMap, token: str) -> None:
-        """Send the catch-up (filtered here), then whatever arrived meanwhile (ES-10)."""
-        held, self._held = self._held, None
-        if self.closed:
-            return
-        missed = restrict(states, self.account_ids, self.types)
-        if missed:
-            self._throttled().offer(missed, token)
-        if held and not self.closed:
-            self._throttled().offer(held, self._held_token)
-
-    def _throttled(self) -> CoalescingThrottle:
-        throttle = self._throttle
-        if throttle is None:
-            ctx = self._ctx
-            throttle = self._throttle = CoalescingThrottle(ctx.clock, ctx.throttle_s, self._flush)
-            if self._paused:
-                throttle.pause()
-        return throttle
-
-    def change_published(self, change: Change) -> None:
-        """Hub callback: keep what this stream may see and wants (ES-12)."""
-        if self.closed:
-            return
-        changed = self._ctx.cache.restricted(change, self.account_ids, self.types)
-        if not changed:
-            return
-        if self._held is not None:
-            merge(self._held, changed)
-            self._held_token = change.token
-            return
-        self._throttled().offer(changed, change.token)
-
-    def set_accounts(self, account_ids: frozenset[str]) -> None:
-        """Grants changed: listen to the new set; forget pending data of lost accounts."""
-        if self.closed or account_ids == self.account_ids:
-            return
-        if self._subscription is not None:
-            self._subscription.cancel()
-        self.account_ids = account_ids
-        self._subscription = self._ctx.hub.subscribe(self, account_ids)
-        throttled = self._throttle.pending if self._throttle is not None else {}
-        for pending in (throttled, self._held or {}):
-            for account_id in [a for a in pending if a not in account_ids]:
-                del pending[account_id]
-
-    def _flush(self, changed: StateMap, token: str) -> None:
-        if self.closed or not changed:
-            return
-        ctx = self._ctx
-        self._write(ctx.cache.encode(changed, token, self.account_ids, self.types))
-        ctx.events_sent.inc()
+    def deliver(self, data: bytes) -> None:
+        """Write one ``state`` event (never an empty one: the feed skips those)."""
+        self._write(data)
+        self._ctx.events_sent.inc()
         if self.close_after:
             self.end()  # ES-3, C-ES-3: the first state event ends the response
+
+    # -- registry member --
+
+    def grants_changed(self, accounts: tuple[Account, ...]) -> None:
+        self.set_accounts(frozenset(a.id for a in accounts))
 
     def _write(self, data: bytes) -> None:
         request = self.request
@@ -235,20 +151,15 @@ class EventStream:
 
     # IPushProducer: Twisted pauses us while the client reads slowly.
     def pauseProducing(self) -> None:
-        self._paused = True
-        if self._throttle is not None:
-            self._throttle.pause()
+        self.pause()
 
     def resumeProducing(self) -> None:
-        if self._paused and not self.closed:
-            self._paused = False
-            if self._throttle is not None:
-                self._throttle.resume()
+        self.resume()
 
     def stopProducing(self) -> None:
         self.close()
 
-    def end(self) -> None:
+    def end(self, reason: EndReason | None = None) -> None:
         """Finish the response cleanly (closeafter, shutdown, revoked credentials)."""
         request = self.request
         self.close()
@@ -259,17 +170,11 @@ class EventStream:
         """Release the subscription, the ping timer and the throttle; idempotent."""
         if self.closed:
             return
-        self.closed = True
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
+        self.cancel()
         if self._ping is not None:
             if self._ping.active():
                 self._ping.cancel()
             self._ping = None
-        if self._throttle is not None:
-            self._throttle.cancel()
-        self._held = None
         self._unregister()
         self._ctx.on_close(self)
 

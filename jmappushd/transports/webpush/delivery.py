@@ -144,7 +144,8 @@ class DeliveryService:
             self._remove(sub)
 
     def invalidated(self) -> None:
-        """Credentials or grants may have changed: re-check subscriptions and accounts."""
+        """Credentials or grants may have changed: re-check subscriptions and accounts
+        with the shared policy (a password change keeps them; see ``state``)."""
         if self._stopping or not self._loop.running:
             return
         if self._refreshing is not None:
@@ -214,7 +215,9 @@ class DeliveryService:
                 self.log.info("subscription {sub_id} was deleted (credentials revoked)",
                               sub_id=sub.id)
                 self._remove(sub)
-        await self._listeners.refresh_accounts(lambda: self._stopping)
+        for sub, why in await self._listeners.revalidate(lambda: self._stopping):
+            if not sub.gone:
+                self._destroy(sub, f"credentials revoked ({why})")
 
     # -- the hub side --
 
@@ -223,7 +226,7 @@ class DeliveryService:
         if change.seq <= sub.seq or sub.gone or not sub.verified:
             return
         sub.seq = max(sub.seq, change.position)  # never past a gap the hub still has
-        wanted = restrict(change.changed, sub.accounts, sub.types)
+        wanted = self._listeners.views.restricted(change, sub.accounts, sub.types)
         if not wanted:
             return
         merge(sub.owed, wanted)

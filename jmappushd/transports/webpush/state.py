@@ -4,6 +4,12 @@ One :class:`SubState` per subscription, with ``__slots__``: an idle verified
 subscription is this object plus its hub registration, no timer. ``owed`` is the
 merged newest state per account and type not yet confirmed by the push service,
 so it is bounded by the number of account/type pairs (DESIGN: bounded everything).
+
+Subscriptions are durable objects owned by a credential identity, not sessions, but
+they follow the one credential policy of :mod:`jmappushd.core.revalidation`: a
+revoked token or a removed user ends them (the store deletes them; delivery stops
+them), a grant change makes them follow the new accounts, and a *password change
+does not destroy them* — the same password credential identity still owns them.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from jmappushd.core.hub import Change, Hub, HubSubscription, merge
+from jmappushd.core.revalidation import Action, load_facts, verdict
+from jmappushd.core.views import ViewCache
 from jmappushd.store.interface import IStore
 from jmappushd.store.records import PushDelivery, PushSubscription
 from jmappushd.transports.webpush.ece import parse_subscription_keys
@@ -51,7 +59,8 @@ class SubState:
     """Delivery bookkeeping for one subscription; also its hub listener."""
 
     __slots__ = (
-        "accounts", "attempts", "busy", "created", "dirty", "expires", "failing_since", "gone",
+        "accounts", "attempts", "busy", "created", "credential_id", "dirty", "expires",
+        "failing_since", "gone",
         "hub_sub", "id", "key_id", "keys", "next_attempt", "not_before", "owed", "owner",
         "request", "seq", "types", "url", "user_id", "verified",
     )
@@ -60,6 +69,7 @@ class SubState:
         self.owner = owner
         self.id = record.id
         self.user_id = record.user_id
+        self.credential_id = record.credential_id
         self.url = record.url
         self.keys: ParsedKeys | None = parse_keys(record)
         self.key_id = record.vapid_key_id
@@ -104,8 +114,9 @@ class SubState:
 class HubListeners:
     """Hub registrations of verified subscriptions, under their user's accounts.
 
-    Accounts are loaded once per user and reloaded when credentials or grants may have
-    changed; a subscription whose user's accounts changed is registered again.
+    Accounts are loaded once per user and looked up again when credentials or grants
+    may have changed (:meth:`revalidate`); a subscription whose user's accounts changed
+    is registered again. ``views`` restricts each change once per distinct view.
     """
 
     def __init__(self, hub: Hub, store: IStore) -> None:
@@ -113,6 +124,7 @@ class HubListeners:
         self._store = store
         self._accounts: dict[str, frozenset[str]] = {}
         self._by_user: dict[str, set[SubState]] = {}
+        self.views = ViewCache()  # restrict only: Web Push encrypts per subscription
 
     def add(self, sub: SubState) -> None:
         self._by_user.setdefault(sub.user_id, set()).add(sub)
@@ -145,13 +157,24 @@ class HubListeners:
         self._accounts[user_id] = accounts
         return accounts
 
-    async def refresh_accounts(self, stopping: Callable[[], bool]) -> None:
-        """Reload every user's accounts; re-register the subscriptions of users that changed."""
+    async def revalidate(self, stopping: Callable[[], bool]) -> list[tuple[SubState, str]]:
+        """Apply the shared credential policy; returns the subscriptions it ends, and why.
+
+        Each user is looked up once. No password fingerprint is passed to the policy:
+        a new password keeps the subscriptions its identity owns. Verified
+        subscriptions of users whose grants changed are registered again.
+        """
+        ended: list[tuple[SubState, str]] = []
         for user_id in list(self._by_user):
-            old = self._accounts.get(user_id)
-            if old is None or stopping():
-                continue
-            if await self._load(user_id) != old:
-                for sub in list(self._by_user.get(user_id, ())):
-                    if sub.verified:
-                        await self.activate(sub, stopping())
+            if stopping():
+                break
+            facts = await load_facts(self._store, user_id)
+            if facts is not None and user_id in self._by_user:
+                self._accounts[user_id] = facts.account_ids
+            for sub in list(self._by_user.get(user_id, ())):
+                found = verdict(sub.credential_id, sub.accounts, facts, None)
+                if found.action is Action.END:
+                    ended.append((sub, found.why))
+                elif found.action is Action.FOLLOW and sub.verified and not sub.gone:
+                    await self.activate(sub, stopping())
+        return ended

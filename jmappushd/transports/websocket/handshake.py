@@ -81,16 +81,17 @@ class HandshakeResource(Resource):
         if principal is None:
             self._count(request)
             return
+        factory = self._factory
+        password_fp = await factory.registry.password_fingerprint_for(principal)
         if is_gone(request):
             return
-        factory = self._factory
         if factory.stopping:
             write_problem(request, 503, "the server is shutting down")
         elif factory.connections_of(principal.user_id) >= factory.max_per_user:
             write_problem(request, 429, "too many WebSocket connections for this user",
                           limit=factory.max_per_user)
         else:
-            result = factory.upgrade(self._ws, request, principal)
+            result = factory.upgrade(self._ws, request, principal, password_fp)
             if isinstance(result, bytes):  # Autobahn refused (e.g. HTTP/2): finish its page
                 request.write(result)
                 request.finish()

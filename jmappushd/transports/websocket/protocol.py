@@ -1,4 +1,10 @@
-"""One JMAP WebSocket connection: Requests in; Responses, RequestErrors, StateChanges out.
+"""One JMAP WebSocket over an HTTP/1.1 upgrade: the Autobahn adapter of a JMAP session.
+
+The JMAP logic (requests, push, refresh) lives in the transport-neutral
+:class:`~jmappushd.transports.websocket.session.JMAPSession`; this protocol is
+its :class:`~jmappushd.transports.websocket.session.FrameSink` (whole frames out,
+close codes, is-open), its registry member, and owns the wire: frame parsing,
+heartbeat, closing handshake, flow control.
 
 The principal was authenticated before the upgrade (see ``handshake``). Every
 timer runs on the app's timer wheel (on its injected clock): one timer per
@@ -16,39 +22,32 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jmappushd.auth.authenticator import Principal
-from jmappushd.jmap.problems import RequestProblem
+from jmappushd.core.connections import EndReason
 from jmappushd.net import _fastpath
 from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import WheelTimer
-from jmappushd.transports.websocket.eager import run_eagerly
-from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME, text_frame
-from jmappushd.transports.websocket.messages import (
-    PUSH_DISABLE,
-    PUSH_ENABLE,
-    SUBPROTOCOL,
-    BadMessage,
-    encode_request_error,
-    encode_response,
-    parse_message,
-    parse_push_enable,
+from jmappushd.store.records import Account
+from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME
+from jmappushd.transports.websocket.messages import SUBPROTOCOL
+from jmappushd.transports.websocket.session import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    JMAPSession,
 )
-from jmappushd.transports.websocket.push import PushSession
-from jmappushd.web.responses import problem_body
 
 if TYPE_CHECKING:
     from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY_VIOLATION = 1008
+__all__ = ["CLOSE_GOING_AWAY", "CLOSE_GRACE_S", "CLOSE_POLICY_VIOLATION",
+           "CLOSE_UNSUPPORTED_DATA", "JMAPWebSocketProtocol"]
+
 CLOSE_GRACE_S = 2.0
 """How long a peer may take to answer our Close before the TCP connection is aborted."""
 
@@ -60,20 +59,56 @@ _CLOSED = WebSocketServerProtocol.STATE_CLOSED
 class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """The server side of RFC 8887 for one authenticated client."""
 
-    __slots__ = ("_in_flight", "_last_rx", "_next_ping", "_paused", "_push",
-                 "_timer", "principal")
-    _log = Logger()
+    __slots__ = ("_last_rx", "_next_ping", "_timer", "session")
     factory: JMAPWebSocketFactory
 
     def __init__(self) -> None:
         super().__init__()
-        self.principal: Principal | None = None
+        self.session: JMAPSession | None = None
         self._timer: WheelTimer | None = None
         self._last_rx = 0.0
         self._next_ping = 0.0
-        self._push: PushSession | None = None
-        self._in_flight = 0
-        self._paused = False
+
+    @property
+    def principal(self) -> Principal | None:
+        """Who authenticated the upgrade (None until the factory attached the session)."""
+        return None if self.session is None else self.session.principal
+
+    # -- FrameSink --
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.state == _OPEN)
+
+    def send_frame(self, frame: bytes) -> None:
+        if self.state == _OPEN:
+            self.sendData(frame)
+
+    # -- registry member: delegated to the session --
+
+    @property
+    def user_id(self) -> str:
+        assert self.session is not None
+        return self.session.user_id
+
+    @property
+    def credential_id(self) -> str:
+        assert self.session is not None
+        return self.session.credential_id
+
+    @property
+    def account_ids(self) -> frozenset[str]:
+        assert self.session is not None
+        return self.session.account_ids
+
+    def end(self, reason: EndReason) -> None:
+        """Shutdown (1001) or revoked credentials (1008, C-WS-5)."""
+        if self.session is not None:
+            self.session.end(reason)
+
+    def grants_changed(self, accounts: tuple[Account, ...]) -> None:
+        if self.session is not None:
+            self.session.grants_changed(accounts)
 
     # -- connection lifecycle --
 
@@ -237,107 +272,30 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def pauseProducing(self) -> None:
         """The client reads slower than we write: hold pushes, stop reading requests."""
-        self._paused = True
-        if self._push is not None:
-            self._push.throttle.pause()
+        if self.session is not None:
+            self.session.pause()
         self._transport().pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._paused = False
         self._transport().resumeProducing()
-        if self._push is not None:
-            self._push.throttle.resume()
+        if self.session is not None:
+            self.session.resume()
 
     def stopProducing(self) -> None:
         """connectionLost does the cleanup."""
 
-    # -- messages --
+    # -- messages: the session does the JMAP part --
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.state != _OPEN or isBinary:
+        if self.state != _OPEN or isBinary or self.session is None:
             return
-        try:
-            kind, obj, request_id = parse_message(payload, self.factory.max_size_request)
-            if kind == PUSH_ENABLE:
-                self._enable_push(obj, request_id)
-            elif kind == PUSH_DISABLE:
-                self._stop_push()  # WS-20; a no-op when not enabled (C-WS-6)
-            else:
-                self._request(obj, request_id)
-        except BadMessage as bad:
-            self._problem(bad.problem, bad.request_id)
-
-    def _request(self, obj: dict[str, Any], request_id: str | None) -> None:
-        factory = self.factory
-        if self._in_flight >= factory.max_concurrent:
-            raise BadMessage(RequestProblem(
-                "limit", f"more than {factory.max_concurrent} concurrent requests",
-                limit="maxConcurrentRequests"), request_id)  # WS-15
-        principal = self.principal
-        assert principal is not None
-        self._in_flight += 1
-        try:
-            result = run_eagerly(factory.app.processor.process(
-                obj, principal, factory.app.session_state(principal), factory.services))
-        except Exception:
-            self._failed(Failure(), request_id)
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallbacks(self._answer, self._failed,
-                                callbackArgs=(request_id,), errbackArgs=(request_id,))
-        else:
-            self._answer(result, request_id)
-
-    def _answer(self, response: dict[str, Any], request_id: str | None) -> None:
-        self._in_flight -= 1
-        self._send_text(encode_response(response, request_id))
-
-    def _failed(self, failure: Failure, request_id: str | None) -> None:
-        self._in_flight -= 1
-        if isinstance(failure.value, RequestProblem):
-            self._problem(failure.value, request_id)
-            return
-        self._log.failure("WebSocket request crashed", failure)
-        self._send_text(encode_request_error(problem_body(500, "internal error"), request_id))
-
-    def _problem(self, problem: RequestProblem, request_id: str | None) -> None:
-        self.factory.count_error(problem.kind)
-        self._send_text(encode_request_error(problem.to_json(), request_id))
-
-    def _send_text(self, payload: bytes) -> None:
-        """One whole text message as one frame (no extension is ever negotiated)."""
-        if self.state == _OPEN:
-            self.sendData(text_frame(payload))
-
-    # -- push --
-
-    def _enable_push(self, obj: dict[str, Any], request_id: str | None) -> None:
-        """WS-18; a second enable replaces the first and catches up again (C-WS-6)."""
-        enable = parse_push_enable(obj, request_id)
-        self._stop_push()
-        factory = self.factory
-        push = PushSession(factory.clock, factory.throttle_s, self.send_push, factory,
-                           enable.types)
-        self._push = push
-        if self._paused:
-            push.throttle.pause()
-        principal = self.principal
-        assert principal is not None
-        push.start(factory.app.hub, principal.account_ids, enable.push_state)
-
-    def send_push(self, frame: bytes) -> None:
-        """Write one StateChange text frame (built by ``ws.frames``)."""
-        if self.state == _OPEN:
-            self.sendData(frame)
-            self.factory.events_sent.inc()
+        self.session.message(payload)
 
     def _stop_push(self) -> None:
-        push, self._push = self._push, None
-        if push is not None:
-            push.cancel()
+        if self.session is not None:
+            self.session.stop_push()
 
     def refresh(self, principal: Principal) -> None:
         """Grants changed: later requests and pushes use the new account list."""
-        self.principal = principal
-        if self._push is not None:
-            self._push.resubscribe(self.factory.app.hub, principal.account_ids)
+        if self.session is not None:
+            self.session.refresh(principal)

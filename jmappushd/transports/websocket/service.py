@@ -38,7 +38,7 @@ class WebSocketService(Service):
         app.registry.add_capability(
             WEBSOCKET_CAPABILITY, {"url": app.urls.websocket, "supportsPush": True})
         app.auth.on_invalidate(self.factory.credentials_changed)
-        app.metrics.track_listeners(TRANSPORT, lambda: len(self.factory.connections))
+        app.metrics.track_listeners(TRANSPORT, lambda: self.factory.registry.count)
 
     def startService(self) -> None:
         super().startService()

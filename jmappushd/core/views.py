@@ -1,0 +1,71 @@
+"""Restrict and encode a change once per distinct view, for one transport.
+
+Fan-out hands one change to many listeners; those with the same (accounts,
+types) view get the very same restricted map and, when it goes out unmerged,
+the very same bytes from the transport's encoder. Only the newest change is
+remembered, so the cache stays tiny; nothing is allocated per listener.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from jmappushd.core.hub import Change, restrict
+
+StateMap = Mapping[str, Mapping[str, str]]
+Types = frozenset[str] | None
+Encoder = Callable[[StateMap, str], bytes]
+"""A transport's wire form of one state map and its token (an SSE event, a frame)."""
+
+MAX_VIEWS = 4096
+"""Distinct views remembered per change; beyond that each listener restricts alone."""
+
+
+def _no_encoder(changed: StateMap, token: str) -> bytes:
+    raise TypeError("this ViewCache restricts only; it has no encoder")
+
+
+class ViewCache:
+    """Shared by every listener of one transport; see the module docstring."""
+
+    __slots__ = ("_entries", "_last", "_seq", "_token", "encoder")
+
+    def __init__(self, encoder: Encoder | None = None) -> None:
+        # None: a transport that only restricts here (Web Push encrypts per subscription).
+        self.encoder: Encoder = encoder if encoder is not None else _no_encoder
+        self._seq = -1
+        self._token = ""
+        self._entries: dict[tuple[frozenset[str], Types], list[object]] = {}
+        # The entry ``restricted`` returned last: an immediate flush encodes right after
+        # it, so the hot path needs no second lookup.
+        self._last: list[object] | None = None
+
+    def restricted(self, change: Change, account_ids: frozenset[str], types: Types
+                   ) -> dict[str, dict[str, str]]:
+        """``change`` as this view sees it (read-only; empty when nothing is visible)."""
+        if change.seq != self._seq:
+            self._seq, self._token, self._entries = change.seq, change.token, {}
+            self._last = None
+        key = (account_ids, types)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = [restrict(change.changed, account_ids, types), None]
+            if len(self._entries) < MAX_VIEWS:
+                self._entries[key] = entry
+        self._last = entry
+        result: dict[str, dict[str, str]] = entry[0]  # type: ignore[assignment]
+        return result
+
+    def encode(self, changed: StateMap, token: str, account_ids: frozenset[str],
+               types: Types) -> bytes:
+        """The wire bytes; reuses those of the view when ``changed`` is its unmerged map."""
+        if token == self._token:
+            entry = self._last
+            if entry is None or entry[0] is not changed:
+                entry = self._entries.get((account_ids, types))
+            if entry is not None and entry[0] is changed:
+                if entry[1] is None:
+                    entry[1] = self.encoder(changed, token)
+                cached: bytes = entry[1]  # type: ignore[assignment]
+                return cached
+        return self.encoder(changed, token)

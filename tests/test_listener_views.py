@@ -1,0 +1,76 @@
+"""The per-view cache: restrict and encode once per (accounts, types) view per change."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from jmappushd.core.hub import Change
+from jmappushd.core.views import MAX_VIEWS, ViewCache
+
+
+class CountingEncoder:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, changed: Mapping[str, Mapping[str, str]], token: str) -> bytes:
+        self.calls += 1
+        return f"{token}:{sorted(changed)}".encode()
+
+
+CHANGE = Change(1, "ep-1", {"A": {"Email": "e1", "Mailbox": "m1"}, "B": {"Email": "b1"}})
+A = frozenset({"A"})
+
+
+def test_same_view_shares_restriction_and_bytes() -> None:
+    """ES-12: listeners with the same view get the same restricted map and, for the
+    unmerged change, the very same bytes, encoded once."""
+    encoder = CountingEncoder()
+    views = ViewCache(encoder)
+    first = views.restricted(CHANGE, A, frozenset({"Email"}))
+    second = views.restricted(CHANGE, A, frozenset({"Email"}))
+    assert first == {"A": {"Email": "e1"}} and first is second
+    one = views.encode(first, CHANGE.token, A, frozenset({"Email"}))
+    two = views.encode(second, CHANGE.token, A, frozenset({"Email"}))
+    assert one is two and encoder.calls == 1
+
+
+def test_merged_or_other_maps_are_encoded_afresh() -> None:
+    """A merged map (not the view's own object) or another token is encoded for itself,
+    so the cache never sends bytes for the wrong states."""
+    encoder = CountingEncoder()
+    views = ViewCache(encoder)
+    own = views.restricted(CHANGE, A, None)
+    assert views.encode(dict(own), CHANGE.token, A, None) == b"ep-1:['A']"
+    assert views.encode(own, "ep-0", A, None) == b"ep-0:['A']"
+    assert encoder.calls == 2
+
+
+def test_a_new_change_forgets_the_old_views() -> None:
+    """Only the newest change is remembered; an invisible change restricts to empty."""
+    views = ViewCache(CountingEncoder())
+    views.restricted(CHANGE, A, None)
+    later = Change(2, "ep-2", {"B": {"Email": "b2"}})
+    assert views.restricted(later, A, None) == {}
+    assert views.restricted(later, frozenset({"B"}), None) == {"B": {"Email": "b2"}}
+
+
+def test_distinct_views_are_bounded() -> None:
+    """Beyond MAX_VIEWS distinct views of one change, each listener restricts alone
+    (correct, just not cached), so the cache cannot grow without bound."""
+    views = ViewCache(CountingEncoder())
+    for i in range(MAX_VIEWS + 10):
+        views.restricted(CHANGE, frozenset({"A", f"x{i}"}), None)
+    assert len(views._entries) == MAX_VIEWS
+    extra = frozenset({"A", "extra"})
+    assert views.restricted(CHANGE, extra, None) == {"A": CHANGE.changed["A"]}
+
+
+def test_encoding_another_view_after_a_restriction_uses_that_views_bytes() -> None:
+    """The shortcut for the view restricted last never hands one view's bytes to another:
+    encoding view 1's map right after restricting view 2 still gives view 1's event."""
+    views = ViewCache(CountingEncoder())
+    first = views.restricted(CHANGE, A, None)
+    one = views.encode(first, CHANGE.token, A, None)
+    views.restricted(CHANGE, frozenset({"B"}), None)
+    assert views.encode(first, CHANGE.token, A, None) is one
+    assert one == b"ep-1:['A']"
