@@ -37,10 +37,10 @@ class PushStore(MemoryStore):
     """
 
     def __init__(self) -> None:
-        self._next_user_ids: list[str] = []
+        self._next_ids: dict[str, list[str]] = {"u": [], "t": []}
         count = counting_ids()
-        super().__init__(make_id=lambda prefix: (self._next_user_ids.pop()
-                                                 if prefix == "u" and self._next_user_ids
+        super().__init__(make_id=lambda prefix: (self._next_ids[prefix].pop()
+                                                 if self._next_ids.get(prefix)
                                                  else count(prefix)))
         self.open()
         self.saved: list[tuple[str, PushDelivery]] = []
@@ -50,10 +50,16 @@ class PushStore(MemoryStore):
         """A user with this id (and name) whose first account is its own and the others
         granted, unless it exists."""
         if fired(self.get_user(user_id)) is None:
-            self._next_user_ids.append(user_id)
+            self._next_ids["u"].append(user_id)
             fired(self.add_user(user_id, "", accounts[0]))
         for account_id in accounts[1:]:
             fired(self.grant(user_id, account_id))
+
+    def ensure_token(self, user_id: str, token_id: str) -> None:
+        """The user's bearer token with this id, unless it exists."""
+        if token_id not in {r.id for r in fired(self.list_tokens(user_id))}:
+            self._next_ids["t"].append(token_id)
+            fired(self.create_token(user_id, token_id.encode().ljust(32, b"-")))
 
     @property
     def seq(self) -> int:
@@ -164,7 +170,8 @@ class Harness:
                ) -> PushSubscription:
         self.store.ensure_user(user, accounts)
         record = PushSubscription(
-            id=sub_id, user_id=user, credential_id="token:T", device_client_id="d",
+            id=sub_id, user_id=user, credential_id="token:T" if user == "u1" else f"token:T-{user}",
+            device_client_id="d",
             url=f"https://push.example/{sub_id}",
             keys_p256dh=self.receiver.p256dh if keys else None,
             keys_auth=self.receiver.auth_b64 if keys else None,
@@ -172,6 +179,8 @@ class Harness:
             expires=self.clock.seconds() + 7 * 86400, types=None, vapid_key_id=self.key.key_id,
             created=self.clock.seconds(), delivery=PushDelivery(last_sent_seq=self.store.seq))
         record = dataclasses.replace(record, **changes)
+        if record.credential_id.startswith("token:"):
+            self.store.ensure_token(user, record.credential_id.removeprefix("token:"))
         fired(self.store.create_push_subscription(record, 1_000_000))
         return record
 

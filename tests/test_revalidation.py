@@ -25,9 +25,11 @@ from jmappushd.core.revalidation import (
     password_fingerprint,
     verdict,
 )
-from jmappushd.store.records import Account, TokenRecord
+from jmappushd.store import MemoryStore
+from jmappushd.store.records import Account
 from tests import push_fakes
-from tests.test_eventsource_stream import AuthStore, Env, states
+from tests.store_backends import fired
+from tests.test_eventsource_stream import Env, auth_store, states
 from tests.test_websocket_clock import close_code, enabled
 from tests.test_websocket_helpers import Harness, write_config
 
@@ -70,8 +72,9 @@ def test_verdict_grant_change_follows() -> None:
 # -- EventSource --------------------------------------------------------------------------
 
 
-def es_env() -> tuple[Env, AuthStore]:
-    store = AuthStore()
+def es_env() -> tuple[Env, MemoryStore]:
+    """alice (u1, password hash h1) reads A and B and holds token t1."""
+    store = auth_store()
     return Env(store=store), store
 
 
@@ -84,11 +87,11 @@ def test_eventsource_revoked_credentials_finish_the_stream(case: str) -> None:
     token = env.stream(accounts=("A", "B"), credential="token:t1")
     env.registry.invalidate()  # the first pass records the password fingerprint
     if case == "token revoked":
-        store.tokens["alice"] = []
+        store.revoke_token("t1")
     elif case == "password changed":
-        store.users["u1"].password_hash = "h2"
+        store.set_password("alice", "h2")
     else:
-        del store.users["u1"]
+        store.remove_user("alice")
     env.registry.invalidate()
     ended = {s for s in (password, token) if s.request.finished}
     expected = {"token revoked": {token}, "password changed": {password},
@@ -102,7 +105,8 @@ def test_eventsource_grants_revoked_and_added() -> None:
     added account's changes arrive, without reconnecting."""
     env, store = es_env()
     stream = env.stream(accounts=("A", "B"), credential="token:t1")
-    store.grants["u1"] = ["A", "C"]
+    store.revoke_grant("alice", "B")
+    store.grant("alice", "C")
     env.registry.invalidate()
     env.publish({"B": {"Email": "b"}})
     env.publish({"C": {"Email": "c"}})
@@ -123,17 +127,17 @@ def test_websocket_revoked_credentials_close_1008(h: Harness, case: str) -> None
     """WebSocket (C-WS-5): the connection opened with the revoked credential is closed
     with 1008; the other credential's connection stays open (unless the user is gone)."""
     alice = h.store.add("alice", "A")
-    h.store.tokens["alice"] = [TokenRecord("t1", alice.user_id, 0.0, "")]
-    by_token = Principal(alice.user_id, "alice", "token:t1", alice.accounts, "A")
+    token = fired(h.store.create_token("alice", bytes(32)))
+    by_token = Principal(alice.user_id, "alice", "token:" + token.id, alice.accounts, "A")
     _p, password_t = enabled(h, alice)
     _t, token_t = enabled(h, by_token)
+    h.app.auth.invalidate()  # the first pass records the password fingerprint
     if case == "token revoked":
-        h.store.tokens["alice"] = []
+        h.store.revoke_token(token.id)
     elif case == "password changed":
-        user = h.store.users[alice.user_id]
-        h.store.users[alice.user_id] = dataclasses.replace(user, password_hash="new")
+        h.store.set_password("alice", "new")
     else:
-        del h.store.users[alice.user_id]
+        h.store.remove_user("alice")
     h.app.auth.invalidate()
     closed = {name for name, t in (("password", password_t), ("token", token_t))
               if t.value() and close_code(t.take()) == 1008}
@@ -146,10 +150,11 @@ def test_websocket_grants_revoked_and_added(h: Harness) -> None:
     """WebSocket: push and later requests follow grants: the revoked account's changes
     stop, the added one's arrive, and the session's principal carries the new accounts."""
     alice = h.store.add("alice", "A")
-    h.store.grants[alice.user_id].append(Account("B", "bob", False))
-    alice = dataclasses.replace(alice, accounts=tuple(h.store.grants[alice.user_id]))
+    h.store.grant("alice", "B")
+    alice = dataclasses.replace(alice, accounts=(*alice.accounts, Account("B", "B", False)))
     proto, transport = enabled(h, alice)
-    h.store.grants[alice.user_id] = [Account("A", "alice", True), Account("C", "carol", False)]
+    h.store.revoke_grant("alice", "B")
+    h.store.grant("alice", "C")
     h.app.auth.invalidate()
     h.publish({"B": {"Email": "b"}})
     h.publish({"C": {"Email": "c"}})
@@ -180,7 +185,9 @@ def test_webpush_revoked_token_destroys_its_subscriptions() -> None:
     """PS-7: a revoked token's subscriptions stop and are deleted, even if the store had
     not deleted them yet; the password-owned one keeps receiving."""
     h = push_harness()
-    h.store.tokens["u1"] = []
+    # The token is gone but its subscription row is not (the store's cascade has not
+    # run, e.g. a foreign writer): the delivery service destroys it itself.
+    del h.store._data.tokens["T"]
     h.delivery.invalidated()
     assert h.delivery.get("S1") is None and "S1" in h.store.deleted
     h.publish({"A": {"Email": "e"}})
@@ -191,7 +198,7 @@ def test_webpush_password_change_keeps_subscriptions() -> None:
     """A password change does NOT destroy Web Push subscriptions: the same password
     credential identity still owns them, and they keep receiving."""
     h = push_harness()
-    h.store.passwords["u1"] = "a new hash"
+    h.store.set_password("u1", "a new hash")
     h.delivery.invalidated()
     assert h.delivery.get("S1") is not None and h.delivery.get("S2") is not None
     assert h.store.deleted == []
@@ -202,7 +209,7 @@ def test_webpush_password_change_keeps_subscriptions() -> None:
 def test_webpush_removed_user_destroys_every_subscription() -> None:
     """A removed user's subscriptions stop at once, whatever credential owned them."""
     h = push_harness()
-    h.store.removed_users.add("u1")
+    h.store.remove_user("u1")
     h.delivery.invalidated()
     assert h.delivery.get("S1") is None and h.delivery.get("S2") is None
     h.publish({"A": {"Email": "e"}})
@@ -212,8 +219,11 @@ def test_webpush_removed_user_destroys_every_subscription() -> None:
 def test_webpush_subscriptions_follow_grants() -> None:
     """Subscriptions follow grants: after A is revoked and C granted, A's changes are
     not pushed and C's are."""
-    h = push_harness()
-    h.store.accounts["u1"] = ["C"]
+    h = push_fakes.Harness()
+    h.start(h.record("S1", credential_id="token:T", accounts=("X", "A")),
+            h.record("S2", credential_id="password:u1", accounts=("X", "A")))
+    h.store.revoke_grant("u1", "A")
+    h.store.grant("u1", "C")
     h.delivery.invalidated()
     h.publish({"A": {"Email": "a"}, "C": {"Email": "c"}})
     assert delivered_to(h) == {"S1": {"C": {"Email": "c"}}, "S2": {"C": {"Email": "c"}}}

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from jmappushd.auth.authenticator import Principal
 from jmappushd.core.position import make_token
 from jmappushd.transports.websocket.protocol import CLOSE_GRACE_S, JMAPWebSocketProtocol
+from tests.store_backends import fired
 from tests.test_websocket_helpers import (
     FakeTransport,
     Harness,
@@ -226,15 +227,13 @@ def test_password_change_closes_password_websockets_with_1008(h: Harness) -> Non
     """C-WS-5, and the same policy as EventSource: a changed password closes the
     WebSockets opened with that password (1008) at the next invalidation; a WebSocket of
     the same user opened with a bearer token stays open and keeps getting changes."""
-    import dataclasses
-
     alice = h.store.add("alice", "A")
-    h.store.tokens["alice"] = [TokenRecord("t1", alice.user_id, 0.0, "")]
-    by_token = Principal(alice.user_id, "alice", "token:t1", alice.accounts, "A")
+    token = fired(h.store.create_token("alice", bytes(32)))
+    by_token = Principal(alice.user_id, "alice", "token:" + token.id, alice.accounts, "A")
     _password_conn, password_t = enabled(h, alice)
     _token_conn, token_t = enabled(h, by_token)
-    user = h.store.users[alice.user_id]
-    h.store.users[alice.user_id] = dataclasses.replace(user, password_hash="changed")
+    h.app.auth.invalidate()  # the first pass records the password fingerprint
+    h.store.set_password("alice", "changed")
     h.app.auth.invalidate()
     assert close_code(password_t.take()) == 1008
     assert token_t.take() == []
