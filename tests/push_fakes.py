@@ -174,8 +174,11 @@ class Harness:
                                         self.config, self.sender, self.metrics)
 
     def crash_and_restart(self) -> None:
-        """Abandon the service without any shutdown work; start a new one on the store."""
-        self.delivery._loop.stop()
+        """Abandon the service without any shutdown work; start a new one on the store.
+
+        A dead process keeps no timer: every delayed call on the clock goes with it."""
+        for call in self.clock.getDelayedCalls():
+            call.cancel()
         self.transport.calls.clear()
         self._build()
         self.start(*self.store.subs.values())

@@ -2,12 +2,21 @@
 
 Flow per verified subscription: the hub hands it changes for its user's accounts; the
 wanted types are merged into ``owed``. A POST goes out at once when nothing is in
-flight, no retry or Retry-After is pending and the last POST is ``push-throttle`` old;
-otherwise the change waits, merged, for the scheduler tick (a ``LoopingCall`` every
-``push-retry-interval``), which also sends retries. A failed StateChange is retried
-up to ``push-attempts-max`` attempts ``push-attempt-interval`` apart (a longer
-Retry-After wins); after the last one it is dropped (logged and counted) but kept
-owed, so the next StateChange carries everything since the last success.
+flight, no retry, Retry-After or back-off is pending and the last POST is
+``push-throttle`` old; otherwise the change waits, merged, for the scheduler tick
+(every ``push-retry-interval``, only while something is scheduled), which also sends
+retries. A failed StateChange is retried up to ``push-attempts-max`` attempts
+``push-attempt-interval`` apart (a longer Retry-After wins); after the last one it is
+dropped (logged and counted) but kept owed, so the next StateChange carries everything
+since the last success, and the next notification waits a back-off that doubles with
+each notification dropped in a row (:func:`~.policy.backoff_delay`).
+
+Every POST (verification included) first takes a slot of the :class:`~.slots.SlotLimiter`
+(``max-in-flight``, ``max-in-flight-per-origin``); a subscription waiting for one is
+"busy", so later changes merge into the POST it will make. Whatever happens to the
+attempt, ``finally`` frees the slot and the busy flag: one unexpected exception is a
+failed attempt, never a subscription that stops sending. Expiry and verification
+deadlines share one timer armed at the earliest of them; an idle service owns no other.
 
 Durability: before every POST the attempt is recorded with the owed state and the
 change sequence number it covers; results are recorded too. Changes merged after
@@ -18,11 +27,12 @@ crash loses no change and never grants an extra attempt.
 from __future__ import annotations
 
 import heapq
+import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from jmappushd.config import PushConfig
@@ -31,8 +41,9 @@ from jmappushd.metrics import Metrics
 from jmappushd.store.interface import IStore
 from jmappushd.store.records import PushSubscription
 from jmappushd.transports.webpush import payload
-from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome
+from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome, backoff_delay
 from jmappushd.transports.webpush.sender import Result, Sender
+from jmappushd.transports.webpush.slots import Slot, SlotLimiter, slot_key
 from jmappushd.transports.webpush.state import HubListeners, SubState, merge, settle
 
 __all__ = ["DeliveryService"]
@@ -44,7 +55,8 @@ class DeliveryService:
     log = Logger()
 
     def __init__(self, store: IStore, hub: Hub, clock: IReactorTime, config: PushConfig,
-                 sender: Sender, metrics: Metrics) -> None:
+                 sender: Sender, metrics: Metrics, slots: SlotLimiter | None = None,
+                 jitter: Callable[[], float] = random.random) -> None:
         self._store = store
         self._hub = hub
         self._clock = clock
@@ -56,8 +68,12 @@ class DeliveryService:
         self._scheduled: set[SubState] = set()
         self._deadlines: list[tuple[float, str]] = []
         self._verifications: set[defer.Deferred[None]] = set()
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = clock
+        self._slots = slots if slots is not None else SlotLimiter(
+            config.max_in_flight, config.max_in_flight_per_origin)
+        self._jitter = jitter
+        self._tick_call: IDelayedCall | None = None
+        self._deadline_call: IDelayedCall | None = None
+        self._started = False
         self._stopping = False
         self._refreshing: defer.Deferred[None] | None = None
         self._recovering: defer.Deferred[None] | None = None
@@ -69,15 +85,14 @@ class DeliveryService:
     # -- lifecycle --
 
     async def start(self, records: list[PushSubscription]) -> None:
-        """Track stored subscriptions and start the tick; missed changes are recovered in
+        """Track stored subscriptions and start delivering; missed changes are recovered in
         the background (method calls need not wait for that)."""
         for record in records:
             self._track(record)
         verified = [sub for sub in self._subs.values() if sub.verified]
         for sub in verified:
             await self._listeners.activate(sub, self._stopping)
-        self._loop.start(self._config.push_retry_interval_s, now=False).addErrback(
-            lambda f: self.log.failure("push scheduler stopped", f))
+        self._started = True
         self._recovering = defer.ensureDeferred(self._recover_all(verified))
         self._recovering.addErrback(self._log_failure)
         self.log.info("push delivery started with {count} subscriptions", count=len(self._subs))
@@ -90,10 +105,9 @@ class DeliveryService:
                 await self._recover(sub)
 
     async def stop(self) -> None:
-        """Stop the tick, cancel in-flight POSTs, record what is still owed."""
+        """Stop the timers, cancel in-flight and waiting POSTs, record what is still owed."""
         self._stopping = True
-        if self._loop.running:
-            self._loop.stop()
+        self._cancel_timers()
         if self._recovering is not None:
             await self._recovering
         for d in [s.request for s in self._subs.values() if s.request] + [*self._verifications]:
@@ -103,6 +117,12 @@ class DeliveryService:
                 sub.hub_sub.cancel()
         dirty = [sub for sub in self._subs.values() if sub.dirty]
         await defer.DeferredList([defer.ensureDeferred(self._persist(s)) for s in dirty])
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._tick_call, self._deadline_call):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._tick_call = self._deadline_call = None
 
     def count(self, verified: bool) -> int:
         return sum(1 for s in self._subs.values() if s.verified == verified)
@@ -131,7 +151,7 @@ class DeliveryService:
         sub.types = None if record.types is None else frozenset(record.types)
         if record.expires != sub.expires:
             sub.expires = record.expires
-            heapq.heappush(self._deadlines, (record.expires, sub.id))
+            self._add_deadline(record.expires, sub.id)
         if record.verified and not sub.verified:
             sub.verified = True
             sub.seq = max(sub.seq, record.delivery.last_sent_seq)
@@ -145,7 +165,7 @@ class DeliveryService:
 
     def invalidated(self) -> None:
         """Credentials or grants may have changed: re-check subscriptions and accounts."""
-        if self._stopping or not self._loop.running:
+        if self._stopping or not self._started:
             return
         if self._refreshing is not None:
             self._refresh_again = True
@@ -173,12 +193,11 @@ class DeliveryService:
             return None
         self._subs[sub.id] = sub
         self._listeners.add(sub)
-        heapq.heappush(self._deadlines, (sub.expires, sub.id))
+        self._add_deadline(sub.expires, sub.id)
         if not sub.verified:
-            heapq.heappush(self._deadlines,
-                           (sub.created + self._config.push_verify_timeout_s, sub.id))
+            self._add_deadline(sub.created + self._config.push_verify_timeout_s, sub.id)
         if sub.next_attempt is not None:
-            self._scheduled.add(sub)
+            self._schedule(sub)
         return sub
 
     async def _recover(self, sub: SubState) -> None:
@@ -232,22 +251,61 @@ class DeliveryService:
             return  # merged into the pending send or retry
         when = max(now, sub.not_before)
         if when <= now:
-            self._send(sub, now)
+            self._send(sub)
         else:
             sub.next_attempt = when
-            self._scheduled.add(sub)
+            self._schedule(sub)
 
     # -- the scheduler --
 
+    def _schedule(self, sub: SubState) -> None:
+        self._scheduled.add(sub)
+        self._arm_tick()
+
+    def _arm_tick(self) -> None:
+        """The tick runs only while something is scheduled: idle costs no timer."""
+        if self._tick_call is None and self._scheduled and not self._stopping:
+            self._tick_call = self._clock.callLater(self._config.push_retry_interval_s,
+                                                    self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._tick_call = None
+        self.tick()
+        self._arm_tick()
+
     def tick(self) -> None:
-        """Destroy expired/unverified subscriptions and send what is due; never raises."""
+        """Send what is due; never raises."""
         try:
             now = self._clock.seconds()
-            self._expire(now)
             for sub in list(self._scheduled):
                 self._maybe_send_due(sub, now)
         except Exception:
             self.log.failure("push scheduler tick failed")
+
+    def _add_deadline(self, when: float, sub_id: str) -> None:
+        heapq.heappush(self._deadlines, (when, sub_id))
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """One timer for all expiry and verification deadlines, at the earliest one."""
+        if self._stopping or not self._deadlines:
+            return
+        when = self._deadlines[0][0]
+        timer = self._deadline_call
+        if timer is not None:
+            if timer.getTime() <= when:
+                return
+            timer.cancel()
+        delay = max(0.0, when - self._clock.seconds())
+        self._deadline_call = self._clock.callLater(delay, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_call = None
+        try:
+            self._expire(self._clock.seconds())
+        except Exception:
+            self.log.failure("push expiry check failed")
+        self._arm_deadline()
 
     def _expire(self, now: float) -> None:
         """C-PS-2, C-PS-8: expired and unverified-too-long subscriptions are destroyed."""
@@ -276,27 +334,60 @@ class DeliveryService:
             self._drop(sub, "attempts")  # its last attempt was in flight at a crash
             self._persist_later(sub)
         else:
-            self._send(sub, now)
+            self._send(sub)
 
     # -- sending --
 
-    def _send(self, sub: SubState, now: float) -> None:
-        if sub.expires <= now:
-            self._destroy(sub, "expired")  # PS-4: nothing is sent after expires
-            return
-        sub.attempts += 1
-        if sub.attempts > 1:
-            self._metrics.push_retries.inc()
+    def _send(self, sub: SubState) -> None:
+        """Start the subscription's next POST; it may first wait for a slot, busy."""
         sub.busy = True
-        sub.not_before = max(sub.not_before, now + self._config.push_throttle_s)
-        # Recorded before the POST: if we crash now, this is when the retry is due.
-        sub.next_attempt = now + self._config.push_attempt_interval_s
         self._scheduled.discard(sub)
         d = defer.ensureDeferred(self._deliver(sub))
-        sub.request = d
+        if not d.called:  # else it is over already, and may have started the next one
+            sub.request = d
         d.addErrback(self._log_failure)
 
     async def _deliver(self, sub: SubState) -> None:
+        """One attempt: a slot, then the POST(s); ``finally`` frees the slot and ``busy``."""
+        slot: Slot | None = None
+        result: Result | None = None
+        expired = False
+        try:
+            slot = await self._slots.acquire(slot_key(sub.url))
+            if sub.gone or self._stopping:
+                return
+            if sub.expires <= self._clock.seconds():
+                expired = True  # PS-4: nothing is sent after expires
+            else:
+                result = await self._attempt(sub)
+        except defer.CancelledError:
+            raise  # destroyed or stopping: nothing to decide
+        except Exception:
+            self.log.failure("subscription {sub_id}: push attempt failed", sub_id=sub.id)
+            self._metrics.push_deliveries.labels("state", "error").inc()
+            result = Result(Outcome.FAILED)
+        finally:
+            if slot is not None:
+                slot.release()
+            sub.busy = False
+            sub.request = None
+        if sub.gone or self._stopping:
+            return
+        if expired:
+            self._destroy(sub, "expired")
+        elif result is not None:
+            self._settle(sub, result)
+
+    async def _attempt(self, sub: SubState) -> Result | None:
+        """Count and record the attempt, then POST the owed state (newest, merged while
+        waiting for the slot), split if too large; None if the subscription went away."""
+        now = self._clock.seconds()
+        sub.attempts += 1
+        if sub.attempts > 1:
+            self._metrics.push_retries.inc()
+        sub.not_before = max(sub.not_before, now + self._config.push_throttle_s)
+        # Recorded before the POST: if we crash now, this is when the retry is due.
+        sub.next_attempt = now + self._config.push_attempt_interval_s
         parts, unfit = payload.split_state_change(sub.owed)
         if unfit:
             self.log.warn("subscription {sub_id}: {count} states too large to push",
@@ -306,16 +397,14 @@ class DeliveryService:
         result = Result(Outcome.DELIVERED)
         for body, states in parts:
             if sub.gone or self._stopping:
-                return
+                return None
             result = await self._sender.send(sub, body, "state", topic)
             if sub.gone or self._stopping:
-                return
+                return None
             if result.outcome is not Outcome.DELIVERED:
                 break
             settle(sub.owed, states)
-        sub.busy = False
-        sub.request = None
-        self._settle(sub, result)
+        return result
 
     def _settle(self, sub: SubState, result: Result) -> None:
         """Decide what happens after a StateChange POST (C-WP-2)."""
@@ -330,6 +419,8 @@ class DeliveryService:
             sub.attempts = 0
             sub.failing_since = None
             sub.next_attempt = None
+            sub.dropped = 0
+            sub.backoff_until = None
             if sub.owed:
                 self._want_send(sub, now)
             self._persist_later(sub)
@@ -355,7 +446,7 @@ class DeliveryService:
 
     def _reschedule(self, sub: SubState, when: float) -> None:
         sub.next_attempt = when
-        self._scheduled.add(sub)
+        self._schedule(sub)
 
     def _drop(self, sub: SubState, reason: str) -> None:
         """Give up this notification, never silently; the owed state stays for the next one."""
@@ -367,10 +458,34 @@ class DeliveryService:
         sub.attempts = 0
         sub.next_attempt = None
         self._scheduled.discard(sub)
+        if reason == "attempts":
+            self._back_off(sub)
+
+    def _back_off(self, sub: SubState) -> None:
+        """Space the notifications of a subscription that keeps failing (Synapse-style):
+        the next may not start before a delay that doubles per notification dropped in
+        a row, from ``push-attempt-interval`` up to ``push-backoff-max``, jittered."""
+        sub.dropped += 1
+        delay = backoff_delay(sub.dropped, self._config.push_attempt_interval_s,
+                              self._config.push_backoff_max_s, self._jitter)
+        if delay <= 0:
+            return
+        sub.backoff_until = self._clock.seconds() + delay
+        sub.not_before = max(sub.not_before, sub.backoff_until)
+        self.log.info("subscription {sub_id}: {dropped} notification(s) dropped in a row; "
+                      "the next waits {delay} s", sub_id=sub.id, dropped=sub.dropped,
+                      delay=round(delay, 3))
 
     async def _verify(self, sub: SubState, body: bytes) -> None:
-        """The one PushVerification: no retry on any outcome (C-PS-9, VAPID-14)."""
-        result = await self._sender.send(sub, body, "verification")
+        """The one PushVerification: no retry on any outcome (C-PS-9, VAPID-14). It takes
+        a slot like any POST."""
+        slot = await self._slots.acquire(slot_key(sub.url))
+        try:
+            if sub.gone or self._stopping:
+                return
+            result = await self._sender.send(sub, body, "verification")
+        finally:
+            slot.release()
         if result.outcome is Outcome.GONE and not sub.gone and not self._stopping:
             self._destroy(sub, "gone (HTTP 404/410) at verification")
 
