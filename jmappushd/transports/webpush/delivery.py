@@ -26,13 +26,12 @@ crash loses no change and never grants an extra attempt.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from jmappushd.config import PushConfig
@@ -42,6 +41,7 @@ from jmappushd.store.interface import IStore
 from jmappushd.store.records import PushSubscription
 from jmappushd.transports.webpush import payload
 from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome, backoff_delay
+from jmappushd.transports.webpush.schedule import Scheduler
 from jmappushd.transports.webpush.sender import Result, Sender
 from jmappushd.transports.webpush.slots import Slot, SlotLimiter, slot_key
 from jmappushd.transports.webpush.state import HubListeners, SubState, merge, settle
@@ -65,14 +65,12 @@ class DeliveryService:
         self._metrics = metrics
         self._subs: dict[str, SubState] = {}
         self._listeners = HubListeners(hub, store)
-        self._scheduled: set[SubState] = set()
-        self._deadlines: list[tuple[float, str]] = []
+        self._schedule: Scheduler[SubState] = Scheduler(
+            clock, config.push_retry_interval_s, self._maybe_send_due, self._deadline)
         self._verifications: set[defer.Deferred[None]] = set()
         self._slots = slots if slots is not None else SlotLimiter(
             config.max_in_flight, config.max_in_flight_per_origin)
         self._jitter = jitter
-        self._tick_call: IDelayedCall | None = None
-        self._deadline_call: IDelayedCall | None = None
         self._started = False
         self._stopping = False
         self._refreshing: defer.Deferred[None] | None = None
@@ -107,7 +105,7 @@ class DeliveryService:
     async def stop(self) -> None:
         """Stop the timers, cancel in-flight and waiting POSTs, record what is still owed."""
         self._stopping = True
-        self._cancel_timers()
+        self._schedule.stop()
         if self._recovering is not None:
             await self._recovering
         for d in [s.request for s in self._subs.values() if s.request] + [*self._verifications]:
@@ -117,12 +115,6 @@ class DeliveryService:
                 sub.hub_sub.cancel()
         dirty = [sub for sub in self._subs.values() if sub.dirty]
         await defer.DeferredList([defer.ensureDeferred(self._persist(s)) for s in dirty])
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._tick_call, self._deadline_call):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._tick_call = self._deadline_call = None
 
     def count(self, verified: bool) -> int:
         return sum(1 for s in self._subs.values() if s.verified == verified)
@@ -151,7 +143,7 @@ class DeliveryService:
         sub.types = None if record.types is None else frozenset(record.types)
         if record.expires != sub.expires:
             sub.expires = record.expires
-            self._add_deadline(record.expires, sub.id)
+            self._schedule.add_deadline(record.expires, sub.id)
         if record.verified and not sub.verified:
             sub.verified = True
             sub.seq = max(sub.seq, record.delivery.last_sent_seq)
@@ -193,11 +185,11 @@ class DeliveryService:
             return None
         self._subs[sub.id] = sub
         self._listeners.add(sub)
-        self._add_deadline(sub.expires, sub.id)
+        self._schedule.add_deadline(sub.expires, sub.id)
         if not sub.verified:
-            self._add_deadline(sub.created + self._config.push_verify_timeout_s, sub.id)
+            self._schedule.add_deadline(sub.created + self._config.push_verify_timeout_s, sub.id)
         if sub.next_attempt is not None:
-            self._schedule(sub)
+            self._schedule.add(sub)
         return sub
 
     async def _recover(self, sub: SubState) -> None:
@@ -254,81 +246,34 @@ class DeliveryService:
             self._send(sub)
         else:
             sub.next_attempt = when
-            self._schedule(sub)
+            self._schedule.add(sub)
 
     # -- the scheduler --
 
-    def _schedule(self, sub: SubState) -> None:
-        self._scheduled.add(sub)
-        self._arm_tick()
-
-    def _arm_tick(self) -> None:
-        """The tick runs only while something is scheduled: idle costs no timer."""
-        if self._tick_call is None and self._scheduled and not self._stopping:
-            self._tick_call = self._clock.callLater(self._config.push_retry_interval_s,
-                                                    self._on_tick)
-
-    def _on_tick(self) -> None:
-        self._tick_call = None
-        self.tick()
-        self._arm_tick()
-
     def tick(self) -> None:
-        """Send what is due; never raises."""
-        try:
-            now = self._clock.seconds()
-            for sub in list(self._scheduled):
-                self._maybe_send_due(sub, now)
-        except Exception:
-            self.log.failure("push scheduler tick failed")
+        """Send what is due (the scheduler calls this while something is scheduled)."""
+        self._schedule.tick()
 
-    def _add_deadline(self, when: float, sub_id: str) -> None:
-        heapq.heappush(self._deadlines, (when, sub_id))
-        self._arm_deadline()
-
-    def _arm_deadline(self) -> None:
-        """One timer for all expiry and verification deadlines, at the earliest one."""
-        if self._stopping or not self._deadlines:
-            return
-        when = self._deadlines[0][0]
-        timer = self._deadline_call
-        if timer is not None:
-            if timer.getTime() <= when:
-                return
-            timer.cancel()
-        delay = max(0.0, when - self._clock.seconds())
-        self._deadline_call = self._clock.callLater(delay, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self._deadline_call = None
-        try:
-            self._expire(self._clock.seconds())
-        except Exception:
-            self.log.failure("push expiry check failed")
-        self._arm_deadline()
-
-    def _expire(self, now: float) -> None:
+    def _deadline(self, sub_id: str, now: float) -> None:
         """C-PS-2, C-PS-8: expired and unverified-too-long subscriptions are destroyed."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, sub_id = heapq.heappop(self._deadlines)
-            sub = self._subs.get(sub_id)
-            if sub is None:
-                continue
-            if sub.expires <= now:
-                self._destroy(sub, "expired")
-            elif not sub.verified and sub.created + self._config.push_verify_timeout_s <= now:
-                self._destroy(sub, "not verified in time")
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            return
+        if sub.expires <= now:
+            self._destroy(sub, "expired")
+        elif not sub.verified and sub.created + self._config.push_verify_timeout_s <= now:
+            self._destroy(sub, "not verified in time")
 
     def _maybe_send_due(self, sub: SubState, now: float) -> None:
         if sub.busy or sub.next_attempt is None:
-            self._scheduled.discard(sub)
+            self._schedule.discard(sub)
             return
         if sub.next_attempt > now:
             return
         if not sub.owed:
             sub.next_attempt = None
             sub.attempts = 0
-            self._scheduled.discard(sub)
+            self._schedule.discard(sub)
             self._persist_later(sub)
         elif sub.attempts >= self._config.push_attempts_max:
             self._drop(sub, "attempts")  # its last attempt was in flight at a crash
@@ -341,7 +286,7 @@ class DeliveryService:
     def _send(self, sub: SubState) -> None:
         """Start the subscription's next POST; it may first wait for a slot, busy."""
         sub.busy = True
-        self._scheduled.discard(sub)
+        self._schedule.discard(sub)
         d = defer.ensureDeferred(self._deliver(sub))
         if not d.called:  # else it is over already, and may have started the next one
             sub.request = d
@@ -446,7 +391,7 @@ class DeliveryService:
 
     def _reschedule(self, sub: SubState, when: float) -> None:
         sub.next_attempt = when
-        self._schedule(sub)
+        self._schedule.add(sub)
 
     def _drop(self, sub: SubState, reason: str) -> None:
         """Give up this notification, never silently; the owed state stays for the next one."""
@@ -457,7 +402,7 @@ class DeliveryService:
             sub_id=sub.id, reason=reason, attempts=sub.attempts)
         sub.attempts = 0
         sub.next_attempt = None
-        self._scheduled.discard(sub)
+        self._schedule.discard(sub)
         if reason == "attempts":
             self._back_off(sub)
 
@@ -501,7 +446,7 @@ class DeliveryService:
         request, sub.request = sub.request, None
         sub.erase()
         self._subs.pop(sub.id, None)
-        self._scheduled.discard(sub)
+        self._schedule.discard(sub)
         if request is not None:
             request.cancel()
 
