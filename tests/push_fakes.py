@@ -23,7 +23,7 @@ from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.ece import public_bytes
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.sender import PushResponse, Sender
-from jmappushd.transports.webpush.vapid import VapidKey, verify_vapid_header
+from jmappushd.transports.webpush.vapid import VapidKey, origin_of, verify_vapid_header
 
 
 class FakeStore:
@@ -208,7 +208,7 @@ class Harness:
 
     def decrypt(self, call: Call) -> Any:
         claims = verify_vapid_header(call.headers["Authorization"], self.clock.seconds(),
-                                     audience="https://push.example")
+                                     audience=origin_of(call.url))
         assert claims["sub"] == "mailto:ops@example.com"
         return self.receiver.decrypt(call.body)
 
