@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +153,8 @@ def push_config(**changes: Any) -> PushConfig:
 class Harness:
     """A DeliveryService on a Clock, a fake store and transport, ready to publish to."""
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, jitter: Callable[[], float] = lambda: 0.0, **config: Any) -> None:
+        self.jitter = jitter  # 0.0: every back-off is half its nominal delay, deterministic
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.config = push_config(**config)
@@ -171,7 +172,8 @@ class Harness:
         defer.ensureDeferred(self.hub.start())
         self.sender = Sender(self.transport, self.keyring, self.clock, self.config, self.metrics)
         self.delivery = DeliveryService(self.store, self.hub, self.clock,  # type: ignore[arg-type]
-                                        self.config, self.sender, self.metrics)
+                                        self.config, self.sender, self.metrics,
+                                        jitter=self.jitter)
 
     def crash_and_restart(self) -> None:
         """Abandon the service without any shutdown work; start a new one on the store.
