@@ -11,12 +11,10 @@ dropped (logged and counted) but kept owed, so the next StateChange carries ever
 since the last success, and the next notification waits a back-off that doubles with
 each notification dropped in a row (:func:`~.policy.backoff_delay`).
 
-Every POST (verification included) first takes a slot of the :class:`~.slots.SlotLimiter`
-(``max-in-flight``, ``max-in-flight-per-origin``); a subscription waiting for one is
-"busy", so later changes merge into the POST it will make. Whatever happens to the
-attempt, ``finally`` frees the slot and the busy flag: one unexpected exception is a
-failed attempt, never a subscription that stops sending. Expiry and verification
-deadlines share one timer armed at the earliest of them; an idle service owns no other.
+Every POST takes a slot first (:mod:`~.slots`, :mod:`~.attempt`); a subscription waiting
+for one is busy, so changes merge into the POST it will make. ``busy`` ends in a
+``finally``: an unexpected exception is a failed attempt, never a wedged subscription.
+Timers (:mod:`~.schedule`): the tick while something waits, one deadline timer.
 
 Durability: before every POST the attempt is recorded with the owed state and the
 change sequence number it covers; results are recorded too. Changes merged after
@@ -40,11 +38,12 @@ from jmappushd.metrics import Metrics
 from jmappushd.store.interface import IStore
 from jmappushd.store.records import PushSubscription
 from jmappushd.transports.webpush import payload
+from jmappushd.transports.webpush.attempt import EXPIRED, Attempts
 from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome, backoff_delay
 from jmappushd.transports.webpush.schedule import Scheduler
 from jmappushd.transports.webpush.sender import Result, Sender
-from jmappushd.transports.webpush.slots import Slot, SlotLimiter, slot_key
-from jmappushd.transports.webpush.state import HubListeners, SubState, merge, settle
+from jmappushd.transports.webpush.slots import SlotLimiter
+from jmappushd.transports.webpush.state import HubListeners, SubState, merge
 
 __all__ = ["DeliveryService"]
 
@@ -68,8 +67,10 @@ class DeliveryService:
         self._schedule: Scheduler[SubState] = Scheduler(
             clock, config.push_retry_interval_s, self._maybe_send_due, self._deadline)
         self._verifications: set[defer.Deferred[None]] = set()
-        self._slots = slots if slots is not None else SlotLimiter(
-            config.max_in_flight, config.max_in_flight_per_origin)
+        self._attempts = Attempts(
+            clock, config, sender,
+            slots or SlotLimiter(config.max_in_flight, config.max_in_flight_per_origin),
+            metrics, self._persist, lambda: self._stopping)
         self._jitter = jitter
         self._started = False
         self._stopping = False
@@ -293,63 +294,18 @@ class DeliveryService:
         d.addErrback(self._log_failure)
 
     async def _deliver(self, sub: SubState) -> None:
-        """One attempt: a slot, then the POST(s); ``finally`` frees the slot and ``busy``."""
-        slot: Slot | None = None
-        result: Result | None = None
-        expired = False
+        """One attempt, then its consequences; ``busy`` ends whatever happened."""
         try:
-            slot = await self._slots.acquire(slot_key(sub.url))
-            if sub.gone or self._stopping:
-                return
-            if sub.expires <= self._clock.seconds():
-                expired = True  # PS-4: nothing is sent after expires
-            else:
-                result = await self._attempt(sub)
-        except defer.CancelledError:
-            raise  # destroyed or stopping: nothing to decide
-        except Exception:
-            self.log.failure("subscription {sub_id}: push attempt failed", sub_id=sub.id)
-            self._metrics.push_deliveries.labels("state", "error").inc()
-            result = Result(Outcome.FAILED)
+            result = await self._attempts.state_change(sub)
         finally:
-            if slot is not None:
-                slot.release()
             sub.busy = False
             sub.request = None
         if sub.gone or self._stopping:
             return
-        if expired:
+        if result == EXPIRED:
             self._destroy(sub, "expired")
-        elif result is not None:
+        elif isinstance(result, Result):
             self._settle(sub, result)
-
-    async def _attempt(self, sub: SubState) -> Result | None:
-        """Count and record the attempt, then POST the owed state (newest, merged while
-        waiting for the slot), split if too large; None if the subscription went away."""
-        now = self._clock.seconds()
-        sub.attempts += 1
-        if sub.attempts > 1:
-            self._metrics.push_retries.inc()
-        sub.not_before = max(sub.not_before, now + self._config.push_throttle_s)
-        # Recorded before the POST: if we crash now, this is when the retry is due.
-        sub.next_attempt = now + self._config.push_attempt_interval_s
-        parts, unfit = payload.split_state_change(sub.owed)
-        if unfit:
-            self.log.warn("subscription {sub_id}: {count} states too large to push",
-                          sub_id=sub.id, count=unfit)
-        await self._persist(sub)
-        topic = payload.topic_for(sub.id) if len(parts) == 1 else None
-        result = Result(Outcome.DELIVERED)
-        for body, states in parts:
-            if sub.gone or self._stopping:
-                return None
-            result = await self._sender.send(sub, body, "state", topic)
-            if sub.gone or self._stopping:
-                return None
-            if result.outcome is not Outcome.DELIVERED:
-                break
-            settle(sub.owed, states)
-        return result
 
     def _settle(self, sub: SubState, result: Result) -> None:
         """Decide what happens after a StateChange POST (C-WP-2)."""
@@ -422,16 +378,11 @@ class DeliveryService:
                       delay=round(delay, 3))
 
     async def _verify(self, sub: SubState, body: bytes) -> None:
-        """The one PushVerification: no retry on any outcome (C-PS-9, VAPID-14). It takes
-        a slot like any POST."""
-        slot = await self._slots.acquire(slot_key(sub.url))
-        try:
-            if sub.gone or self._stopping:
-                return
-            result = await self._sender.send(sub, body, "verification")
-        finally:
-            slot.release()
-        if result.outcome is Outcome.GONE and not sub.gone and not self._stopping:
+        """The one PushVerification: no retry on any outcome (C-PS-9, VAPID-14)."""
+        result = await self._attempts.verification(sub, body)
+        if result is None or sub.gone or self._stopping:
+            return
+        if result.outcome is Outcome.GONE:
             self._destroy(sub, "gone (HTTP 404/410) at verification")
 
     # -- destroying and persisting --
