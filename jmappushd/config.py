@@ -218,6 +218,9 @@ class PushConfig:
     vapid_subject: str = _opt("", check=_check_vapid_subject)
     require_keys: bool = False
     vapid_rotation_transition: int = 0  # s, 0 = old-key subscriptions end at rotation (C-V-2)
+    max_in_flight: int = _opt(256, 1)  # POSTs in flight overall
+    max_in_flight_per_origin: int = _opt(32, 1)  # POSTs in flight to one push service origin
+    push_backoff_max: int = 3_600_000  # ms, cap of the back-off between notifications, 0 = off
 
     @property
     def push_attempt_interval_s(self) -> float:
@@ -238,6 +241,10 @@ class PushConfig:
     @property
     def push_throttle_s(self) -> float:
         return self.push_throttle / 1000
+
+    @property
+    def push_backoff_max_s(self) -> float:
+        return self.push_backoff_max / 1000
 
 
 @dataclass(frozen=True)

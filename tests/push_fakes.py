@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.ece import public_bytes
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.sender import PushResponse, Sender
-from jmappushd.transports.webpush.vapid import VapidKey
+from jmappushd.transports.webpush.vapid import VapidKey, origin_of
 from tests.store_backends import counting_ids, fired
 from tests.vapid_check import verify_vapid_header
 
@@ -138,7 +138,8 @@ def push_config(**changes: Any) -> PushConfig:
 class Harness:
     """A DeliveryService on a Clock, a fake store and transport, ready to publish to."""
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, jitter: Callable[[], float] = lambda: 0.0, **config: Any) -> None:
+        self.jitter = jitter  # 0.0: every back-off is half its nominal delay, deterministic
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.config = push_config(**config)
@@ -156,11 +157,15 @@ class Harness:
         defer.ensureDeferred(self.hub.start())
         self.sender = Sender(self.transport, self.keyring, self.clock, self.config, self.metrics)
         self.delivery = DeliveryService(self.store, self.hub, self.clock,
-                                        self.config, self.sender, self.metrics)
+                                        self.config, self.sender, self.metrics,
+                                        jitter=self.jitter)
 
     def crash_and_restart(self) -> None:
-        """Abandon the service without any shutdown work; start a new one on the store."""
-        self.delivery._loop.stop()
+        """Abandon the service without any shutdown work; start a new one on the store.
+
+        A dead process keeps no timer: every delayed call on the clock goes with it."""
+        for call in self.clock.getDelayedCalls():
+            call.cancel()
         self.transport.calls.clear()
         self._build()
         self.start(*self.store.subs.values())
@@ -193,7 +198,7 @@ class Harness:
 
     def decrypt(self, call: Call) -> Any:
         claims = verify_vapid_header(call.headers["Authorization"], self.clock.seconds(),
-                                     audience="https://push.example")
+                                     audience=origin_of(call.url))
         assert claims["sub"] == "mailto:ops@example.com"
         return self.receiver.decrypt(call.body)
 

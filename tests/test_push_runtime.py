@@ -92,9 +92,11 @@ def test_rotation_changes_session_state_and_destroys_old_subscriptions() -> None
 def test_stop_closes_the_pool_and_leaves_no_timers() -> None:
     """Shutdown: the scheduler stops, the pool is closed, nothing stays on the clock."""
     h = Harness()
+    h.store.set_meta(META_KEY, h.key.to_private_string())
+    h.record("S1")
     runtime, pool = runtime_on(h)
     defer.ensureDeferred(runtime.start())
-    assert h.clock.getDelayedCalls()  # the scheduler tick
+    assert len(h.clock.getDelayedCalls()) == 1  # the subscription's expiry deadline
     defer.ensureDeferred(runtime.stop())
     assert pool.closed
     assert h.clock.getDelayedCalls() == []

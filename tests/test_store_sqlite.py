@@ -114,7 +114,7 @@ def test_v2_drops_the_seq_index_and_keeps_the_states() -> None:
     connection = sqlite3.connect(":memory:", isolation_level=None)
     assert migrate(connection.cursor(), MIGRATIONS[:1]) == (0, 1)
     connection.execute("INSERT INTO states VALUES ('A', 'Email', 's1', 7)")
-    assert migrate(connection.cursor(), MIGRATIONS) == (1, 2)
+    assert migrate(connection.cursor(), MIGRATIONS[:2]) == (1, 2)
     assert connection.execute("SELECT * FROM states").fetchall() == [("A", "Email", "s1", 7)]
     indexes = connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
     names = [r[0] for r in indexes]

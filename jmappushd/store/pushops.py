@@ -19,7 +19,8 @@ from jmappushd.store.schema import Cursor
 _COLUMNS = (
     "id, user_id, credential_id, device_client_id, url, keys_p256dh, keys_auth, "
     "verification_code, verified, client_verification_code, expires, types, vapid_key_id, "
-    "created, pending, attempts, next_attempt, failing_since, last_sent_seq"
+    "created, pending, attempts, next_attempt, failing_since, last_sent_seq, dropped, "
+    "backoff_until"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM push_subscriptions"  # noqa: S608 - constant text
 
@@ -30,7 +31,8 @@ def _types_text(types: Sequence[str] | None) -> str | None:
 
 def _delivery(row: Sequence[Any]) -> PushDelivery:
     pending = json.loads(row[14]) if row[14] else {}
-    return PushDelivery(pending, int(row[15]), row[16], row[17], int(row[18]))
+    return PushDelivery(pending, int(row[15]), row[16], row[17], int(row[18]), int(row[19]),
+                        row[20])
 
 
 def _record(row: Sequence[Any]) -> PushSubscription:
@@ -54,12 +56,12 @@ def create(cursor: Cursor, sub: PushSubscription, max_per_user: int) -> PushSubs
     d = sub.delivery
     cursor.execute(
         f"INSERT INTO push_subscriptions ({_COLUMNS}) "  # noqa: S608 - constant text
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (sub.id, sub.user_id, sub.credential_id, sub.device_client_id, sub.url,
          sub.keys_p256dh, sub.keys_auth, sub.verification_code, int(sub.verified),
          sub.client_verification_code, sub.expires, _types_text(sub.types), sub.vapid_key_id,
          sub.created, json.dumps(d.pending) if d.pending else None, d.attempts,
-         d.next_attempt, d.failing_since, d.last_sent_seq),
+         d.next_attempt, d.failing_since, d.last_sent_seq, d.dropped, d.backoff_until),
     )
     return sub
 
@@ -98,9 +100,9 @@ def update(cursor: Cursor, sub_id: str, changes: Mapping[str, Any]) -> bool:
 def save_delivery(cursor: Cursor, sub_id: str, d: PushDelivery) -> bool:
     cursor.execute(
         "UPDATE push_subscriptions SET pending = ?, attempts = ?, next_attempt = ?, "
-        "failing_since = ?, last_sent_seq = ? WHERE id = ?",
+        "failing_since = ?, last_sent_seq = ?, dropped = ?, backoff_until = ? WHERE id = ?",
         (json.dumps(d.pending) if d.pending else None, d.attempts, d.next_attempt,
-         d.failing_since, d.last_sent_seq, sub_id),
+         d.failing_since, d.last_sent_seq, d.dropped, d.backoff_until, sub_id),
     )
     return cursor.rowcount > 0
 

@@ -75,7 +75,9 @@ class PushDelivery:
     the push service; ``attempts`` counts the POSTs started for it; ``next_attempt``
     is when it is due (None: nothing to send until the next change); ``failing_since``
     is when the current run of failures began; ``last_sent_seq`` is the change
-    sequence number up to which every change is either delivered or in ``pending``.
+    sequence number up to which every change is either delivered or in ``pending``;
+    ``dropped`` counts the notifications given up in a row since the last success and
+    ``backoff_until`` is when the next one may start (the back-off between them).
     """
 
     pending: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -83,6 +85,8 @@ class PushDelivery:
     next_attempt: float | None = None
     failing_since: float | None = None
     last_sent_seq: int = 0
+    dropped: int = 0
+    backoff_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,8 +103,15 @@ _V2 = """
 DROP INDEX IF EXISTS states_by_seq;
 """
 
+# Web Push back-off between notifications: dropped notifications in a row, and when
+# the next one may start.
+_V3 = """
+ALTER TABLE push_subscriptions ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE push_subscriptions ADD COLUMN backoff_until REAL;
+"""
+
 # Migration i brings the schema to version i + 1.
-MIGRATIONS: Sequence[str] = (_V1, _V2)
+MIGRATIONS: Sequence[str] = (_V1, _V2, _V3)
 
 
 def split_statements(script: str) -> list[str]:

@@ -2,12 +2,19 @@
 
 Flow per verified subscription: the hub hands it changes for its user's accounts; the
 wanted types are merged into ``owed``. A POST goes out at once when nothing is in
-flight, no retry or Retry-After is pending and the last POST is ``push-throttle`` old;
-otherwise the change waits, merged, for the scheduler tick (a ``LoopingCall`` every
-``push-retry-interval``), which also sends retries. A failed StateChange is retried
-up to ``push-attempts-max`` attempts ``push-attempt-interval`` apart (a longer
-Retry-After wins); after the last one it is dropped (logged and counted) but kept
-owed, so the next StateChange carries everything since the last success.
+flight, no retry, Retry-After or back-off is pending and the last POST is
+``push-throttle`` old; otherwise the change waits, merged, for the scheduler tick
+(every ``push-retry-interval``, only while something is scheduled), which also sends
+retries. A failed StateChange is retried up to ``push-attempts-max`` attempts
+``push-attempt-interval`` apart (a longer Retry-After wins); after the last one it is
+dropped (logged and counted) but kept owed, so the next StateChange carries everything
+since the last success, and the next notification waits a back-off that doubles with
+each notification dropped in a row (:func:`~.policy.backoff_delay`).
+
+Every POST takes a slot first (:mod:`~.slots`, :mod:`~.attempt`); a subscription waiting
+for one is busy, so changes merge into the POST it will make. ``busy`` ends in a
+``finally``: an unexpected exception is a failed attempt, never a wedged subscription.
+Timers (:mod:`~.schedule`): the tick while something waits, one deadline timer.
 
 Durability: before every POST the attempt is recorded with the owed state and the
 change sequence number it covers; results are recorded too. Changes merged after
@@ -17,12 +24,12 @@ crash loses no change and never grants an extra attempt.
 
 from __future__ import annotations
 
-import heapq
+import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from jmappushd.config import PushConfig
@@ -31,9 +38,12 @@ from jmappushd.metrics import Metrics
 from jmappushd.store.interface import IStore
 from jmappushd.store.records import PushSubscription
 from jmappushd.transports.webpush import payload
-from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome
+from jmappushd.transports.webpush.attempt import EXPIRED, Attempts
+from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome, backoff_delay
+from jmappushd.transports.webpush.schedule import Scheduler
 from jmappushd.transports.webpush.sender import Result, Sender
-from jmappushd.transports.webpush.state import HubListeners, SubState, merge, settle
+from jmappushd.transports.webpush.slots import SlotLimiter
+from jmappushd.transports.webpush.state import HubListeners, SubState, merge
 
 __all__ = ["DeliveryService"]
 
@@ -44,7 +54,8 @@ class DeliveryService:
     log = Logger()
 
     def __init__(self, store: IStore, hub: Hub, clock: IReactorTime, config: PushConfig,
-                 sender: Sender, metrics: Metrics) -> None:
+                 sender: Sender, metrics: Metrics, slots: SlotLimiter | None = None,
+                 jitter: Callable[[], float] = random.random) -> None:
         self._store = store
         self._hub = hub
         self._clock = clock
@@ -53,11 +64,15 @@ class DeliveryService:
         self._metrics = metrics
         self._subs: dict[str, SubState] = {}
         self._listeners = HubListeners(hub, store)
-        self._scheduled: set[SubState] = set()
-        self._deadlines: list[tuple[float, str]] = []
+        self._schedule: Scheduler[SubState] = Scheduler(
+            clock, config.push_retry_interval_s, self._maybe_send_due, self._deadline)
         self._verifications: set[defer.Deferred[None]] = set()
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = clock
+        self._attempts = Attempts(
+            clock, config, sender,
+            slots or SlotLimiter(config.max_in_flight, config.max_in_flight_per_origin),
+            metrics, self._persist, lambda: self._stopping)
+        self._jitter = jitter
+        self._started = False
         self._stopping = False
         self._refreshing: defer.Deferred[None] | None = None
         self._recovering: defer.Deferred[None] | None = None
@@ -69,15 +84,14 @@ class DeliveryService:
     # -- lifecycle --
 
     async def start(self, records: list[PushSubscription]) -> None:
-        """Track stored subscriptions and start the tick; missed changes are recovered in
+        """Track stored subscriptions and start delivering; missed changes are recovered in
         the background (method calls need not wait for that)."""
         for record in records:
             self._track(record)
         verified = [sub for sub in self._subs.values() if sub.verified]
         for sub in verified:
             await self._listeners.activate(sub, self._stopping)
-        self._loop.start(self._config.push_retry_interval_s, now=False).addErrback(
-            lambda f: self.log.failure("push scheduler stopped", f))
+        self._started = True
         self._recovering = defer.ensureDeferred(self._recover_all(verified))
         self._recovering.addErrback(self._log_failure)
         self.log.info("push delivery started with {count} subscriptions", count=len(self._subs))
@@ -90,10 +104,9 @@ class DeliveryService:
                 await self._recover(sub)
 
     async def stop(self) -> None:
-        """Stop the tick, cancel in-flight POSTs, record what is still owed."""
+        """Stop the timers, cancel in-flight and waiting POSTs, record what is still owed."""
         self._stopping = True
-        if self._loop.running:
-            self._loop.stop()
+        self._schedule.stop()
         if self._recovering is not None:
             await self._recovering
         for d in [s.request for s in self._subs.values() if s.request] + [*self._verifications]:
@@ -131,7 +144,7 @@ class DeliveryService:
         sub.types = None if record.types is None else frozenset(record.types)
         if record.expires != sub.expires:
             sub.expires = record.expires
-            heapq.heappush(self._deadlines, (record.expires, sub.id))
+            self._schedule.add_deadline(record.expires, sub.id)
         if record.verified and not sub.verified:
             sub.verified = True
             sub.seq = max(sub.seq, record.delivery.last_sent_seq)
@@ -146,7 +159,7 @@ class DeliveryService:
     def invalidated(self) -> None:
         """Credentials or grants may have changed: re-check subscriptions and accounts
         with the shared policy (a password change keeps them; see ``state``)."""
-        if self._stopping or not self._loop.running:
+        if self._stopping or not self._started:
             return
         if self._refreshing is not None:
             self._refresh_again = True
@@ -174,12 +187,11 @@ class DeliveryService:
             return None
         self._subs[sub.id] = sub
         self._listeners.add(sub)
-        heapq.heappush(self._deadlines, (sub.expires, sub.id))
+        self._schedule.add_deadline(sub.expires, sub.id)
         if not sub.verified:
-            heapq.heappush(self._deadlines,
-                           (sub.created + self._config.push_verify_timeout_s, sub.id))
+            self._schedule.add_deadline(sub.created + self._config.push_verify_timeout_s, sub.id)
         if sub.next_attempt is not None:
-            self._scheduled.add(sub)
+            self._schedule.add(sub)
         return sub
 
     async def _recover(self, sub: SubState) -> None:
@@ -243,90 +255,68 @@ class DeliveryService:
             return  # merged into the pending send or retry
         when = max(now, sub.not_before)
         if when <= now:
-            self._send(sub, now)
+            self._send(sub)
         else:
             sub.next_attempt = when
-            self._scheduled.add(sub)
+            self._schedule.add(sub)
 
     # -- the scheduler --
 
     def tick(self) -> None:
-        """Destroy expired/unverified subscriptions and send what is due; never raises."""
-        try:
-            now = self._clock.seconds()
-            self._expire(now)
-            for sub in list(self._scheduled):
-                self._maybe_send_due(sub, now)
-        except Exception:
-            self.log.failure("push scheduler tick failed")
+        """Send what is due (the scheduler calls this while something is scheduled)."""
+        self._schedule.tick()
 
-    def _expire(self, now: float) -> None:
+    def _deadline(self, sub_id: str, now: float) -> None:
         """C-PS-2, C-PS-8: expired and unverified-too-long subscriptions are destroyed."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, sub_id = heapq.heappop(self._deadlines)
-            sub = self._subs.get(sub_id)
-            if sub is None:
-                continue
-            if sub.expires <= now:
-                self._destroy(sub, "expired")
-            elif not sub.verified and sub.created + self._config.push_verify_timeout_s <= now:
-                self._destroy(sub, "not verified in time")
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            return
+        if sub.expires <= now:
+            self._destroy(sub, "expired")
+        elif not sub.verified and sub.created + self._config.push_verify_timeout_s <= now:
+            self._destroy(sub, "not verified in time")
 
     def _maybe_send_due(self, sub: SubState, now: float) -> None:
         if sub.busy or sub.next_attempt is None:
-            self._scheduled.discard(sub)
+            self._schedule.discard(sub)
             return
         if sub.next_attempt > now:
             return
         if not sub.owed:
             sub.next_attempt = None
             sub.attempts = 0
-            self._scheduled.discard(sub)
+            self._schedule.discard(sub)
             self._persist_later(sub)
         elif sub.attempts >= self._config.push_attempts_max:
             self._drop(sub, "attempts")  # its last attempt was in flight at a crash
             self._persist_later(sub)
         else:
-            self._send(sub, now)
+            self._send(sub)
 
     # -- sending --
 
-    def _send(self, sub: SubState, now: float) -> None:
-        if sub.expires <= now:
-            self._destroy(sub, "expired")  # PS-4: nothing is sent after expires
-            return
-        sub.attempts += 1
-        if sub.attempts > 1:
-            self._metrics.push_retries.inc()
+    def _send(self, sub: SubState) -> None:
+        """Start the subscription's next POST; it may first wait for a slot, busy."""
         sub.busy = True
-        sub.not_before = max(sub.not_before, now + self._config.push_throttle_s)
-        # Recorded before the POST: if we crash now, this is when the retry is due.
-        sub.next_attempt = now + self._config.push_attempt_interval_s
-        self._scheduled.discard(sub)
+        self._schedule.discard(sub)
         d = defer.ensureDeferred(self._deliver(sub))
-        sub.request = d
+        if not d.called:  # else it is over already, and may have started the next one
+            sub.request = d
         d.addErrback(self._log_failure)
 
     async def _deliver(self, sub: SubState) -> None:
-        parts, unfit = payload.split_state_change(sub.owed)
-        if unfit:
-            self.log.warn("subscription {sub_id}: {count} states too large to push",
-                          sub_id=sub.id, count=unfit)
-        await self._persist(sub)
-        topic = payload.topic_for(sub.id) if len(parts) == 1 else None
-        result = Result(Outcome.DELIVERED)
-        for body, states in parts:
-            if sub.gone or self._stopping:
-                return
-            result = await self._sender.send(sub, body, "state", topic)
-            if sub.gone or self._stopping:
-                return
-            if result.outcome is not Outcome.DELIVERED:
-                break
-            settle(sub.owed, states)
-        sub.busy = False
-        sub.request = None
-        self._settle(sub, result)
+        """One attempt, then its consequences; ``busy`` ends whatever happened."""
+        try:
+            result = await self._attempts.state_change(sub)
+        finally:
+            sub.busy = False
+            sub.request = None
+        if sub.gone or self._stopping:
+            return
+        if result == EXPIRED:
+            self._destroy(sub, "expired")
+        elif isinstance(result, Result):
+            self._settle(sub, result)
 
     def _settle(self, sub: SubState, result: Result) -> None:
         """Decide what happens after a StateChange POST (C-WP-2)."""
@@ -341,6 +331,8 @@ class DeliveryService:
             sub.attempts = 0
             sub.failing_since = None
             sub.next_attempt = None
+            sub.dropped = 0
+            sub.backoff_until = None
             if sub.owed:
                 self._want_send(sub, now)
             self._persist_later(sub)
@@ -366,7 +358,7 @@ class DeliveryService:
 
     def _reschedule(self, sub: SubState, when: float) -> None:
         sub.next_attempt = when
-        self._scheduled.add(sub)
+        self._schedule.add(sub)
 
     def _drop(self, sub: SubState, reason: str) -> None:
         """Give up this notification, never silently; the owed state stays for the next one."""
@@ -377,12 +369,31 @@ class DeliveryService:
             sub_id=sub.id, reason=reason, attempts=sub.attempts)
         sub.attempts = 0
         sub.next_attempt = None
-        self._scheduled.discard(sub)
+        self._schedule.discard(sub)
+        if reason == "attempts":
+            self._back_off(sub)
+
+    def _back_off(self, sub: SubState) -> None:
+        """Space the notifications of a subscription that keeps failing (Synapse-style):
+        the next may not start before a delay that doubles per notification dropped in
+        a row, from ``push-attempt-interval`` up to ``push-backoff-max``, jittered."""
+        sub.dropped += 1
+        delay = backoff_delay(sub.dropped, self._config.push_attempt_interval_s,
+                              self._config.push_backoff_max_s, self._jitter)
+        if delay <= 0:
+            return
+        sub.backoff_until = self._clock.seconds() + delay
+        sub.not_before = max(sub.not_before, sub.backoff_until)
+        self.log.info("subscription {sub_id}: {dropped} notification(s) dropped in a row; "
+                      "the next waits {delay} s", sub_id=sub.id, dropped=sub.dropped,
+                      delay=round(delay, 3))
 
     async def _verify(self, sub: SubState, body: bytes) -> None:
         """The one PushVerification: no retry on any outcome (C-PS-9, VAPID-14)."""
-        result = await self._sender.send(sub, body, "verification")
-        if result.outcome is Outcome.GONE and not sub.gone and not self._stopping:
+        result = await self._attempts.verification(sub, body)
+        if result is None or sub.gone or self._stopping:
+            return
+        if result.outcome is Outcome.GONE:
             self._destroy(sub, "gone (HTTP 404/410) at verification")
 
     # -- destroying and persisting --
@@ -397,7 +408,7 @@ class DeliveryService:
         request, sub.request = sub.request, None
         sub.erase()
         self._subs.pop(sub.id, None)
-        self._scheduled.discard(sub)
+        self._schedule.discard(sub)
         if request is not None:
             request.cancel()
 

@@ -1,16 +1,19 @@
 """What a push service's answer means for the subscription (C-WP-2, WP-5..WP-9).
 
 Pure decisions, no I/O: :func:`classify` maps a status code to an :class:`Outcome`,
-:func:`retry_after` reads ``Retry-After`` (seconds or an HTTP date, RFC 9110 §10.2.3).
+:func:`retry_after` reads ``Retry-After`` (seconds or an HTTP date, RFC 9110 §10.2.3),
+:func:`backoff_delay` spaces the notifications of a subscription that keeps failing.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
-__all__ = ["DEFAULT_RATE_LIMIT_DELAY", "MAX_RETRY_AFTER", "Outcome", "classify", "retry_after"]
+__all__ = ["DEFAULT_RATE_LIMIT_DELAY", "MAX_RETRY_AFTER", "Outcome", "backoff_delay", "classify",
+           "retry_after"]
 
 DEFAULT_RATE_LIMIT_DELAY = 60.0  # C-WP-2: 429 without Retry-After
 MAX_RETRY_AFTER = 24 * 3600.0  # a service cannot park us longer than the give-up period
@@ -63,3 +66,17 @@ def retry_after(value: str | None, now: float) -> float | None:
     if math.isnan(delay):
         return None
     return min(max(delay, 0.0), MAX_RETRY_AFTER)
+
+
+def backoff_delay(dropped: int, base: float, cap: float, rand: Callable[[], float]) -> float:
+    """Seconds before the next notification after ``dropped`` consecutive dropped ones.
+
+    ``base`` doubles with each dropped notification, is capped at ``cap``, then scaled by
+    a random factor in [0.5, 1.0] ("equal jitter"): subscriptions of one failing push
+    service that failed together do not all come back together, and the wait never
+    falls below half of the nominal one. ``rand`` returns a float in [0, 1).
+    """
+    if dropped <= 0 or base <= 0 or cap <= 0:
+        return 0.0
+    nominal = min(cap, base * 2.0 ** min(dropped - 1, 64))
+    return nominal * (0.5 + 0.5 * rand())

@@ -201,7 +201,8 @@ class Result:
 
 
 class Sender:
-    """Builds and sends one push; never raises, every failure becomes a :class:`Result`."""
+    """Builds and sends one push; never raises (but for cancellation), every failure
+    becomes a :class:`Result`."""
 
     log = Logger()
 
@@ -229,7 +230,23 @@ class Sender:
 
     async def send(self, target: PushTarget, body: bytes, kind: str,
                    topic: str | None = None) -> Result:
-        """POST ``body`` (encrypted when the subscription has keys) and judge the answer."""
+        """POST ``body`` (encrypted when the subscription has keys) and judge the answer.
+
+        Any exception but cancellation, wherever it arises (headers, encryption, the
+        transport, reading the answer), is a counted ``error`` outcome: a caller that
+        trusts "never raises" must never be left holding a half-done attempt.
+        """
+        try:
+            return await self._send(target, body, kind, topic)
+        except CancelledError:
+            raise  # shutdown or destroy: not an outcome
+        except Exception:
+            self.log.failure("push to subscription {sub_id} failed unexpectedly",
+                             sub_id=target.id)
+            return self._count(kind, Result(Outcome.FAILED), "error")
+
+    async def _send(self, target: PushTarget, body: bytes, kind: str,
+                    topic: str | None) -> Result:
         headers = self.headers(target, topic)
         if headers is None:
             self.log.warn("subscription {sub_id}: its VAPID key is gone", sub_id=target.id)
@@ -241,7 +258,7 @@ class Sender:
         try:
             response = await self._transport.post(target.url, body, headers)
         except CancelledError:
-            raise  # shutdown or destroy: not an outcome
+            raise
         except ForbiddenAddress as exc:
             self.log.warn("subscription {sub_id}: {reason}", sub_id=target.id, reason=str(exc))
             return self._count(kind, Result(Outcome.REJECTED), "forbidden")

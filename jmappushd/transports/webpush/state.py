@@ -59,10 +59,10 @@ class SubState:
     """Delivery bookkeeping for one subscription; also its hub listener."""
 
     __slots__ = (
-        "accounts", "attempts", "busy", "created", "credential_id", "dirty", "expires",
-        "failing_since", "gone",
-        "hub_sub", "id", "key_id", "keys", "next_attempt", "not_before", "owed", "owner",
-        "request", "seq", "types", "url", "user_id", "verified",
+        "accounts", "attempts", "backoff_until", "busy", "created", "credential_id", "dirty",
+        "dropped", "expires", "failing_since", "gone", "hub_sub", "id", "key_id", "keys",
+        "next_attempt", "not_before", "owed", "owner", "request", "seq", "types", "url",
+        "user_id", "verified",
     )
 
     def __init__(self, owner: Any, record: PushSubscription) -> None:
@@ -84,7 +84,10 @@ class SubState:
         self.next_attempt = d.next_attempt
         self.failing_since = d.failing_since
         self.seq = d.last_sent_seq
-        self.not_before = 0.0  # earliest next POST: throttle window or Retry-After
+        self.dropped = d.dropped  # notifications given up in a row (the back-off exponent)
+        self.backoff_until = d.backoff_until
+        # Earliest next POST: throttle window, Retry-After or back-off.
+        self.not_before = d.backoff_until or 0.0
         self.busy = False
         self.request: Deferred[None] | None = None
         self.hub_sub: HubSubscription | None = None
@@ -98,7 +101,8 @@ class SubState:
     def snapshot(self) -> PushDelivery:
         """The durable part, copied (the store may serialise it on another thread)."""
         return PushDelivery({a: dict(t) for a, t in self.owed.items()}, self.attempts,
-                            self.next_attempt, self.failing_since, self.seq)
+                            self.next_attempt, self.failing_since, self.seq, self.dropped,
+                            self.backoff_until)
 
     def erase(self) -> None:
         """Forget the URL, keys and pending data of a destroyed subscription (PS-8)."""

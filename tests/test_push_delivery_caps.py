@@ -1,0 +1,157 @@
+"""POSTs in flight are capped: max-in-flight overall, max-in-flight-per-origin (DESIGN:
+bounded everything; issue 10, defect 1).
+
+Every test runs on a Clock with the fake transport: a POST is in flight until the test
+answers its recorded Deferred.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from jmappushd.store.records import PushSubscription
+from tests.push_fakes import Harness
+
+
+def many(h: Harness, count: int, origins: int, *, accounts: bool = False
+         ) -> list[PushSubscription]:
+    """``count`` verified subscriptions spread over ``origins`` push services; with
+    ``accounts`` each has an account of its own (so publishes can target one)."""
+    records = [
+        h.record(f"S{i:03d}", url=f"https://push{i % origins}.example/S{i:03d}",
+                 user=f"u{i:03d}" if accounts else "u1",
+                 accounts=(f"A{i:03d}",) if accounts else ("A",))
+        for i in range(count)
+    ]
+    h.start(*records)
+    return records
+
+
+def test_one_publish_to_500_subscriptions_starts_256_posts() -> None:
+    """Defect 1: 500 subscriptions on many push services and one publish start exactly
+    max-in-flight (256) POSTs; answering them lets the rest through, each once."""
+    h = Harness(push_throttle=0)
+    many(h, 500, origins=50)
+    h.publish({"A": {"Email": "s1"}})
+    assert len(h.transport.calls) == 256
+    seen = set()
+    while h.transport.calls:
+        call = h.transport.pop()
+        assert call.url not in seen
+        seen.add(call.url)
+        call.answer(201)
+        assert len(h.transport.calls) <= 256
+    assert len(seen) == 500
+    assert h.metric("jmappushd_push_deliveries_total", kind="state", outcome="delivered") == 500
+
+
+def test_one_origin_gets_at_most_32() -> None:
+    """Defect 1: with every subscription on one push service only
+    max-in-flight-per-origin (32) POSTs are in flight."""
+    h = Harness(push_throttle=0)
+    many(h, 500, origins=1)
+    h.publish({"A": {"Email": "s1"}})
+    assert len(h.transport.calls) == 32
+    h.transport.pop().answer(201)
+    assert len(h.transport.calls) == 32
+
+
+def test_configured_caps_are_used() -> None:
+    """The caps come from [push] max-in-flight and max-in-flight-per-origin."""
+    h = Harness(push_throttle=0, max_in_flight=5, max_in_flight_per_origin=2)
+    many(h, 20, origins=10)
+    h.publish({"A": {"Email": "s1"}})
+    assert len(h.transport.calls) == 5
+    assert all(sum(c.url.startswith(f"https://push{o}.") for c in h.transport.calls) <= 2
+               for o in range(10))
+
+
+def test_a_completed_post_starts_the_next_waiter_in_order() -> None:
+    """Waiters get freed slots first come, first served, whatever the answer was."""
+    h = Harness(push_throttle=0, max_in_flight_per_origin=2)
+    many(h, 6, origins=1, accounts=True)
+    for i in range(6):
+        h.publish({f"A{i:03d}": {"Email": "s1"}})
+    assert [c.url[-4:] for c in h.transport.calls] == ["S000", "S001"]
+    h.transport.pop().answer(201)
+    assert h.transport.calls[-1].url.endswith("S002")
+    h.transport.pop().answer(500)  # a failure frees its slot too
+    assert h.transport.calls[-1].url.endswith("S003")
+    h.transport.pop().d.errback(defer.TimeoutError())  # so does a timeout
+    assert h.transport.calls[-1].url.endswith("S004")
+    h.transport.pop().d.errback(RuntimeError("boom"))  # and any error
+    assert [c.url[-4:] for c in h.transport.calls] == ["S004", "S005"]
+
+
+def test_a_waiting_subscription_is_queued_once_and_sends_the_newest_states() -> None:
+    """Changes arriving while a subscription waits for a slot merge into its owed state:
+    one POST, with the newest state of every type."""
+    h = Harness(push_throttle=0, max_in_flight_per_origin=1)
+    many(h, 2, origins=1, accounts=True)
+    h.publish({"A000": {"Email": "s1"}})
+    h.publish({"A001": {"Email": "s1"}})
+    h.publish({"A001": {"Email": "s2", "Mailbox": "m1"}})
+    assert len(h.transport.calls) == 1
+    h.transport.pop().answer(201)
+    call = h.transport.pop()
+    assert call.url.endswith("S001")
+    assert h.decrypt(call)["changed"] == {"A001": {"Email": "s2", "Mailbox": "m1"}}
+    call.answer(201)
+    assert h.transport.calls == []
+
+
+def test_destroyed_waiter_frees_nothing_it_did_not_hold() -> None:
+    """A subscription destroyed while waiting leaves the queue: the caps stay exact and
+    the next waiter goes when a real slot frees."""
+    h = Harness(push_throttle=0, max_in_flight_per_origin=1)
+    many(h, 3, origins=1, accounts=True)
+    for i in range(3):
+        h.publish({f"A{i:03d}": {"Email": "s1"}})
+    h.delivery.forget("S001")
+    assert len(h.transport.calls) == 1  # the destroyed waiter did not free a slot
+    h.transport.pop().answer(201)
+    assert [c.url[-4:] for c in h.transport.calls] == ["S002"]
+
+
+def test_destroyed_in_flight_frees_its_slot() -> None:
+    """A subscription destroyed with its POST in flight gives its slot back."""
+    h = Harness(push_throttle=0, max_in_flight_per_origin=1)
+    many(h, 2, origins=1, accounts=True)
+    h.publish({"A000": {"Email": "s1"}})
+    h.publish({"A001": {"Email": "s1"}})
+    h.delivery.forget("S000")
+    assert h.transport.calls[0].d.called  # cancelled
+    assert h.transport.calls[-1].url.endswith("S001")
+
+
+def test_verification_counts_against_the_caps() -> None:
+    """A PushVerification POST takes a slot: it waits behind StateChanges to the same
+    push service, and holds one while in flight."""
+    h = Harness(push_throttle=0, max_in_flight_per_origin=1)
+    many(h, 1, origins=1)
+    h.publish({"A": {"Email": "s1"}})
+    record = h.record("NEW", verified=False, url="https://push0.example/NEW")
+    h.delivery.created(record)
+    assert len(h.transport.calls) == 1
+    h.transport.pop().answer(201)
+    verification = h.transport.pop()
+    assert h.decrypt(verification)["@type"] == "PushVerification"
+    h.publish({"A": {"Email": "s2"}})
+    assert h.transport.calls == []  # the verification holds the one slot
+    verification.answer(201)
+    assert h.transport.pop().url.endswith("S000")
+
+
+def test_stop_cancels_waiters_and_leaves_no_timers() -> None:
+    """Shutdown cancels POSTs in flight and those waiting for a slot; what they owed is
+    recorded and nothing is left on the clock."""
+    h = Harness(push_throttle=0, max_in_flight_per_origin=1)
+    many(h, 3, origins=1)
+    h.publish({"A": {"Email": "s1"}})
+    assert len(h.transport.calls) == 1
+    done = defer.ensureDeferred(h.delivery.stop())
+    assert done.called
+    assert len(h.transport.calls) == 1 and h.transport.calls[0].d.called
+    assert h.clock.getDelayedCalls() == []
+    for sub_id in ("S000", "S001", "S002"):
+        assert h.store.last_saved(sub_id).pending == {"A": {"Email": "s1"}}
