@@ -1,1 +1,1 @@
-"""auth"""
+"""Authentication: twisted.cred checkers for Basic and bearer credentials, and the Principal."""

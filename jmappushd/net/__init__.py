@@ -1,1 +1,1 @@
-"""net"""
+"""Cheap timers and writes for many idle connections, and the guarded fast paths."""

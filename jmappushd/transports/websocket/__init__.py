@@ -1,8 +1,9 @@
 """JMAP over WebSocket (RFC 8887), built on Autobahn and mounted in the twisted.web tree.
 
-``handshake`` authenticates and vets the HTTP upgrade, ``factory`` owns the live
-connections and the policies shared by them, ``protocol`` frames one connection,
-``push`` holds a connection's StateChange subscription and ``messages`` the
-RFC 8887 message shapes. :func:`jmappushd.transports.websocket.service.install` wires them into the
-service.
+``handshake`` authenticates and vets the HTTP upgrade; ``session`` is the JMAP side of
+one connection (requests, push enable/disable, pushState) and does not care how its
+frames travel; ``protocol`` adapts it to Autobahn over an HTTP/1.1 upgrade; ``factory``
+owns the live connections; ``push`` is a connection's StateChange feed; ``messages``
+and ``frames`` hold the RFC 8887 message shapes and frame bytes; ``service`` makes it a
+service of the daemon.
 """
