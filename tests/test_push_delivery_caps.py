@@ -8,8 +8,13 @@ answers its recorded Deferred.
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import LogEvent, globalLogPublisher
 
 from jmappushd.store.records import PushSubscription
+from jmappushd.transports.webpush.attempt import Attempts
+from jmappushd.transports.webpush.slots import SlotLimiter
+from jmappushd.transports.webpush.state import SubState
 from tests.push_fakes import Harness
 
 
@@ -155,3 +160,88 @@ def test_stop_cancels_waiters_and_leaves_no_timers() -> None:
     assert h.clock.getDelayedCalls() == []
     for sub_id in ("S000", "S001", "S002"):
         assert h.store.last_saved(sub_id).pending == {"A": {"Email": "s1"}}
+
+
+class Abandoned:
+    """Two StateChange attempts on one push service with one slot: the first POST in
+    flight, the second waiting. The test holds both coroutines, so it can close them
+    the way the garbage collector finalizes an abandoned service (``coroutine.close``)."""
+
+    def __init__(self) -> None:
+        self.h = h = Harness(push_throttle=0)
+        many(h, 2, origins=1, accounts=True)
+        self.slots = SlotLimiter(total=10, per_origin=1)
+        self.saved: list[str] = []
+        attempts = Attempts(h.clock, h.config, h.sender, self.slots, h.metrics,
+                            self._persist, lambda: False)
+        subs = [h.delivery.get(f"S00{i}") for i in range(2)]
+        for i, sub in enumerate(subs):
+            assert sub is not None
+            sub.owed = {f"A00{i}": {"Email": "s1"}}
+        self.coros = [attempts.state_change(sub) for sub in subs if sub is not None]
+        self.outcomes: list[object] = []
+        self.done = [Deferred.fromCoroutine(c).addBoth(self.outcomes.append)
+                     for c in self.coros]
+        self.logged: list[LogEvent] = []
+        assert len(h.transport.calls) == 1 and self.slots.waiting == 1
+
+    async def _persist(self, sub: SubState) -> None:
+        self.saved.append(sub.id)
+
+    def close(self, *order: int) -> None:
+        """Close the coroutines in this order, noting every failure logged meanwhile."""
+        observer = self.logged.append
+        globalLogPublisher.addObserver(observer)
+        try:
+            for i in order:
+                self.coros[i].close()
+        finally:
+            globalLogPublisher.removeObserver(observer)
+
+
+def test_finalizing_the_holder_does_not_resume_a_finalized_waiter() -> None:
+    """Issue 10 (gc): the collector closes the waiting coroutine, then the one holding
+    the slot. Closing the holder resumes nothing: on the old code its ``finally``
+    released the slot, granted it to the closed waiter and Twisted resumed that
+    coroutine again ("cannot reuse already awaited coroutine", logged as "push delivery
+    error" by the service)."""
+    a = Abandoned()
+    a.close(1, 0)
+    assert a.outcomes == []  # neither attempt reports: both were closed, not resumed
+    assert [e for e in a.logged if "log_failure" in e] == []
+    assert len(a.h.transport.calls) == 1
+
+
+def test_finalizing_the_holder_starts_no_post() -> None:
+    """Issue 10 (gc): closing the coroutine that holds the slot first does not hand the
+    slot to the live waiter, which would start a POST (and a persist) from inside the
+    garbage collector."""
+    a = Abandoned()
+    a.close(0)
+    assert len(a.h.transport.calls) == 1 and a.saved == ["S000"]
+    assert a.slots.waiting == 1 and a.outcomes == []
+    a.close(1)
+    assert a.outcomes == [] and a.logged == []
+
+
+def test_slot_released_on_every_exit_but_finalization() -> None:
+    """``with slot`` releases on return, exception and cancellation, so the caps stay
+    exact; only GeneratorExit (a coroutine closed, never resumed) keeps it."""
+    limiter = SlotLimiter(total=1, per_origin=1)
+    for kind in (None, RuntimeError, defer.CancelledError):
+        d = limiter.acquire("https://a.example")
+        slot = d.result
+        try:
+            with slot:
+                if kind is not None:
+                    raise kind()
+        except (RuntimeError, defer.CancelledError):
+            pass
+        assert limiter.in_flight == 0 and not slot.held
+    slot = limiter.acquire("https://a.example").result
+    try:
+        with slot:
+            raise GeneratorExit
+    except GeneratorExit:
+        pass
+    assert limiter.in_flight == 1 and slot.held

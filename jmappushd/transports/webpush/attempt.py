@@ -4,7 +4,8 @@
 for a slot of the :class:`~.slots.SlotLimiter` first, and only then reads the owed
 state, so changes merged while it waited go out in this POST. It is counted and
 recorded (attempt number, next due time) before the POST, so a crash never grants an
-extra attempt. Whatever happens, the slot is released; any exception but cancellation
+extra attempt. Whatever happens, the slot is released (``with slot``: not when the
+coroutine is finalized instead, see :mod:`~.slots`); any exception but cancellation
 (the payload split, the store, a bug) is logged, counted as an ``error`` outcome and
 reported as a failed attempt, so the normal retry policy applies.
 """
@@ -23,7 +24,7 @@ from jmappushd.metrics import Metrics
 from jmappushd.transports.webpush import payload
 from jmappushd.transports.webpush.policy import Outcome
 from jmappushd.transports.webpush.sender import Result, Sender
-from jmappushd.transports.webpush.slots import Slot, SlotLimiter, slot_key
+from jmappushd.transports.webpush.slots import SlotLimiter, slot_key
 from jmappushd.transports.webpush.state import SubState, settle
 
 __all__ = ["EXPIRED", "Attempts"]
@@ -54,23 +55,19 @@ class Attempts:
     async def state_change(self, sub: SubState) -> Result | Literal["expired"] | None:
         """The next StateChange attempt of ``sub``: its result, EXPIRED, or None if the
         subscription went away or the service is stopping (nothing to decide)."""
-        slot: Slot | None = None
         try:
-            slot = await self._slots.acquire(slot_key(sub.url))
-            if self._over(sub):
-                return None
-            if sub.expires <= self._clock.seconds():
-                return EXPIRED  # PS-4: nothing is sent after expires
-            return await self._post_owed(sub)
+            with await self._slots.acquire(slot_key(sub.url)):
+                if self._over(sub):
+                    return None
+                if sub.expires <= self._clock.seconds():
+                    return EXPIRED  # PS-4: nothing is sent after expires
+                return await self._post_owed(sub)
         except CancelledError:
             raise  # destroyed or stopping: not an outcome
         except Exception:
             self.log.failure("subscription {sub_id}: push attempt failed", sub_id=sub.id)
             self._metrics.push_deliveries.labels("state", "error").inc()
             return Result(Outcome.FAILED)
-        finally:
-            if slot is not None:
-                slot.release()
 
     async def _post_owed(self, sub: SubState) -> Result | None:
         """Count and record the attempt, then POST the owed state, split if too large."""
@@ -101,10 +98,7 @@ class Attempts:
 
     async def verification(self, sub: SubState, body: bytes) -> Result | None:
         """The one PushVerification POST, in a slot like any other; None if it was moot."""
-        slot = await self._slots.acquire(slot_key(sub.url))
-        try:
+        with await self._slots.acquire(slot_key(sub.url)):
             if self._over(sub):
                 return None
             return await self._sender.send(sub, body, "verification")
-        finally:
-            slot.release()

@@ -25,7 +25,7 @@ crash loses no change and never grants an extra attempt.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -67,6 +67,7 @@ class DeliveryService:
         self._schedule: Scheduler[SubState] = Scheduler(
             clock, config.push_retry_interval_s, self._maybe_send_due, self._deadline)
         self._verifications: set[defer.Deferred[None]] = set()
+        self._writes: set[defer.Deferred[None]] = set()  # persists and deletes under way
         self._attempts = Attempts(
             clock, config, sender,
             slots or SlotLimiter(config.max_in_flight, config.max_in_flight_per_origin),
@@ -104,18 +105,25 @@ class DeliveryService:
                 await self._recover(sub)
 
     async def stop(self) -> None:
-        """Stop the timers, cancel in-flight and waiting POSTs, record what is still owed."""
+        """Stop the timers, cancel in-flight and waiting POSTs, record what is still owed.
+
+        Recovery, a credentials refresh and store writes under way are waited for, not
+        cancelled: once this returns nothing the service started is still running."""
         self._stopping = True
         self._schedule.stop()
         if self._recovering is not None:
             await self._recovering
+        if self._refreshing is not None:
+            await self._refreshing
         for d in [s.request for s in self._subs.values() if s.request] + [*self._verifications]:
             d.cancel()
         for sub in self._subs.values():
             if sub.hub_sub is not None:
                 sub.hub_sub.cancel()
-        dirty = [sub for sub in self._subs.values() if sub.dirty]
-        await defer.DeferredList([defer.ensureDeferred(self._persist(s)) for s in dirty])
+        for sub in [sub for sub in self._subs.values() if sub.dirty]:
+            self._write(self._persist(sub))
+        while self._writes:
+            await defer.DeferredList(list(self._writes))
 
     def count(self, verified: bool) -> int:
         return sum(1 for s in self._subs.values() if s.verified == verified)
@@ -183,7 +191,7 @@ class DeliveryService:
         except ValueError:
             self.log.warn("subscription {sub_id} has unusable keys; destroying it",
                           sub_id=record.id)
-            self._store.delete_push_subscription(record.id).addErrback(self._log_failure)
+            self._write(self._delete(record.id))
             return None
         self._subs[sub.id] = sub
         self._listeners.add(sub)
@@ -401,7 +409,7 @@ class DeliveryService:
     def _destroy(self, sub: SubState, reason: str) -> None:
         self.log.info("subscription {sub_id} destroyed: {reason}", sub_id=sub.id, reason=reason)
         self._remove(sub)
-        self._store.delete_push_subscription(sub.id).addErrback(self._log_failure)
+        self._write(self._delete(sub.id))
 
     def _remove(self, sub: SubState) -> None:
         self._listeners.discard(sub)
@@ -413,7 +421,17 @@ class DeliveryService:
             request.cancel()
 
     def _persist_later(self, sub: SubState) -> None:
-        defer.ensureDeferred(self._persist(sub)).addErrback(self._log_failure)
+        self._write(self._persist(sub))
+
+    def _write(self, work: Coroutine[defer.Deferred[object], object, None]) -> None:
+        """Run a store write nobody waits for; ``stop`` waits for it, so none outlives it."""
+        d = defer.ensureDeferred(work)
+        self._writes.add(d)
+        d.addErrback(self._log_failure)
+        d.addBoth(lambda _: self._writes.discard(d))
+
+    async def _delete(self, sub_id: str) -> None:
+        await self._store.delete_push_subscription(sub_id)
 
     async def _persist(self, sub: SubState) -> None:
         if sub.gone:

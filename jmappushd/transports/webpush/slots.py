@@ -13,6 +13,14 @@ queue and holds nothing. A slot is released once (releasing again does nothing),
 a POST that succeeds, fails, times out or is cancelled frees exactly what it held.
 Granting is a loop, not a recursion: a waiter whose continuation releases its slot at
 once (a synchronous failure) does not deepen the stack.
+
+``with slot:`` releases on every exit but one: GeneratorExit, a coroutine being closed
+instead of resumed. That happens only when the garbage collector finalizes a service
+abandoned with POSTs in flight (a live service reaches every coroutine it started
+through its Deferreds). Releasing there would grant the slot to a waiter and resume its
+coroutine from inside the finalizer: one the collector already closed raises "cannot
+reuse already awaited coroutine"; one not yet closed would start a POST. The limiter is
+garbage too, so nothing is lost by keeping the slot.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from types import TracebackType
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -54,6 +63,15 @@ class Slot:
         limiter, self._limiter = self._limiter, None
         if limiter is not None:
             limiter._release(self.origin)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Release, unless the holder is being finalized (see the module docstring)."""
+        if kind is not GeneratorExit:
+            self.release()
 
 
 class _Waiter:
