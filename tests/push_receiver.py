@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from jmappushd.transports.webpush.b64 import b64url_encode
 from jmappushd.transports.webpush.ece import public_bytes
+from tests.support import RequestHeaders
 from tests.vapid_check import verify_vapid_header
 
 
@@ -216,19 +217,19 @@ class PushWorld:
     def service(self) -> PushService:
         return self.receiver.service
 
-    async def jmap(self, calls: list[Any], headers: dict[str, str], **extra: Any) -> Any:
+    async def jmap(self, calls: list[Any], headers: RequestHeaders, **extra: Any) -> Any:
         """POST a Request; returns the Response object (asserting HTTP 200)."""
         r = await self.daemon.api({"using": [CORE], "methodCalls": calls, **extra}, headers)
         assert r.code == 200, (r.code, await r.text())
         return await r.json()
 
-    async def call(self, name: str, args: dict[str, Any], headers: dict[str, str]) -> Any:
+    async def call(self, name: str, args: dict[str, Any], headers: RequestHeaders) -> Any:
         """One method call; returns ``[name, arguments]`` of its response."""
         [[out_name, out_args, _]] = (await self.jmap([[name, args, "0"]], headers))[
             "methodResponses"]
         return out_name, out_args
 
-    async def create(self, headers: dict[str, str], path: str = "/sub", **props: Any) -> str:
+    async def create(self, headers: RequestHeaders, path: str = "/sub", **props: Any) -> str:
         """Create a subscription with keys for ``path``; returns its id."""
         obj = {"deviceClientId": "phone", "url": self.receiver.url(path),
                "keys": self.service.agent(path).keys, **props}
@@ -236,7 +237,7 @@ class PushWorld:
         assert out["created"] and "c" in out["created"], out
         return str(out["created"]["c"]["id"])
 
-    async def verify(self, sub_id: str, headers: dict[str, str], path: str = "/sub") -> None:
+    async def verify(self, sub_id: str, headers: RequestHeaders, path: str = "/sub") -> None:
         """Read the code the push service got and write it back (PS-15)."""
         await self.service.wait_for(lambda: any(
             r.path == path and isinstance(r.message, dict)

@@ -125,6 +125,10 @@ def basic_header(user: str, password: str = "secret") -> dict[str, str]:
     return {"Authorization": f"Basic {raw}"}
 
 
+def bearer_header(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 async def connect(base: str, headers: Mapping[str, str] | None = None,
                   protocols: Iterable[str] = ("jmap",), query: str = "",
                   trust_pem: bytes | None = None) -> Client:
