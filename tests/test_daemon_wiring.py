@@ -217,7 +217,12 @@ def test_start_checks_the_fast_paths_once(tmp_path: Path, monkeypatch: pytest.Mo
     from jmappushd.net import _fastpath
 
     calls: list[str] = []
-    monkeypatch.setattr(_fastpath, "check", lambda: calls.append("check") or [])
+
+    def check() -> list[str]:
+        calls.append("check")
+        return []
+
+    monkeypatch.setattr(_fastpath, "check", check)
     service, rec, *_ = build(tmp_path)
     service.startService()
     assert calls == ["check"]
