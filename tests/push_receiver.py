@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import http_ece
 from cryptography import x509
@@ -24,9 +24,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IReactorSSL, ITCPTransport
 from twisted.internet.ssl import PrivateCertificate
+from twisted.logger import ILogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from jmappushd.transports.webpush.b64 import b64url_encode
 from jmappushd.transports.webpush.ece import public_bytes
@@ -188,8 +192,11 @@ class ReceiverServer:
         self.cert_pem = cert_pem
         self.service = PushService()
         options = PrivateCertificate.loadPEM(cert_pem + key_pem).options()
-        self._port = reactor.listenSSL(0, Site(self.service), options, interface="127.0.0.1")
-        self.port = self._port.getHost().port
+        self._port = IReactorSSL(reactor).listenSSL(0, Site(self.service), options,
+                                                    interface="127.0.0.1")
+        host = self._port.getHost()
+        assert isinstance(host, IPv4Address)
+        self.port = host.port
 
     def url(self, path: str) -> str:
         return f"https://127.0.0.1:{self.port}{path}"
@@ -197,8 +204,10 @@ class ReceiverServer:
     async def close(self) -> None:
         for request in self.service.hanging:
             if request.channel is not None and request.channel.transport is not None:
-                request.channel.transport.abortConnection()
-        await self._port.stopListening()
+                cast(ITCPTransport, request.channel.transport).abortConnection()
+        stopped = self._port.stopListening()
+        assert stopped is not None  # a listening TCP port stops asynchronously
+        await stopped
 
 
 CORE = "urn:ietf:params:jmap:core"
@@ -275,6 +284,7 @@ async def start_world(tmp_path: Path, monkeypatch: Any, extra: str = FAST,
     return PushWorld(daemon, receiver)
 
 
+@implementer(ILogObserver)
 class LogWatcher:
     """Collects formatted log lines; ``wait_for`` fires when one contains a text."""
 

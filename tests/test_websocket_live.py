@@ -7,12 +7,14 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import ITCPTransport
 
 from jmappushd.core.throttle import CoalescingThrottle
 from jmappushd.jmap.registry import CORE_CAPABILITY, CallContext
@@ -88,7 +90,8 @@ async def test_handshake_selects_jmap(live: LiveDaemon) -> None:
     client = await connect(live.base, basic_header("alice"), protocols=("chat", "jmap"))
     assert client.selected == "jmap"
     (server,) = live.service.transport(WebSocketService).factory.connections
-    assert server.transport.producer is server  # it, not twisted.web, is the producer now
+    # it, not twisted.web, is the producer now
+    assert getattr(server.transport, "producer", None) is server
     await client.bye()
 
 
@@ -604,14 +607,17 @@ async def test_many_connect_disconnect_cycles_leave_nothing(wsd: LiveDaemon) -> 
         client = await connect(wsd.base, basic_header("alice"))
         client.send({"@type": "WebSocketPushEnable"})
         if i % 2:
-            client.transport.abortConnection()  # half of them vanish without a Close
+            # half of them vanish without a Close
+            cast(ITCPTransport, client.transport).abortConnection()
             await client.wait_closed()
         else:
             await client.bye()
     await _settle(factory)
     assert wsd.app.hub.listener_count == 0
     assert not factory.connections and factory.registry.count == 0
-    owners = [getattr(c.func, "__self__", None) for c in reactor.getDelayedCalls()]
+    # The real reactor's calls are DelayedCalls, which name their func.
+    calls = cast(list[DelayedCall], reactor.getDelayedCalls())
+    owners = [getattr(c.func, "__self__", None) for c in calls]
     ours = (JMAPWebSocketProtocol, CoalescingThrottle, PushSession)
     assert not [o for o in owners if isinstance(o, ours)]
 
