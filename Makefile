@@ -22,6 +22,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check jmappushd tests twisted $(wildcard benchmarks)
 	$(BIN)/mypy jmappushd twisted/plugins
+	$(BIN)/mypy tests
 	$(BIN)/python -m pytest -q tests
 
 ## bench: the full benchmark suite (about 7 minutes); results in docs/benchmarks.*

@@ -44,7 +44,7 @@ class ConfigError(Exception):
 def _check_endpoint(text: str) -> str:
     """Parse like strports.service does, against a MemoryReactor so that no port is bound."""
     try:
-        serverFromString(MemoryReactor(), text)  # type: ignore[no-untyped-call]
+        serverFromString(MemoryReactor(), text)
     except (IndexError, KeyError):
         # systemd: endpoints look their descriptor up at parse time; outside socket activation
         # (e.g. checking the config by hand) there is none, and listening reports it later.

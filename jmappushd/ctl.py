@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TextIO
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorCore
 
 from jmappushd import __version__
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
@@ -287,7 +288,7 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
         prepare_state(config)
     except StateError as exc:
         raise CtlError(str(exc)) from exc
-    handlers = {
+    handlers: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
         "user": lambda: _user(args, config, out, stdin),
         "token": lambda: _token(args, config, out),
         "account": lambda: _account(args, config, out),
@@ -295,7 +296,7 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
     coroutine = handlers[args.command]
     failure: list[BaseException] = []
 
-    def main(reactor: Any) -> defer.Deferred[None]:
+    def main(reactor: IReactorCore) -> defer.Deferred[None]:
         async def guarded() -> None:
             try:
                 await coroutine()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import http_ece
 from cryptography import x509
@@ -24,12 +24,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IReactorSSL, ITCPTransport
 from twisted.internet.ssl import PrivateCertificate
+from twisted.logger import ILogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from jmappushd.transports.webpush.b64 import b64url_encode
 from jmappushd.transports.webpush.ece import public_bytes
+from tests.support import RequestHeaders
 from tests.vapid_check import verify_vapid_header
 
 
@@ -187,8 +192,11 @@ class ReceiverServer:
         self.cert_pem = cert_pem
         self.service = PushService()
         options = PrivateCertificate.loadPEM(cert_pem + key_pem).options()
-        self._port = reactor.listenSSL(0, Site(self.service), options, interface="127.0.0.1")
-        self.port = self._port.getHost().port
+        self._port = IReactorSSL(reactor).listenSSL(0, Site(self.service), options,
+                                                    interface="127.0.0.1")
+        host = self._port.getHost()
+        assert isinstance(host, IPv4Address)
+        self.port = host.port
 
     def url(self, path: str) -> str:
         return f"https://127.0.0.1:{self.port}{path}"
@@ -196,8 +204,10 @@ class ReceiverServer:
     async def close(self) -> None:
         for request in self.service.hanging:
             if request.channel is not None and request.channel.transport is not None:
-                request.channel.transport.abortConnection()
-        await self._port.stopListening()
+                cast(ITCPTransport, request.channel.transport).abortConnection()
+        stopped = self._port.stopListening()
+        assert stopped is not None  # a listening TCP port stops asynchronously
+        await stopped
 
 
 CORE = "urn:ietf:params:jmap:core"
@@ -216,19 +226,19 @@ class PushWorld:
     def service(self) -> PushService:
         return self.receiver.service
 
-    async def jmap(self, calls: list[Any], headers: dict[str, str], **extra: Any) -> Any:
+    async def jmap(self, calls: list[Any], headers: RequestHeaders, **extra: Any) -> Any:
         """POST a Request; returns the Response object (asserting HTTP 200)."""
         r = await self.daemon.api({"using": [CORE], "methodCalls": calls, **extra}, headers)
         assert r.code == 200, (r.code, await r.text())
         return await r.json()
 
-    async def call(self, name: str, args: dict[str, Any], headers: dict[str, str]) -> Any:
+    async def call(self, name: str, args: dict[str, Any], headers: RequestHeaders) -> Any:
         """One method call; returns ``[name, arguments]`` of its response."""
         [[out_name, out_args, _]] = (await self.jmap([[name, args, "0"]], headers))[
             "methodResponses"]
         return out_name, out_args
 
-    async def create(self, headers: dict[str, str], path: str = "/sub", **props: Any) -> str:
+    async def create(self, headers: RequestHeaders, path: str = "/sub", **props: Any) -> str:
         """Create a subscription with keys for ``path``; returns its id."""
         obj = {"deviceClientId": "phone", "url": self.receiver.url(path),
                "keys": self.service.agent(path).keys, **props}
@@ -236,7 +246,7 @@ class PushWorld:
         assert out["created"] and "c" in out["created"], out
         return str(out["created"]["c"]["id"])
 
-    async def verify(self, sub_id: str, headers: dict[str, str], path: str = "/sub") -> None:
+    async def verify(self, sub_id: str, headers: RequestHeaders, path: str = "/sub") -> None:
         """Read the code the push service got and write it back (PS-15)."""
         await self.service.wait_for(lambda: any(
             r.path == path and isinstance(r.message, dict)
@@ -274,6 +284,7 @@ async def start_world(tmp_path: Path, monkeypatch: Any, extra: str = FAST,
     return PushWorld(daemon, receiver)
 
 
+@implementer(ILogObserver)
 class LogWatcher:
     """Collects formatted log lines; ``wait_for`` fires when one contains a text."""
 

@@ -7,23 +7,38 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import treq
 from twisted.internet import defer
+from twisted.logger import ILogObserver
 
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import Config, parse_config
 from jmappushd.daemon.context import App
+from jmappushd.daemon.reactor import IDaemonReactor
 from jmappushd.daemon.service import JMAPPushService, build_service, prepare_state
 
 # A cheap scrypt cost for tests; the format is the production one.
 TEST_LOG_N = 4
 
+RequestHeaders = dict[str | bytes, str | bytes]
+"""A header map as treq takes it. Its ``headers=`` is a union of dict types, so mypy
+cannot infer a bare ``{"Name": "value"}`` as one of them: give literals this type."""
+
 
 def no_threads(f: Any, *args: Any) -> defer.Deferred[Any]:
     """A thread runner for unit tests that must never run blocking work."""
     raise AssertionError(f"unexpected blocking call {f!r}")
+
+
+def log_into(events: list[Any]) -> ILogObserver:
+    """An observer that appends each event to ``events``.
+
+    ``Logger(observer=...)`` is typed for an ``ILogObserver`` provider; any callable
+    taking the event works, and a list's ``append`` is the simplest.
+    """
+    return cast(ILogObserver, events.append)
 
 
 def free_port() -> int:
@@ -59,12 +74,12 @@ def make_config(tmp_path: Path, extra: str = "", sections: Mapping[str, str] | N
     return parse_config(text, str(path), environ={})
 
 
-def basic(user: str, password: str) -> dict[str, str]:
+def basic(user: str, password: str) -> RequestHeaders:
     raw = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {raw}"}
 
 
-def bearer(token: str) -> dict[str, str]:
+def bearer(token: str) -> RequestHeaders:
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -95,24 +110,33 @@ class LiveDaemon:
         body = {"@type": "StateChange", "changed": changed}
         response = await treq.post(
             self.admin + "/publish", json=body,
-            headers={"Authorization": f"Bearer {self.app.admin_token}"},
+            headers=bearer(self.app.admin_token),
         )
         assert response.code == 202, (response.code, await response.text())
         return await response.json()
 
-    async def api(self, body: Any, headers: Mapping[str, str]) -> Any:
+    async def api(self, body: Any, headers: RequestHeaders) -> Any:
         return await treq.post(
             self.base + "/jmap/api/", json=body,
             headers={"Content-Type": "application/json", **headers},
         )
 
 
-async def start_daemon(config: Config) -> LiveDaemon:
-    """Build the whole daemon as twistd would, on the running reactor, and wait for ready."""
+def live_reactor() -> IDaemonReactor:
+    """The global reactor as the daemon's wiring takes it.
+
+    Twisted types the global reactor as a few common interfaces; it provides the whole
+    union, so the cast here (as in ``tap.py``) is the only one the tests need.
+    """
     from twisted.internet import reactor
 
+    return cast(IDaemonReactor, reactor)
+
+
+async def start_daemon(config: Config) -> LiveDaemon:
+    """Build the whole daemon as twistd would, on the running reactor, and wait for ready."""
     prepare_state(config)
-    service = build_service(config, reactor)
+    service = build_service(config, live_reactor())
     app = service.app
     service.startService()
     await service.ready

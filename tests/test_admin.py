@@ -8,7 +8,7 @@ import treq
 
 from jmappushd.transports.webpush.service import WebPushService
 from jmappushd.web.admin import InvalidPublish, parse_state_change
-from tests.support import LiveDaemon
+from tests.support import LiveDaemon, bearer
 
 
 def test_parse_state_change_accepts_a_state_change() -> None:
@@ -41,7 +41,7 @@ async def test_publish_requires_the_admin_token(live: LiveDaemon) -> None:
     r = await treq.post(live.admin + "/publish", json=body)
     assert r.code == 401
     r = await treq.post(live.admin + "/publish", json=body,
-                        headers={"Authorization": "Bearer nope"})
+                        headers=bearer("nope"))
     assert r.code == 401
     out = await live.publish({"A": {"Email": "s1"}})
     assert out["seq"] == 1 and out["token"].endswith("-1")
@@ -52,7 +52,7 @@ async def test_publish_requires_the_admin_token(live: LiveDaemon) -> None:
 @pytest_twisted.ensureDeferred
 async def test_malformed_publish_is_400(live: LiveDaemon) -> None:
     """Invalid JSON and invalid StateChange bodies get 400 with a detail; nothing recorded."""
-    headers = {"Authorization": f"Bearer {live.app.admin_token}"}
+    headers = bearer(live.app.admin_token)
     r = await treq.post(live.admin + "/publish", data=b"{nope", headers=headers)
     assert r.code == 400 and "JSON" in (await r.json())["detail"]
     r = await treq.post(live.admin + "/publish", json={"@type": "Nope"}, headers=headers)
@@ -88,7 +88,7 @@ async def test_vapid_rotation_changes_key_and_session_state(live: LiveDaemon) ->
     r = await treq.post(live.admin + "/vapid/rotate")
     assert r.code == 401
     r = await treq.post(live.admin + "/vapid/rotate",
-                        headers={"Authorization": f"Bearer {live.app.admin_token}"})
+                        headers=bearer(live.app.admin_token))
     assert r.code == 200
     reply = await r.json()
     r = await treq.get(live.base + "/jmap/session", headers=basic("alice", "secret"))

@@ -22,7 +22,7 @@ from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.service import JMAPPushService
 from jmappushd.daemon.signal import StartSignal
 from jmappushd.transports.interface import ITransportService
-from tests.support import make_config
+from tests.support import live_reactor, make_config
 
 
 class Recorder:
@@ -179,14 +179,11 @@ def test_start_signal_answers_early_and_late_waiters() -> None:
 def test_port_in_use_fails_start_synchronously() -> None:
     """A listener whose port is taken raises from ``startService`` (twistd reports it and
     exits) and is not left running."""
-    from twisted.internet import reactor
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        listener = ListenerService(reactor, f"tcp:{port}:interface=127.0.0.1",  # type: ignore[arg-type]
-                                   Factory())
+        listener = ListenerService(live_reactor(), f"tcp:{port}:interface=127.0.0.1", Factory())
         with pytest.raises(CannotListenError):
             listener.startService()
         assert not listener.running
@@ -195,13 +192,10 @@ def test_port_in_use_fails_start_synchronously() -> None:
 @pytest_twisted.ensureDeferred
 async def test_listener_binds_and_releases_its_port() -> None:
     """A free port is bound at start and released at stop."""
-    from twisted.internet import reactor
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    listener = ListenerService(reactor, f"tcp:{port}:interface=127.0.0.1",  # type: ignore[arg-type]
-                               Factory())
+    listener = ListenerService(live_reactor(), f"tcp:{port}:interface=127.0.0.1", Factory())
     listener.startService()
     with socket.socket() as other, pytest.raises(OSError):
         other.bind(("127.0.0.1", port))
@@ -217,7 +211,12 @@ def test_start_checks_the_fast_paths_once(tmp_path: Path, monkeypatch: pytest.Mo
     from jmappushd.net import _fastpath
 
     calls: list[str] = []
-    monkeypatch.setattr(_fastpath, "check", lambda: calls.append("check") or [])
+
+    def check() -> list[str]:
+        calls.append("check")
+        return []
+
+    monkeypatch.setattr(_fastpath, "check", check)
     service, rec, *_ = build(tmp_path)
     service.startService()
     assert calls == ["check"]

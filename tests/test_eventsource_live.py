@@ -9,18 +9,31 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from jmappushd.transports.eventsource.service import EventSourceService
 from tests.sse_parser import Event, EventParser
-from tests.support import LiveDaemon, basic, bearer, make_config, start_daemon, stop_daemon
+from tests.support import (
+    LiveDaemon,
+    RequestHeaders,
+    basic,
+    bearer,
+    live_reactor,
+    make_config,
+    start_daemon,
+    stop_daemon,
+)
+
+if TYPE_CHECKING:
+    from treq._types import _ITreqReactor
 
 TIMEOUT = 10.0
 ES_SECTION = "\n".join([
@@ -82,12 +95,18 @@ class SSEClient(protocol.Protocol):
         from twisted.internet import reactor
 
         d: defer.Deferred[None] = defer.Deferred()
-        self.ended.addBoth(lambda _: d.called or d.callback(None))
+
+        def ended(_: object) -> None:
+            if not d.called:
+                d.callback(None)
+
+        self.ended.addBoth(ended)
         await d.addTimeout(timeout, reactor)
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            # A response body's transport is its connection's producer.
+            cast(IPushProducer, self.transport).stopProducing()
 
 
 def es_url(base: str, types: str = "*", closeafter: str = "no", ping: str = "0",
@@ -98,10 +117,10 @@ def es_url(base: str, types: str = "*", closeafter: str = "no", ping: str = "0",
     return url
 
 
-async def connect(url: str, headers: Mapping[str, str]) -> tuple[Any, SSEClient | None]:
+async def connect(url: str, headers: RequestHeaders) -> tuple[Any, SSEClient | None]:
     """GET the stream; the client is None when the answer is not 200."""
-    from twisted.internet import reactor
-
+    # The global reactor provides all of treq's (private) reactor interface.
+    reactor = cast("_ITreqReactor", live_reactor())
     response = await treq.get(url, headers=dict(headers), unbuffered=True, persistent=False,
                               timeout=TIMEOUT, reactor=reactor)
     if response.code != 200:
@@ -109,7 +128,7 @@ async def connect(url: str, headers: Mapping[str, str]) -> tuple[Any, SSEClient 
     return response, SSEClient(response)
 
 
-async def open_stream(url: str, headers: Mapping[str, str]) -> SSEClient:
+async def open_stream(url: str, headers: RequestHeaders) -> SSEClient:
     response, client = await connect(url, headers)
     assert response.code == 200, (response.code, await response.text())
     assert client is not None
@@ -307,10 +326,11 @@ async def test_cors_preflight_and_stream_headers(es: LiveDaemon) -> None:
     """The preflight for Authorization needs no credentials; a listed origin is echoed
     with credentials allowed, another origin gets * (from the configured wildcard)."""
     await es.add_user("alice")
-    response = await treq.request("OPTIONS", es_url(es.base), headers={
+    preflight: RequestHeaders = {
         "Origin": "https://app.example.com",
         "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization"})
+        "Access-Control-Request-Headers": "authorization"}
+    response = await treq.request("OPTIONS", es_url(es.base), headers=preflight)
     assert response.code == 204
     assert header(response, "Access-Control-Allow-Origin") == "https://app.example.com"
     assert header(response, "Access-Control-Allow-Credentials") == "true"
@@ -368,7 +388,7 @@ async def publish(daemon: LiveDaemon, changed: Mapping[str, Mapping[str, str]]) 
     """POST /publish on the admin listener over a fresh connection (safe across restarts)."""
     response = await treq.post(
         daemon.admin + "/publish", json={"@type": "StateChange", "changed": changed},
-        headers={"Authorization": f"Bearer {daemon.app.admin_token}"}, persistent=False)
+        headers=bearer(daemon.app.admin_token), persistent=False)
     assert response.code == 202, (response.code, await response.text())
     return str((await response.json()).get("token", ""))
 

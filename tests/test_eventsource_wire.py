@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
 
 from jmappushd.transports.eventsource.resource import InvalidParameter, clamp_ping, parse_params
 from jmappushd.transports.eventsource.sse import ping_event, state_event
@@ -115,15 +116,16 @@ def test_unknown_type_names_are_accepted() -> None:
 # -- CORS ---------------------------------------------------------------------------------
 
 
-def request(origin: str | None, method: bytes = b"GET") -> DummyRequest:
-    r = DummyRequest([b""])
+def request(origin: str | None, method: bytes = b"GET") -> Request:
+    """A real (unprocessed) Request: CorsPolicy takes one."""
+    r = Request(DummyChannel())
     r.method = method
     if origin is not None:
         r.requestHeaders.setRawHeaders(b"Origin", [origin.encode()])
     return r
 
 
-def header(r: DummyRequest, name: bytes) -> bytes | None:
+def header(r: Request, name: bytes) -> bytes | None:
     values = r.responseHeaders.getRawHeaders(name)
     return None if values is None else values[-1]
 
@@ -166,7 +168,7 @@ def test_preflight_allows_authorization_header_for_get() -> None:
     r.requestHeaders.setRawHeaders(b"Access-Control-Request-Method", [b"GET"])
     r.requestHeaders.setRawHeaders(b"Access-Control-Request-Headers", [b"authorization"])
     CorsPolicy(("https://app.example.com",)).preflight(r)
-    assert r.responseCode == 204
+    assert r.code == 204
     assert b"Authorization" in (header(r, b"Access-Control-Allow-Headers") or b"")
     assert header(r, b"Access-Control-Allow-Methods") == b"GET"
     assert header(r, b"Access-Control-Allow-Origin") == b"https://app.example.com"

@@ -27,6 +27,7 @@ from jmappushd.jmap import ijson
 from jmappushd.net import _fastpath
 from jmappushd.net.sendnow import send_now
 from jmappushd.transports.webpush.sender import request_headers
+from tests.support import log_into
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,7 @@ def rechecked() -> Iterator[None]:
 @pytest.fixture
 def logged(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(_fastpath, "_log", Logger(observer=events.append))
+    monkeypatch.setattr(_fastpath, "_log", Logger(observer=log_into(events)))
     monkeypatch.setattr(_fastpath, "_warned", set())
     return events
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from jmappushd.core.hub import Change, Hub, StateMap, restrict
+from jmappushd.core.hub import Change, Hub, IBus, StateMap, restrict
 from jmappushd.core.position import make_token, parse_token
+from jmappushd.store.memory import MemoryStore
 from jmappushd.store.sqlite import SQLiteStore
 from tests.store_backends import fired, open_memory_store
+from tests.support import log_into
 
 
 class Recorder:
@@ -122,7 +126,7 @@ async def test_concurrent_publishes_share_a_commit_in_order(tmp_path: Path) -> N
     calls: list[int] = []
     original = store.record_changes_batch
 
-    def counting(batch):  # type: ignore[no-untyped-def]
+    def counting(batch):
         calls.append(len(batch))
         return original(batch)
 
@@ -160,10 +164,11 @@ def test_local_bus_provides_ibus() -> None:
     assert verifyObject(IBus, LocalBus())
 
 
-class HeldStore:
+class HeldStore(MemoryStore):
     """The hub's store calls; each write waits until the test answers it (``commit``)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seq = 0
         self.writes: list[tuple[list[StateMap], defer.Deferred[list[int]]]] = []
         self.raise_now = False
@@ -171,7 +176,7 @@ class HeldStore:
     def position(self) -> defer.Deferred[tuple[str, int]]:
         return defer.succeed(("ep", self.seq))
 
-    def record_changes_batch(self, batch: list[StateMap]) -> defer.Deferred[list[int]]:
+    def record_changes_batch(self, batch: Sequence[StateMap]) -> defer.Deferred[list[int]]:
         if self.raise_now:
             raise RuntimeError("store refused at once")
         d: defer.Deferred[list[int]] = defer.Deferred()
@@ -185,6 +190,7 @@ class HeldStore:
         d.callback(list(range(first, self.seq + 1)))
 
 
+@implementer(IBus)
 class ManualBus:
     """A bus the test drives: announcements are kept, delivery happens when told."""
 
@@ -207,7 +213,7 @@ class ManualBus:
 
 
 def started_hub(bus: ManualBus, store: HeldStore | None = None) -> Hub:
-    hub = Hub(store or HeldStore(), bus)  # type: ignore[arg-type]
+    hub = Hub(store or HeldStore(), bus)
     done = defer.ensureDeferred(hub.start())
     assert done.called
     return hub
@@ -215,7 +221,7 @@ def started_hub(bus: ManualBus, store: HeldStore | None = None) -> Hub:
 
 def logged_failures(hub: Hub) -> list[dict[str, object]]:
     events: list[dict[str, object]] = []
-    hub.log = Logger(observer=events.append)  # type: ignore[misc]
+    hub.log = Logger(observer=log_into(events))
     return events
 
 
@@ -229,14 +235,14 @@ def test_failing_bus_answers_every_publish_of_the_group_commit() -> None:
     first = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
     batch = [defer.ensureDeferred(hub.publish({"A": {"Email": f"s{i}"}})) for i in (2, 3, 4)]
     store.commit()
-    assert first.called and first.result.seq == 1
+    assert fired(first).seq == 1
     store.commit()
     assert [d.called for d in batch] == [True, True, True]
-    assert [d.result.seq for d in batch] == [2, 3, 4]
+    assert [fired(d).seq for d in batch] == [2, 3, 4]
     assert [e["seq"] for e in events if e.get("log_failure")] == [2]
     later = defer.ensureDeferred(hub.publish({"A": {"Email": "s5"}}))
     store.commit()
-    assert later.called and later.result.seq == 5
+    assert fired(later).seq == 5
 
 
 def test_store_raising_at_once_fails_its_publishes_and_the_hub_goes_on() -> None:
@@ -247,13 +253,13 @@ def test_store_raising_at_once_fails_its_publishes_and_the_hub_goes_on() -> None
     store.raise_now = True
     failed = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
     assert failed.called
-    failure = []
+    failure: list[Failure] = []
     failed.addErrback(failure.append)
     assert failure and failure[0].check(RuntimeError)
     store.raise_now = False
     later = defer.ensureDeferred(hub.publish({"A": {"Email": "s2"}}))
     store.commit()
-    assert later.called and later.result.seq == 1
+    assert fired(later).seq == 1
 
 
 def test_failing_listener_does_not_stop_the_others() -> None:
@@ -272,13 +278,14 @@ def test_failing_listener_does_not_stop_the_others() -> None:
 def test_in_order_delivery_hands_listeners_the_change_itself() -> None:
     """The LocalBus case: the watermark follows each change and listeners get the very
     Change announced, with its own token (no copy on the hot path)."""
-    hub = Hub(HeldStore())  # type: ignore[arg-type]
+    store = HeldStore()
+    hub = Hub(store)
     defer.ensureDeferred(hub.start())
     seen = Recorder()
     hub.subscribe(seen, ["A"])
     published = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
-    hub._store.commit()  # type: ignore[attr-defined]
-    assert seen.changes == [published.result]
+    store.commit()
+    assert seen.changes == [fired(published)]
     assert seen.changes[0].position == 1 and hub.last_seq == 1 and hub.token == "ep-1"
 
 
@@ -334,9 +341,10 @@ class MemoryLog:
         self.entries = entries
         self.asked: list[int] = []
 
-    def changes_after(self, seq: int) -> defer.Deferred[list[tuple[int, StateMap]]]:
+    def changes_after(self, seq: int) -> defer.Deferred[Sequence[tuple[int, StateMap]]]:
         self.asked.append(seq)
-        return defer.succeed([e for e in self.entries if e[0] > seq])
+        after: Sequence[tuple[int, StateMap]] = [e for e in self.entries if e[0] > seq]
+        return defer.succeed(after)
 
 
 @pytest_twisted.ensureDeferred
@@ -367,7 +375,7 @@ def test_changes_delivered_before_start_do_not_leave_a_gap() -> None:
     bus = ManualBus()
     store = HeldStore()
     store.seq = 3
-    hub = Hub(store, bus)  # type: ignore[arg-type]
+    hub = Hub(store, bus)
     bus.deliver(2)
     bus.deliver(3)
     defer.ensureDeferred(hub.start())

@@ -9,6 +9,7 @@ from twisted.internet import defer
 
 from jmappushd.core.connections import ConnectionRegistry, EndReason
 from jmappushd.core.revalidation import password_fingerprint
+from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import Account, TokenRecord, User
 
 
@@ -30,8 +31,9 @@ class Conn:
         self.account_ids = frozenset(a.id for a in accounts)
 
 
-class Store:
+class Store(MemoryStore):
     def __init__(self) -> None:
+        super().__init__()
         self.users = {"u1": User("u1", "alice", "h1", "A", 0.0)}
         self.lookups = 0
 
@@ -48,7 +50,7 @@ class Store:
 
 def make() -> tuple[ConnectionRegistry[Conn], Store]:
     store = Store()
-    return ConnectionRegistry(store, "Test"), store  # type: ignore[arg-type]
+    return ConnectionRegistry(store, "Test"), store
 
 
 def test_counts_per_user_and_when_empty() -> None:

@@ -18,9 +18,10 @@ from twisted.internet import threads
 
 from tests.daemon_process import DaemonProcess
 from tests.push_receiver import CORE, ReceiverServer
+from tests.support import RequestHeaders, bearer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
-AUTH = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
+AUTH: RequestHeaders = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
 PUSH = ("push-throttle = 0\npush-retry-interval = 50\npush-attempt-interval = 300\n"
         "push-timeout = 5000\ncreate-rate = 1000\npush-attempts-max = 4\n")
 
@@ -38,7 +39,7 @@ async def publish(d: DaemonProcess, changed: dict[str, dict[str, str]]) -> None:
     """POST /publish on the admin listener (what jmappushctl publish does, minus its start-up)."""
     token = (d.tmp_path / "state" / "admin.token").read_text().strip()
     r = await treq.post(d.admin + "/publish", json={"@type": "StateChange", "changed": changed},
-                        headers={"Authorization": f"Bearer {token}"})
+                        headers=bearer(token))
     assert r.code == 202, await r.text()
 
 

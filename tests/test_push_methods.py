@@ -131,7 +131,8 @@ async def test_verification_flow(make_world: MakeWorld) -> None:
     assert change.header("content-encoding") == "aes128gcm"
     session = w.daemon.app.session_for(await w.daemon.app.auth.login(_creds("alice")))
     key = session["capabilities"]["urn:ietf:params:jmap:webpush-vapid"]["applicationServerKey"]
-    assert change.header("authorization").endswith("k=" + key)
+    authorization = change.header("authorization")
+    assert authorization is not None and authorization.endswith("k=" + key)
 
 
 def _creds(name: str) -> Any:

@@ -13,6 +13,7 @@ from twisted.internet import defer
 from jmappushd.core.hub import Change
 from jmappushd.core.position import make_token
 from tests.push_fakes import Harness
+from tests.store_backends import fired
 
 Answer = dict[str, dict[str, str]]
 
@@ -24,7 +25,7 @@ def hold_recovery(h: Harness) -> list[tuple[defer.Deferred[Answer], Answer]]:
 
     def later(seq: int, account_ids: Collection[str]) -> defer.Deferred[Answer]:
         d: defer.Deferred[Answer] = defer.Deferred()
-        held.append((d, snapshot(seq, account_ids).result))
+        held.append((d, fired(snapshot(seq, account_ids))))
         return d
 
     h.store.changes_since = later  # type: ignore[method-assign]

@@ -49,6 +49,7 @@ def test_key_created_once_persisted_and_advertised() -> None:
     assert VAPID_CAPABILITY not in runtime.app.registry.capabilities()
     defer.ensureDeferred(runtime.start())
     stored = h.store.meta_value(META_KEY)
+    assert stored is not None
     key = VapidKey.from_private_string(stored).public_key_b64
     session = runtime.app.session_for(ALICE)
     assert session["capabilities"][VAPID_CAPABILITY] == {"applicationServerKey": key}

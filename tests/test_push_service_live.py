@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import address as taddress
-from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
 from zope.interface import implementer
 
 from jmappushd.config import PushConfig
@@ -25,7 +26,7 @@ from jmappushd.transports.webpush.policy import Outcome
 from jmappushd.transports.webpush.sender import Sender, TreqTransport, build_http_client
 from jmappushd.transports.webpush.vapid import VapidKey
 from tests.push_receiver import FAST, LogWatcher, PushWorld, ReceiverServer, start_world
-from tests.support import basic
+from tests.support import basic, live_reactor
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 ALICE = basic("alice", "secret")
@@ -143,17 +144,29 @@ async def test_redirect_is_not_followed(verified: Setup) -> None:
     assert w.service.on("/elsewhere") == []
 
 
+@implementer(IHostResolution)
+class Resolution:
+    """A resolution answered at once: there is nothing left to cancel."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
 @implementer(IHostnameResolver)
 class FakeResolver:
     """Answers every name with 127.0.0.1 (a DNS-rebinding attacker's name)."""
 
     def resolveHostName(self, resolutionReceiver: IResolutionReceiver, hostName: str,
                         portNumber: int = 0, addressTypes: Any = None,
-                        transportSemantics: str = "TCP") -> IResolutionReceiver:
-        resolutionReceiver.resolutionBegan(None)  # type: ignore[arg-type]
+                        transportSemantics: str = "TCP") -> IHostResolution:
+        resolution = Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
         resolutionReceiver.addressResolved(taddress.IPv4Address("TCP", "127.0.0.1", portNumber))
         resolutionReceiver.resolutionComplete()
-        return resolutionReceiver
+        return resolution
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -162,21 +175,21 @@ async def test_ssrf_refused_at_connect(tmp_path: Path) -> None:
     """PS-18, C-PS-3: with private targets not allowed, a name resolving to 127.0.0.1 (and
     localhost through the system resolver) is refused when connecting, and nothing reaches
     the push service; allowing private targets lets the same request through."""
-    from twisted.internet import reactor
     from twisted.internet.ssl import Certificate
     from twisted.web.client import BrowserLikePolicyForHTTPS
 
     receiver = ReceiverServer(tmp_path)
     key = VapidKey.generate()
+    reactor = live_reactor()
     keyring = KeyRing(reactor)
     keyring.set_current(key)
     policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(receiver.cert_pem))
     agent = receiver.service.agent("/p")
 
     class Target:
-        id = "S1"
-        key_id = key.key_id
-        keys = None
+        id: str = "S1"
+        key_id: str = key.key_id
+        keys: tuple[ec.EllipticCurvePublicKey, bytes, bytes] | None = None
 
         def __init__(self, url: str) -> None:
             self.url = url

@@ -49,9 +49,14 @@ def test_waiters_are_served_in_arrival_order_across_origins() -> None:
     limiter = SlotLimiter(total=2, per_origin=2)
     held = [granted(limiter.acquire("https://x.example")) for _ in range(2)]
     order: list[str] = []
+
+    def record(slot: Slot, name: str) -> Slot:
+        order.append(name)
+        return slot
+
     for name in ("a1", "b1", "a2", "c1", "b2"):
         origin = f"https://{name[0]}.example"
-        limiter.acquire(origin).addCallback(lambda slot, n=name: order.append(n) or slot)
+        limiter.acquire(origin).addCallback(record, name)
     held[0].release()
     held[1].release()
     assert order == ["a1", "b1"]
@@ -120,10 +125,14 @@ def test_synchronous_release_chains_do_not_recurse() -> None:
     are served by a loop: thousands of them do not overflow the stack."""
     limiter = SlotLimiter(total=1, per_origin=1)
     held = granted(limiter.acquire("https://a.example"))
-    served = []
+    served: list[int] = []
+
+    def serve(slot: Slot, i: int) -> None:
+        served.append(i)
+        slot.release()
+
     for i in range(5000):
-        limiter.acquire("https://a.example").addCallback(
-            lambda slot, i=i: (served.append(i), slot.release()))
+        limiter.acquire("https://a.example").addCallback(serve, i)
     held.release()
     assert len(served) == 5000 and served[:3] == [0, 1, 2]
     assert limiter.in_flight == 0 and limiter.waiting == 0
@@ -137,16 +146,18 @@ def test_request_made_while_granting_keeps_its_place() -> None:
     order: list[str] = []
     slots: list[Slot] = []
 
+    def keep(slot: Slot, name: str) -> None:
+        order.append(name)
+        slots.append(slot)
+
     def first(slot: Slot) -> Slot:
         order.append("first")
-        limiter.acquire("https://a.example").addCallback(
-            lambda s: (order.append("again"), slots.append(s)))
+        limiter.acquire("https://a.example").addCallback(keep, "again")
         slot.release()
         return slot
 
     limiter.acquire("https://a.example").addCallback(first)
-    limiter.acquire("https://a.example").addCallback(
-        lambda s: (order.append("second"), slots.append(s)))
+    limiter.acquire("https://a.example").addCallback(keep, "second")
     held.release()
     assert order == ["first", "second"]
     slots[-1].release()

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
     IHostResolution,
+    IReactorSSL,
     IResolutionReceiver,
     IStreamClientEndpoint,
 )
@@ -394,10 +395,13 @@ def test_real_tls_uses_original_hostname_for_verification() -> Any:
     root = Ok()
     cert_pem, key_pem = _self_signed("push.test")
     server_cert = PrivateCertificate.loadPEM(cert_pem + key_pem)
-    port = reactor.listenSSL(0, Site(root), server_cert.options(), interface="127.0.0.1")
+    port = IReactorSSL(reactor).listenSSL(0, Site(root), server_cert.options(),
+                                          interface="127.0.0.1")
     pool = HTTPConnectionPool(reactor, persistent=False)
     try:
-        number = port.getHost().port
+        host = port.getHost()
+        assert isinstance(host, taddress.IPv4Address)
+        number = host.port
         for trusted_name, ok in (("push.test", True), ("other.test", False)):
             trust = Certificate.loadPEM(cert_pem if ok else _self_signed(trusted_name)[0])
             factory = GuardedEndpointFactory(

@@ -40,5 +40,5 @@ def test_every_cli_command_is_in_the_readme() -> None:
         if not actions:
             assert f"jmappushctl -c FILE {name}" in README, name
             continue
-        for action in actions[0].choices:  # type: ignore[union-attr]
+        for action in actions[0].choices:
             assert re.search(rf"{name} {action}\b", README), f"{name} {action}"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from jmappushd.net.sendnow import send_now
@@ -20,13 +22,13 @@ from jmappushd.net.sendnow import send_now
 
 class Held(protocol.Protocol):
     def connectionMade(self) -> None:
-        self.factory.made.callback(self)  # type: ignore[attr-defined]
+        self.factory.made.callback(self)
 
     def connectionLost(self, reason: object = None) -> None:
-        self.factory.lost.callback(None)  # type: ignore[attr-defined]
+        self.factory.lost.callback(None)
 
 
-class HeldFactory(protocol.Factory):
+class HeldFactory(protocol.ServerFactory):
     protocol = Held
 
     def __init__(self) -> None:
@@ -37,8 +39,10 @@ class HeldFactory(protocol.Factory):
 @pytest.fixture
 def pair() -> Iterator[tuple[HeldFactory, socket.socket]]:
     factory = HeldFactory()
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    client = socket.create_connection(("127.0.0.1", address.port))
     client.settimeout(5)
     yield factory, client
     client.close()
@@ -56,19 +60,21 @@ def read_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 @pytest_twisted.inlineCallbacks
-def test_sent_before_returning(pair: tuple[HeldFactory, socket.socket]) -> None:
+def test_sent_before_returning(
+        pair: tuple[HeldFactory, socket.socket]) -> Generator[Any, Any, None]:
     """With nothing queued the bytes are in the kernel when send_now returns, and the
     socket was never added to the reactor's writers."""
     factory, client = pair
     server = yield factory.made
     send_now(server.transport, b"event one\n")
-    assert server.transport not in reactor.getWriters()  # type: ignore[attr-defined]
+    assert server.transport not in reactor.getWriters()
     assert read_exactly(client, 10) == b"event one\n"  # the reactor has not run since
     server.transport.loseConnection()
 
 
 @pytest_twisted.inlineCallbacks
-def test_never_overtakes_queued_data(pair: tuple[HeldFactory, socket.socket]) -> None:
+def test_never_overtakes_queued_data(
+        pair: tuple[HeldFactory, socket.socket]) -> Generator[Any, Any, None]:
     """Data that Twisted still holds goes first; send_now then queues behind it."""
     factory, client = pair
     server = yield factory.made
@@ -86,7 +92,7 @@ def test_never_overtakes_queued_data(pair: tuple[HeldFactory, socket.socket]) ->
 
 @pytest_twisted.inlineCallbacks
 def test_what_the_kernel_refuses_is_queued_in_order(
-        pair: tuple[HeldFactory, socket.socket]) -> None:
+        pair: tuple[HeldFactory, socket.socket]) -> Generator[Any, Any, None]:
     """A message larger than the socket buffers is sent in part; the rest is queued
     (and counted for back-pressure), then a later message follows it exactly."""
     factory, client = pair
@@ -103,7 +109,8 @@ def test_what_the_kernel_refuses_is_queued_in_order(
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_dead_peer_is_left_to_twisted(pair: tuple[HeldFactory, socket.socket]) -> None:
+def test_a_dead_peer_is_left_to_twisted(
+        pair: tuple[HeldFactory, socket.socket]) -> Generator[Any, Any, None]:
     """A reset connection raises nothing here; Twisted notices and loses the connection."""
     factory, client = pair
     server = yield factory.made

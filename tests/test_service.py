@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest_twisted
 import treq
+from twisted.internet.base import DelayedCall
 
 from tests.support import basic, make_config, start_daemon, stop_daemon
 
@@ -15,6 +16,7 @@ def _ours() -> list[str]:
 
     found = []
     for call in reactor.getDelayedCalls():
+        assert isinstance(call, DelayedCall)
         func = call.func
         module = getattr(func, "__module__", "") or ""
         owner = getattr(getattr(func, "__self__", None), "__class__", None)

@@ -171,8 +171,13 @@ async def test_batches_fire_in_call_order_with_contiguous_seqs(store: IStore) ->
     fired: list[int] = []
     calls = [store.record_changes_batch([{"A": {"Email": f"s{i}.{j}"}} for j in range(i % 3 + 1)])
              for i in range(30)]
+
+    def note(seqs: list[int]) -> list[int]:
+        fired.extend(seqs)
+        return seqs
+
     for d in calls:
-        d.addCallback(lambda seqs: fired.extend(seqs) or seqs)
+        d.addCallback(note)
     results = await DeferredList(calls, fireOnOneErrback=True)
     assert fired == list(range(2, 2 + len(fired)))
     assert [seqs for _, seqs in results][:3] == [[2], [3, 4], [5, 6, 7]]

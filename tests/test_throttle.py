@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from twisted.internet.task import Clock
 
 from jmappushd.core.throttle import CoalescingThrottle
 
-Sent = list[tuple[dict[str, dict[str, str]], str]]
+Sent = list[tuple[Mapping[str, Mapping[str, str]], str]]
 
 
 def make(interval: float) -> tuple[Clock, CoalescingThrottle, Sent]:

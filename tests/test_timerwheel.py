@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from jmappushd.net.timerwheel import TimerWheel
+from tests.support import log_into
 
 
 def test_fires_at_the_next_tick_never_early() -> None:
@@ -40,7 +43,7 @@ def test_thousands_of_timers_share_one_reactor_call() -> None:
     wheel = TimerWheel(clock, resolution=0.5)
     fired: list[int] = []
     for i in range(5000):
-        wheel.call_later(1 + (i % 60), lambda i=i: fired.append(i))
+        wheel.call_later(1 + (i % 60), partial(fired.append, i))
     assert len(clock.getDelayedCalls()) == 1 and len(wheel) == 5000
     clock.pump([1.0] * 61)
     assert sorted(fired) == list(range(5000))
@@ -87,8 +90,12 @@ def test_a_call_scheduled_far_ahead_from_a_timer_does_not_delay_the_next_bucket(
     clock = Clock()
     wheel = TimerWheel(clock, resolution=0.1)
     fired: list[tuple[str, float]] = []
-    wheel.call_later(1, lambda: (fired.append(("a", clock.seconds())),
-                                 wheel.call_later(100, lambda: fired.append(("z", 0.0)))))
+
+    def first() -> None:
+        fired.append(("a", clock.seconds()))
+        wheel.call_later(100, lambda: fired.append(("z", 0.0)))
+
+    wheel.call_later(1, first)
     wheel.call_later(1.5, lambda: fired.append(("b", clock.seconds())))
     wheel.call_later(2, lambda: fired.append(("c", clock.seconds())))
     clock.pump([0.5] * 4)
@@ -105,7 +112,12 @@ def test_one_turn_runs_what_is_due_in_due_order() -> None:
     victim = wheel.call_later(3, lambda: fired.append("victim"))
     wheel.call_later(3, lambda: fired.append("third"))
     wheel.call_later(2, lambda: fired.append("second"))
-    wheel.call_later(1, lambda: (fired.append("first"), victim.cancel()))
+
+    def first() -> None:
+        fired.append("first")
+        victim.cancel()
+
+    wheel.call_later(1, first)
     clock.advance(100)
     assert fired == ["first", "second", "third"]
 
@@ -131,7 +143,7 @@ def test_a_failing_timer_is_logged_and_the_others_still_run() -> None:
     clock = Clock()
     wheel = TimerWheel(clock)
     logged: list[dict[str, object]] = []
-    wheel.log = Logger(observer=logged.append)
+    wheel.log = Logger(observer=log_into(logged))
     fired: list[str] = []
     wheel.call_later(1, lambda: 1 / 0)
     wheel.call_later(1, lambda: fired.append("ok"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest_twisted
 import treq
 
-from tests.support import LiveDaemon, basic, bearer
+from tests.support import LiveDaemon, RequestHeaders, basic, bearer
 
 CORE = "urn:ietf:params:jmap:core"
 ERR = "urn:ietf:params:jmap:error:"
@@ -80,8 +80,10 @@ async def test_every_jmap_endpoint_requires_auth(live: LiveDaemon) -> None:
         challenges = r.headers.getRawHeaders("WWW-Authenticate")
         assert any(c.startswith("Basic ") for c in challenges)
         assert any(c.startswith("Bearer ") for c in challenges)
-    for headers in (basic("alice", "wrong"), basic("nobody", "secret"), bearer("jmp_nope"),
-                    {"Authorization": "Basic !!!"}, {"Authorization": "Digest x"}):
+    refused: tuple[RequestHeaders, ...] = (
+        basic("alice", "wrong"), basic("nobody", "secret"), bearer("jmp_nope"),
+        {"Authorization": "Basic !!!"}, {"Authorization": "Digest x"})
+    for headers in refused:
         r = await treq.get(live.base + "/jmap/session", headers=headers)
         assert r.code == 401, headers
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet import defer
@@ -268,8 +269,12 @@ def test_one_encoding_per_view(h: Harness) -> None:
     alice = h.store.add("alice", "A")
     sent: list[bytes] = []
     conns = [enabled(h, alice) for _ in range(3)]
+
+    def capture(data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        sent.append(data)
+
     for proto, _ in conns:
-        proto.sendData = sent.append  # type: ignore[method-assign]
+        proto.sendData = capture  # type: ignore[method-assign]
     h.publish({"A": {"Email": "e1"}})
     assert len(sent) == 3 and sent[0] is sent[1] is sent[2]
     assert sent[0][:1] == b"\x81" and b'"Email":"e1"' in sent[0]
@@ -304,7 +309,7 @@ def test_session_state_memo_follows_registry_generation(h: Harness) -> None:
     assert third["sessionState"] == h.app.session_state(alice) != first["sessionState"]
 
 
-def request_frame(rid: str, **args: object) -> bytes:
+def request_frame(rid: str, **args: Any) -> bytes:
     return client_frame(json.dumps(echo(rid=rid, **args), ensure_ascii=False).encode())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from jmappushd.transports.websocket.eager import run_eagerly
 
@@ -64,7 +65,7 @@ def test_failures_reach_the_coroutine_and_the_caller() -> None:
     failed = run_eagerly(_fails_after(gate2))
     gate2.callback(0)
     assert isinstance(failed, defer.Deferred)
-    failure = []
+    failure: list[Failure] = []
     failed.addErrback(failure.append)
     assert failure and failure[0].check(KeyError)
     with pytest.raises(KeyError):

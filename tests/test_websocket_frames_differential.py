@@ -156,9 +156,9 @@ class Driver:
         autobahn: list[int] = []
         on_message, feed = proto.onMessage, proto._dataReceived
 
-        def record(payload: bytes, is_binary: bool) -> None:
+        def record(payload: bytes, isBinary: bool) -> None:
             delivered.append(payload)
-            on_message(payload, is_binary)
+            on_message(payload, isBinary)
 
         def to_autobahn(data: bytes) -> None:
             autobahn.append(len(data))

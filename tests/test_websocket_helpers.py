@@ -19,6 +19,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
 
 from jmappushd.auth.authenticator import Authenticator, Principal
 from jmappushd.config import Config
@@ -56,7 +58,7 @@ class HandshakeRefused(Exception):
     """The server did not switch protocols."""
 
 
-class Client(WebSocketClientProtocol):  # type: ignore[misc]
+class Client(WebSocketClientProtocol):
     """Collects messages in a queue and exposes open/close as Deferreds."""
 
     def __init__(self) -> None:
@@ -125,6 +127,10 @@ def basic_header(user: str, password: str = "secret") -> dict[str, str]:
     return {"Authorization": f"Basic {raw}"}
 
 
+def bearer_header(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 async def connect(base: str, headers: Mapping[str, str] | None = None,
                   protocols: Iterable[str] = ("jmap",), query: str = "",
                   trust_pem: bytes | None = None) -> Client:
@@ -134,6 +140,7 @@ async def connect(base: str, headers: Mapping[str, str] | None = None,
     from twisted.internet.endpoints import SSL4ClientEndpoint
 
     parts = urlsplit(base)
+    assert parts.hostname is not None and parts.port is not None
     scheme = "ws" if trust_pem is None else "wss"
     url = f"{scheme}://{parts.netloc}/jmap/ws{query}"
     factory = WebSocketClientFactory(url, protocols=list(protocols), headers=dict(headers or {}),
@@ -173,6 +180,7 @@ class _RawHTTP(protocol.Protocol):
                 length = int(value)
         if head.startswith(b"HTTP/1.1 101") or len(body) >= length:
             self.done.callback(self.buffer)
+            assert self.transport is not None
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -195,8 +203,10 @@ async def raw_get(base: str, headers: Mapping[str, str], path: str = "/jmap/ws",
     from twisted.internet import reactor
 
     parts = urlsplit(base)
+    assert parts.hostname is not None and parts.port is not None
     endpoint = TCP4ClientEndpoint(reactor, parts.hostname, parts.port, timeout=TIMEOUT)
     proto = await endpoint.connect(protocol.Factory.forProtocol(_RawHTTP))
+    assert isinstance(proto, _RawHTTP) and proto.transport is not None
     lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     proto.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -252,6 +262,8 @@ HANDSHAKE = (b"GET /jmap/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\
 class FakeTransport(StringTransport):
     """A StringTransport whose close reaches the protocol on the next Clock turn."""
 
+    protocol: JMAPWebSocketProtocol  # set by the stand-in resource
+
     def __init__(self, clock: task.Clock) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         self.clock = clock
@@ -294,6 +306,7 @@ class _Stand_in_Resource:
 
     def render(self, request: object) -> Any:
         proto = self.factory.buildProtocol(self.transport.getPeer())
+        assert proto is not None
         self.transport.protocol = proto
         proto.makeConnection(self.transport)
         proto.dataReceived(HANDSHAKE)
@@ -349,7 +362,8 @@ class Harness:
 
     def connect(self, principal: Principal) -> tuple[JMAPWebSocketProtocol, FakeTransport]:
         transport = FakeTransport(self.clock)
-        proto = self.factory.upgrade(_Stand_in_Resource(self.factory, transport), None, principal)
+        proto = self.factory.upgrade(_Stand_in_Resource(self.factory, transport),
+                                     Request(DummyChannel()), principal)
         assert transport.value().startswith(b"HTTP/1.1 101"), transport.value()
         transport.clear()
         return proto, transport

@@ -7,24 +7,27 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer
+from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import ITCPTransport
 
 from jmappushd.core.throttle import CoalescingThrottle
 from jmappushd.jmap.registry import CORE_CAPABILITY, CallContext
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
 from jmappushd.transports.websocket.push import PushSession
 from jmappushd.transports.websocket.service import WEBSOCKET_CAPABILITY, WebSocketService
-from tests.support import LiveDaemon, bearer, make_config, start_daemon, stop_daemon
+from tests.support import LiveDaemon, basic, make_config, start_daemon, stop_daemon
 from tests.test_websocket_helpers import (
     CORE,
     Client,
     HandshakeRefused,
     basic_header,
+    bearer_header,
     connect,
     echo,
     handshake_headers,
@@ -68,8 +71,7 @@ async def test_session_advertises_websocket(live: LiveDaemon) -> None:
     """SES-14, WS-1, WS-17, C-WS-9: the session lists urn:ietf:params:jmap:websocket with a ws://
     url (public-url is http here) for /jmap/ws and supportsPush as a JSON boolean true."""
     await live.add_user("alice")
-    response = await treq.get(live.base + "/jmap/session",
-                              headers=basic_header("alice"))
+    response = await treq.get(live.base + "/jmap/session", headers=basic("alice", "secret"))
     session = await response.json()
     value = session["capabilities"][WEBSOCKET_CAPABILITY]
     assert value == {"url": live.base.replace("http://", "ws://") + "/jmap/ws",
@@ -88,7 +90,8 @@ async def test_handshake_selects_jmap(live: LiveDaemon) -> None:
     client = await connect(live.base, basic_header("alice"), protocols=("chat", "jmap"))
     assert client.selected == "jmap"
     (server,) = live.service.transport(WebSocketService).factory.connections
-    assert server.transport.producer is server  # it, not twisted.web, is the producer now
+    # it, not twisted.web, is the producer now
+    assert getattr(server.transport, "producer", None) is server
     await client.bye()
 
 
@@ -112,7 +115,7 @@ async def test_handshake_requires_credentials(live: LiveDaemon) -> None:
     """WS-4: without credentials, or with a wrong password or unknown token, the
     handshake gets 401 with a WWW-Authenticate challenge before any upgrade."""
     await live.add_user("alice")
-    for extra in ({}, basic_header("alice", "wrong"), bearer("jmp_nope")):
+    for extra in ({}, basic_header("alice", "wrong"), bearer_header("jmp_nope")):
         status, headers, _ = await raw_get(live.base, handshake_headers(**extra))
         assert status == 401, extra
         assert headers["www-authenticate"].startswith("Basic realm=")
@@ -127,7 +130,7 @@ async def test_bearer_and_access_token_authenticate(live: LiveDaemon) -> None:
     browsers (allow-access-token-query defaults to true)."""
     await live.add_user("alice")
     token = await live.add_token("alice")
-    for client in (await connect(live.base, bearer(token)),
+    for client in (await connect(live.base, bearer_header(token)),
                    await connect(live.base, query=f"?access_token={token}")):
         client.send(echo(rid="a"))
         assert (await client.next())["requestId"] == "a"
@@ -243,7 +246,7 @@ async def test_request_response_with_and_without_id(live: LiveDaemon) -> None:
     assert "requestId" not in response
     assert response["methodResponses"] == [["Core/echo", {"n": 2}, "c2"]]
     session = await (await treq.get(live.base + "/jmap/session",
-                                    headers=basic_header("alice"))).json()
+                                    headers=basic("alice", "secret"))).json()
     assert response["sessionState"] == session["state"]
     await client.bye()
 
@@ -535,7 +538,7 @@ async def test_revoked_credentials_close_1008(live: LiveDaemon) -> None:
     await live.add_user("alice")
     await live.add_user("bob")
     token = await live.add_token("alice")
-    by_token = await connect(live.base, bearer(token))
+    by_token = await connect(live.base, bearer_header(token))
     bob = await connect(live.base, basic_header("bob"))
     by_password = await connect(live.base, basic_header("alice"))
     (record,) = await live.app.store.list_tokens("alice")
@@ -604,14 +607,17 @@ async def test_many_connect_disconnect_cycles_leave_nothing(wsd: LiveDaemon) -> 
         client = await connect(wsd.base, basic_header("alice"))
         client.send({"@type": "WebSocketPushEnable"})
         if i % 2:
-            client.transport.abortConnection()  # half of them vanish without a Close
+            # half of them vanish without a Close
+            cast(ITCPTransport, client.transport).abortConnection()
             await client.wait_closed()
         else:
             await client.bye()
     await _settle(factory)
     assert wsd.app.hub.listener_count == 0
     assert not factory.connections and factory.registry.count == 0
-    owners = [getattr(c.func, "__self__", None) for c in reactor.getDelayedCalls()]
+    # The real reactor's calls are DelayedCalls, which name their func.
+    calls = cast(list[DelayedCall], reactor.getDelayedCalls())
+    owners = [getattr(c.func, "__self__", None) for c in calls]
     ours = (JMAPWebSocketProtocol, CoalescingThrottle, PushSession)
     assert not [o for o in owners if isinstance(o, ours)]
 

@@ -59,7 +59,7 @@ def test_push_enable_parsing() -> None:
     assert parse_push_enable({}, None).types is None
     assert parse_push_enable({"dataTypes": None}, None).types is None
     enable = parse_push_enable({"dataTypes": ["Email", "Mailbox"], "pushState": "p"}, None)
-    assert enable.types == {"Email", "Mailbox"} and enable.push_state == "p"
+    assert enable.types == frozenset({"Email", "Mailbox"}) and enable.push_state == "p"
     for obj in ({"dataTypes": "Email"}, {"dataTypes": [1]}, {"pushState": 3}):
         with pytest.raises(BadMessage) as caught:
             parse_push_enable(obj, "E1")

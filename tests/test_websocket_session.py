@@ -13,6 +13,7 @@ from jmappushd.core.connections import EndReason
 from jmappushd.core.feed import FeedContext
 from jmappushd.core.hub import Change, Hub, LocalBus
 from jmappushd.core.position import make_token
+from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import Account
 from jmappushd.transports.websocket.push import push_views
 from jmappushd.transports.websocket.session import JMAPSession, SessionContext
@@ -57,7 +58,7 @@ class Processor:
                 "sessionState": state}
 
 
-class Store:
+class Store(MemoryStore):
     def position(self) -> defer.Deferred[tuple[str, int]]:
         return defer.succeed(("ep", 0))
 
@@ -66,7 +67,7 @@ class Env:
     def __init__(self, max_concurrent: int = 4) -> None:
         self.clock = Clock()
         self.bus = LocalBus()
-        self.hub = Hub(Store(), self.bus)  # type: ignore[arg-type]
+        self.hub = Hub(Store(), self.bus)
         defer.ensureDeferred(self.hub.start())
         self.processor = Processor()
         self.errors: list[str] = []

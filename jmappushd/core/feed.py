@@ -102,7 +102,7 @@ class Feed:
         held, self._held = self._held, None
         if self.closed:
             return
-        missed = restrict(states, self.account_ids, self.types)
+        missed: StateMap = restrict(states, self.account_ids, self.types)
         if held and self.MERGE_CATCH_UP:
             merged: dict[str, dict[str, str]] = {}
             merge(merged, missed)  # restrict's maps are read-only: merge into new ones

@@ -104,12 +104,12 @@ class LocalBus:
 
 def restrict(
     changed: StateMap, account_ids: Collection[str], types: frozenset[str] | None
-) -> dict[str, dict[str, str]]:
+) -> dict[str, Mapping[str, str]]:
     """Keep only readable accounts and wanted types; drop what ends up empty (ES-12).
 
     The inner maps may be ``changed``'s own (with ``types`` None): results are read-only.
     """
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, Mapping[str, str]] = {}
     if len(account_ids) < len(changed):
         # Walk the smaller side: a batched publish of many accounts meets listeners
         # that read one or two of them.
@@ -122,7 +122,7 @@ def restrict(
         else:
             kept = {t: s for t, s in type_states.items() if t in types}
         if kept:
-            out[account_id] = kept  # type: ignore[assignment]
+            out[account_id] = kept
     return out
 
 

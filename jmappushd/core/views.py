@@ -25,6 +25,16 @@ def _no_encoder(changed: StateMap, token: str) -> bytes:
     raise TypeError("this ViewCache restricts only; it has no encoder")
 
 
+class _View:
+    """One view's restricted map and, once encoded, its wire bytes."""
+
+    __slots__ = ("encoded", "restricted")
+
+    def __init__(self, restricted: dict[str, Mapping[str, str]]) -> None:
+        self.restricted = restricted
+        self.encoded: bytes | None = None
+
+
 class ViewCache:
     """Shared by every listener of one transport; see the module docstring."""
 
@@ -35,13 +45,13 @@ class ViewCache:
         self.encoder: Encoder = encoder if encoder is not None else _no_encoder
         self._seq = -1
         self._token = ""
-        self._entries: dict[tuple[frozenset[str], Types], list[object]] = {}
+        self._entries: dict[tuple[frozenset[str], Types], _View] = {}
         # The entry ``restricted`` returned last: an immediate flush encodes right after
         # it, so the hot path needs no second lookup.
-        self._last: list[object] | None = None
+        self._last: _View | None = None
 
     def restricted(self, change: Change, account_ids: frozenset[str], types: Types
-                   ) -> dict[str, dict[str, str]]:
+                   ) -> dict[str, Mapping[str, str]]:
         """``change`` as this view sees it (read-only; empty when nothing is visible)."""
         if change.seq != self._seq:
             self._seq, self._token, self._entries = change.seq, change.token, {}
@@ -49,23 +59,21 @@ class ViewCache:
         key = (account_ids, types)
         entry = self._entries.get(key)
         if entry is None:
-            entry = [restrict(change.changed, account_ids, types), None]
+            entry = _View(restrict(change.changed, account_ids, types))
             if len(self._entries) < MAX_VIEWS:
                 self._entries[key] = entry
         self._last = entry
-        result: dict[str, dict[str, str]] = entry[0]  # type: ignore[assignment]
-        return result
+        return entry.restricted
 
     def encode(self, changed: StateMap, token: str, account_ids: frozenset[str],
                types: Types) -> bytes:
         """The wire bytes; reuses those of the view when ``changed`` is its unmerged map."""
         if token == self._token:
             entry = self._last
-            if entry is None or entry[0] is not changed:
+            if entry is None or entry.restricted is not changed:
                 entry = self._entries.get((account_ids, types))
-            if entry is not None and entry[0] is changed:
-                if entry[1] is None:
-                    entry[1] = self.encoder(changed, token)
-                cached: bytes = entry[1]  # type: ignore[assignment]
-                return cached
+            if entry is not None and entry.restricted is changed:
+                if entry.encoded is None:
+                    entry.encoded = self.encoder(changed, token)
+                return entry.encoded
         return self.encoder(changed, token)

@@ -120,7 +120,7 @@ def headers_from(raw: dict[bytes, list[bytes]]) -> Headers:
         built = Headers()
         built._rawHeaders = raw
         return built
-    return Headers(raw)  # type: ignore[arg-type]
+    return Headers(raw)
 
 
 # -- Autobahn: the frame parser's state and its send queue --
@@ -221,6 +221,7 @@ def _probe_tcp_send() -> bool:
     """A queued write shows in ``_tempDataLen``; with the queue empty a send is direct."""
     ours, theirs = socket.socketpair()
     try:
+        # A bare Server for the probe: no listening Port, a protocol that only connects.
         server = tcp.Server(ours, _Null(), ("127.0.0.1", 1), None, 0,  # type: ignore[arg-type]
                             MemoryReactor())
         if tcp_idle_socket(server) is not ours:
@@ -265,7 +266,7 @@ def _probe_headers() -> bool:
         return False
     raw = {b"Content-Encoding": [b"aes128gcm"], b"Ttl": [b"60"]}
     built = headers_from(dict(raw))
-    return (built == Headers(raw)  # type: ignore[arg-type]
+    return (built == Headers(raw)
             and built.getRawHeaders(b"ttl") == [b"60"]
             and sorted(built.getAllRawHeaders()) == sorted(raw.items()))
 
@@ -289,7 +290,7 @@ def _probe_ws_frames() -> bool:
 
     got: list[bytes] = []
 
-    class Probe(WebSocketServerProtocol):  # type: ignore[misc]
+    class Probe(WebSocketServerProtocol):
         def onMessage(self, payload: bytes, isBinary: bool) -> None:
             got.append(payload)
 

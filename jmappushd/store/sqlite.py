@@ -73,9 +73,9 @@ def _prepare_path(path: str) -> None:
 
 def _disconnect(pool: adbapi.ConnectionPool) -> None:
     # Closing the last connection checkpoints the WAL: file I/O, so on the pool thread.
-    connection = pool.connections.get(pool.threadID())  # type: ignore[no-untyped-call]
+    connection = pool.connections.get(pool.threadID())
     if connection is not None:
-        pool.disconnect(connection)  # type: ignore[no-untyped-call]
+        pool.disconnect(connection)
 
 
 @implementer(IStore)
@@ -114,7 +114,7 @@ class SQLiteStore:
     def open(self) -> Deferred[None]:
         if self._pool is not None:
             return fail(RuntimeError("store is already open"))
-        self._pool = adbapi.ConnectionPool(  # type: ignore[no-untyped-call]
+        self._pool = adbapi.ConnectionPool(
             "sqlite3",
             self.path,
             check_same_thread=False,
@@ -128,7 +128,7 @@ class SQLiteStore:
         if (self._pool.threadpool.min, self._pool.threadpool.max) != (1, 1):
             self._pool = None
             return fail(RuntimeError("the SQLite store's call order needs one SQL thread"))
-        self._pool.start()  # type: ignore[no-untyped-call]
+        self._pool.start()
         return Deferred.fromCoroutine(self._open(self._pool))
 
     async def _open(self, pool: adbapi.ConnectionPool) -> None:
@@ -161,7 +161,7 @@ class SQLiteStore:
         )
 
         def stop(result: object) -> object:
-            pool.close()  # type: ignore[no-untyped-call]
+            pool.close()
             return result
 
         done.addBoth(stop)
@@ -177,7 +177,7 @@ class SQLiteStore:
         """Run ``body`` in one transaction on the pool thread."""
         if self._pool is None:
             return fail(StoreClosed("the store is not open"))
-        result: Deferred[T] = self._pool.runInteraction(  # type: ignore[no-untyped-call]
+        result: Deferred[T] = self._pool.runInteraction(
             ops.in_transaction, begin, body, *args, **kwargs
         )
         return result

@@ -68,6 +68,6 @@ class NotFoundResource(Resource):
 
     isLeaf = True
 
-    def render(self, request: Request) -> Any:
+    def render(self, request: Request) -> int:
         write_problem(request, 404, "no such resource")
         return NOT_DONE_YET

@@ -23,8 +23,8 @@ class Directory(Resource):
     def getChild(self, path: bytes, request: Request) -> IResource:
         return NotFoundResource()
 
-    def render(self, request: Request) -> bytes:
-        return NotFoundResource().render(request)  # type: ignore[no-any-return]
+    def render(self, request: Request) -> int:
+        return NotFoundResource().render(request)
 
 
 def build_root(app: App, jmap_children: Mapping[bytes, IResource] | None = None) -> Resource:

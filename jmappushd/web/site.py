@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -85,7 +86,7 @@ class JMAPSite(Site):
         self.noisy = False
         self.access_log_enabled = access_log
 
-    def log(self, request: Request) -> None:  # type: ignore[override]
+    def log(self, request: http.Request) -> None:
         if not self.access_log_enabled:
             return
         path = (request.path or b"").decode("utf-8", "replace")

@@ -11,7 +11,7 @@ request bounded by ``push-timeout`` on the injected clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import treq
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,12 +25,16 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from jmappushd.config import PushConfig
+from jmappushd.daemon.reactor import IDaemonReactor
 from jmappushd.metrics import Metrics
 from jmappushd.net._fastpath import headers_from
 from jmappushd.transports.webpush import ece
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.policy import Outcome, classify, retry_after
 from jmappushd.transports.webpush.ssrf import ForbiddenAddress, GuardedEndpointFactory
+
+if TYPE_CHECKING:
+    from treq._types import _ITreqReactor
 
 __all__ = ["BytesProducer", "PushResponse", "PushTarget", "PushTransport", "Sender",
            "TreqTransport", "build_http_client"]
@@ -87,7 +91,7 @@ MAX_PERSISTENT_PER_HOST = 16
 
 
 def build_http_client(
-    reactor: Any, allow_private: bool, connect_timeout: float,
+    reactor: IDaemonReactor, allow_private: bool, connect_timeout: float,
     tls_policy: IPolicyForHTTPS | None = None, resolver: IHostnameResolver | None = None,
 ) -> tuple[HTTPClient, HTTPConnectionPool]:
     """One treq client over one persistent pool, checking addresses at connect (PS-18)."""
@@ -145,7 +149,8 @@ class TreqTransport:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> PushResponse:
         raw = request_headers(headers)
-        reactor: Any = self._clock
+        # treq types reactor= as a whole reactor but only schedules the timeout on it.
+        reactor = cast("_ITreqReactor", self._clock)
         response = await self._client.request(
             "POST", url, data=body, headers=raw, allow_redirects=False, unbuffered=True,
             timeout=self._timeout, reactor=reactor)

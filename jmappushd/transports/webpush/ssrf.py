@@ -233,7 +233,7 @@ class GuardedEndpointFactory:
         self._reactor = reactor
         self._allow_private = allow_private
         if tls_policy is None:
-            tls_policy = BrowserLikePolicyForHTTPS()  # type: ignore[no-untyped-call]
+            tls_policy = BrowserLikePolicyForHTTPS()
         self._tls_policy = tls_policy
         self._timeout = connect_timeout
         self._resolver = (resolver if resolver is not None
@@ -284,7 +284,7 @@ class GuardedEndpointFactory:
         if isinstance(ip, ipaddress.IPv4Address):
             tcp = TCP4ClientEndpoint(self._reactor, str(ip), port, timeout=self._timeout)
         else:
-            tcp = TCP6ClientEndpoint(  # type: ignore[no-untyped-call]
+            tcp = TCP6ClientEndpoint(
                 self._reactor, str(ip), port, timeout=self._timeout)
         if scheme != b"https":
             return tcp

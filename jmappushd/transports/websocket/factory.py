@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.web.server import Request
 
 from jmappushd.auth.authenticator import Principal
@@ -31,12 +32,16 @@ HARD_CAP_FACTOR = 2
 """Messages above ``HARD_CAP_FACTOR`` x maxSizeRequest are refused by Autobahn (1009)."""
 
 
-class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
+class JMAPWebSocketFactory(WebSocketServerFactory):
     """Builds one :class:`JMAPWebSocketProtocol` per authenticated upgrade."""
 
+    # Autobahn subclasses Twisted's generic Factory without a type argument, so mypy
+    # sees an unsolved protocol type here and in buildProtocol.
     protocol = JMAPWebSocketProtocol  # type: ignore[assignment]
 
-    def __init__(self, app: App, reactor: Any) -> None:
+    def __init__(self, app: App, reactor: IReactorTime) -> None:
+        # Autobahn keeps the reactor only for listenWS/connectWS, which we do not use;
+        # its timers run on txaio's loop (see the protocol options below).
         super().__init__(url=app.urls.websocket, protocols=[SUBPROTOCOL], server=None,
                          reactor=reactor)
         ws = app.config.websocket
@@ -94,7 +99,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         finally:
             self._pending = None
 
-    def buildProtocol(self, addr: Any) -> JMAPWebSocketProtocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress) -> JMAPWebSocketProtocol | None:  # type: ignore[override]
         pending = self._pending
         if pending is None or self.stopping:
             return None

@@ -56,7 +56,7 @@ _CLOSED = WebSocketServerProtocol.STATE_CLOSED
 
 
 @implementer(IPushProducer)
-class JMAPWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class JMAPWebSocketProtocol(WebSocketServerProtocol):
     """The server side of RFC 8887 for one authenticated client."""
 
     __slots__ = ("_last_rx", "_next_ping", "_timer", "session")
