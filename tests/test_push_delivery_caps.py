@@ -16,6 +16,8 @@ from jmappushd.transports.webpush.attempt import Attempts
 from jmappushd.transports.webpush.slots import SlotLimiter
 from jmappushd.transports.webpush.state import SubState
 from tests.push_fakes import Harness
+from tests.store_backends import fired
+from tests.support import log_into
 
 
 def many(h: Harness, count: int, origins: int, *, accounts: bool = False
@@ -190,7 +192,7 @@ class Abandoned:
 
     def close(self, *order: int) -> None:
         """Close the coroutines in this order, noting every failure logged meanwhile."""
-        observer = self.logged.append
+        observer = log_into(self.logged)
         globalLogPublisher.addObserver(observer)
         try:
             for i in order:
@@ -229,8 +231,7 @@ def test_slot_released_on_every_exit_but_finalization() -> None:
     exact; only GeneratorExit (a coroutine closed, never resumed) keeps it."""
     limiter = SlotLimiter(total=1, per_origin=1)
     for kind in (None, RuntimeError, defer.CancelledError):
-        d = limiter.acquire("https://a.example")
-        slot = d.result
+        slot = fired(limiter.acquire("https://a.example"))
         try:
             with slot:
                 if kind is not None:
@@ -238,7 +239,7 @@ def test_slot_released_on_every_exit_but_finalization() -> None:
         except (RuntimeError, defer.CancelledError):
             pass
         assert limiter.in_flight == 0 and not slot.held
-    slot = limiter.acquire("https://a.example").result
+    slot = fired(limiter.acquire("https://a.example"))
     try:
         with slot:
             raise GeneratorExit

@@ -8,14 +8,17 @@ back, so a write or a read is still under way when ``stop`` is called.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.logger import LogEvent, globalLogPublisher
 
 from tests.push_fakes import Harness
 from tests.store_backends import fired
+from tests.support import log_into
 
 
-def started(count: int = 1, **config: object) -> Harness:
+def started(count: int = 1, **config: Any) -> Harness:
     """A harness with ``count`` verified subscriptions S0.. on one push service."""
     h = Harness(push_throttle=0, **config)
     h.start(*[h.record(f"S{i}", url=f"https://push.example/S{i}") for i in range(count)])
@@ -71,7 +74,8 @@ def test_nothing_fires_after_stop() -> None:
     h.publish({"A": {"Email": "s1"}})
     h.delivery.created(h.record("NEW", verified=False, url="https://push.example/NEW"))
     logged: list[LogEvent] = []
-    globalLogPublisher.addObserver(logged.append)
+    observer = log_into(logged)
+    globalLogPublisher.addObserver(observer)
     try:
         done = defer.ensureDeferred(h.delivery.stop())
         assert done.called
@@ -79,7 +83,7 @@ def test_nothing_fires_after_stop() -> None:
         assert call.d.called  # cancelled
         h.clock.advance(86400)
     finally:
-        globalLogPublisher.removeObserver(logged.append)
+        globalLogPublisher.removeObserver(observer)
     assert len(h.transport.calls) == 1
     assert h.clock.getDelayedCalls() == []
     assert [e for e in logged if "log_failure" in e] == []

@@ -5,7 +5,7 @@ It knows every connection through the shared
 connection limit; the one revalidation policy closes revoked connections with
 1008, C-WS-5 — a removed user, a revoked token, and now also a changed
 password — and makes the others follow new grants), attaches a
-:class:`~jmappushd.transports.websocket.session.JMAPSession` with the principal
+:class:`~jmappushd.transports.websocket.conversation.Conversation` with the principal
 authenticated by the handshake resource to the protocol it builds, shares one
 per-view cache (each change encoded once per view for fan-out), and closes
 everything with 1001 at shutdown.
@@ -23,10 +23,10 @@ from jmappushd.auth.authenticator import Principal
 from jmappushd.core.connections import ConnectionRegistry
 from jmappushd.core.feed import FeedContext
 from jmappushd.daemon.context import App
+from jmappushd.transports.websocket.conversation import Conversation, ConversationContext
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
 from jmappushd.transports.websocket.push import push_views
-from jmappushd.transports.websocket.session import JMAPSession, SessionContext
 
 HARD_CAP_FACTOR = 2
 """Messages above ``HARD_CAP_FACTOR`` x maxSizeRequest are refused by Autobahn (1009)."""
@@ -69,7 +69,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
         )
         self.registry: ConnectionRegistry[JMAPWebSocketProtocol] = ConnectionRegistry(
             app.store, "WebSocket")
-        self.session_context = SessionContext(
+        self.conversation_context = ConversationContext(
             processor=app.processor, session_state=app.session_state, services=self.services,
             max_size_request=self.max_size_request, max_concurrent=self.max_concurrent,
             feeds=FeedContext(app.clock, app.hub, self.throttle_s, push_views()),
@@ -107,7 +107,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
         principal, password_fp = pending
         proto = super().buildProtocol(addr)
         assert isinstance(proto, JMAPWebSocketProtocol)
-        proto.session = JMAPSession(self.session_context, proto, principal)
+        proto.conversation = Conversation(self.conversation_context, proto, principal)
         self.registry.add(proto, password_fp)
         if password_fp is None:
             self.registry.remember_password(proto)
@@ -115,7 +115,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
 
     def forget(self, proto: JMAPWebSocketProtocol) -> None:
         """The connection is gone: drop it from the registry (idempotent)."""
-        if proto.session is not None:
+        if proto.conversation is not None:
             self.registry.discard(proto)
 
     def count_error(self, kind: str) -> None:

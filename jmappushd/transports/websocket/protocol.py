@@ -1,8 +1,8 @@
-"""One JMAP WebSocket over an HTTP/1.1 upgrade: the Autobahn adapter of a JMAP session.
+"""One JMAP WebSocket over an HTTP/1.1 upgrade: the Autobahn adapter of a JMAP conversation.
 
 The JMAP logic (requests, push, refresh) lives in the transport-neutral
-:class:`~jmappushd.transports.websocket.session.JMAPSession`; this protocol is
-its :class:`~jmappushd.transports.websocket.session.FrameSink` (whole frames out,
+:class:`~jmappushd.transports.websocket.conversation.Conversation`; this protocol is
+its :class:`~jmappushd.transports.websocket.conversation.FrameSink` (whole frames out,
 close codes, is-open), its registry member, and owns the wire: frame parsing,
 heartbeat, closing handshake, flow control.
 
@@ -33,14 +33,14 @@ from jmappushd.net import _fastpath
 from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import WheelTimer
 from jmappushd.store.records import Account
-from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME
-from jmappushd.transports.websocket.messages import SUBPROTOCOL
-from jmappushd.transports.websocket.session import (
+from jmappushd.transports.websocket.conversation import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
-    JMAPSession,
+    Conversation,
 )
+from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME
+from jmappushd.transports.websocket.messages import SUBPROTOCOL
 
 if TYPE_CHECKING:
     from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
@@ -59,12 +59,12 @@ _CLOSED = WebSocketServerProtocol.STATE_CLOSED
 class JMAPWebSocketProtocol(WebSocketServerProtocol):
     """The server side of RFC 8887 for one authenticated client."""
 
-    __slots__ = ("_last_rx", "_next_ping", "_timer", "session")
+    __slots__ = ("_last_rx", "_next_ping", "_timer", "conversation")
     factory: JMAPWebSocketFactory
 
     def __init__(self) -> None:
         super().__init__()
-        self.session: JMAPSession | None = None
+        self.conversation: Conversation | None = None
         self._timer: WheelTimer | None = None
         self._last_rx = 0.0
         self._next_ping = 0.0
@@ -72,7 +72,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
     @property
     def principal(self) -> Principal | None:
         """Who authenticated the upgrade (None until the factory attached the session)."""
-        return None if self.session is None else self.session.principal
+        return None if self.conversation is None else self.conversation.principal
 
     # -- FrameSink --
 
@@ -88,27 +88,27 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
 
     @property
     def user_id(self) -> str:
-        assert self.session is not None
-        return self.session.user_id
+        assert self.conversation is not None
+        return self.conversation.user_id
 
     @property
     def credential_id(self) -> str:
-        assert self.session is not None
-        return self.session.credential_id
+        assert self.conversation is not None
+        return self.conversation.credential_id
 
     @property
     def account_ids(self) -> frozenset[str]:
-        assert self.session is not None
-        return self.session.account_ids
+        assert self.conversation is not None
+        return self.conversation.account_ids
 
     def end(self, reason: EndReason) -> None:
         """Shutdown (1001) or revoked credentials (1008, C-WS-5)."""
-        if self.session is not None:
-            self.session.end(reason)
+        if self.conversation is not None:
+            self.conversation.end(reason)
 
     def grants_changed(self, accounts: tuple[Account, ...]) -> None:
-        if self.session is not None:
-            self.session.grants_changed(accounts)
+        if self.conversation is not None:
+            self.conversation.grants_changed(accounts)
 
     # -- connection lifecycle --
 
@@ -272,14 +272,14 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
 
     def pauseProducing(self) -> None:
         """The client reads slower than we write: hold pushes, stop reading requests."""
-        if self.session is not None:
-            self.session.pause()
+        if self.conversation is not None:
+            self.conversation.pause()
         self._transport().pauseProducing()
 
     def resumeProducing(self) -> None:
         self._transport().resumeProducing()
-        if self.session is not None:
-            self.session.resume()
+        if self.conversation is not None:
+            self.conversation.resume()
 
     def stopProducing(self) -> None:
         """connectionLost does the cleanup."""
@@ -287,15 +287,15 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
     # -- messages: the session does the JMAP part --
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.state != _OPEN or isBinary or self.session is None:
+        if self.state != _OPEN or isBinary or self.conversation is None:
             return
-        self.session.message(payload)
+        self.conversation.message(payload)
 
     def _stop_push(self) -> None:
-        if self.session is not None:
-            self.session.stop_push()
+        if self.conversation is not None:
+            self.conversation.stop_push()
 
     def refresh(self, principal: Principal) -> None:
         """Grants changed: later requests and pushes use the new account list."""
-        if self.session is not None:
-            self.session.refresh(principal)
+        if self.conversation is not None:
+            self.conversation.refresh(principal)

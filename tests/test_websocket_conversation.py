@@ -15,8 +15,8 @@ from jmappushd.core.hub import Change, Hub, LocalBus
 from jmappushd.core.position import make_token
 from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import Account
+from jmappushd.transports.websocket.conversation import Conversation, ConversationContext
 from jmappushd.transports.websocket.push import push_views
-from jmappushd.transports.websocket.session import JMAPSession, SessionContext
 from tests.test_websocket_helpers import server_frames
 
 
@@ -72,7 +72,7 @@ class Env:
         self.processor = Processor()
         self.errors: list[str] = []
         self.sent = 0
-        self.ctx = SessionContext(
+        self.ctx = ConversationContext(
             processor=self.processor, session_state=lambda p: "s0", services={},
             max_size_request=10_000, max_concurrent=max_concurrent,
             feeds=FeedContext(self.clock, self.hub, 0.0, push_views()),
@@ -80,14 +80,14 @@ class Env:
         self.sink = Sink()
         self.principal = Principal("u1", "alice", "token:t1", (Account("A", "alice", True),),
                                    "A")
-        self.session = JMAPSession(self.ctx, self.sink, self.principal)
+        self.conversation = Conversation(self.ctx, self.sink, self.principal)
         self.seq = 0
 
     def inc(self) -> None:
         self.sent += 1
 
     def send(self, obj: Any) -> None:
-        self.session.message(json.dumps(obj).encode())
+        self.conversation.message(json.dumps(obj).encode())
 
     def publish(self, changed: dict[str, dict[str, str]]) -> str:
         self.seq += 1
@@ -138,8 +138,8 @@ def test_push_enable_and_disable_through_the_sink() -> None:
 def test_end_maps_reasons_to_close_codes() -> None:
     """C-WS-5: revoked credentials close with 1008; shutdown with 1001."""
     revoked, shutdown = Env(), Env()
-    revoked.session.end(EndReason.REVOKED)
-    shutdown.session.end(EndReason.SHUTDOWN)
+    revoked.conversation.end(EndReason.REVOKED)
+    shutdown.conversation.end(EndReason.SHUTDOWN)
     assert revoked.sink.closed[0][0] == 1008 and shutdown.sink.closed[0][0] == 1001
 
 
@@ -147,8 +147,8 @@ def test_grants_changed_refreshes_principal_and_push() -> None:
     """New grants: later requests use the new principal and push follows the accounts."""
     env = Env()
     env.send({"@type": "WebSocketPushEnable"})
-    env.session.grants_changed((Account("B", "bob", False),))
-    assert env.session.principal.account_ids == {"B"}
+    env.conversation.grants_changed((Account("B", "bob", False),))
+    assert env.conversation.principal.account_ids == {"B"}
     env.publish({"A": {"Email": "a"}})
     token = env.publish({"B": {"Email": "b"}})
     assert env.sink.messages() == [
@@ -160,11 +160,11 @@ def test_nothing_is_written_to_a_closed_sink_and_pause_holds_pushes() -> None:
     gets no frame at all."""
     env = Env()
     env.send({"@type": "WebSocketPushEnable"})
-    env.session.pause()
+    env.conversation.pause()
     env.publish({"A": {"Email": "e1"}})
     token = env.publish({"A": {"Email": "e2"}})
     assert env.sink.messages() == []
-    env.session.resume()
+    env.conversation.resume()
     assert env.sink.messages() == [
         {"@type": "StateChange", "changed": {"A": {"Email": "e2"}}, "pushState": token}]
     env.sink.writable = False

@@ -1,4 +1,4 @@
-"""The JMAP session of one WebSocket, independent of how its frames travel.
+"""The JMAP conversation of one WebSocket, independent of how its frames travel.
 
 RFC 8887's messages (Requests with the in-flight limit, RequestErrors,
 WebSocketPushEnable/Disable, StateChanges with pushState) are handled here
@@ -71,7 +71,7 @@ class Processor(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class SessionContext:
+class ConversationContext:
     """What every session of one endpoint shares."""
 
     processor: Processor
@@ -84,13 +84,13 @@ class SessionContext:
     count_error: Callable[[str], None]
 
 
-class JMAPSession:
+class Conversation:
     """RFC 8887 for one authenticated client, talking to a :class:`FrameSink`."""
 
     __slots__ = ("_ctx", "_in_flight", "_paused", "_push", "_sink", "principal")
     log = Logger()
 
-    def __init__(self, ctx: SessionContext, sink: FrameSink, principal: Principal) -> None:
+    def __init__(self, ctx: ConversationContext, sink: FrameSink, principal: Principal) -> None:
         self._ctx = ctx
         self._sink = sink
         self.principal = principal
