@@ -335,22 +335,21 @@ def test_created_ids_absent_when_not_given() -> None:
     assert "createdIds" not in response
 
 
-def test_context_carries_principal_state_services_and_using() -> None:
-    """Handlers see the authenticated principal, session state, services and `using`."""
+def test_context_carries_principal_state_and_using() -> None:
+    """Handlers see the authenticated principal, session state and `using`."""
     registry = make_registry()
     seen: dict[str, Any] = {}
 
     def peek(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
         seen.update(principal=ctx.principal, state=ctx.session_state,
-                    store=ctx.services["store"], using=ctx.using,
+                    using=ctx.using,
                     known=ctx.resolve_id("abc"), missing=ctx.resolve_id("#zz"))
         ctx.session_state = "s2"
         return {}
 
     registry.register("X/peek", CORE_CAPABILITY, peek)
-    response = process(req(["X/peek", {}, "a"]), registry=registry, principal="bob",
-                       services={"store": "S"})
-    assert seen == {"principal": "bob", "state": "s1", "store": "S",
+    response = process(req(["X/peek", {}, "a"]), registry=registry, principal="bob")
+    assert seen == {"principal": "bob", "state": "s1",
                     "using": frozenset({CORE_CAPABILITY}), "known": "abc", "missing": None}
     assert response["sessionState"] == "s2"
 

@@ -48,8 +48,7 @@ class Processor:
         self.hold = False
         self.pending: list[defer.Deferred[Any]] = []
 
-    async def process(self, request: Any, principal: Principal, state: str,
-                      services: Any) -> Any:
+    async def process(self, request: Any, principal: Principal, state: str) -> Any:
         if self.hold:
             d: defer.Deferred[Any] = defer.Deferred()
             self.pending.append(d)
@@ -73,7 +72,7 @@ class Env:
         self.errors: list[str] = []
         self.sent = 0
         self.ctx = ConversationContext(
-            processor=self.processor, session_state=lambda p: "s0", services={},
+            processor=self.processor, session_state=lambda p: "s0",
             max_size_request=10_000, max_concurrent=max_concurrent,
             feeds=FeedContext(self.clock, self.hub, 0.0, push_views()),
             events_sent=self, count_error=self.errors.append)

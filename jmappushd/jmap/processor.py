@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import types
-from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -113,7 +111,6 @@ class RequestProcessor:
         request: Any,
         principal: Any,
         session_state: str,
-        services: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run ``request`` and return the Response object (API-7, API-14).
 
@@ -125,7 +122,6 @@ class RequestProcessor:
             principal=principal,
             session_state=session_state,
             created_ids=dict(created_ids or {}),
-            services=types.MappingProxyType(dict(services or {})),
             using=frozenset(using),
         )
         responses: list[Invocation] = []

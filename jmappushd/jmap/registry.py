@@ -9,8 +9,7 @@ install a fallback that receives every call no local method claims.
 from __future__ import annotations
 
 import copy
-import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +50,6 @@ class MethodError(Exception):
         return f"MethodError({self.type!r}, {self.description!r})"
 
 
-_NO_SERVICES: Mapping[str, Any] = types.MappingProxyType({})
-
-
 @dataclass
 class CallContext:
     """Per-Request state handed to every handler of that request.
@@ -68,7 +64,6 @@ class CallContext:
     principal: Any
     session_state: str
     created_ids: dict[str, str] = field(default_factory=dict)
-    services: Mapping[str, Any] = field(default_factory=lambda: _NO_SERVICES)
     using: frozenset[str] = frozenset()
 
     def resolve_id(self, value: str) -> str | None:

@@ -88,9 +88,8 @@ class APIResource(AppResource):
             ))
             return
         try:
-            response = await app.processor.process(
-                body, principal, app.session_state(principal), {"app": app}
-            )
+            response = await app.processor.process(body, principal,
+                                                   app.session_state(principal))
         except RequestProblem as problem:
             self._problem(request, problem)
             return

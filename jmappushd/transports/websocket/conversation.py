@@ -11,7 +11,7 @@ RFC 6455 frames, can be another.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -66,17 +66,16 @@ class Counter(Protocol):
 class Processor(Protocol):
     """The method machinery shared with HTTP (``jmap.processor.RequestProcessor``)."""
 
-    def process(self, request: Any, principal: Any, session_state: str,
-                services: Mapping[str, Any]) -> Coroutine[Any, Any, dict[str, Any]]: ...
+    def process(self, request: Any, principal: Any, session_state: str
+                ) -> Coroutine[Any, Any, dict[str, Any]]: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class ConversationContext:
-    """What every session of one endpoint shares."""
+    """What every conversation of one endpoint shares."""
 
     processor: Processor
     session_state: Callable[[Principal], str]
-    services: Mapping[str, Any]
     max_size_request: int
     max_concurrent: int
     feeds: FeedContext
@@ -151,7 +150,7 @@ class Conversation:
         self._in_flight += 1
         try:
             result = run_eagerly(ctx.processor.process(
-                obj, principal, ctx.session_state(principal), ctx.services))
+                obj, principal, ctx.session_state(principal)))
         except Exception:
             self._failed(Failure(), request_id)
             return
