@@ -11,8 +11,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from jmappushd.daemon.reactor import IDaemonReactor
 from jmappushd.daemon.service import StateError, build_service, prepare_state
+from jmappushd.reactor import IDaemonReactor
 
 
 class Options(usage.Options):

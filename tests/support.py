@@ -15,9 +15,9 @@ from twisted.logger import ILogObserver
 
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import Config, parse_config
-from jmappushd.daemon.context import App
-from jmappushd.daemon.reactor import IDaemonReactor
+from jmappushd.context import App
 from jmappushd.daemon.service import JMAPPushService, build_service, prepare_state
+from jmappushd.reactor import IDaemonReactor
 
 # A cheap scrypt cost for tests; the format is the production one.
 TEST_LOG_N = 4

@@ -17,10 +17,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jmappushd.core.signal import StartSignal
 from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.service import JMAPPushService
-from jmappushd.daemon.signal import StartSignal
 from jmappushd.transports.interface import ITransportService
 from tests.support import live_reactor, make_config
 

@@ -24,9 +24,9 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from jmappushd.auth.authenticator import Authenticator, Principal
 from jmappushd.config import Config
+from jmappushd.context import App
 from jmappushd.core.hub import Change, Hub, LocalBus
 from jmappushd.core.position import make_token
-from jmappushd.daemon.context import App
 from jmappushd.daemon.service import build_registry
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.session import SessionURLs

@@ -12,11 +12,14 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from jmappushd.daemon.context import App
-from jmappushd.daemon.signal import StartSignal
+from jmappushd.context import App
+from jmappushd.core.signal import StartSignal
+from jmappushd.transports.interface import IStarted
 
 
+@implementer(IStarted)
 class CoreService(Service):
     """Opens the store, starts the hub and the auth-generation watcher; closes them last."""
 

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jmappushd.daemon.reactor import IDaemonReactor
+from jmappushd.reactor import IDaemonReactor
 
 
 class ListenerService(Service):

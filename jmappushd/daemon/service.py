@@ -21,11 +21,10 @@ from twisted.python.failure import Failure
 
 from jmappushd.auth.authenticator import Authenticator, ThreadRunner
 from jmappushd.config import Config
+from jmappushd.context import App
 from jmappushd.core.hub import Hub
-from jmappushd.daemon.context import App
 from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.listeners import ListenerService
-from jmappushd.daemon.reactor import IDaemonReactor
 from jmappushd.daemon.statedir import (
     StateError,
     load_or_create_admin_token,
@@ -38,6 +37,7 @@ from jmappushd.jmap.registry import MethodRegistry
 from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
 from jmappushd.net import _fastpath
+from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.backends import create_store
 from jmappushd.store.interface import IStore
 from jmappushd.transports.eventsource.service import EventSourceService

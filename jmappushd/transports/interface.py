@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+
+class IStarted(Interface):
+    """Something whose start-up others wait for (the core service: store and hub)."""
+
+    def when_started() -> Deferred[None]:
+        """Fires once it is usable, or fails with the reason it is not."""
 
 
 class ITransportService(IService):

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.web.server import NOT_DONE_YET, Request
 
-from jmappushd.daemon.context import App
+from jmappushd.context import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.web.base import AppResource

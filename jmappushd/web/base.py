@@ -7,7 +7,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from jmappushd.auth.authenticator import Principal
-from jmappushd.daemon.context import App
+from jmappushd.context import App
 from jmappushd.web.httpauth import authenticate
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from jmappushd.daemon.context import App
+from jmappushd.context import App
 from jmappushd.web.base import AppResource
 from jmappushd.web.responses import serve_async, write_json, write_problem
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from jmappushd.daemon.context import App
+from jmappushd.context import App
 from jmappushd.web.api import APIResource
 from jmappushd.web.discovery import (
     NotFoundResource,

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.auth.authenticator import Principal
-from jmappushd.daemon.context import App
+from jmappushd.context import App
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.stream import EventStream, StreamContext
 from jmappushd.web.cors import CorsPolicy

@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from jmappushd.daemon.context import App
+from jmappushd.context import App
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.resource import TRANSPORT, EventSourceResource
 from jmappushd.transports.interface import ITransportService

@@ -25,9 +25,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from jmappushd.config import PushConfig
-from jmappushd.daemon.reactor import IDaemonReactor
 from jmappushd.metrics import Metrics
 from jmappushd.net._fastpath import headers_from
+from jmappushd.reactor import IDaemonReactor
 from jmappushd.transports.webpush import ece
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.policy import Outcome, classify, retry_after

@@ -17,12 +17,11 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from jmappushd.daemon.context import App
-from jmappushd.daemon.core import CoreService
-from jmappushd.daemon.reactor import IDaemonReactor
-from jmappushd.daemon.signal import StartSignal
+from jmappushd.context import App
+from jmappushd.core.signal import StartSignal
 from jmappushd.jmap.registry import CORE_CAPABILITY, MethodError
-from jmappushd.transports.interface import ITransportService
+from jmappushd.reactor import IDaemonReactor
+from jmappushd.transports.interface import IStarted, ITransportService
 from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.keys import (
     VAPID_CAPABILITY,
@@ -189,7 +188,7 @@ class WebPushService(Service):
 
     name = "webpush"
 
-    def __init__(self, app: App, reactor: IDaemonReactor, core: CoreService,
+    def __init__(self, app: App, reactor: IDaemonReactor, core: IStarted,
                  tls_policy: IPolicyForHTTPS | None = None) -> None:
         config = app.config.push
         client, pool = build_http_client(reactor, config.allow_private_urls,

@@ -20,9 +20,9 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.web.server import Request
 
 from jmappushd.auth.authenticator import Principal
+from jmappushd.context import App
 from jmappushd.core.connections import ConnectionRegistry
 from jmappushd.core.feed import FeedContext
-from jmappushd.daemon.context import App
 from jmappushd.transports.websocket.conversation import Conversation, ConversationContext
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol

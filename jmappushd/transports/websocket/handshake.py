@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from jmappushd.daemon.context import App
+from jmappushd.context import App
 from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.web.httpauth import authenticate

@@ -14,8 +14,8 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from zope.interface import implementer
 
-from jmappushd.daemon.context import App
-from jmappushd.daemon.reactor import IDaemonReactor
+from jmappushd.context import App
+from jmappushd.reactor import IDaemonReactor
 from jmappushd.transports.interface import ITransportService
 from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
 from jmappushd.transports.websocket.handshake import HandshakeResource
