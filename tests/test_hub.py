@@ -384,3 +384,41 @@ def test_changes_delivered_before_start_do_not_leave_a_gap() -> None:
     hub.subscribe(seen, ["A"])
     bus.deliver(4)
     assert seen.changes[-1].token == "ep-4" and hub.last_seq == hub.highest_seq == 4
+
+
+def test_a_store_answering_at_once_still_announces_in_seq_order() -> None:
+    """Nothing lost (SC-2, newest wins): the next group commit starts while a batch is
+    being fanned out; a store that answers that next commit at once (re-entrantly) must
+    not get its newer changes announced before the older batch, or listeners, which keep
+    the state that arrives last, would end on an old state."""
+    store = open_memory_store()
+    hub = Hub(store)
+    defer.ensureDeferred(hub.start())
+    seen: list[tuple[int, str]] = []
+
+    class Listener:
+        def change_published(self, change: Change) -> None:
+            seen.append((change.seq, change.changed["A"]["Email"]))
+
+    hub.subscribe(Listener(), ["A"])
+    store.hold()
+    done = [defer.ensureDeferred(hub.publish({"A": {"Email": f"s{i}"}})) for i in (1, 2, 3)]
+    store.release()
+    assert all(d.called for d in done)
+    assert seen == [(1, "s1"), (2, "s2"), (3, "s3")]
+    assert hub.last_seq == 3
+
+
+def test_a_failed_start_fails_waiting_publishes_and_catch_ups() -> None:
+    """If the store cannot tell the hub its position, publishes and catch-ups that
+    waited for the start fail with that error instead of hanging."""
+    store = open_memory_store()
+    hub = Hub(store)
+    publish = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
+    catch_up = defer.ensureDeferred(hub.catch_up(None, ["A"]))
+    store.fail_next(RuntimeError("database unavailable"))
+    start = defer.ensureDeferred(hub.start())
+    for d in (start, publish, catch_up):
+        failures: list[Failure] = []
+        d.addErrback(failures.append)
+        assert failures and failures[0].check(RuntimeError), d

@@ -18,6 +18,7 @@ close by itself.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from jmappushd.core.position import make_token, parse_token
+from jmappushd.core.signal import StartSignal
 from jmappushd.store.interface import IStateLog
 
 StateMap = Mapping[str, Mapping[str, str]]
@@ -170,24 +172,26 @@ class Hub:
         self._ahead: set[int] = set()  # received above a gap; empty while delivery is in order
         self._queue: list[_Queued] = []
         self._writing = False
-        self._started = False
-        self._waiting: list[defer.Deferred[None]] = []
-        self.publish_count = 0
+        # Recorded batches not yet announced, oldest first: a store answering at once
+        # re-enters _written for the next batch before this one was announced.
+        self._recorded: deque[tuple[list[int], list[_Queued]]] = deque()
+        self._announcing = False
+        self._started = StartSignal()
 
     async def start(self) -> None:
-        """Learn the store's epoch and position; publishes and catch-ups wait for this."""
-        self.epoch, position = await self._store.position()
+        """Learn the store's epoch and position; publishes and catch-ups wait for this
+        (and fail with the same error if the store cannot tell)."""
+        try:
+            self.epoch, position = await self._store.position()
+        except Exception:
+            self._started.fire(Failure())
+            raise
         self._advance_to(position)  # all of it durable; a bus may have delivered some
-        self._started = True
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
+        self._started.fire()
 
     async def _wait_started(self) -> None:
-        if not self._started:
-            d: defer.Deferred[None] = defer.Deferred()
-            self._waiting.append(d)
-            await d
+        if not self._started.done:
+            await self._started.wait()
 
     @property
     def token(self) -> str:
@@ -234,8 +238,20 @@ class Hub:
         seq) and its publish still fires; a gap it leaves is for :meth:`fill_gap`.
         """
         self._writing = False
+        self._recorded.append((seqs, batch))
         if self._queue:
+            # The next transaction commits while this batch is fanned out.
             self._write_queued()
+        if self._announcing:
+            return  # re-entered by a store that answered at once: announced in order below
+        self._announcing = True
+        try:
+            while self._recorded:
+                self._announce(*self._recorded.popleft())
+        finally:
+            self._announcing = False
+
+    def _announce(self, seqs: list[int], batch: list[_Queued]) -> None:
         if len(seqs) != len(batch):
             failure = Failure(RuntimeError(f"store gave {len(seqs)} seqs for {len(batch)}"))
             for _, waiter in batch:
@@ -245,7 +261,6 @@ class Hub:
         announce = self._bus.announce
         for seq, (changed, waiter) in zip(seqs, batch, strict=True):
             change = Change(seq, make_token(epoch, seq), changed)
-            self.publish_count += 1
             try:
                 announce(change)
             except Exception:
