@@ -139,7 +139,7 @@ async def start_daemon(config: Config) -> LiveDaemon:
     service = build_service(config, live_reactor())
     app = service.app
     service.startService()
-    await service.ready
+    await service.when_ready()
     port = config.server.listen[0].split(":")[1]
     admin_port = config.admin.listen[0].split(":")[1]
     return LiveDaemon(app, service, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}")

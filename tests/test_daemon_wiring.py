@@ -113,9 +113,10 @@ def test_start_order_and_readiness_waits_for_every_transport(tmp_path: Path) -> 
     assert rec.events == ["start core", "start listener", "start eventsource", "start webpush"]
     core.started.fire()
     transports[0].started.fire()
-    assert not service.ready.called
+    ready = service.when_ready()
+    assert not ready.called
     transports[1].started.fire()
-    assert service.ready.called
+    assert ready.called
 
 
 def test_stop_is_sequential_in_reverse(tmp_path: Path) -> None:
@@ -154,9 +155,12 @@ def test_start_failure_stops_the_reactor(tmp_path: Path) -> None:
     service, _, core, _, reactor = build(tmp_path)
     reactor.running = True
     service.startService()
+    ready = service.when_ready()
     core.started.fire(Failure(RuntimeError("no database")))
     assert reactor.hasStopped
-    assert not service.ready.called
+    failures: list[Failure] = []
+    ready.addErrback(failures.append)
+    assert failures and failures[0].check(RuntimeError)
 
 
 def test_start_signal_answers_early_and_late_waiters() -> None:

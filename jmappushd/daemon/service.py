@@ -23,6 +23,7 @@ from jmappushd.auth.authenticator import Authenticator, ThreadRunner
 from jmappushd.config import Config
 from jmappushd.context import App
 from jmappushd.core.hub import Hub
+from jmappushd.core.signal import StartSignal
 from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.statedir import (
@@ -102,7 +103,7 @@ class JMAPPushService(MultiService):
         self._reactor = reactor
         self.core = core
         self.transports = tuple(transports)
-        self.ready: defer.Deferred[None] = defer.Deferred()
+        self._ready = StartSignal()
         core.setServiceParent(self)
         for child in (*listeners, *transports):
             child.setServiceParent(self)
@@ -135,10 +136,15 @@ class JMAPPushService(MultiService):
                           "requires HTTPS (SES-1), use an ssl: listener or a TLS proxy",
                           url=urls.base)
         self.log.info("jmappushd ready: session at {url}", url=urls.session)
-        self.ready.callback(None)
+        self._ready.fire()
+
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires once every part is usable ("jmappushd ready"), or fails with the reason."""
+        return self._ready.wait()
 
     def _start_failed(self, failure: Failure) -> None:
         self.log.failure("jmappushd could not start", failure)
+        self._ready.fire(failure)
         self._reactor.stop()
 
     def stopService(self) -> defer.Deferred[None]:
