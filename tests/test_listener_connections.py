@@ -103,3 +103,25 @@ def test_remember_password_takes_the_fingerprint_once() -> None:
     store.users["u1"] = User("u1", "alice", "h2", "A", 0.0)
     registry.invalidate()
     assert conn.ended == [EndReason.REVOKED]
+
+
+def test_one_users_failed_lookup_does_not_skip_the_others() -> None:
+    """A store error while re-checking one user is logged and the remaining users are
+    still re-checked (a removed user's connections end even if another lookup failed)."""
+    registry, store = make()
+    good = Conn(registry, "u1", "token:t1")
+    broken = Conn(registry, "u0", "token:t0")
+    registry.add(broken)  # checked first
+    registry.add(good)
+    original = store.get_user_by_id
+
+    def flaky(user_id: str) -> defer.Deferred[Any]:
+        if user_id == "u0":
+            return defer.fail(RuntimeError("database hiccup"))
+        return original(user_id)
+
+    store.get_user_by_id = flaky  # type: ignore[method-assign]
+    del store.users["u1"]  # u1 was removed
+    registry.invalidate()
+    assert good.ended == [EndReason.REVOKED]
+    assert broken.ended == []

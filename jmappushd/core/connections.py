@@ -187,7 +187,13 @@ class ConnectionRegistry(Generic[M]):
             while True:
                 self._again = False
                 for user_id in list(self._users):
-                    await self._revalidate_user(user_id)
+                    try:
+                        await self._revalidate_user(user_id)
+                    except Exception:
+                        # One user's lookup failing must not leave the others unchecked;
+                        # the next invalidation (the auth poll) tries this one again.
+                        self.log.failure("{transport} revalidation of {user_id} failed",
+                                         transport=self.transport, user_id=user_id)
                 if not self._again or self.closing:
                     break
         finally:
