@@ -2,7 +2,7 @@
 
 Every part takes the narrowest interface it needs (most only ``IReactorTime``); the
 wiring in :mod:`jmappushd.daemon.service` needs the union of them all: listening
-sockets (``strports``), thread pools (store, password KDF), name resolution and
+sockets (endpoint strings), thread pools (store, password KDF), name resolution and
 outgoing TCP (push delivery), and ``stop`` when start-up fails. Naming the union
 lets mypy check that a test reactor, or the real one cast once in ``tap.py``,
 provides what the wiring hands out.

@@ -44,10 +44,6 @@ class CoalescingThrottle:
     def pending(self) -> dict[str, dict[str, str]]:
         return self._pending
 
-    @property
-    def timer_active(self) -> bool:
-        return self._timer is not None
-
     def offer(self, changed: StateMap, token: str) -> None:
         """Add a (filtered, non-empty) change; send now or when the window ends."""
         if not self._pending and not self._paused and self._timer is None:

@@ -3,8 +3,7 @@
 Transports depend on it: the hub answers publishes and catch-ups only once the store
 has told it its position, and Web Push loads its subscriptions from the store. Its
 ``startService`` begins opening the store; :meth:`CoreService.when_started` fires
-once everything is usable, so transports that need the store wait on that instead
-of on a hook list.
+once everything is usable; transports that need the store wait on it.
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ class PushRuntime:
                       key_id=key_id, count=len(gone))
 
     async def stop(self) -> None:
-        """Shutdown hook: stop delivering, record what is owed, close the pool."""
+        """Shutdown: stop delivering, record what is owed, close the pool."""
         self._stopped = True
         self._cancel_transition()
         await self.delivery.stop()

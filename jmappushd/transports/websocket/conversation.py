@@ -195,7 +195,7 @@ class Conversation:
         push.start(enable.push_state)
 
     def send_push(self, frame: bytes) -> None:
-        """Write one StateChange text frame (built by ``ws.frames``)."""
+        """Write one StateChange text frame (built by ``transports.websocket.frames``)."""
         if self._sink.writable:
             self._sink.send_frame(frame)
             self._ctx.events_sent.inc()

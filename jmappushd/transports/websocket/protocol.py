@@ -1,6 +1,6 @@
 """One JMAP WebSocket over an HTTP/1.1 upgrade: the Autobahn adapter of a JMAP conversation.
 
-The JMAP logic (requests, push, refresh) lives in the transport-neutral
+The JMAP logic (requests, push, grant changes) lives in the transport-neutral
 :class:`~jmappushd.transports.websocket.conversation.Conversation`; this protocol is
 its :class:`~jmappushd.transports.websocket.conversation.FrameSink` (whole frames out,
 close codes, is-open), its registry member, and owns the wire: frame parsing,
@@ -294,8 +294,3 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
     def _stop_push(self) -> None:
         if self.conversation is not None:
             self.conversation.stop_push()
-
-    def refresh(self, principal: Principal) -> None:
-        """Grants changed: later requests and pushes use the new account list."""
-        if self.conversation is not None:
-            self.conversation.refresh(principal)
