@@ -71,7 +71,7 @@ class DeliveryService:
         self._attempts = Attempts(
             clock, config, sender,
             slots or SlotLimiter(config.max_in_flight, config.max_in_flight_per_origin),
-            metrics, self._persist, lambda: self._stopping)
+            metrics, self._persist, self.stopping)
         self._jitter = jitter
         self._started = False
         self._stopping = False
@@ -91,8 +91,15 @@ class DeliveryService:
             self._track(record)
         verified = [sub for sub in self._subs.values() if sub.verified]
         for sub in verified:
-            await self._listeners.activate(sub, self._stopping)
+            if self._stopping:
+                return  # stopped while accounts loaded: nothing may start (or query) now
+            await self._listeners.activate(sub, self.stopping)
+        if self._stopping:
+            return
         self._started = True
+        if self._refresh_again:  # credentials changed while starting (see invalidated)
+            self._refresh_again = False
+            self.invalidated()
         self._recovering = defer.ensureDeferred(self._recover_all(verified))
         self._recovering.addErrback(self._log_failure)
         self.log.info("push delivery started with {count} subscriptions", count=len(self._subs))
@@ -125,6 +132,10 @@ class DeliveryService:
         while self._writes:
             await defer.DeferredList(list(self._writes))
 
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called (work awaiting the store asks after the await)."""
+        return self._stopping
+
     def count(self, verified: bool) -> int:
         return sum(1 for s in self._subs.values() if s.verified == verified)
 
@@ -156,7 +167,7 @@ class DeliveryService:
         if record.verified and not sub.verified:
             sub.verified = True
             sub.seq = max(sub.seq, record.delivery.last_sent_seq)
-            await self._listeners.activate(sub, self._stopping)
+            await self._listeners.activate(sub, self.stopping)
 
     def forget(self, sub_id: str) -> None:
         """The subscription was destroyed through the API (or elsewhere): stop at once."""
@@ -167,9 +178,11 @@ class DeliveryService:
     def invalidated(self) -> None:
         """Credentials or grants may have changed: re-check subscriptions and accounts
         with the shared policy (a password change keeps them; see ``state``)."""
-        if self._stopping or not self._started:
+        if self._stopping:
             return
-        if self._refreshing is not None:
+        if not self._started or self._refreshing is not None:
+            # Before start completes the loaded subscriptions may predate the change:
+            # refresh once start is done. During a refresh: once more after it.
             self._refresh_again = True
             return
         self._refreshing = defer.ensureDeferred(self._refresh())
@@ -235,7 +248,7 @@ class DeliveryService:
                 self.log.info("subscription {sub_id} was deleted (credentials revoked)",
                               sub_id=sub.id)
                 self._remove(sub)
-        for sub, why in await self._listeners.revalidate(lambda: self._stopping):
+        for sub, why in await self._listeners.revalidate(self.stopping):
             if not sub.gone:
                 self._destroy(sub, f"credentials revoked ({why})")
 

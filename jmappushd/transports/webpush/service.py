@@ -61,10 +61,8 @@ class PushRuntime:
                                                self.delivery, self.keyring, self.limiter,
                                                self.wait_started)
         self._pool = pool
-        self._started = False
-        self._failed = False
+        self.started = StartSignal()  # fails if start failed or was stopped (see stop)
         self._stopped = False
-        self._waiting: list[defer.Deferred[None]] = []
         self._transition: IDelayedCall | None = None
 
     def register(self) -> None:
@@ -76,22 +74,21 @@ class PushRuntime:
 
     async def wait_started(self) -> None:
         """Method calls wait here until the key and the subscriptions are loaded."""
-        if self._started:
-            return
-        if not self._failed and not self._stopped:
-            d: defer.Deferred[None] = defer.Deferred()
-            self._waiting.append(d)
-            await d
-        if not self._started:
-            raise MethodError("serverUnavailable", "Push subscriptions are not available.")
+        try:
+            await self.started.wait()
+        except Exception:
+            raise MethodError("serverUnavailable",
+                              "Push subscriptions are not available.") from None
 
-    def _release(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
+    def begin_stop(self) -> None:
+        """A start still under way stops at its next step (before any delivery starts)."""
+        self._stopped = True
 
     async def start(self) -> None:
         """Load (or create) the VAPID key, then the subscriptions, then start delivering."""
+        if self._stopped:
+            self._stopped_before_start()
+            return
         store = self.app.store
         key = await load_or_create_key(store)
         self.keyring.set_current(key)
@@ -106,17 +103,20 @@ class PushRuntime:
         if stale:
             self.log.info("destroyed {count} subscriptions of an old VAPID key", count=len(stale))
         records = await store.all_push_subscriptions()
+        if not self._stopped:
+            await self.delivery.start(records)
         if self._stopped:
+            self._stopped_before_start()
             return
-        await self.delivery.start(records)
-        self._started = True
-        self._release()
+        self.started.fire()
+
+    def _stopped_before_start(self) -> None:
+        self.started.fire(Failure(defer.CancelledError("push stopped during start-up")))
 
     def start_failed(self, failure: Failure) -> None:
         """Log why push could not start; method calls then get serverUnavailable."""
-        self._failed = True
         self.log.failure("push delivery could not start", failure)
-        self._release()
+        self.started.fire(failure)
 
     def application_server_key(self) -> str:
         """The current VAPID public key as the session advertises it (87 characters)."""
@@ -167,13 +167,16 @@ class PushRuntime:
                       key_id=key_id, count=len(gone))
 
     async def stop(self) -> None:
-        """Shutdown: stop delivering, record what is owed, close the pool."""
-        self._stopped = True
+        """Shutdown: stop delivering, record what is owed, close the pool.
+
+        A start under way is the caller's to wait for (:class:`WebPushService`) after
+        :meth:`begin_stop`; method calls still waiting get serverUnavailable."""
+        self.begin_stop()
         self._cancel_transition()
         await self.delivery.stop()
         if self._pool is not None:
             await self._pool.closeCachedConnections()
-        self._release()
+        self._stopped_before_start()  # no-op once start has finished
 
 
 @implementer(ITransportService)
@@ -197,11 +200,11 @@ class WebPushService(Service):
                                    pool)
         self.runtime.register()
         self._core = core
-        self._started = StartSignal()
+        self._starting: defer.Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()
-        defer.ensureDeferred(self._start()).addBoth(lambda _: self._started.fire())
+        self._starting = defer.ensureDeferred(self._start())
 
     async def _start(self) -> None:
         try:
@@ -213,8 +216,19 @@ class WebPushService(Service):
     def when_started(self) -> defer.Deferred[None]:
         """Fires once the key and subscriptions are loaded (or loading failed and was
         logged): the daemon says ready only then, so the first session is complete."""
-        return self._started.wait()
+        waiting = self.runtime.started.wait()
+        waiting.addErrback(lambda _: None)  # logged by start_failed; the daemon still runs
+        return waiting
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        return defer.ensureDeferred(self.runtime.stop())
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        """Stop once the start under way (if any) has stopped early: delivery, hub
+        registrations and store reads never outlive the service (the core closes the
+        store after this)."""
+        self.runtime.begin_stop()
+        if self._starting is not None:
+            await self._starting
+        await self.runtime.stop()

@@ -144,12 +144,13 @@ class HubListeners:
                 del self._by_user[sub.user_id]
                 self._accounts.pop(sub.user_id, None)
 
-    async def activate(self, sub: SubState, stopping: bool = False) -> None:
-        """Listen to the hub for the user's accounts."""
+    async def activate(self, sub: SubState, stopping: Callable[[], bool]) -> None:
+        """Listen to the hub for the user's accounts; ``stopping`` is asked after the
+        accounts load, so a stop during it is not undone by a new registration."""
         accounts = self._accounts.get(sub.user_id)
         if accounts is None:
             accounts = await self._load(sub.user_id)
-        if sub.gone or stopping:
+        if sub.gone or stopping():
             return
         sub.accounts = accounts
         if sub.hub_sub is not None:
@@ -180,5 +181,5 @@ class HubListeners:
                 if found.action is Action.END:
                     ended.append((sub, found.why))
                 elif found.action is Action.FOLLOW and sub.verified and not sub.gone:
-                    await self.activate(sub, stopping())
+                    await self.activate(sub, stopping)
         return ended
