@@ -357,7 +357,7 @@ class Harness:
         )
         registry.add_capability(WEBSOCKET_CAPABILITY, {"url": "", "supportsPush": True})
         self.factory = JMAPWebSocketFactory(self.app, reactor=self.clock)
-        self.app.auth.on_invalidate(self.factory.credentials_changed)
+        self.app.auth.on_invalidate(self.factory.registry.invalidate)
         self.seq = 0
 
     def connect(self, principal: Principal) -> tuple[JMAPWebSocketProtocol, FakeTransport]:

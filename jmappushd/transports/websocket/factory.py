@@ -120,11 +120,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
     def count_error(self, kind: str) -> None:
         self.app.metrics.api_errors.labels(kind).inc()
 
-    # -- credentials (C-WS-5) and shutdown --
-
-    def credentials_changed(self) -> None:
-        """Auth callback: the one revalidation policy, applied to every connection."""
-        self.registry.invalidate()
+    # -- shutdown (credential changes go straight to the registry, C-WS-5) --
 
     async def shutdown(self) -> None:
         """Close every connection with 1001 and wait until they are gone (bounded)."""

@@ -37,7 +37,7 @@ class WebSocketService(Service):
         self.resource = HandshakeResource(app, self.factory)
         app.registry.add_capability(
             WEBSOCKET_CAPABILITY, {"url": app.urls.websocket, "supportsPush": True})
-        app.auth.on_invalidate(self.factory.credentials_changed)
+        app.auth.on_invalidate(self.factory.registry.invalidate)
         app.metrics.track_listeners(TRANSPORT, lambda: self.factory.registry.count)
 
     def startService(self) -> None:
