@@ -9,6 +9,7 @@ environment (``STATE_DIRECTORY``) is consulted only when ``parse_config`` runs.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import math
 import os
 import re
@@ -99,6 +100,19 @@ def _origin(item: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
+def _check_networks(raw: str) -> tuple[str, ...]:
+    """Addresses or CIDR networks (IPv4 or IPv6), normalised; host bits set are an error."""
+    out = []
+    for item in re.split(r"[\s,]+", raw):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=True)))
+        except ValueError as e:
+            raise ValueError(f"not an address or network: {item!r} ({e})") from None
+    return tuple(out)
+
+
 def _check_cors_origins(raw: str) -> tuple[str, ...]:
     return tuple(_origin(item) for item in re.split(r"[\s,]+", raw) if item)
 
@@ -160,6 +174,11 @@ class ServerConfig:
     public_url: str = _opt("http://127.0.0.1:8080", check=_check_public_url)
     state_dir: str = _opt(DEFAULT_STATE_DIR, is_path=True)
     max_open_files: int = 0  # 0 = raise the soft RLIMIT_NOFILE to the hard limit
+    header_timeout: float = _opt(10.0, 0)  # s for a request's headers to arrive, 0 = no limit
+    max_connections_per_address: int = 1000  # open connections from one client address, 0 = off
+    trusted_proxies: tuple[str, ...] = _opt((), check=_check_networks)  # may set X-Forwarded-For
+    cors_origins: tuple[str, ...] = _opt((), check=_check_cors_origins)  # every JMAP endpoint
+    demo_page: bool = False  # the live demo page at /demo/ (development only)
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,8 @@ class JMAPConfig:
     max_calls_in_request: int = _opt(16, 1, JSON_INT_MAX)
     max_objects_in_get: int = _opt(500, 1, JSON_INT_MAX)
     max_objects_in_set: int = _opt(500, 1, JSON_INT_MAX)
+    # Not advertised (RFC 8620 has no such capability key): bytes one response may reach.
+    max_size_response: int = _opt(10_000_000, 1024)
 
 
 @dataclass(frozen=True)
@@ -196,6 +217,10 @@ class AuthConfig:
     cache_ttl: float = 60.0  # seconds
     allow_access_token: bool = True
     realm: str = "jmappushd"
+    max_concurrent_kdf: int = 0  # password hashes computed at once, 0 = the CPU count
+    max_queued_kdf: int = _opt(256, 1)  # waiting for a KDF slot; more get 503 + Retry-After
+    max_failures: int = _opt(10, 1)  # failed logins from one address within failure-window
+    failure_window: int = _opt(300, 1)  # s
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from jmappushd.jmap.session import SessionURLs, build_session
 from jmappushd.metrics import Metrics
 from jmappushd.net.timerwheel import TimerWheel
 from jmappushd.store.interface import IStore
+from jmappushd.web.clientaddr import ClientAddresses
 
 
 @dataclass
@@ -36,8 +37,11 @@ class App:
     _states: WeakKeyDictionary[Principal, tuple[int, str]] = field(
         default_factory=WeakKeyDictionary, repr=False)
     wheel: TimerWheel = field(init=False, repr=False)
+    clients: ClientAddresses = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Real client addresses behind [server] trusted-proxies (logs, limits, throttling).
+        self.clients = ClientAddresses(self.config.server.trusted_proxies)
         # The connections' heartbeats and pings, on the app's clock (tests inject one).
         self.wheel = TimerWheel(self.clock)
 
