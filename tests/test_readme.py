@@ -42,3 +42,16 @@ def test_every_cli_command_is_in_the_readme() -> None:
             continue
         for action in actions[0].choices:
             assert re.search(rf"{name} {action}\b", README), f"{name} {action}"
+
+
+def test_make_help_lists_every_target() -> None:
+    """`make help` prints the `## target:` lines; every declared target has one and exists."""
+    makefile = (ROOT / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY: (.+)$", makefile, re.M)
+    assert phony is not None
+    helped = set(re.findall(r"^## ([\w-]+):", makefile, re.M))
+    for target in phony.group(1).split():
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.M), target
+        if target != "python-check":  # an internal step, not a command for people
+            assert target in helped, f"make help does not list {target}"
+    assert helped <= set(phony.group(1).split())
