@@ -34,6 +34,7 @@ def test_wheel_ships_plugin_and_twistd_finds_it(tmp_path: Path) -> None:
     assert "twisted/plugins/__init__.py" not in names
     assert not any(n.endswith("dropin.cache") for n in names)
     assert "jmappushd/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
