@@ -154,6 +154,7 @@ class _Rule:
     maximum: int | None = None
     check: Callable[[Any], Any] | None = None
     is_path: bool = False
+    optional: bool = False  # a path whose default is "" (unset): an empty value means unset
 
 
 def _opt(
@@ -163,7 +164,8 @@ def _opt(
     check: Callable[[Any], Any] | None = None,
     is_path: bool = False,
 ) -> Any:
-    return field(default=default, metadata={"rule": _Rule(minimum, maximum, check, is_path)})
+    rule = _Rule(minimum, maximum, check, is_path, optional=is_path and default == "")
+    return field(default=default, metadata={"rule": rule})
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,53 @@ class WebSocketConfig:
         return self.ws_throttle / 1000
 
 
+def _check_upstream_url(value: str) -> str:
+    """An absolute http(s) URL of the upstream's JMAP session resource, or empty (standalone)."""
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+        raise ValueError(f"not an absolute http(s) URL: {value!r}")
+    if parts.username is not None:
+        raise ValueError(f"must not contain credentials (use reader-user): {value!r}")
+    if parts.fragment:
+        raise ValueError(f"must not have a fragment: {value!r}")
+    _check_port(parts, value)
+    return value
+
+
+# [upstream] changes values: how the gateway learns that an upstream account changed.
+CHANGE_SOURCES = ("publish", "cyrus-notify", "eventsource", "poll")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """[upstream]: gateway mode, in front of an existing JMAP server (off without session-url)."""
+
+    session_url: str = _opt("", check=_check_upstream_url)
+    changes: str = _opt("publish", check=_choice(CHANGE_SOURCES))
+    notify_socket: str = _opt("", is_path=True)
+    reader_user: str = ""
+    reader_password_file: str = _opt("", is_path=True)
+    poll_interval: float = _opt(30.0, 1)  # s
+    debounce: int = 200  # ms: change events for one account within it cost one state read
+    timeout: int = _opt(10_000, 1)  # ms, every upstream request
+    ca_file: str = _opt("", is_path=True)  # PEM bundle for an https upstream; "" = system store
+    max_connections: int = _opt(32, 1)  # upstream HTTP keep-alive pool size
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.session_url)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.timeout / 1000
+
+    @property
+    def debounce_s(self) -> float:
+        return self.debounce / 1000
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """[log]: what the daemon logs besides warnings and errors (twistd routes the lines)."""
@@ -323,6 +372,7 @@ class Config:
     event_source: EventSourceConfig = field(default_factory=EventSourceConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
 
 
 # INI section name -> (Config attribute, dataclass), in file order.
@@ -336,6 +386,7 @@ SECTIONS: Mapping[str, tuple[str, type[Any]]] = {
     "event-source": ("event_source", EventSourceConfig),
     "websocket": ("websocket", WebSocketConfig),
     "log": ("log", LogConfig),
+    "upstream": ("upstream", UpstreamConfig),
 }
 
 # Keys whose INI name is not simply the field name with "_" -> "-".
@@ -385,7 +436,28 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] | None = None)
     for section, (attr, cls) in SECTIONS.items():
         if section != "server":
             parts[attr] = _build(cls, section, parser, path, base, derived.get(section, {}))
+    _check_upstream(parts["upstream"], path)
     return Config(path=os.path.abspath(path), **parts)
+
+
+def _check_upstream(upstream: UpstreamConfig, path: str) -> None:
+    """Keys of [upstream] that only make sense together."""
+    if not upstream.enabled:
+        for key in ("notify_socket", "reader_user", "reader_password_file", "ca_file"):
+            if getattr(upstream, key):
+                name = ini_key(UpstreamConfig, key)
+                raise ConfigError(f"{path}: [upstream] {name}: needs session-url (gateway mode)")
+        if upstream.changes != "publish":
+            raise ConfigError(f"{path}: [upstream] changes: needs session-url (gateway mode)")
+        return
+    if upstream.changes == "cyrus-notify" and not upstream.notify_socket:
+        raise ConfigError(f"{path}: [upstream] notify-socket: required with changes = cyrus-notify")
+    if bool(upstream.reader_user) != bool(upstream.reader_password_file):
+        raise ConfigError(f"{path}: [upstream] reader-password-file: reader-user and "
+                          "reader-password-file go together")
+    if upstream.changes in ("cyrus-notify", "poll", "eventsource") and not upstream.reader_user:
+        raise ConfigError(f"{path}: [upstream] reader-user: required with changes = "
+                          f"{upstream.changes} (the daemon reads states with it)")
 
 
 def _state_dir(env: Mapping[str, str]) -> str:
@@ -467,6 +539,8 @@ def _convert(raw: str, hint: object, rule: _Rule, base: str) -> Any:
     elif hint is float:
         value = _bounded(_to_float(raw), rule)
     elif rule.is_path:
+        if not raw and rule.optional:
+            return raw
         if not raw:
             raise ValueError("must not be empty")
         value = os.path.normpath(os.path.join(base, raw))
