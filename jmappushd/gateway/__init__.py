@@ -1,0 +1,1 @@
+"""Gateway mode: the daemon in front of an existing JMAP server (issue 12)."""
