@@ -20,12 +20,19 @@ from urllib.parse import urlsplit
 
 import treq
 from treq.client import HTTPClient
+from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
 from zope.interface import implementer
@@ -225,7 +232,7 @@ class UpstreamClient:
             failure.raiseException()
         if failure.check(UpstreamUnavailable):
             reason = cast(UpstreamUnavailable, failure.value).reason
-        elif failure.check(TimeoutError, CancelledError):
+        elif _timed_out(failure):
             reason = f"{self.name} did not answer within {self._timeout:g}s"
         else:
             reason = f"{self.name} is unreachable: {_one_line(failure.value)}"
@@ -240,6 +247,18 @@ class UpstreamClient:
         return closed
 
 
+def _timed_out(failure: Failure) -> bool:
+    """A timeout, ours or treq's (which cancels the request: ResponseNeverReceived or
+    ResponseFailed wrapping CancelledError)."""
+    if failure.check(TimeoutError, CancelledError, error.TimeoutError):
+        return True
+    if failure.check(ResponseNeverReceived, ResponseFailed):
+        reasons = getattr(failure.value, "reasons", [])
+        return any(isinstance(r, Failure) and r.check(CancelledError, error.TimeoutError)
+                   for r in reasons)
+    return False
+
+
 def _display(url: str) -> str:
     """The upstream as logs and problems name it: scheme, host and port, no path or secrets."""
     parts = urlsplit(url)
@@ -247,5 +266,9 @@ def _display(url: str) -> str:
 
 
 def _one_line(error: object) -> str:
+    """A short, single-line reason (ResponseFailed & co. wrap the real one in ``reasons``)."""
+    reasons = getattr(error, "reasons", None)
+    if reasons and isinstance(reasons[0], Failure):
+        error = reasons[0].value
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:200]
