@@ -49,6 +49,22 @@ class TallyFamily:
         yield family
 
 
+class ObservedCounter:
+    """A counter whose value another object keeps (read at scrape time)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], int],
+                 registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation)
+        family.add_metric([], self._read())
+        yield family
+
+
 class Metrics:
     """Every metric the daemon exports on the admin listener's ``/metrics``."""
 
@@ -86,9 +102,26 @@ class Metrics:
             "jmappushd_push_delivery_seconds", "Web Push POST round trip", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.logins_refused = Counter(
+            "jmappushd_logins_refused",
+            "Logins refused without checking the password (throttled: 429, busy: 503)",
+            ["reason"], registry=r,
+        )
         self.push_subscriptions = Gauge(
             "jmappushd_push_subscriptions", "Push subscriptions by state", ["state"], registry=r
         )
+
+    def track_kdf(self, running: Callable[[], int], queued: Callable[[], int],
+                  computed: Callable[[], int], shared: Callable[[], int]) -> None:
+        """Export the password-check limiter's state (read at scrape time)."""
+        r = self.registry
+        Gauge("jmappushd_kdf_running", "Password KDFs computing now",
+              registry=r).set_function(running)
+        Gauge("jmappushd_kdf_queued", "Password checks waiting for a KDF slot",
+              registry=r).set_function(queued)
+        ObservedCounter("jmappushd_kdf_computed", "Password KDFs computed", computed, r)
+        ObservedCounter("jmappushd_kdf_shared",
+                        "Password checks answered by a concurrent identical check", shared, r)
 
     def track_listeners(self, kind: str, count: Callable[[], int]) -> None:
         """Export a live listener count computed at scrape time."""

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from jmappushd.auth.authenticator import Authenticator, BearerToken, CredentialCache, Principal
+from jmappushd.auth.kdf import KDFLimiter
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest, verify_password
 from jmappushd.store.sqlite import SQLiteStore
 from tests.store_backends import open_memory_store
@@ -179,7 +180,8 @@ def test_cred_components_provide_their_interfaces() -> None:
 
     fake: Any = object()
     cache = CredentialCache(Clock(), 1)
-    assert verifyObject(ICredentialsChecker, PasswordChecker(fake, cache, CountingKDF()))
+    kdf = KDFLimiter(CountingKDF(), Clock(), 1, 1)
+    assert verifyObject(ICredentialsChecker, PasswordChecker(fake, cache, kdf))
     assert verifyObject(ICredentialsChecker, BearerTokenChecker(fake, cache))
     assert verifyObject(IRealm, JMAPRealm(fake, Clock(), 1))
     assert verifyObject(IBearerToken, BearerToken("x"))

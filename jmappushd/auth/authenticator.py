@@ -6,12 +6,18 @@ the user may read. Successful checks are cached in memory for a short time,
 keyed by a keyed hash of the credentials, so the memory-hard KDF does not run on
 every HTTP request; the cache is emptied whenever the store's auth generation
 moves (a user, password, grant or token changed, possibly through the CLI).
+
+Basic logins are abuse-resistant: an unknown user costs the same KDF work as a wrong
+password (a decoy hash), the KDF runs in threads within the bounds of
+:mod:`~jmappushd.auth.kdf`, and :mod:`~jmappushd.auth.failures` throttles failed
+logins per client address and slows guesses at one username from many addresses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,11 +31,15 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from jmappushd.auth.passwords import token_digest, verify_password
+from jmappushd.auth.failures import FailureThrottle
+from jmappushd.auth.kdf import KDFLimiter
+from jmappushd.auth.kdf import ThreadRunner as ThreadRunner  # re-exported for the wiring
+from jmappushd.auth.passwords import DecoyHash, token_digest
+from jmappushd.config import AuthConfig
 from jmappushd.store.interface import IStore
 from jmappushd.store.records import Account
 
@@ -119,19 +129,22 @@ class CredentialCache:
         return len(self._entries)
 
 
-ThreadRunner = Callable[..., "Deferred[Any]"]
-
-
 @implementer(ICredentialsChecker)
 class PasswordChecker:
-    """Checks Basic credentials against scrypt hashes, running the KDF in a thread."""
+    """Checks Basic credentials against scrypt hashes through the bounded KDF limiter.
+
+    An unknown user (or an unusable stored hash) is checked against a decoy hash with
+    the cost parameters of the real ones, so its answer takes just as long (no oracle
+    of which usernames exist).
+    """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: IStore, cache: CredentialCache, run_in_thread: ThreadRunner) -> None:
+    def __init__(self, store: IStore, cache: CredentialCache, kdf: KDFLimiter) -> None:
         self._store = store
         self._cache = cache
-        self._run_in_thread = run_in_thread
+        self._kdf = kdf
+        self._decoy = DecoyHash()
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         return defer.ensureDeferred(self._check(credentials))
@@ -144,11 +157,11 @@ class PasswordChecker:
         if cached is not None:
             return cached
         user = await self._store.get_user(username)
-        if user is None:
-            raise cred_error.UnauthorizedLogin("unknown user")
-        ok = await self._run_in_thread(verify_password, password, user.password_hash)
-        if not ok:
-            raise cred_error.UnauthorizedLogin("bad password")
+        encoded = self._decoy.stand_in(None if user is None else user.password_hash)
+        flight = self._cache.key("kdf", username, password, encoded)
+        ok = await self._kdf.verify(flight, password, encoded)
+        if user is None or not ok:
+            raise cred_error.UnauthorizedLogin("bad credentials")
         avatar_id = PASSWORD_CREDENTIAL + user.id
         self._cache.put(key, avatar_id)
         return avatar_id
@@ -242,8 +255,8 @@ def _as_text(value: bytes | str) -> str:
 class Authenticator:
     """The one entry point transports use: credentials in, Principal or failure out.
 
-    It owns the portal, both caches and the watcher that empties them when the
-    store's auth generation changes.
+    It owns the portal, both caches, the KDF limiter, the failure throttle and the
+    watcher that empties the caches when the store's auth generation changes.
     """
 
     log = Logger()
@@ -255,12 +268,18 @@ class Authenticator:
         run_in_thread: ThreadRunner,
         cache_ttl: float,
         generation_poll: float = 2.0,
+        limits: AuthConfig | None = None,
     ) -> None:
+        limits = limits if limits is not None else AuthConfig()
         self._store = store
+        self._clock = clock
         self._cache = CredentialCache(clock, cache_ttl)
         self._realm = JMAPRealm(store, clock, cache_ttl)
+        slots = limits.max_concurrent_kdf or os.cpu_count() or 1
+        self.kdf = KDFLimiter(run_in_thread, clock, slots, limits.max_queued_kdf)
+        self.failures = FailureThrottle(clock, limits.max_failures, limits.failure_window)
         self.portal = Portal(self._realm)
-        self.portal.registerChecker(PasswordChecker(store, self._cache, run_in_thread))
+        self.portal.registerChecker(PasswordChecker(store, self._cache, self.kdf))
         self.portal.registerChecker(BearerTokenChecker(store, self._cache))
         self._generation: int | None = None
         self._watcher = LoopingCall(self.check_generation)
@@ -268,8 +287,33 @@ class Authenticator:
         self._poll = generation_poll
         self._listeners: list[Callable[[], None]] = []
 
-    async def login(self, credentials: ICredentials) -> Principal:
-        """Authenticate; raises ``twisted.cred.error.UnauthorizedLogin`` on failure."""
+    async def login(self, credentials: ICredentials, client: str | None = None) -> Principal:
+        """Authenticate a client at address ``client`` (None: no address to count).
+
+        Raises ``twisted.cred.error.UnauthorizedLogin`` for bad credentials (after the
+        username's penalty delay, if any), and a
+        :class:`~jmappushd.auth.refusals.LoginRefused` when the password was not checked:
+        the address is throttled (429) or the KDF queue is full (503).
+        """
+        if not IUsernamePassword.providedBy(credentials):
+            return await self._login(credentials)
+        username = _as_text(credentials.username)
+        attempt = self._cache.key("attempt", username, _as_text(credentials.password))
+        self.failures.admit(client, attempt)
+        try:
+            principal = await self._login(credentials)
+        except cred_error.UnauthorizedLogin:
+            delay = self.failures.failed(client, attempt, username)
+            if delay > 0:
+                await deferLater(self._clock, delay)
+            raise
+        except BaseException:
+            self.failures.abandon(client, attempt)
+            raise
+        self.failures.succeeded(client, attempt)
+        return principal
+
+    async def _login(self, credentials: ICredentials) -> Principal:
         _, avatar, _ = await self.portal.login(credentials, None, IPrincipal)
         assert isinstance(avatar, Principal)
         return avatar

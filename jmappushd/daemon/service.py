@@ -80,13 +80,17 @@ def build_app(config: Config, clock: IReactorTime, store: IStore,
         clock=clock,
         store=store,
         hub=Hub(store),
-        auth=Authenticator(store, clock, run_in_thread, config.auth.cache_ttl),
+        auth=Authenticator(store, clock, run_in_thread, config.auth.cache_ttl,
+                           limits=config.auth),
         registry=registry,
         processor=RequestProcessor(registry, config.jmap.max_calls_in_request),
         metrics=Metrics(),
         urls=SessionURLs(config.server.public_url),
     )
     app.metrics.track_listeners("all", lambda: app.hub.listener_count)
+    kdf = app.auth.kdf
+    app.metrics.track_kdf(lambda: kdf.running, lambda: kdf.queued,
+                          lambda: kdf.computed, lambda: kdf.shared)
     return app
 
 

@@ -22,9 +22,9 @@ class AppResource(Resource):
         self._app = app
 
     async def authenticated(self, request: Request, endpoint: str) -> Principal | None:
-        """The request's Principal, or None once a 401 has been answered and counted."""
+        """The request's Principal, or None once a 401, 429 or 503 has been answered and counted."""
         app = self._app
-        principal = await authenticate(app.auth, request, app.config.auth.realm)
+        principal = await authenticate(app, request)
         if principal is None:
-            app.metrics.http_requests.labels(endpoint, "401").inc()
+            app.metrics.http_requests.labels(endpoint, str(request.code)).inc()
         return principal

@@ -1,8 +1,13 @@
 """HTTP authentication for every JMAP endpoint: Basic, Bearer, and ``access_token``.
 
 Credentials are turned into twisted.cred credentials here and checked by the
-:class:`~jmappushd.auth.authenticator.Authenticator`; a failure answers 401 with a
-``WWW-Authenticate`` challenge for both schemes (SES-1, RFC 9110 §11.6.1).
+:class:`~jmappushd.auth.authenticator.Authenticator` on behalf of the request's client
+address (``App.clients``: the peer, or the client behind a trusted proxy); a failure
+answers 401 with a ``WWW-Authenticate`` challenge for both schemes (SES-1, RFC 9110
+§11.6.1). A login the daemon would not check now answers 429 (that address failed too
+often) or 503 (every KDF slot and the queue are full), both with ``Retry-After``
+(RFC 9110 §10.2.3, RFC 6585 §4) and a problem-details body. Every endpoint (session, API,
+EventSource, the WebSocket handshake before its upgrade) comes through here.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.web.server import Request
 
-from jmappushd.auth.authenticator import Authenticator, BearerToken, Principal
-from jmappushd.web.responses import write_problem
+from jmappushd.auth.authenticator import BearerToken, Principal
+from jmappushd.auth.refusals import LoginRefused
+from jmappushd.context import App
+from jmappushd.web.responses import write_problem, write_retry_later
 
 
 class MalformedCredentials(ValueError):
@@ -70,9 +77,10 @@ def write_unauthorized(request: Request, realm: str, detail: str) -> None:
 
 
 async def authenticate(
-    auth: Authenticator, request: Request, realm: str, allow_query_token: bool = False
+    app: App, request: Request, allow_query_token: bool = False
 ) -> Principal | None:
-    """Return the Principal, or answer 401 and return None."""
+    """Return the Principal, or answer 401, 429 or 503 and return None."""
+    realm = app.config.auth.realm
     try:
         credentials = credentials_from_request(request, allow_query_token)
     except MalformedCredentials as exc:
@@ -82,7 +90,10 @@ async def authenticate(
         write_unauthorized(request, realm, "authentication required")
         return None
     try:
-        return await auth.login(credentials)
+        return await app.auth.login(credentials, app.clients.of(request))
     except UnauthorizedLogin:
         write_unauthorized(request, realm, "invalid credentials")
-        return None
+    except LoginRefused as refused:
+        app.metrics.logins_refused.labels(refused.reason).inc()
+        write_retry_later(request, refused.status, refused.detail, refused.retry_after)
+    return None

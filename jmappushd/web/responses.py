@@ -66,6 +66,13 @@ def write_problem(request: Request, status: int, detail: str, **extra: Any) -> N
     write_body(request, status, dumps(problem_body(status, detail, **extra)), PROBLEM_CONTENT_TYPE)
 
 
+def write_retry_later(request: Request, status: int, detail: str, retry_after: int) -> None:
+    """A 429/503 problem with ``Retry-After`` in seconds (RFC 9110 §10.2.3)."""
+    if not is_gone(request):
+        request.setHeader(b"Retry-After", str(max(1, retry_after)).encode("ascii"))
+    write_problem(request, status, detail, retryAfter=max(1, retry_after))
+
+
 def write_request_problem(request: Request, problem: RequestProblem) -> None:
     write_body(request, problem.status, dumps(problem.to_json()), PROBLEM_CONTENT_TYPE)
 

@@ -143,10 +143,9 @@ class EventSourceResource(Resource):
 
     async def _handle(self, request: Request) -> None:
         app = self._app
-        principal = await authenticate(app.auth, request, app.config.auth.realm,
-                                       app.config.auth.allow_access_token)
+        principal = await authenticate(app, request, app.config.auth.allow_access_token)
         if principal is None:
-            self._count(401)
+            self._count(request.code)
             return
         config = app.config.event_source
         try:

@@ -3,7 +3,8 @@
 Everything that can refuse a handshake answers with a plain HTTP problem
 response before any upgrade: a foreign ``Origin`` (403, WS-21), no ``jmap``
 subprotocol offered (400, C-WS-1), missing or bad credentials (401 with
-``WWW-Authenticate``, WS-4), too many connections for the user (429). Only then
+``WWW-Authenticate``, WS-4), a throttled or over-busy login (429/503 with
+``Retry-After``), too many connections for the user (429). Only then
 does Autobahn's :class:`WebSocketResource` take the transport over.
 """
 
@@ -76,8 +77,7 @@ class HandshakeResource(Resource):
 
     async def _upgrade(self, request: Request) -> None:
         app = self._app
-        principal = await authenticate(app.auth, request, app.config.auth.realm,
-                                       app.config.auth.allow_access_token)
+        principal = await authenticate(app, request, app.config.auth.allow_access_token)
         if principal is None:
             self._count(request)
             return
