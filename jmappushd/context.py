@@ -11,9 +11,10 @@ from twisted.internet.interfaces import IReactorTime
 from jmappushd.auth.authenticator import Authenticator, Principal
 from jmappushd.config import Config
 from jmappushd.core.hub import Hub
+from jmappushd.gateway.session import merge_session
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import MethodRegistry
-from jmappushd.jmap.session import SessionURLs, build_session
+from jmappushd.jmap.session import SessionURLs, build_session, core_capability
 from jmappushd.metrics import Metrics
 from jmappushd.net.timerwheel import TimerWheel
 from jmappushd.store.interface import IStore
@@ -46,6 +47,12 @@ class App:
         self.wheel = TimerWheel(self.clock)
 
     def session_for(self, principal: Principal) -> dict[str, Any]:
+        if principal.upstream is not None:
+            # Gateway mode: the upstream's session with the daemon's push parts merged in.
+            return merge_session(principal.upstream.session,
+                                 self.registry.session_capabilities(),
+                                 core_capability(self.config), self.urls.api,
+                                 self.urls.event_source)
         return build_session(self.config, self.registry, self.urls, principal)
 
     def session_state(self, principal: Principal) -> str:

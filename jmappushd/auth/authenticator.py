@@ -22,7 +22,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
@@ -43,6 +43,9 @@ from jmappushd.config import AuthConfig
 from jmappushd.store.interface import IStore
 from jmappushd.store.records import Account
 
+if TYPE_CHECKING:
+    from jmappushd.gateway.session import UpstreamSession
+
 T = TypeVar("T")
 
 PASSWORD_CREDENTIAL = "password:"  # noqa: S105 - a prefix, not a secret
@@ -55,6 +58,14 @@ class IPrincipal(Interface):
     user_id = Attribute("The opaque user id.")
 
 
+@dataclass(frozen=True, eq=False)
+class UpstreamIdentity:
+    """Gateway mode: how this principal reaches the upstream, and what it said at login."""
+
+    authorization: bytes  # the client's own Authorization, forwarded with its API calls
+    session: UpstreamSession
+
+
 @implementer(IPrincipal)
 @dataclass(frozen=True, eq=False)
 class Principal:
@@ -65,6 +76,7 @@ class Principal:
     credential_id: str
     accounts: tuple[Account, ...]
     primary_account_id: str
+    upstream: UpstreamIdentity | None = None  # set in gateway mode only
     account_ids: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -195,7 +207,14 @@ class BearerTokenChecker:
         return avatar_id
 
 
-@implementer(IRealm)
+class ClearableRealm(IRealm):
+    """A realm whose cached principals can be dropped (credentials may have changed)."""
+
+    def clear() -> None:
+        """Forget every cached principal."""
+
+
+@implementer(ClearableRealm)
 class JMAPRealm:
     """Turns an avatar id into a :class:`Principal`, caching by avatar id."""
 
@@ -252,6 +271,14 @@ def _as_text(value: bytes | str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class PrincipalSource:
+    """Where principals come from instead of the store's users (gateway: the upstream)."""
+
+    realm: ClearableRealm
+    checkers: tuple[ICredentialsChecker, ...]
+
+
 class Authenticator:
     """The one entry point transports use: credentials in, Principal or failure out.
 
@@ -269,18 +296,24 @@ class Authenticator:
         cache_ttl: float,
         generation_poll: float = 2.0,
         limits: AuthConfig | None = None,
+        principals: PrincipalSource | None = None,
     ) -> None:
+        """``principals`` replaces the store's users (gateway mode: the upstream's)."""
         limits = limits if limits is not None else AuthConfig()
         self._store = store
         self._clock = clock
         self._cache = CredentialCache(clock, cache_ttl)
-        self._realm = JMAPRealm(store, clock, cache_ttl)
+        self._realm: ClearableRealm = JMAPRealm(store, clock, cache_ttl)
         slots = limits.max_concurrent_kdf or os.cpu_count() or 1
         self.kdf = KDFLimiter(run_in_thread, clock, slots, limits.max_queued_kdf)
         self.failures = FailureThrottle(clock, limits.max_failures, limits.failure_window)
+        checkers: list[ICredentialsChecker] = [PasswordChecker(store, self._cache, self.kdf),
+                                               BearerTokenChecker(store, self._cache)]
+        if principals is not None:
+            self._realm, checkers = principals.realm, list(principals.checkers)
         self.portal = Portal(self._realm)
-        self.portal.registerChecker(PasswordChecker(store, self._cache, self.kdf))
-        self.portal.registerChecker(BearerTokenChecker(store, self._cache))
+        for checker in checkers:
+            self.portal.registerChecker(checker)
         self._generation: int | None = None
         self._watcher = LoopingCall(self.check_generation)
         self._watcher.clock = clock

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode
+from collections.abc import Sequence
 
 from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -71,9 +72,12 @@ def challenge_headers(realm: str) -> list[bytes]:
     ]
 
 
-def write_unauthorized(request: Request, realm: str, detail: str) -> None:
-    request.responseHeaders.setRawHeaders(b"WWW-Authenticate", challenge_headers(realm))
-    write_problem(request, 401, detail)
+def write_unauthorized(request: Request, realm: str, detail: str,
+                       challenges: Sequence[bytes] = (), status: int = 401) -> None:
+    """401 with our challenges, or (gateway mode) the upstream's status and challenges."""
+    request.responseHeaders.setRawHeaders(
+        b"WWW-Authenticate", list(challenges) or challenge_headers(realm))
+    write_problem(request, status, detail)
 
 
 async def authenticate(
@@ -91,8 +95,11 @@ async def authenticate(
         return None
     try:
         return await app.auth.login(credentials, app.clients.of(request))
-    except UnauthorizedLogin:
-        write_unauthorized(request, realm, "invalid credentials")
+    except UnauthorizedLogin as failed:
+        # Gateway mode: the upstream's own 401/403 and WWW-Authenticate reach the client.
+        challenges = getattr(failed, "challenges", ())
+        write_unauthorized(request, realm, "invalid credentials", challenges,
+                           getattr(failed, "status", 401))
     except LoginRefused as refused:
         app.metrics.logins_refused.labels(refused.reason).inc()
         write_retry_later(request, refused.status, refused.detail, refused.retry_after)

@@ -1,0 +1,134 @@
+"""Forwarding a run of method calls to the upstream's ``apiUrl`` (RFC 8620 §3.3, §3.7).
+
+The request processor answers ``PushSubscription/*`` (and ``Core/echo``) itself and hands
+every maximal run of consecutive other calls to :class:`Forwarder` as one upstream request,
+so the upstream sees its calls in order, with its own result references and creation ids
+between them working as they would without the gateway. What crosses a run boundary the
+daemon settles: a ``#arg`` whose ``resultOf`` names a call answered before the run (by the
+daemon or by an earlier run) is resolved here and sent as a plain argument, and the
+``createdIds`` gathered so far go up with every run and come back merged.
+
+The upstream's answer is checked before it reaches the client: its method responses must
+be ``[name, object, callId]`` with this run's call ids, in order; anything else is an
+outage of the upstream, not a garbled reply passed on. A request-level problem from the
+upstream (HTTP 4xx with problem details) is passed to the client unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jmappushd.gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamUnavailable
+from jmappushd.jmap import ijson
+from jmappushd.jmap.problems import RequestProblem
+from jmappushd.jmap.resultref import resolve_references
+
+__all__ = ["Forwarder", "UpstreamProblem", "cross_run_references"]
+
+Call = tuple[str, dict[str, Any], str]
+Invocation = list[Any]
+
+
+class UpstreamProblem(Exception):
+    """The upstream answered the run with a request-level problem: pass it on as it is."""
+
+    def __init__(self, status: int, content_type: bytes, body: bytes) -> None:
+        super().__init__(f"upstream problem {status}")
+        self.status = status
+        self.content_type = content_type
+        self.body = body
+
+
+def cross_run_references(args: dict[str, Any], answered_ids: Collection[str]) -> list[str]:
+    """The ``#`` arguments of ``args`` whose ``resultOf`` is a call answered before the run.
+
+    RFC 8620 §3.7: a reference names the *first* earlier response with that call id, so an
+    id answered before the run is resolved here even if the run repeats it; a reference
+    to nothing answered yet is the upstream's to resolve (or refuse).
+    """
+    keys = []
+    for key, value in args.items():
+        if (key.startswith("#") and isinstance(value, dict)
+                and value.get("resultOf") in answered_ids):
+            keys.append(key)
+    return keys
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One upstream request: the run's calls with cross-run references settled."""
+
+    body: bytes
+    call_ids: tuple[str, ...]
+
+
+def build_run(run: Sequence[Call], responses: Sequence[Invocation], using: Sequence[str],
+              created_ids: dict[str, str]) -> RunRequest | list[Invocation]:
+    """The upstream request for ``run``, or (when settling a reference fails) the error
+    responses the client gets instead, call by call, as for local calls (API-9)."""
+    answered = {r[2] for r in responses}
+    calls: list[list[Any]] = []
+    for name, args, call_id in run:
+        outside = cross_run_references(args, answered)
+        if outside:
+            settled = resolve_references({k: args[k] for k in outside}, responses)
+            args = {k: v for k, v in args.items() if k not in outside} | settled
+        calls.append([name, args, call_id])
+    request: dict[str, Any] = {"using": list(using), "methodCalls": calls}
+    if created_ids:
+        request["createdIds"] = dict(created_ids)
+    return RunRequest(ijson.dumps(request), tuple(c[2] for c in calls))
+
+
+def parse_run_answer(answer: UpstreamResponse, call_ids: Sequence[str], upstream: str
+                     ) -> tuple[list[Invocation], dict[str, str] | None]:
+    """The run's method responses and the upstream's createdIds, checked."""
+    if answer.status != 200:
+        raise UpstreamProblem(answer.status, answer.content_type, answer.body)
+    try:
+        value = ijson.loads(answer.body)
+    except RequestProblem as e:
+        raise UpstreamUnavailable(f"{upstream} answered with invalid JSON ({e.detail})"
+                                  ) from None
+    responses = value.get("methodResponses") if isinstance(value, dict) else None
+    if not isinstance(responses, list):
+        raise UpstreamUnavailable(f"{upstream} answered without methodResponses")
+    out: list[Invocation] = []
+    for item in responses:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], dict) and isinstance(item[2], str)
+                and item[2] in call_ids):
+            raise UpstreamUnavailable(f"{upstream} answered a malformed method response")
+        out.append(item)
+    created = value.get("createdIds")
+    if created is not None and not (isinstance(created, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in created.items())):
+        raise UpstreamUnavailable(f"{upstream} answered malformed createdIds")
+    return out, created
+
+
+class Forwarder:
+    """Sends runs of calls upstream with the client's own credentials."""
+
+    def __init__(self, client: UpstreamClient, upstream_capabilities: Collection[str]) -> None:
+        self._client = client
+        self._capabilities = frozenset(upstream_capabilities)
+
+    def upstream_using(self, using: Collection[str]) -> list[str]:
+        """The request's capabilities the upstream knows (the daemon's own stay here)."""
+        return sorted(u for u in using if u in self._capabilities)
+
+    async def run(self, api_url: str, authorization: bytes, run: Sequence[Call],
+                  responses: Sequence[Invocation], using: Collection[str],
+                  created_ids: dict[str, str]) -> list[Invocation]:
+        """Forward ``run``; updates ``created_ids`` in place with the upstream's."""
+        built = build_run(run, responses, self.upstream_using(using), created_ids)
+        if isinstance(built, list):
+            return built
+        answer = await self._client.post_json(api_url, authorization, built.body)
+        out, created = parse_run_answer(answer, built.call_ids, self._client.name)
+        if created:
+            created_ids.update(created)
+        return out
