@@ -207,6 +207,10 @@ class Hub:
     def listener_count(self) -> int:
         return self._count
 
+    def watched_accounts(self) -> list[str]:
+        """Every account some local listener watches (gateway polling reads these)."""
+        return list(self._by_account)
+
     async def publish(self, changed: StateMap) -> Change:
         """Record ``changed`` durably, then announce it. Fires only once it is durable.
 

@@ -184,6 +184,11 @@ class UpstreamClient:
             self._pool = pool
         self._client = client
 
+    @property
+    def http(self) -> HTTPClient:
+        """The pooled treq client, for long-lived requests (the upstream event stream)."""
+        return self._client
+
     def get(self, url: str, authorization: bytes) -> Deferred[UpstreamResponse]:
         return self._request(b"GET", url, authorization, None)
 
