@@ -20,10 +20,17 @@ from tests.support import config_text, free_port
 BIN = Path(sys.executable).parent
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # The subprocesses run the checkout under test, not whatever the venv's editable
+    # install points at (a worktree shares the main checkout's venv).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT),
+                                                      env.get("PYTHONPATH", "")]))
     return env
 
 
