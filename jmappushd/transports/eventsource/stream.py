@@ -44,7 +44,7 @@ from jmappushd.web.responses import is_gone
 StateMap = Mapping[str, Mapping[str, str]]
 
 
-def close_connection_after(request: Request) -> None:
+def close_connection_after(request: http.Request) -> None:
     """ES-3: with ``closeafter=state`` the connection ends with the response.
 
     The response ends after its first state event, but a client reading the body until
