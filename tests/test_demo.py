@@ -53,7 +53,7 @@ def demo(tmp_path: Path) -> Iterator[LiveDaemon]:
 
 
 async def login(d: LiveDaemon, user: str = "alice", password: str = "secret") -> str:
-    r = await treq.post(d.base + "/demo/login", headers=basic(user, password))
+    r = await treq.post(d.base + "/demo/login", json={}, headers=basic(user, password))
     assert r.code == 200, await r.text()
     assert r.headers.getRawHeaders("Cache-Control") == ["no-store"]
     body = await r.json()
@@ -119,11 +119,11 @@ async def test_login_gives_a_token_that_replaces_the_previous_one(demo: LiveDaem
 async def test_login_needs_the_password(demo: LiveDaemon) -> None:
     """A wrong password → 401; a bearer token cannot mint demo tokens (403)."""
     await demo.add_user("alice")
-    r = await treq.post(demo.base + "/demo/login", headers=basic("alice", "wrong"))
+    r = await treq.post(demo.base + "/demo/login", json={}, headers=basic("alice", "wrong"))
     assert r.code == 401
     await r.content()
     token = await demo.add_token("alice")
-    r = await treq.post(demo.base + "/demo/login", headers=bearer(token))
+    r = await treq.post(demo.base + "/demo/login", json={}, headers=bearer(token))
     assert r.code == 403 and "password" in (await r.json())["detail"]
     assert await demo_tokens(demo) == []
 
@@ -145,12 +145,28 @@ async def test_publish_changes_only_the_callers_primary_account(demo: LiveDaemon
     assert states == {account: {"Mailbox": body["state"]}}
     for bad in (b"[]", b'{"type": 5}', b'{"type": "no spaces"}', b"{nope",
                 b'{"type": "' + b"x" * 2000 + b'"}'):
-        r = await treq.post(demo.base + "/demo/publish", data=bad, headers=bearer(token))
+        r = await treq.post(demo.base + "/demo/publish", data=bad, headers={
+            **bearer(token), "Content-Type": "application/json"})
         assert r.code == 400, bad
         await r.content()
-    r = await treq.post(demo.base + "/demo/publish")
+    r = await treq.post(demo.base + "/demo/publish", json={})
     assert r.code == 401
     await r.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_html_forms_cannot_post(demo: LiveDaemon) -> None:
+    """A cross-site form (text/plain, form-encoded) cannot use credentials the browser
+    cached: both endpoints want application/json (415 otherwise), before any login."""
+    account = await demo.add_user("alice")
+    for path in ("/demo/login", "/demo/publish"):
+        for kind in ("text/plain", "application/x-www-form-urlencoded"):
+            r = await treq.post(demo.base + path, data=b'{"type": "Email"}', headers={
+                **basic("alice", "secret"), "Content-Type": kind})
+            assert r.code == 415, (path, kind)
+            assert (await r.json())["title"] == "Unsupported Media Type"
+    assert await demo_tokens(demo) == []
+    assert await demo.app.store.current_states([account]) == {}
 
 
 @pytest_twisted.ensureDeferred
@@ -161,14 +177,15 @@ async def test_publish_is_rate_limited(demo: LiveDaemon) -> None:
     alice = await demo.add_token("alice")
     codes = []
     for _ in range(PUBLISHES_PER_MINUTE + 1):
-        r = await treq.post(demo.base + "/demo/publish", headers=bearer(alice))
+        r = await treq.post(demo.base + "/demo/publish", json={}, headers=bearer(alice))
         codes.append(r.code)
         await r.content()
     # A minute window may turn over during the loop: then all of them were accepted.
     if codes[-1] == 429:
         assert codes == [202] * PUBLISHES_PER_MINUTE + [429]
         assert 1 <= int(r.headers.getRawHeaders("Retry-After")[0]) <= 60
-    r = await treq.post(demo.base + "/demo/publish", headers=bearer(await demo.add_token("bob")))
+    r = await treq.post(demo.base + "/demo/publish", json={},
+                        headers=bearer(await demo.add_token("bob")))
     assert r.code == 202
     await r.content()
 

@@ -7,6 +7,8 @@ user's password (Basic) and answers a short-lived bearer token for the page's
 own primary account, through the hub exactly as the admin ``/publish`` does, so the
 page can show a change arriving. Both are per-user rate limited. Neither answers
 CORS: the page is served by the daemon itself, and other origins must not use them.
+Both want ``Content-Type: application/json``, which a cross-site HTML form cannot
+send, so a page elsewhere cannot ride on HTTP credentials the browser has cached.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from jmappushd.context import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.web.admin import InvalidPublish, parse_state_change
+from jmappushd.web.api import is_json_content_type
 from jmappushd.web.base import AppResource
 from jmappushd.web.demo_tokens import DemoTokens
 from jmappushd.web.ratelimit import WindowLimit
@@ -33,13 +36,21 @@ MAX_BODY = 1024  # bytes of a publish request's JSON
 DEFAULT_TYPE = "Email"
 
 
+def is_json_request(request: Request) -> bool:
+    """True for a JSON body; otherwise answer 415 (so no HTML form can post here)."""
+    if is_json_content_type(request.getHeader(b"Content-Type")):
+        return True
+    write_problem(request, 415, "the Content-Type must be application/json")
+    return False
+
+
 def refuse_rate(request: Request, retry_after: int, what: str) -> None:
     request.setHeader(b"Retry-After", str(retry_after).encode("ascii"))
     write_problem(request, 429, f"too many {what}; retry in {retry_after} s")
 
 
 class DemoLoginResource(AppResource):
-    """``POST /demo/login`` with Basic credentials → ``{"accessToken", "expiresIn"}``."""
+    """``POST /demo/login`` (Basic credentials, a JSON body) → ``{"accessToken", ...}``."""
 
     def __init__(self, app: App, clock: IReactorTime, tokens: DemoTokens) -> None:
         super().__init__(app)
@@ -50,6 +61,8 @@ class DemoLoginResource(AppResource):
         return serve_async(request, self._handle(request), self.log)
 
     async def _handle(self, request: Request) -> None:
+        if not is_json_request(request):
+            return
         principal = await self.authenticated(request, "demo")
         if principal is None:
             return
@@ -78,6 +91,8 @@ class DemoPublishResource(AppResource):
                            503, "the change could not be recorded; retry")
 
     async def _handle(self, request: Request) -> None:
+        if not is_json_request(request):
+            return
         principal = await self.authenticated(request, "demo")
         if principal is None:
             return

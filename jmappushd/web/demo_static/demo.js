@@ -81,7 +81,11 @@ async function login(event) {
   setStatus("login-status", "logging in…");
   const response = await fetch("login", {
     method: "POST",
-    headers: { Authorization: "Basic " + base64Utf8(username + ":" + $("password").value) },
+    headers: {
+      Authorization: "Basic " + base64Utf8(username + ":" + $("password").value),
+      "Content-Type": "application/json",
+    },
+    body: "{}",
   });
   if (!response.ok) {
     setStatus("login-status", "login failed: " + (await problemText(response)), true);
