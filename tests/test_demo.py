@@ -34,6 +34,7 @@ from tests.support import (
     start_daemon,
     stop_daemon,
 )
+from tests.test_service import _ours
 
 
 def demo_config(tmp_path: Path) -> Any:
@@ -251,3 +252,25 @@ def test_revoke_all_at_stop_and_left_overs_at_start() -> None:
     done(store.create_token("alice", b"\x02" * 32, "laptop"))
     assert done(DemoTokens(store, clock).revoke_left_over()) == 1
     assert [t.label for t in done(store.list_tokens("alice"))] == ["laptop"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_revokes_the_tokens_and_leaves_no_timer(tmp_path: Path) -> None:
+    """Stopping the daemon revokes the live demo tokens (their expiry timers go with them);
+    a token a killed run left in the store is revoked when the page starts again."""
+    config = demo_config(tmp_path)
+    daemon = await start_daemon(config)
+    await daemon.add_user("alice")
+    await daemon.add_user("bob")
+    await login(daemon)
+    assert any("demo_tokens" in name for name in _ours())
+    # bob never logged in with this run: his token stands for one a killed run left.
+    await daemon.app.store.create_token("bob", b"\x03" * 32, DEMO_LABEL)
+    await stop_daemon(daemon)
+    assert _ours() == []
+    daemon = await start_daemon(config)
+    try:
+        assert await demo_tokens(daemon, "alice") == []
+        assert await demo_tokens(daemon, "bob") == []
+    finally:
+        await stop_daemon(daemon)
