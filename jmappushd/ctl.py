@@ -275,6 +275,8 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
         config = load_config(args.config)
     except ConfigError as exc:
         raise CtlError(str(exc)) from exc
+    for warning in config.warnings:
+        sys.stderr.write(f"jmappushctl: warning: {warning}\n")
     if args.command == "check-config":
         out.write(f"{args.config}: OK\n")
         return

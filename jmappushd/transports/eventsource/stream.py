@@ -25,6 +25,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -41,6 +42,20 @@ from jmappushd.transports.eventsource.sse import OPEN_COMMENT, ping_event, state
 from jmappushd.web.responses import is_gone
 
 StateMap = Mapping[str, Mapping[str, str]]
+
+
+def close_connection_after(request: http.Request) -> None:
+    """ES-3: with ``closeafter=state`` the connection ends with the response.
+
+    The response ends after its first state event, but a client reading the body until
+    the connection closes (sseclient, hence jmapc) would otherwise wait on a kept-alive
+    connection forever; so say ``Connection: close`` and drop it after the last chunk.
+    HTTP/1.1 only: HTTP/2 forbids connection headers and ends just its stream.
+    """
+    channel = request.channel
+    if isinstance(channel, http.HTTPChannel):
+        request.setHeader(b"Connection", b"close")
+        channel.persistent = False
 
 
 class Counter(Protocol):
@@ -92,6 +107,8 @@ class EventStream(Feed):
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
+        if self.close_after:
+            close_connection_after(request)
         request.write(OPEN_COMMENT)
         # A stream lives for hours: drop what only its start needed (the parsed query,
         # the response headers now on the wire), about a tenth of an idle stream.
