@@ -173,9 +173,10 @@ def build_service(config: Config, reactor: IDaemonReactor,
     access_log = config.log.access_log
     jmap_site = JMAPSite(
         build_root(app, {b"eventsource": eventsource.resource, b"ws": websocket.resource}),
-        max_body=config.jmap.max_size_request, name="jmap", access_log=access_log)
+        max_body=config.jmap.max_size_request, name="jmap", access_log=access_log,
+        clients=app.clients)
     admin_site = JMAPSite(build_admin_root(app, webpush.runtime), max_body=ADMIN_MAX_BODY,
-                          name="admin", access_log=access_log)
+                          name="admin", access_log=access_log, clients=app.clients)
     listeners = [ListenerService(reactor, d, jmap_site) for d in config.server.listen]
     listeners += [ListenerService(reactor, d, admin_site) for d in config.admin.listen]
     return JMAPPushService(app, reactor, core, listeners, [eventsource, websocket, webpush])
