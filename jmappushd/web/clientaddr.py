@@ -22,6 +22,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
+from twisted.web import http
 from twisted.web.iweb import IRequest
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -143,7 +144,7 @@ class ClientAddresses:
         addr = _unmapped(addr)
         return any(addr in net for net in self._trusted)
 
-    def of(self, request: IRequest) -> str:
+    def of(self, request: IRequest | http.Request) -> str:
         """The client's address as text ("-" when the transport has none, e.g. a Unix socket).
 
         An IPv4-mapped IPv6 address is given as IPv4. Behind trusted proxies it may also be
@@ -164,7 +165,7 @@ class ClientAddresses:
             return str(peer)
         return self._walk(request, str(peer))
 
-    def _walk(self, request: IRequest, nearest: str) -> str:
+    def _walk(self, request: IRequest | http.Request, nearest: str) -> str:
         """Follow the forwarded hops from the trusted peer ``nearest`` towards the client."""
         for count, hop in enumerate(self._hops(request)):
             if count == MAX_HOPS:
@@ -179,7 +180,7 @@ class ClientAddresses:
         return nearest
 
     @staticmethod
-    def _hops(request: IRequest) -> Iterator[Hop]:
+    def _hops(request: IRequest | http.Request) -> Iterator[Hop]:
         """The forwarded nodes, nearest first: X-Forwarded-For if present, else Forwarded."""
         headers = request.requestHeaders
         xff = headers.getRawHeaders(b"x-forwarded-for")
