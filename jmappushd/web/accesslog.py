@@ -25,6 +25,10 @@ Closed = Literal["client", "server", "timeout"]
 """Who ended a session: the client, the server (shutdown, revoked credentials, closeafter,
 a protocol error), or the server because the client stopped answering."""
 
+ACCESS_LOG = Logger(namespace="jmappushd.access")
+"""Every site's lines, under one namespace operators can route or filter on. (A Logger
+that is a class attribute would take the class's name as its namespace instead.)"""
+
 _REQUEST = "{site} {client} {method} {path} {status} {length} {duration_ms:.1f}ms"
 _SESSION = _REQUEST + " closed={closed}"
 
@@ -40,9 +44,8 @@ def _method(request: http.Request) -> str:
 class AccessLog:
     """The access log of one site (``jmap`` or ``admin``)."""
 
-    log = Logger(namespace="jmappushd.access")
-
     def __init__(self, site: str, clients: ClientAddresses, enabled: bool = True) -> None:
+        self.log = ACCESS_LOG
         self.site = site
         self.clients = clients
         self.enabled = enabled
