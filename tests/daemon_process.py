@@ -18,12 +18,16 @@ from pathlib import Path
 from tests.support import config_text, free_port
 
 BIN = Path(sys.executable).parent
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # The code of this checkout, not whichever one the virtualenv installed (editable):
+    # twistd and jmappushctl run from a tmp dir, so nothing else puts it on sys.path.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
     return env
 
 
