@@ -239,25 +239,31 @@ def h(tmp_path: Path) -> Harness:
     return Harness(write_config(tmp_path, "ws-heartbeat-interval = 5\nws-client-timeout = 12"))
 
 
+class Upgrade(_Stand_in_Resource):
+    """The stand-in for Autobahn's resource, sending a handshake of the test's choice."""
+
+    def __init__(self, h: Harness, transport: FakeTransport, handshake: bytes) -> None:
+        super().__init__(h.factory, transport)
+        self.handshake = handshake
+
+    def render(self, request: object) -> Any:
+        proto = self.factory.buildProtocol(self.transport.getPeer())
+        assert proto is not None
+        self.transport.protocol = proto
+        proto.makeConnection(self.transport)
+        proto.dataReceived(self.handshake)
+        return proto
+
+
 def ws_connect(h: Harness, jmap: JMAPSite, handshake: bytes = HANDSHAKE,
                **headers: str) -> tuple[JMAPWebSocketProtocol, FakeTransport]:
-    """Upgrade a request made by ``jmap`` (as the handshake resource does)."""
+    """Upgrade a request made by ``jmap``, as the handshake resource does."""
     transport = FakeTransport(h.clock)
-    resource = _Stand_in_Resource(h.factory, transport)
-    resource.render = lambda request: _render(resource, handshake)  # type: ignore[method-assign]
     request = site_request(jmap, path=b"/jmap/ws", **headers)
-    proto = h.factory.upgrade(resource, request, h.store.add("alice", "A"))
+    proto = h.factory.upgrade(Upgrade(h, transport, handshake), request,
+                              h.store.add("alice", "A"))
     transport.clear()
     return proto, transport
-
-
-def _render(resource: _Stand_in_Resource, handshake: bytes) -> Any:
-    proto = resource.factory.buildProtocol(resource.transport.getPeer())
-    assert proto is not None
-    resource.transport.protocol = proto
-    proto.makeConnection(resource.transport)
-    proto.dataReceived(handshake)
-    return proto
 
 
 def close_frame(code: int) -> bytes:
