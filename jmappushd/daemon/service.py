@@ -185,9 +185,10 @@ def build_service(config: Config, reactor: IDaemonReactor,
     jmap_site = JMAPSite(
         build_root(app, {b"eventsource": eventsource.resource, b"ws": websocket.resource},
                    demo.resource if demo is not None else None),
-        max_body=config.jmap.max_size_request, name="jmap", access_log=access_log)
+        max_body=config.jmap.max_size_request, name="jmap", access_log=access_log,
+        clients=app.clients)
     admin_site = JMAPSite(build_admin_root(app, webpush.runtime), max_body=ADMIN_MAX_BODY,
-                          name="admin", access_log=access_log)
+                          name="admin", access_log=access_log, clients=app.clients)
     listeners = [ListenerService(reactor, d, jmap_site) for d in config.server.listen]
     listeners += [ListenerService(reactor, d, admin_site) for d in config.admin.listen]
     return JMAPPushService(app, reactor, core, listeners, transports)

@@ -8,7 +8,8 @@ at once (ES-1), subscribes and arms the ping; ``catch_up`` (only with
 ``Last-Event-ID``) sends what the client missed and ends the stream if the query
 fails; changes become ``state`` events (never an empty one). ``close`` (client
 gone, shutdown, revoked credentials) drops the subscription, the ping timer and
-the throttle at once.
+the throttle at once, and writes the stream's access-log line (``closed=server`` when
+we ended it, ``closed=client`` when the client went away).
 
 An idle stream owns exactly one timer, its ping (none with ``ping=0``). An event
 only notes its time; when the timer fires it sends the ping or, if an event went
@@ -39,7 +40,9 @@ from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.store.records import Account
 from jmappushd.transports.eventsource.sse import OPEN_COMMENT, ping_event, state_event
+from jmappushd.web.accesslog import Closed
 from jmappushd.web.responses import is_gone
+from jmappushd.web.site import log_as_session, stream_ended
 
 StateMap = Mapping[str, Mapping[str, str]]
 
@@ -116,6 +119,7 @@ class EventStream(Feed):
         request.responseHeaders = Headers()
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
+        log_as_session(request)
         self.listen()
         if self.interval > 0:
             self._last_write = self._ctx.clock.seconds()
@@ -179,12 +183,12 @@ class EventStream(Feed):
     def end(self, reason: EndReason | None = None) -> None:
         """Finish the response cleanly (closeafter, shutdown, revoked credentials)."""
         request = self.request
-        self.close()
+        self.close("server")
         if not is_gone(request):
             request.finish()
 
-    def close(self) -> None:
-        """Release the subscription, the ping timer and the throttle; idempotent."""
+    def close(self, closed: Closed = "client") -> None:
+        """Release the subscription, the ping timer and the throttle; log the end (once)."""
         if self.closed:
             return
         self.cancel()
@@ -194,6 +198,7 @@ class EventStream(Feed):
             self._ping = None
         self._unregister()
         self._ctx.on_close(self)
+        stream_ended(self.request, closed)
 
     def _unregister(self) -> None:
         request = self.request
