@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jmappushd
 from tests.support import config_text, free_port
 
 BIN = Path(sys.executable).parent
@@ -24,6 +25,10 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # The daemon under test is the code these tests imported (a git worktree, say), not
+    # whichever checkout the virtualenv's editable install points at.
+    root = str(Path(jmappushd.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
