@@ -6,8 +6,9 @@ received ``state`` event is timestamped with the system-wide monotonic clock and
 filed under its mark, the first state string it carries (resumption tokens are
 sealed per user, so the orchestrator cannot know them; each of its publishes
 carries a distinct state), so the orchestrator can subtract its own publish time.
-Commands arrive as JSON lines on stdin: ``report`` (send receipt times and counters), ``stop``. The process also stops
-by itself after ``--max-seconds`` or when stdin closes.
+Commands arrive as JSON lines on stdin: ``report`` (send receipt times and
+counters), ``stop``. The process also stops by itself after ``--max-seconds`` or
+when stdin closes.
 
     python -m benchmarks.load_clients --kind es --port 8080 --count 1000 \\
         --auth-file tokens.txt --src 127.0.0.2
