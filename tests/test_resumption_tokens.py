@@ -174,8 +174,10 @@ def test_a_hub_without_metadata_still_seals() -> None:
 def test_hub_tokens_before_start_is_an_error() -> None:
     """Nothing seals before the key is loaded (a bug would otherwise mint throw-away tokens)."""
     hub = Hub(MemoryStore())
-    with pytest.raises(RuntimeError, match="not started"):
-        hub.tokens  # noqa: B018
+    for use in (lambda: hub.tokens.seal("u", 1), lambda: hub.tokens.shared("u", 1),
+                lambda: hub.tokens.open("u", "t")):
+        with pytest.raises(RuntimeError, match="not started"):
+            use()
 
 
 def test_sealing_costs_microseconds() -> None:

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from jmappushd.core.position import ResumptionTokens, load_key, new_key
+from jmappushd.core.position import NotStarted, ResumptionTokens, load_key, new_key
 from jmappushd.core.signal import StartSignal
 from jmappushd.store.interface import IMetadataStore, IStateLog
 
@@ -171,7 +171,8 @@ class Hub:
         if keys is None and IMetadataStore.providedBy(store):
             keys = IMetadataStore(store)
         self._keys = keys
-        self._tokens: ResumptionTokens | None = None
+        # Seals and opens resumption tokens once start() has loaded the key.
+        self.tokens: ResumptionTokens = NotStarted()
         self._bus: IBus = bus if bus is not None else LocalBus()
         self._bus.set_receiver(self._receive)
         self._by_account: dict[str, dict[ChangeListener, HubSubscription]] = {}
@@ -193,7 +194,7 @@ class Hub:
         try:
             self.epoch, position = await self._store.position()
             key = await load_key(self._keys) if self._keys is not None else new_key()
-            self._tokens = ResumptionTokens(key, self.epoch)
+            self.tokens = ResumptionTokens(key, self.epoch)
         except Exception:
             self._started.fire(Failure())
             raise
@@ -203,14 +204,6 @@ class Hub:
     async def _wait_started(self) -> None:
         if not self._started.done:
             await self._started.wait()
-
-    @property
-    def tokens(self) -> ResumptionTokens:
-        """Seals and opens resumption tokens; usable once :meth:`start` has finished."""
-        tokens = self._tokens
-        if tokens is None:
-            raise RuntimeError("the hub has not started: no resumption tokens yet")
-        return tokens
 
     @property
     def highest_seq(self) -> int:

@@ -117,6 +117,25 @@ class ResumptionTokens:
         return [_VERSION, self._epoch, owner.encode("utf-8", "surrogatepass"), nonce]
 
 
+class NotStarted(ResumptionTokens):
+    """Stands in until the key is loaded: any use is a bug (it would mint throw-away
+    tokens), so it raises. A plain attribute with this placeholder keeps the fan-out
+    path free of a property call."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:  # no key, no cipher: nothing may be sealed yet
+        pass
+
+    def seal(self, owner: str, position: int) -> str:
+        raise RuntimeError("the hub has not started: no resumption tokens yet")
+
+    shared = seal
+
+    def open(self, owner: str, token: str | None) -> int | None:
+        raise RuntimeError("the hub has not started: no resumption tokens yet")
+
+
 def new_key() -> bytes:
     """A fresh random sealing key."""
     return os.urandom(KEY_BYTES)
