@@ -260,7 +260,7 @@ def publish(args: argparse.Namespace, config: Config, out: TextIO) -> None:
         raise CtlError(f"invalid account id {args.account_id!r}")
     body = {"@type": "StateChange", "changed": {args.account_id: parse_changes(args.changes)}}
     reply = admin_post(config, args.url, "/publish", body)
-    out.write(f"published as {reply.get('token', '?')}\n")
+    out.write(f"published as seq {reply.get('seq', '?')}\n")
 
 
 def rotate_vapid_key(args: argparse.Namespace, config: Config, out: TextIO) -> None:

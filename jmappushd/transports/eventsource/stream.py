@@ -87,16 +87,15 @@ class EventStream(Feed):
     """
 
     __slots__ = ("_last_write", "_ping", "close_after", "credential_id", "interval",
-                 "request", "user_id")
+                 "request")
     _ctx: StreamContext
     log = Logger()
 
     def __init__(self, ctx: StreamContext, request: Request, *, user_id: str,
                  credential_id: str, account_ids: frozenset[str], types: Types,
                  interval: int, close_after: bool) -> None:
-        super().__init__(ctx, account_ids, types)
+        super().__init__(ctx, account_ids, types, user_id=user_id)
         self.request = request
-        self.user_id = user_id
         self.credential_id = credential_id
         self.interval = interval
         self.close_after = close_after
