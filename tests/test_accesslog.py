@@ -27,7 +27,6 @@ from twisted.web.test.requesthelper import DummyChannel
 from jmappushd.config import Config, parse_config
 from jmappushd.core.connections import EndReason
 from jmappushd.core.hub import Change, Hub, LocalBus
-from jmappushd.core.position import make_token
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.stream import EventStream, StreamContext
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
@@ -165,8 +164,7 @@ class StreamEnv:
 
     def publish(self) -> None:
         self.seq += 1
-        self.bus.announce(Change(self.seq, make_token(self.hub.epoch, self.seq),
-                                 {"A": {"Email": f"s{self.seq}"}}))
+        self.bus.announce(Change(self.seq, {"A": {"Email": f"s{self.seq}"}}))
 
 
 class _NoCount:

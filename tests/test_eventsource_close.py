@@ -20,7 +20,6 @@ from twisted.web import http
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from jmappushd.core.position import make_token
 from jmappushd.transports.eventsource.stream import close_connection_after
 from tests.support import LiveDaemon
 from tests.test_eventsource_resource import Setup, events
@@ -120,20 +119,20 @@ async def test_closeafter_no_keeps_the_connection_reusable(live: LiveDaemon) -> 
 def test_last_event_id_query_resumes(tmp_path: Path) -> None:
     """ES-10 for browsers: lastEventId in the query resumes like the header does."""
     s = Setup(tmp_path)
-    _, channel = s.get(f"types=*&closeafter=no&ping=0&lastEventId={make_token(s.epoch, 2)}")
+    _, channel = s.get(f"types=*&closeafter=no&ping=0&lastEventId={s.token(2)}")
     assert s.store.since is not None
     s.store.since.callback(None)
     [event] = events(channel)
-    assert event.event == "state" and event.id == make_token(s.epoch, 5)
+    assert event.event == "state" and s.app.hub.tokens.open(s.user_id, event.id) == 5
 
 
 def test_last_event_id_header_wins_over_the_query(tmp_path: Path) -> None:
     """The browser's own reconnects send the header with the newest id while the URL
     still carries the page's first one: the header is used."""
     s = Setup(tmp_path)
-    stale = make_token(s.epoch, 2)
+    stale = s.token(2)
     _, channel = s.get(f"types=*&closeafter=no&ping=0&lastEventId={stale}",
-                       Last_Event_ID=make_token(s.epoch, 5))
+                       Last_Event_ID=s.token(5))
     if s.store.since is not None:
         s.store.since.callback(None)
     assert events(channel) == []  # nothing changed since seq 5; from seq 2 something did
