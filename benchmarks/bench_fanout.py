@@ -2,7 +2,7 @@
 
 Throttles are 0. Per round the orchestrator notes the monotonic time just before
 it sends ``POST /publish``; every client notes when the ``state`` event (or
-StateChange frame) carrying that round's token arrives; latency is the
+StateChange frame) carrying that round's state (its mark) arrives; latency is the
 difference, one sample per client per round. The baseline server receives the
 same publish and writes the same bytes to the same number of connections, so
 the ratio isolates what the daemon adds: authentication state, the durable

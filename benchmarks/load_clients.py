@@ -3,10 +3,12 @@
 Deliberately cheap (raw non-blocking sockets on one epoll, no framework), so on
 two cores the client side costs far less than the server it measures. Each
 received ``state`` event is timestamped with the system-wide monotonic clock and
-filed under its token (``id:`` line / ``pushState``), so the orchestrator can
-subtract its own publish time. Commands arrive as JSON lines on stdin:
-``report`` (send receipt times and counters), ``stop``. The process also stops
-by itself after ``--max-seconds`` or when stdin closes.
+filed under its mark, the first state string it carries (resumption tokens are
+sealed per user, so the orchestrator cannot know them; each of its publishes
+carries a distinct state), so the orchestrator can subtract its own publish time.
+Commands arrive as JSON lines on stdin: ``report`` (send receipt times and
+counters), ``stop``. The process also stops by itself after ``--max-seconds`` or
+when stdin closes.
 
     python -m benchmarks.load_clients --kind es --port 8080 --count 1000 \\
         --auth-file tokens.txt --src 127.0.0.2
@@ -20,6 +22,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import select
 import socket
 import sys
@@ -27,6 +30,8 @@ import time
 from typing import Any
 
 CONNECTING, HANDSHAKE, OPEN, CLOSED = range(4)
+# The first state of a StateChange's ``changed`` (compact JSON on both servers).
+_MARK = re.compile(rb'"changed":\{"[^"]*":\{"[^"]*":"([^"]*)"')
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _MONO = time.CLOCK_MONOTONIC
@@ -224,20 +229,17 @@ class Load:
             return
         chunk = bytes(buf[: end + 2])
         del buf[: end + 2]
-        pos = chunk.find(b"id: ")
-        while pos >= 0:
-            eol = chunk.find(b"\n", pos)
-            self.got(chunk[pos + 4 : eol], t)
-            pos = chunk.find(b"id: ", eol)
+        for match in _MARK.finditer(chunk):
+            self.got(match.group(1), t)
         if not conn.final and FINAL in chunk:
             self.got_final(conn)
 
     def feed_ws(self, fd: int, conn: Conn, t: int) -> None:
         for opcode, payload in ws_frames(conn.buf):
             if opcode == 1:
-                pos = payload.find(b'"pushState":"')
-                if pos >= 0:
-                    self.got(payload[pos + 13 : payload.index(b'"', pos + 13)], t)
+                match = _MARK.search(payload)
+                if match is not None:
+                    self.got(match.group(1), t)
                 if not conn.final and FINAL in payload:
                     self.got_final(conn)
             elif opcode == 9:

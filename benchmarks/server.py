@@ -47,6 +47,9 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
+    # Measure this checkout (a git worktree, say), not the one the venv's editable
+    # install points at.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -180,14 +183,15 @@ class Baseline(Server):
 
 
 class Publisher:
-    """POST /publish over one keep-alive connection; returns the token and the send time."""
+    """POST /publish over one keep-alive connection; returns the mark and the send time."""
 
     def __init__(self, port: int, token: str) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     def publish(self, changed: Mapping[str, Mapping[str, str]]) -> tuple[str, int, int]:
-        """Returns ``(token, t_sent_ns, t_acknowledged_ns)``."""
+        """Returns ``(mark, t_sent_ns, t_acknowledged_ns)``: the mark, the first state in
+        ``changed``, is what clients file the event under (tokens are per user)."""
         body = json.dumps({"@type": "StateChange", "changed": changed}).encode()
         t0 = now_ns()
         self.connection.request("POST", "/publish", body, self.headers)
@@ -196,7 +200,8 @@ class Publisher:
         t1 = now_ns()
         if response.status != 202:
             raise RuntimeError(f"publish answered {response.status}: {data[:300]!r}")
-        return str(json.loads(data)["token"]), t0, t1
+        mark = next(iter(next(iter(changed.values())).values()))
+        return mark, t0, t1
 
     def close(self) -> None:
         self.connection.close()

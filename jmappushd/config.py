@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 from urllib.parse import SplitResult, urlsplit
 
@@ -281,6 +281,7 @@ class EventSourceConfig:
     event_source_throttle: int = 1_000  # ms, 0 = off
     ping_min: int = _opt(30, 1, 30)  # s; RFC 8620 §7.3 lets a server clamp to no more
     ping_max: int = _opt(300, 300)  # s; ... and no less (so ping-max >= ping-min)
+    # Deprecated alias of [server] cors-origins, which parse_config fills from it.
     cors_origins: tuple[str, ...] = _opt((), check=_check_cors_origins)
     max_connections_per_user: int = _opt(100, 1)
 
@@ -373,6 +374,9 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     log: LogConfig = field(default_factory=LogConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    # One line each, naming file, section and key: what is accepted but should change
+    # (deprecated keys). The daemon logs them at start; check-config prints them.
+    warnings: tuple[str, ...] = ()
 
 
 # INI section name -> (Config attribute, dataclass), in file order.
@@ -437,7 +441,23 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] | None = None)
         if section != "server":
             parts[attr] = _build(cls, section, parser, path, base, derived.get(section, {}))
     _check_upstream(parts["upstream"], path)
-    return Config(path=os.path.abspath(path), **parts)
+    parts["server"], warnings = _cors_alias(parser, path, server, parts["event_source"])
+    return Config(path=os.path.abspath(path), warnings=warnings, **parts)
+
+
+def _cors_alias(parser: configparser.ConfigParser, path: str, server: ServerConfig,
+                event_source: EventSourceConfig) -> tuple[ServerConfig, tuple[str, ...]]:
+    """``[event-source] cors-origins`` is the old spelling of ``[server] cors-origins``."""
+    if not parser.has_option("event-source", "cors-origins"):
+        return server, ()
+    old, new = event_source.cors_origins, server.cors_origins
+    if parser.has_option("server", "cors-origins") and set(old) != set(new):
+        raise ConfigError(
+            f"{path}: [event-source] cors-origins ({' '.join(old) or 'empty'}) and [server] "
+            f"cors-origins ({' '.join(new) or 'empty'}) differ: keep only [server] cors-origins")
+    warning = (f"{path}: [event-source] cors-origins is deprecated: use [server] cors-origins "
+               "(it now applies to every JMAP endpoint: session, API and EventSource)")
+    return replace(server, cors_origins=old), (warning,)
 
 
 def _check_upstream(upstream: UpstreamConfig, path: str) -> None:

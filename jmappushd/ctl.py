@@ -260,7 +260,7 @@ def publish(args: argparse.Namespace, config: Config, out: TextIO) -> None:
         raise CtlError(f"invalid account id {args.account_id!r}")
     body = {"@type": "StateChange", "changed": {args.account_id: parse_changes(args.changes)}}
     reply = admin_post(config, args.url, "/publish", body)
-    out.write(f"published as {reply.get('token', '?')}\n")
+    out.write(f"published as seq {reply.get('seq', '?')}\n")
 
 
 def rotate_vapid_key(args: argparse.Namespace, config: Config, out: TextIO) -> None:
@@ -275,6 +275,8 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
         config = load_config(args.config)
     except ConfigError as exc:
         raise CtlError(str(exc)) from exc
+    for warning in config.warnings:
+        sys.stderr.write(f"jmappushctl: warning: {warning}\n")
     if args.command == "check-config":
         out.write(f"{args.config}: OK\n")
         return

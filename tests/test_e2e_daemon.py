@@ -69,7 +69,8 @@ def test_daemon_lifecycle_with_ctl(tmp_path: Path) -> None:
                          headers={"Authorization": f"Basic {basic}"})
         assert status == 200
         out = d.ctl("publish", "acc1", "Email=s43").stdout
-        assert out.strip().endswith("-2"), out  # one seq per publish; seq 1 was before the restart
+        # One seq per publish; seq 1 was before the restart.
+        assert out.strip() == "published as seq 2", out
     finally:
         d.stop()
 

@@ -14,13 +14,12 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from jmappushd.auth.passwords import token_digest
 from jmappushd.core.hub import Change
-from jmappushd.core.position import make_token
 from jmappushd.daemon.service import build_app
 from jmappushd.store import MemoryStore
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.resource import EventSourceResource
 from tests.sse_parser import Event, EventParser
-from tests.store_backends import counting_ids
+from tests.store_backends import counting_ids, fired
 from tests.support import make_config, no_threads
 
 TOKEN = "jmp_test-token"
@@ -58,7 +57,9 @@ class Setup:
         config = make_config(tmp_path, sections={"event-source": section})
         self.app = build_app(config, self.clock, self.store, no_threads)
         defer.ensureDeferred(self.app.hub.start())
-        self.epoch = self.app.hub.epoch
+        user = fired(self.store.get_user("alice"))
+        assert user is not None
+        self.user_id = user.id
         self.registry = StreamRegistry(self.app.store)
         self.resource = EventSourceResource(self.app, self.clock, self.registry)
 
@@ -79,9 +80,12 @@ class Setup:
         return request, channel
 
     def announce(self, seq: int, changed: dict[str, dict[str, str]]) -> str:
-        token = make_token(self.epoch, seq)
-        self.app.hub._bus.announce(Change(seq, token, changed))
-        return token
+        """Announce; returns alice's token for it (her streams share one per change)."""
+        self.app.hub._bus.announce(Change(seq, changed))
+        return self.app.hub.tokens.shared(self.user_id, seq)
+
+    def token(self, position: int) -> str:
+        return self.app.hub.tokens.seal(self.user_id, position)
 
 
 def events(channel: DummyChannel) -> list[Event]:
@@ -113,7 +117,7 @@ def test_change_during_catch_up_is_not_lost(tmp_path: Path) -> None:
     """ES-10: the stream subscribes before the catch-up query, so a change published while
     the query runs still arrives, after the catch-up event."""
     s = Setup(tmp_path)
-    _, channel = s.get("types=*&closeafter=no&ping=0", Last_Event_ID=make_token(s.epoch, 2))
+    _, channel = s.get("types=*&closeafter=no&ping=0", Last_Event_ID=s.token(2))
     assert s.store.since is not None and s.app.hub.listener_count == 1
     live = s.announce(6, {"A": {"Email": "s6"}})
     assert events(channel) == []
@@ -121,7 +125,8 @@ def test_change_during_catch_up_is_not_lost(tmp_path: Path) -> None:
     got = events(channel)
     assert [json.loads(e.data)["changed"] for e in got] == [
         {"A": {"Email": "s4", "Thread": "t4"}}, {"A": {"Email": "s6"}}]
-    assert [e.id for e in got] == [make_token(s.epoch, 5), live]
+    assert [s.app.hub.tokens.open(s.user_id, e.id) for e in got] == [5, 6]
+    assert got[1].id == live
 
 
 def test_unknown_last_event_id_gives_full_state_of_requested_types(tmp_path: Path) -> None:

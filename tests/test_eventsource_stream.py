@@ -20,7 +20,6 @@ from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
 from jmappushd.core.hub import Change, Hub, LocalBus
-from jmappushd.core.position import make_token
 from jmappushd.store import MemoryStore
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.stream import EventStream, StreamContext
@@ -55,10 +54,13 @@ class Env:
                                  self.registry.discard)
 
     def publish(self, changed: Mapping[str, Mapping[str, str]]) -> str:
+        """Announce; returns the token streams of user u1 get for it (shared per change)."""
         self.seq += 1
-        token = make_token(self.hub.epoch, self.seq)
-        self.bus.announce(Change(self.seq, token, changed))
-        return token
+        self.bus.announce(Change(self.seq, changed))
+        return self.hub.tokens.shared("u1", self.seq)
+
+    def token(self, position: int, user: str = "u1") -> str:
+        return self.hub.tokens.seal(user, position)
 
     def stream(self, *, accounts: tuple[str, ...] = ("A",), types: frozenset[str] | None = None,
                ping: int = 0, close_after: bool = False, user: str = "u1",
@@ -344,9 +346,10 @@ def test_catch_up_comes_first_and_live_changes_meanwhile_follow() -> None:
     stream.hold()
     live = env.publish({"A": {"Email": "s2"}})
     assert events(stream) == []
-    stream.catch_up_done({"A": {"Email": "s1", "Mailbox": "m1"}, "B": {"Email": "x"}}, "ep-0")
+    mark = env.token(0)
+    stream.catch_up_done({"A": {"Email": "s1", "Mailbox": "m1"}, "B": {"Email": "x"}}, mark)
     assert states(stream) == [{"A": {"Email": "s1", "Mailbox": "m1"}}, {"A": {"Email": "s2"}}]
-    assert [e.id for e in events(stream)] == ["ep-0", live]
+    assert [e.id for e in events(stream)] == [mark, live]
 
 
 def test_catch_up_with_closeafter_state_counts_as_the_state_event() -> None:
@@ -355,7 +358,7 @@ def test_catch_up_with_closeafter_state_counts_as_the_state_event() -> None:
     stream = env.stream(close_after=True)
     stream.hold()
     env.publish({"A": {"Email": "s2"}})
-    stream.catch_up_done({"A": {"Email": "s1"}}, "ep-0")
+    stream.catch_up_done({"A": {"Email": "s1"}}, env.token(0))
     assert states(stream) == [{"A": {"Email": "s1"}}]
     assert stream.request.finished and env.hub.listener_count == 0
 
@@ -365,7 +368,7 @@ def test_empty_catch_up_sends_nothing() -> None:
     env = Env()
     stream = env.stream(types=frozenset({"Email"}))
     stream.hold()
-    stream.catch_up_done({"A": {"Mailbox": "m1"}}, "ep-0")
+    stream.catch_up_done({"A": {"Mailbox": "m1"}}, env.token(0))
     assert events(stream) == []
     env.publish({"A": {"Email": "s1"}})
     assert states(stream) == [{"A": {"Email": "s1"}}]

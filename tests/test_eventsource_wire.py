@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyChannel
 
 from jmappushd.transports.eventsource.resource import InvalidParameter, clamp_ping, parse_params
 from jmappushd.transports.eventsource.sse import ping_event, state_event
-from jmappushd.web.cors import CorsPolicy
 from tests.sse_parser import EventParser
 
 
@@ -111,73 +108,3 @@ def test_unknown_type_names_are_accepted() -> None:
     """C-ES-2: unknown type names are valid (they simply never match)."""
     assert parse_params(args(types="Nope", closeafter="no", ping="0"), 30, 300).types == \
         frozenset({"Nope"})
-
-
-# -- CORS ---------------------------------------------------------------------------------
-
-
-def request(origin: str | None, method: bytes = b"GET") -> Request:
-    """A real (unprocessed) Request: CorsPolicy takes one."""
-    r = Request(DummyChannel())
-    r.method = method
-    if origin is not None:
-        r.requestHeaders.setRawHeaders(b"Origin", [origin.encode()])
-    return r
-
-
-def header(r: Request, name: bytes) -> bytes | None:
-    values = r.responseHeaders.getRawHeaders(name)
-    return None if values is None else values[-1]
-
-
-def test_no_cors_headers_without_configuration() -> None:
-    """Empty cors-origins: nothing is added, same-origin only."""
-    r = request("https://app.example.com")
-    assert not CorsPolicy(()).apply(r)
-    assert list(r.responseHeaders.getAllRawHeaders()) == []
-
-
-def test_explicit_origin_is_echoed_with_credentials() -> None:
-    """A listed origin is echoed with Allow-Credentials and Vary: Origin."""
-    r = request("https://app.example.com")
-    assert CorsPolicy(("https://app.example.com",)).apply(r)
-    assert header(r, b"Access-Control-Allow-Origin") == b"https://app.example.com"
-    assert header(r, b"Access-Control-Allow-Credentials") == b"true"
-    assert header(r, b"Vary") == b"Origin"
-
-
-def test_wildcard_allows_any_origin_without_credentials() -> None:
-    """A configured * lets other origins read the stream, never with credentials."""
-    r = request("https://other.example")
-    assert CorsPolicy(("https://app.example.com", "*")).apply(r)
-    assert header(r, b"Access-Control-Allow-Origin") == b"*"
-    assert header(r, b"Access-Control-Allow-Credentials") is None
-
-
-def test_unlisted_origin_gets_no_approval() -> None:
-    """An origin that is not listed gets Vary but no Allow-Origin."""
-    r = request("https://evil.example")
-    assert not CorsPolicy(("https://app.example.com",)).apply(r)
-    assert header(r, b"Access-Control-Allow-Origin") is None
-    assert header(r, b"Vary") == b"Origin"
-
-
-def test_preflight_allows_authorization_header_for_get() -> None:
-    """The preflight for GET with Authorization is approved (204)."""
-    r = request("https://app.example.com", b"OPTIONS")
-    r.requestHeaders.setRawHeaders(b"Access-Control-Request-Method", [b"GET"])
-    r.requestHeaders.setRawHeaders(b"Access-Control-Request-Headers", [b"authorization"])
-    CorsPolicy(("https://app.example.com",)).preflight(r)
-    assert r.code == 204
-    assert b"Authorization" in (header(r, b"Access-Control-Allow-Headers") or b"")
-    assert header(r, b"Access-Control-Allow-Methods") == b"GET"
-    assert header(r, b"Access-Control-Allow-Origin") == b"https://app.example.com"
-
-
-def test_preflight_for_another_method_is_not_approved() -> None:
-    """Only GET is offered cross-origin."""
-    r = request("https://app.example.com", b"OPTIONS")
-    r.requestHeaders.setRawHeaders(b"Access-Control-Request-Method", [b"DELETE"])
-    CorsPolicy(("https://app.example.com",)).preflight(r)
-    assert header(r, b"Access-Control-Allow-Origin") is None
-    assert header(r, b"Access-Control-Allow-Methods") is None

@@ -14,7 +14,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jmappushd.core.hub import Change, Hub, IBus, StateMap, restrict
-from jmappushd.core.position import make_token, parse_token
 from jmappushd.store.memory import MemoryStore
 from jmappushd.store.sqlite import SQLiteStore
 from tests.store_backends import fired, open_memory_store
@@ -42,16 +41,6 @@ async def open_hub(path: Path) -> tuple[Hub, SQLiteStore]:
     hub = Hub(store)
     await hub.start()
     return hub, store
-
-
-def test_tokens_round_trip_and_reject_strangers() -> None:
-    """Tokens encode (epoch, seq); another epoch or a future seq is unknown."""
-    token = make_token("e1234", 1295)
-    assert parse_token(token, "e1234", 2000) == 1295
-    assert parse_token(token, "e9999", 2000) is None
-    assert parse_token(token, "e1234", 10) is None
-    for junk in (None, "", "garbage", "e1234-", "-5", "e1234-ZZ"):
-        assert parse_token(junk, "e1234", 2000) is None
 
 
 def test_restrict_filters_accounts_and_types() -> None:
@@ -95,21 +84,21 @@ async def test_catch_up_known_unknown_and_after_restart(tmp_path: Path) -> None:
     stay valid after the store is reopened (a daemon restart)."""
     hub, store = await open_hub(tmp_path / "db")
     await hub.publish({"A": {"Email": "s1", "Mailbox": "m1"}, "B": {"Email": "x"}})
-    mark = hub.token
+    mark = hub.tokens.seal("u1", hub.last_seq)
     await hub.publish({"A": {"Email": "s2"}})
     await hub.publish({"B": {"Email": "y"}})
-    states, now, known = await hub.catch_up(mark, {"A"})
+    states, now, known = await hub.catch_up(mark, {"A"}, "u1")
     assert (states, known) == ({"A": {"Email": "s2"}}, True)
-    assert now == hub.token
-    states, _, known = await hub.catch_up("stranger-1", {"A"})
+    assert hub.tokens.open("u1", now) == hub.last_seq
+    states, _, known = await hub.catch_up("stranger-1", {"A"}, "u1")
     assert known is False and states == {"A": {"Email": "s2", "Mailbox": "m1"}}
-    states, _, known = await hub.catch_up(hub.token, {"A", "B"})
+    states, _, known = await hub.catch_up(now, {"A", "B"}, "u1")
     assert (states, known) == ({}, True)
     await store.close()
 
     hub2, store2 = await open_hub(tmp_path / "db")
-    assert hub2.token == now or hub2.last_seq >= hub.last_seq
-    states, _, known = await hub2.catch_up(mark, {"A", "B"})
+    assert hub2.tokens.open("u1", now) == hub.last_seq
+    states, _, known = await hub2.catch_up(mark, {"A", "B"}, "u1")
     assert known and states == {"A": {"Email": "s2"}, "B": {"Email": "y"}}
     await store2.close()
 
@@ -169,6 +158,7 @@ class HeldStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
+        self.open()  # for the token key in its metadata
         self.seq = 0
         self.writes: list[tuple[list[StateMap], defer.Deferred[list[int]]]] = []
         self.raise_now = False
@@ -209,7 +199,7 @@ class ManualBus:
 
     def deliver(self, seq: int, changed: StateMap | None = None) -> None:
         assert self.receiver is not None
-        self.receiver(Change(seq, make_token("ep", seq), changed or {"A": {"Email": f"s{seq}"}}))
+        self.receiver(Change(seq, changed or {"A": {"Email": f"s{seq}"}}))
 
 
 def started_hub(bus: ManualBus, store: HeldStore | None = None) -> Hub:
@@ -277,7 +267,7 @@ def test_failing_listener_does_not_stop_the_others() -> None:
 
 def test_in_order_delivery_hands_listeners_the_change_itself() -> None:
     """The LocalBus case: the watermark follows each change and listeners get the very
-    Change announced, with its own token (no copy on the hot path)."""
+    Change announced, with its own seq as position (no copy on the hot path)."""
     store = HeldStore()
     hub = Hub(store)
     defer.ensureDeferred(hub.start())
@@ -286,13 +276,13 @@ def test_in_order_delivery_hands_listeners_the_change_itself() -> None:
     published = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
     store.commit()
     assert seen.changes == [fired(published)]
-    assert seen.changes[0].position == 1 and hub.last_seq == 1 and hub.token == "ep-1"
+    assert seen.changes[0].position == 1 and hub.last_seq == 1
 
 
 @pytest_twisted.ensureDeferred
 async def test_watermark_waits_for_the_gap_to_close() -> None:
     """ES-10, WS-19: seq 2 before seq 1 is fanned out at once but the watermark (and
-    every token: Hub.token, catch_up's, the change's) stays at 0 until seq 1 arrives,
+    every token's position: catch_up's, the change's) stays at 0 until seq 1 arrives,
     then jumps to 2."""
     bus = ManualBus()
     hub = started_hub(bus)
@@ -300,16 +290,16 @@ async def test_watermark_waits_for_the_gap_to_close() -> None:
     hub.subscribe(seen, ["A"])
     bus.deliver(2)
     assert [c.seq for c in seen.changes] == [2]
-    assert seen.changes[0].token == "ep-0" and seen.changes[0].position == 0
-    assert (hub.last_seq, hub.highest_seq, hub.token) == (0, 2, "ep-0")
-    _, now, _ = await hub.catch_up("ep-0", ["A"])
-    assert now == "ep-0"
+    assert seen.changes[0].position == 0
+    assert (hub.last_seq, hub.highest_seq) == (0, 2)
+    _, now, _ = await hub.catch_up(hub.tokens.seal("u1", 0), ["A"], "u1")
+    assert hub.tokens.open("u1", now) == 0
     bus.deliver(1)
     assert [c.seq for c in seen.changes] == [2, 1]
-    assert seen.changes[1].token == "ep-2" and seen.changes[1].position == 2
-    assert (hub.last_seq, hub.highest_seq, hub.token) == (2, 2, "ep-2")
+    assert seen.changes[1].position == 2
+    assert (hub.last_seq, hub.highest_seq) == (2, 2)
     bus.deliver(3)
-    assert seen.changes[2].token == "ep-3"
+    assert seen.changes[2].position == 3
 
 
 def test_tokens_given_to_listeners_never_claim_an_unseen_seq() -> None:
@@ -326,12 +316,10 @@ def test_tokens_given_to_listeners_never_claim_an_unseen_seq() -> None:
         for seq in order:
             bus.deliver(seq)
             delivered.add(seq)
-            change = seen.changes[-1]
-            claimed = parse_token(change.token, "ep", 40)
-            assert claimed == change.position
+            claimed = seen.changes[-1].position
             assert set(range(1, claimed + 1)) <= delivered, (seed, order, claimed)
             assert hub.last_seq == claimed
-        assert hub.last_seq == hub.highest_seq == 40 and hub.token == "ep-14"  # 40 in base 36
+        assert hub.last_seq == hub.highest_seq == 40
 
 
 class MemoryLog:
@@ -363,7 +351,7 @@ async def test_fill_gap_rereads_the_log_after_the_watermark() -> None:
     assert await hub.fill_gap(log) == 6
     assert log.asked == [1]
     assert [c.seq for c in seen.changes] == [1, 3, 2, 4, 6]
-    assert [c.token for c in seen.changes] == ["ep-1", "ep-1", "ep-3", "ep-4", "ep-6"]
+    assert [c.position for c in seen.changes] == [1, 1, 3, 4, 6]
     assert (hub.last_seq, hub.highest_seq) == (6, 6)
     assert await hub.fill_gap(log) == 6
     assert len(seen.changes) == 5
@@ -379,11 +367,11 @@ def test_changes_delivered_before_start_do_not_leave_a_gap() -> None:
     bus.deliver(2)
     bus.deliver(3)
     defer.ensureDeferred(hub.start())
-    assert (hub.last_seq, hub.highest_seq, hub.token) == (3, 3, "ep-3")
+    assert (hub.last_seq, hub.highest_seq) == (3, 3)
     seen = Recorder()
     hub.subscribe(seen, ["A"])
     bus.deliver(4)
-    assert seen.changes[-1].token == "ep-4" and hub.last_seq == hub.highest_seq == 4
+    assert seen.changes[-1].position == 4 and hub.last_seq == hub.highest_seq == 4
 
 
 def test_a_store_answering_at_once_still_announces_in_seq_order() -> None:
@@ -415,7 +403,7 @@ def test_a_failed_start_fails_waiting_publishes_and_catch_ups() -> None:
     store = open_memory_store()
     hub = Hub(store)
     publish = defer.ensureDeferred(hub.publish({"A": {"Email": "s1"}}))
-    catch_up = defer.ensureDeferred(hub.catch_up(None, ["A"]))
+    catch_up = defer.ensureDeferred(hub.catch_up(None, ["A"], "u1"))
     store.fail_next(RuntimeError("database unavailable"))
     start = defer.ensureDeferred(hub.start())
     for d in (start, publish, catch_up):

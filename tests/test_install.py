@@ -14,6 +14,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+from jmappushd.web.demo import STATIC_FILES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +37,8 @@ def test_wheel_ships_plugin_and_twistd_finds_it(tmp_path: Path) -> None:
     assert not any(n.endswith("dropin.cache") for n in names)
     assert "jmappushd/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    for static in STATIC_FILES:  # the demo page's files are package data
+        assert f"jmappushd/web/demo_static/{static.decode()}" in names, static
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)

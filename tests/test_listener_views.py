@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from jmappushd.core.hub import Change
-from jmappushd.core.views import MAX_VIEWS, ViewCache
+from jmappushd.core.views import MAX_TOKENS_PER_VIEW, MAX_VIEWS, ViewCache
 
 
 class CountingEncoder:
@@ -17,8 +17,9 @@ class CountingEncoder:
         return f"{token}:{sorted(changed)}".encode()
 
 
-CHANGE = Change(1, "ep-1", {"A": {"Email": "e1", "Mailbox": "m1"}, "B": {"Email": "b1"}})
+CHANGE = Change(1, {"A": {"Email": "e1", "Mailbox": "m1"}, "B": {"Email": "b1"}})
 A = frozenset({"A"})
+TOKEN = "ep-1"  # the views treat tokens as opaque strings
 
 
 def test_same_view_shares_restriction_and_bytes() -> None:
@@ -29,8 +30,8 @@ def test_same_view_shares_restriction_and_bytes() -> None:
     first = views.restricted(CHANGE, A, frozenset({"Email"}))
     second = views.restricted(CHANGE, A, frozenset({"Email"}))
     assert first == {"A": {"Email": "e1"}} and first is second
-    one = views.encode(first, CHANGE.token, A, frozenset({"Email"}))
-    two = views.encode(second, CHANGE.token, A, frozenset({"Email"}))
+    one = views.encode(first, TOKEN, A, frozenset({"Email"}))
+    two = views.encode(second, TOKEN, A, frozenset({"Email"}))
     assert one is two and encoder.calls == 1
 
 
@@ -40,7 +41,7 @@ def test_merged_or_other_maps_are_encoded_afresh() -> None:
     encoder = CountingEncoder()
     views = ViewCache(encoder)
     own = views.restricted(CHANGE, A, None)
-    assert views.encode(dict(own), CHANGE.token, A, None) == b"ep-1:['A']"
+    assert views.encode(dict(own), TOKEN, A, None) == b"ep-1:['A']"
     assert views.encode(own, "ep-0", A, None) == b"ep-0:['A']"
     assert encoder.calls == 2
 
@@ -49,7 +50,7 @@ def test_a_new_change_forgets_the_old_views() -> None:
     """Only the newest change is remembered; an invisible change restricts to empty."""
     views = ViewCache(CountingEncoder())
     views.restricted(CHANGE, A, None)
-    later = Change(2, "ep-2", {"B": {"Email": "b2"}})
+    later = Change(2, {"B": {"Email": "b2"}})
     assert views.restricted(later, A, None) == {}
     assert views.restricted(later, frozenset({"B"}), None) == {"B": {"Email": "b2"}}
 
@@ -70,7 +71,24 @@ def test_encoding_another_view_after_a_restriction_uses_that_views_bytes() -> No
     encoding view 1's map right after restricting view 2 still gives view 1's event."""
     views = ViewCache(CountingEncoder())
     first = views.restricted(CHANGE, A, None)
-    one = views.encode(first, CHANGE.token, A, None)
+    one = views.encode(first, TOKEN, A, None)
     views.restricted(CHANGE, frozenset({"B"}), None)
-    assert views.encode(first, CHANGE.token, A, None) is one
+    assert views.encode(first, TOKEN, A, None) is one
     assert one == b"ep-1:['A']"
+
+
+def test_one_view_keeps_bytes_per_token_bounded() -> None:
+    """ES-9: listeners of different users on one view carry different tokens, so each
+    gets bytes with its own token (encoded once per token); beyond MAX_TOKENS_PER_VIEW
+    tokens each is encoded alone, so one view cannot grow without bound."""
+    encoder = CountingEncoder()
+    views = ViewCache(encoder)
+    own = views.restricted(CHANGE, A, None)
+    alice = views.encode(own, "t-alice", A, None)
+    bob = views.encode(own, "t-bob", A, None)
+    assert (alice, bob) == (b"t-alice:['A']", b"t-bob:['A']")
+    assert views.encode(own, "t-alice", A, None) is alice and encoder.calls == 2
+    for i in range(MAX_TOKENS_PER_VIEW + 10):
+        views.encode(own, f"t{i}", A, None)
+    assert len(views._entries[(A, None)].encoded) == MAX_TOKENS_PER_VIEW
+    assert views.encode(own, "t-late", A, None) == b"t-late:['A']"

@@ -90,6 +90,8 @@ def test_check_push_url_requires_https(url: str) -> None:
         ("https://push.example.net/a b", "whitespace"),
         ("https://push.example.net/\x00", "control"),
         ("https://[::1/", "IPv6"),
+        ("https://[fe80::1%25eth0]/", "zone identifier"),
+        ("https://[2606:4700::1%25eth0]/", "zone identifier"),
     ],
 )
 def test_check_push_url_rejects_malformed(url: str, message: str) -> None:
@@ -103,8 +105,7 @@ def test_check_push_url_rejects_malformed(url: str, message: str) -> None:
     ["https://127.0.0.1/p", "https://10.0.0.1:8443/p", "https://[::1]/p", "https://[fc00::1]/",
      "https://169.254.169.254/latest/meta-data", "https://[::ffff:127.0.0.1]/",
      "https://127.1/", "https://2130706433/", "https://0x7f.1/", "https://localhost/",
-     "https://LOCALHOST:8443/", "https://push.localhost/", "https://localhost./",
-     "https://[fe80::1%25eth0]/"],
+     "https://LOCALHOST:8443/", "https://push.localhost/", "https://localhost./"],
 )
 def test_check_push_url_refuses_private_literals_and_localhost(url: str) -> None:
     """PS-18/C-PS-3: non-public IP literals (incl. legacy numeric forms) and localhost names

@@ -133,7 +133,7 @@ def test_see_it_work_blocks_run_in_fresh_shells(tmp_path: Path) -> None:
         out.wait_for('"s42"')
         over_http = shell.run(blocks[3])
         assert over_http.returncode == 0, over_http.stdout + over_http.stderr
-        assert '"token"' in over_http.stdout, over_http.stdout  # the 202 body, not a problem
+        assert '"seq"' in over_http.stdout, over_http.stdout  # the 202 body, not a problem
         text = out.wait_for('"s43"')
         assert "event: state" in text
     finally:

@@ -10,6 +10,7 @@ import re
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -271,6 +272,41 @@ async def test_meta(store: IStore) -> None:
     await store.set_meta("other", "")
     assert await store.get_meta("vapid") == "k2"
     assert await store.get_meta("other") == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_meta_keeps_the_first_value(store: IStore) -> None:
+    """add_meta stores a value only where none is, and always answers the stored one (how
+    the resumption-token key is generated once and then shared)."""
+    assert await store.add_meta("token-key", "first") == "first"
+    assert await store.add_meta("token-key", "second") == "first"
+    assert await store.get_meta("token-key") == "first"
+    await store.set_meta("token-key", "replaced")
+    assert await store.add_meta("token-key", "third") == "replaced"
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_meta_from_two_store_objects_agrees(backend: Backend) -> None:
+    """Two daemons on one store (two store objects on the same data) racing to add the
+    same key both get the one value that won, and it outlives a reopen."""
+    if not backend.persists:
+        pytest.skip(f"the {backend.name} store shares no data between objects")
+    one, two = backend.make(None), backend.make(None)
+    await one.open()
+    await two.open()
+    try:
+        answers = await defer.gatherResults([one.add_meta("k", "from-one"),
+                                             two.add_meta("k", "from-two")])
+        assert answers[0] == answers[1] and answers[0] in ("from-one", "from-two")
+    finally:
+        await one.close()
+        await two.close()
+    again = backend.make(None)
+    await again.open()
+    try:
+        assert await again.add_meta("k", "later") == answers[0]
+    finally:
+        await again.close()
 
 
 @pytest_twisted.ensureDeferred

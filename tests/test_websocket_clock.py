@@ -13,7 +13,6 @@ import pytest
 from twisted.internet import defer
 
 from jmappushd.auth.authenticator import Principal
-from jmappushd.core.position import make_token
 from jmappushd.transports.websocket.protocol import CLOSE_GRACE_S, JMAPWebSocketProtocol
 from tests.store_backends import fired
 from tests.test_websocket_helpers import (
@@ -54,8 +53,8 @@ def test_throttle_batches_changes(tmp_path: Path, ms: int, window: float) -> Non
     alice = h.store.add("alice", "A")
     _proto, transport = enabled(h, alice)
     first = h.publish({"A": {"Email": "e1"}})
-    assert transport.messages() == [
-        {"@type": "StateChange", "changed": {"A": {"Email": "e1"}}, "pushState": first.token}]
+    assert transport.messages() == [{"@type": "StateChange", "changed": {"A": {"Email": "e1"}},
+                                     "pushState": h.token(alice, first)}]
     h.clock.advance(window / 4)
     h.publish({"A": {"Email": "e2"}})
     h.publish({"A": {"Mailbox": "m1"}})
@@ -63,7 +62,7 @@ def test_throttle_batches_changes(tmp_path: Path, ms: int, window: float) -> Non
     h.clock.advance(window * 3 / 4 - 0.001)
     assert transport.messages() == []
     h.clock.advance(0.001)
-    assert transport.messages() == [{"@type": "StateChange", "pushState": last.token,
+    assert transport.messages() == [{"@type": "StateChange", "pushState": h.token(alice, last),
                                      "changed": {"A": {"Email": "e3", "Mailbox": "m1"}}}]
     assert len(h.clock.getDelayedCalls()) == 1  # idle again: only the heartbeat
 
@@ -190,13 +189,12 @@ def test_catch_up_merges_changes_published_meanwhile(h: Harness) -> None:
     """WS-19: enabling with a pushState subscribes before the catch-up query; a change
     published while the query runs wins over the older state the query returns, and both
     go out as one StateChange with the newer pushState."""
-    defer.ensureDeferred(h.app.hub.start())
     alice = h.store.add("alice", "A")
-    _proto, transport = enabled(h, alice, pushState=make_token(h.app.hub.epoch, 3))
+    _proto, transport = enabled(h, alice, pushState=h.seal(alice, 3))
     live = h.publish({"A": {"Email": "new"}})
     assert transport.messages() == []
     h.store.pending_query.callback(None)  # the answer: {"A": {"Email": "old", "Mailbox": "m"}}
-    assert transport.messages() == [{"@type": "StateChange", "pushState": live.token,
+    assert transport.messages() == [{"@type": "StateChange", "pushState": h.token(alice, live),
                                      "changed": {"A": {"Email": "new", "Mailbox": "m"}}}]
 
 

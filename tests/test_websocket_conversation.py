@@ -12,7 +12,6 @@ from jmappushd.auth.authenticator import Principal
 from jmappushd.core.connections import EndReason
 from jmappushd.core.feed import FeedContext
 from jmappushd.core.hub import Change, Hub, LocalBus
-from jmappushd.core.position import make_token
 from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import Account
 from jmappushd.transports.websocket.conversation import Conversation, ConversationContext
@@ -58,6 +57,10 @@ class Processor:
 
 
 class Store(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.open()  # for the token key in its metadata
+
     def position(self) -> defer.Deferred[tuple[str, int]]:
         return defer.succeed(("ep", 0))
 
@@ -89,10 +92,10 @@ class Env:
         self.conversation.message(json.dumps(obj).encode())
 
     def publish(self, changed: dict[str, dict[str, str]]) -> str:
+        """Announce; returns the pushState alice's connection gets with it."""
         self.seq += 1
-        token = make_token("ep", self.seq)
-        self.bus.announce(Change(self.seq, token, changed))
-        return token
+        self.bus.announce(Change(self.seq, changed))
+        return self.hub.tokens.shared("u1", self.seq)
 
 
 REQUEST = {"@type": "Request", "id": "r1", "using": ["urn:ietf:params:jmap:core"],

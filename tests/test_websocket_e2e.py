@@ -3,6 +3,7 @@ real WebSocket client receiving the StateChange (RFC 8887; WS-18, WS-19)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest_twisted
@@ -27,10 +28,11 @@ async def test_ctl_publish_reaches_a_websocket(tmp_path: Path) -> None:
         client.send(echo(rid="sync"))
         assert (await client.next())["requestId"] == "sync"
         out = await threads.deferToThread(d.ctl, "publish", "acc1", "Email=s42", "Mailbox=m1")
-        token = out.stdout.strip().rsplit(" ", 1)[-1]
+        assert out.stdout.strip() == "published as seq 1"
         change = await client.next()
         assert change == {"@type": "StateChange", "changed": {"acc1": {"Email": "s42"}},
-                          "pushState": token}
+                          "pushState": change["pushState"]}
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", change["pushState"])  # opaque (issue 11)
         code = await threads.deferToThread(d.stop)
         stopped = True
         assert code in (0, -15)

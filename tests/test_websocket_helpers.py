@@ -26,7 +26,6 @@ from jmappushd.auth.authenticator import Authenticator, Principal
 from jmappushd.config import Config
 from jmappushd.context import App
 from jmappushd.core.hub import Change, Hub, LocalBus
-from jmappushd.core.position import make_token
 from jmappushd.daemon.service import build_registry
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.session import SessionURLs
@@ -358,6 +357,7 @@ class Harness:
         registry.add_capability(WEBSOCKET_CAPABILITY, {"url": "", "supportsPush": True})
         self.factory = JMAPWebSocketFactory(self.app, reactor=self.clock)
         self.app.auth.on_invalidate(self.factory.registry.invalidate)
+        defer.ensureDeferred(self.app.hub.start())  # position and token key: at once here
         self.seq = 0
 
     def connect(self, principal: Principal) -> tuple[JMAPWebSocketProtocol, FakeTransport]:
@@ -374,9 +374,17 @@ class Harness:
     def publish(self, changed: Mapping[str, Mapping[str, str]]) -> Change:
         """Announce a change as the hub would after recording it."""
         self.seq = max(self.seq, self.app.hub.last_seq) + 1
-        change = Change(self.seq, make_token(self.app.hub.epoch, self.seq), changed)
+        change = Change(self.seq, changed)
         self.bus.announce(change)
         return change
+
+    def token(self, principal: Principal, change: Change) -> str:
+        """The pushState ``principal``'s connections got with ``change`` (one per user)."""
+        return self.app.hub.tokens.shared(principal.user_id, change.position)
+
+    def seal(self, principal: Principal, position: int) -> str:
+        """A fresh token of ``principal`` for ``position``, as a client would hold one."""
+        return self.app.hub.tokens.seal(principal.user_id, position)
 
 
 

@@ -63,6 +63,13 @@ async def user(d: LiveDaemon, name: str = "alice") -> tuple[str, Client]:
     return account, await connect(d.base, basic_header(name))
 
 
+async def opened(d: LiveDaemon, token: str, name: str = "alice") -> int | None:
+    """The position ``name``'s token stands for (tokens are sealed per user)."""
+    found = await d.app.store.get_user(name)
+    assert found is not None
+    return d.app.hub.tokens.open(found.id, token)
+
+
 # -- session and handshake --
 
 
@@ -398,7 +405,8 @@ async def test_push_enable_and_disable(wsd: LiveDaemon) -> None:
     published = await wsd.publish({account: {"Email": "s42"}})
     change = await client.next()
     assert change == {"@type": "StateChange", "changed": {account: {"Email": "s42"}},
-                      "pushState": published["token"]}
+                      "pushState": change["pushState"]}
+    assert await opened(wsd, change["pushState"]) == published["seq"]
     client.send({"@type": "WebSocketPushDisable"})
     client.send({"@type": "WebSocketPushDisable"})
     client.send(echo(rid="sync"))
@@ -497,10 +505,10 @@ async def test_push_state_resumption(wsd: LiveDaemon) -> None:
     published = await wsd.publish({account: {"Email": "s2"}})
     change = await _resume(wsd, push_state)
     assert change["changed"] == {account: {"Email": "s2"}}
-    assert change["pushState"] == published["token"]
+    assert await opened(wsd, change["pushState"]) == published["seq"]
     full = await _resume(wsd, "nonsense-token")
     assert full["changed"] == {account: {"Email": "s2", "Mailbox": "m1"}}
-    assert full["pushState"] == published["token"]
+    assert await opened(wsd, full["pushState"]) == published["seq"]
 
 
 @pytest_twisted.ensureDeferred

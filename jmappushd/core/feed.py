@@ -15,6 +15,9 @@ EventSource sends them as a second event), ``RESYNC_EMPTY`` (C-WS-8: an unknown
 token with nothing changed still gets one empty message with a fresh token) and
 :meth:`catch_up_failed` (EventSource ends the stream, WebSocket flushes what it
 held).
+
+Every token a feed sends is sealed for its user (``user_id``): the hub's shared
+sealing for live changes, a fresh one for a catch-up (:mod:`jmappushd.core.position`).
 """
 
 from __future__ import annotations
@@ -48,13 +51,15 @@ class Feed:
     """Hub listener + catch-up + throttle for one listener; see the module docstring."""
 
     __slots__ = ("_ctx", "_held", "_held_token", "_paused", "_subscription", "_throttle",
-                 "account_ids", "closed", "types")
+                 "account_ids", "closed", "types", "user_id")
 
     MERGE_CATCH_UP = False
     RESYNC_EMPTY = False
 
-    def __init__(self, ctx: FeedContext, account_ids: frozenset[str], types: Types) -> None:
+    def __init__(self, ctx: FeedContext, account_ids: frozenset[str], types: Types, *,
+                 user_id: str) -> None:
         self._ctx = ctx
+        self.user_id = user_id  # whose tokens this feed sends and accepts
         self.account_ids = account_ids
         self.types = types
         self.closed = False
@@ -85,7 +90,7 @@ class Feed:
     def catch_up(self, token: str | None) -> defer.Deferred[None]:
         """Send what changed since ``token`` first; live changes are held meanwhile."""
         self.hold()
-        d = defer.ensureDeferred(self._ctx.hub.catch_up(token, self.account_ids))
+        d = defer.ensureDeferred(self._ctx.hub.catch_up(token, self.account_ids, self.user_id))
         return d.addCallbacks(self._caught_up, self.catch_up_failed)
 
     def _caught_up(self, result: CatchUp) -> None:
@@ -122,14 +127,15 @@ class Feed:
         changed = self._ctx.views.restricted(change, self.account_ids, self.types)
         if not changed:
             return
+        token = self._ctx.hub.tokens.shared(self.user_id, change.position)
         if self._held is not None:
             merge(self._held, changed)
-            self._held_token = change.token
+            self._held_token = token
             return
         throttle = self._throttle
         if throttle is None:
             throttle = self._throttled()
-        throttle.offer(changed, change.token)
+        throttle.offer(changed, token)
 
     def set_accounts(self, account_ids: frozenset[str]) -> None:
         """Grants changed: listen to the new set; forget pending data of lost accounts."""

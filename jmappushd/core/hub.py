@@ -10,10 +10,14 @@ Positions: ``Hub.last_seq`` is the *contiguous watermark*, the seq up to which
 every change has been received from the bus. A cluster bus may deliver out of
 order or lose a wake-up, so "highest seq seen" would let a resumption token skip
 a change this node never fanned out. Changes are still fanned out on arrival; a
-change that arrives above a gap is handed to listeners with the watermark's token
-(its :attr:`Change.position`), never with a token claiming the unseen seqs below
-it. :meth:`Hub.fill_gap` re-reads a change log to close a gap that will not
-close by itself.
+change that arrives above a gap is handed to listeners with the watermark as its
+:attr:`Change.position` (what its resumption token will stand for), never with a
+position claiming the unseen seqs below it. :meth:`Hub.fill_gap` re-reads a change
+log to close a gap that will not close by itself.
+
+Tokens: the hub deals in positions; :attr:`Hub.tokens` (loaded at start from the
+store's metadata, see :mod:`jmappushd.core.position`) seals them per user, and
+:meth:`Hub.catch_up` opens the token a listener brings.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from jmappushd.core.position import make_token, parse_token
+from jmappushd.core.position import NotStarted, ResumptionTokens, load_key, new_key
 from jmappushd.core.signal import StartSignal
-from jmappushd.store.interface import IStateLog
+from jmappushd.store.interface import IMetadataStore, IStateLog
 
 StateMap = Mapping[str, Mapping[str, str]]
 
@@ -38,24 +42,22 @@ MAX_GROUP_COMMIT = 512
 
 
 class Change:
-    """One recorded change: its sequence number, a safe resumption token, what changed.
+    """One recorded change: its sequence number, what changed, a safe resume position.
 
-    ``position`` is the seq ``token`` stands for: every change up to it has been
-    seen. It is ``seq`` itself unless the change arrived above a gap, where it is
-    the (lower) contiguous watermark. Read-only by convention.
+    ``position`` is what a resumption token sent with it may stand for: every change
+    up to it has been seen. It is ``seq`` itself unless the change arrived above a
+    gap, where it is the (lower) contiguous watermark. Read-only by convention.
     """
 
-    __slots__ = ("changed", "position", "seq", "token")
+    __slots__ = ("changed", "position", "seq")
 
-    def __init__(self, seq: int, token: str, changed: StateMap,
-                 position: int | None = None) -> None:
+    def __init__(self, seq: int, changed: StateMap, position: int | None = None) -> None:
         self.seq = seq
-        self.token = token
         self.changed = changed
         self.position = seq if position is None else position
 
     def __repr__(self) -> str:
-        return f"Change(seq={self.seq}, token={self.token!r}, position={self.position})"
+        return f"Change(seq={self.seq}, position={self.position})"
 
 
 _Queued = tuple[StateMap, "defer.Deferred[Change]"]
@@ -161,8 +163,16 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, store: IStateLog, bus: IBus | None = None) -> None:
+    def __init__(self, store: IStateLog, bus: IBus | None = None,
+                 keys: IMetadataStore | None = None) -> None:
         self._store = store
+        # Where the token key lives: the store itself, unless it keeps no metadata (a
+        # test's bare state log), where tokens are good for this process only.
+        if keys is None and IMetadataStore.providedBy(store):
+            keys = IMetadataStore(store)
+        self._keys = keys
+        # Seals and opens resumption tokens once start() has loaded the key.
+        self.tokens: ResumptionTokens = NotStarted()
         self._bus: IBus = bus if bus is not None else LocalBus()
         self._bus.set_receiver(self._receive)
         self._by_account: dict[str, dict[ChangeListener, HubSubscription]] = {}
@@ -179,10 +189,12 @@ class Hub:
         self._started = StartSignal()
 
     async def start(self) -> None:
-        """Learn the store's epoch and position; publishes and catch-ups wait for this
-        (and fail with the same error if the store cannot tell)."""
+        """Learn the store's epoch, position and token key; publishes and catch-ups wait
+        for this (and fail with the same error if the store cannot tell)."""
         try:
             self.epoch, position = await self._store.position()
+            key = await load_key(self._keys) if self._keys is not None else new_key()
+            self.tokens = ResumptionTokens(key, self.epoch)
         except Exception:
             self._started.fire(Failure())
             raise
@@ -192,11 +204,6 @@ class Hub:
     async def _wait_started(self) -> None:
         if not self._started.done:
             await self._started.wait()
-
-    @property
-    def token(self) -> str:
-        """The token for everything up to the contiguous watermark (all of it fanned out)."""
-        return make_token(self.epoch, self.last_seq)
 
     @property
     def highest_seq(self) -> int:
@@ -261,10 +268,9 @@ class Hub:
             for _, waiter in batch:
                 waiter.errback(failure)
             return
-        epoch = self.epoch
         announce = self._bus.announce
         for seq, (changed, waiter) in zip(seqs, batch, strict=True):
-            change = Change(seq, make_token(epoch, seq), changed)
+            change = Change(seq, changed)
             try:
                 announce(change)
             except Exception:
@@ -300,15 +306,15 @@ class Hub:
         """The bus's entry point: move the watermark, then fan out at once."""
         seq = change.seq
         if seq == self.last_seq + 1 and not self._ahead:
-            self.last_seq = seq  # in order (the LocalBus case): the change's own token holds
+            self.last_seq = seq  # in order (the LocalBus case): its own seq is safe
         elif seq > self.last_seq:
             change = self._out_of_order(change)
         self._fan_out(change)
 
     def _out_of_order(self, change: Change) -> Change:
-        """Track a change around a gap; hand listeners the watermark's token with it.
+        """Track a change around a gap; hand it to listeners with the watermark's position.
 
-        The change's own token would claim every seq below it, some not yet seen.
+        A token for its own seq would claim every seq below it, some not yet seen.
         """
         seq = change.seq
         ahead = self._ahead
@@ -322,7 +328,7 @@ class Hub:
         position = self.last_seq
         if position == change.seq:
             return change
-        return Change(change.seq, make_token(self.epoch, position), change.changed, position)
+        return Change(change.seq, change.changed, position)
 
     def _fan_out(self, change: Change) -> None:
         by_account = self._by_account
@@ -357,12 +363,11 @@ class Hub:
         """
         await self._wait_started()
         entries = await log.changes_after(self.last_seq)
-        epoch = self.epoch
         for seq, changed in entries:
             if seq > self.last_seq + 1:
                 self._advance_to(seq - 1)  # what the log lacks below seq is a hole
             if seq > self.last_seq and seq not in self._ahead:
-                self._receive(Change(seq, make_token(epoch, seq), changed))
+                self._receive(Change(seq, changed))
         return self.last_seq
 
     def _advance_to(self, upto: int) -> None:
@@ -378,20 +383,25 @@ class Hub:
         self.last_seq = upto
 
     async def catch_up(
-        self, token: str | None, account_ids: Collection[str]
+        self, token: str | None, account_ids: Collection[str], owner: str
     ) -> tuple[dict[str, dict[str, str]], str, bool]:
-        """What changed for ``account_ids`` since ``token``.
+        """What changed for ``account_ids`` since ``owner``'s ``token``.
 
-        Returns ``(states, token_now, known)``. An unknown or expired token gives
-        the full current state (``known`` False). The returned token never
+        Returns ``(states, token_now, known)``. A token ``owner`` cannot open (another
+        user's, forged, from another store or epoch, old-format) or one from the future
+        gives the full current state (``known`` False). The returned token never
         overstates: it is the contiguous watermark taken before the query, so a
         change racing with it (or received above a gap) is delivered again live
-        rather than lost (states are idempotent).
+        rather than lost (states are idempotent). It is sealed afresh, never shared,
+        so asking again and again shows nothing about other accounts' changes.
         """
         await self._wait_started()
         as_of = self.last_seq
-        now_token = make_token(self.epoch, as_of)
-        seq = parse_token(token, self.epoch, as_of)
+        tokens = self.tokens
+        now_token = tokens.seal(owner, as_of)
+        seq = tokens.open(owner, token)
+        if seq is not None and seq > as_of:
+            seq = None  # a position this store never reached
         if seq is None:
             return await self._store.current_states(account_ids), now_token, False
         if seq >= as_of:

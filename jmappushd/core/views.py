@@ -1,9 +1,10 @@
 """Restrict and encode a change once per distinct view, for one transport.
 
 Fan-out hands one change to many listeners; those with the same (accounts,
-types) view get the very same restricted map and, when it goes out unmerged,
-the very same bytes from the transport's encoder. Only the newest change is
-remembered, so the cache stays tiny; nothing is allocated per listener.
+types) view get the very same restricted map and, when it goes out unmerged with
+the same resumption token (the listeners of one user), the very same bytes from
+the transport's encoder. Only the newest change is remembered, so the cache stays
+tiny; nothing is allocated per listener.
 """
 
 from __future__ import annotations
@@ -20,31 +21,33 @@ Encoder = Callable[[StateMap, str], bytes]
 MAX_VIEWS = 4096
 """Distinct views remembered per change; beyond that each listener restricts alone."""
 
+MAX_TOKENS_PER_VIEW = 256
+"""Encodings (one per user's token) remembered per view; beyond that each encodes alone."""
+
 
 def _no_encoder(changed: StateMap, token: str) -> bytes:
     raise TypeError("this ViewCache restricts only; it has no encoder")
 
 
 class _View:
-    """One view's restricted map and, once encoded, its wire bytes."""
+    """One view's restricted map and, once encoded, its wire bytes per token."""
 
     __slots__ = ("encoded", "restricted")
 
     def __init__(self, restricted: dict[str, Mapping[str, str]]) -> None:
         self.restricted = restricted
-        self.encoded: bytes | None = None
+        self.encoded: dict[str, bytes] = {}
 
 
 class ViewCache:
     """Shared by every listener of one transport; see the module docstring."""
 
-    __slots__ = ("_entries", "_last", "_seq", "_token", "encoder")
+    __slots__ = ("_entries", "_last", "_seq", "encoder")
 
     def __init__(self, encoder: Encoder | None = None) -> None:
         # None: a transport that only restricts here (Web Push encrypts per subscription).
         self.encoder: Encoder = encoder if encoder is not None else _no_encoder
         self._seq = -1
-        self._token = ""
         self._entries: dict[tuple[frozenset[str], Types], _View] = {}
         # The entry ``restricted`` returned last: an immediate flush encodes right after
         # it, so the hot path needs no second lookup.
@@ -54,7 +57,7 @@ class ViewCache:
                    ) -> dict[str, Mapping[str, str]]:
         """``change`` as this view sees it (read-only; empty when nothing is visible)."""
         if change.seq != self._seq:
-            self._seq, self._token, self._entries = change.seq, change.token, {}
+            self._seq, self._entries = change.seq, {}
             self._last = None
         key = (account_ids, types)
         entry = self._entries.get(key)
@@ -67,13 +70,16 @@ class ViewCache:
 
     def encode(self, changed: StateMap, token: str, account_ids: frozenset[str],
                types: Types) -> bytes:
-        """The wire bytes; reuses those of the view when ``changed`` is its unmerged map."""
-        if token == self._token:
-            entry = self._last
-            if entry is None or entry.restricted is not changed:
-                entry = self._entries.get((account_ids, types))
-            if entry is not None and entry.restricted is changed:
-                if entry.encoded is None:
-                    entry.encoded = self.encoder(changed, token)
-                return entry.encoded
-        return self.encoder(changed, token)
+        """The wire bytes; reuses those of the view when ``changed`` is its unmerged map
+        and ``token`` one it was encoded with already."""
+        entry = self._last
+        if entry is None or entry.restricted is not changed:
+            entry = self._entries.get((account_ids, types))
+        if entry is None or entry.restricted is not changed:
+            return self.encoder(changed, token)
+        encoded = entry.encoded.get(token)
+        if encoded is None:
+            encoded = self.encoder(changed, token)
+            if len(entry.encoded) < MAX_TOKENS_PER_VIEW:
+                entry.encoded[token] = encoded
+        return encoded

@@ -46,6 +46,7 @@ from jmappushd.transports.interface import ITransportService
 from jmappushd.transports.webpush.service import WebPushService
 from jmappushd.transports.websocket.service import WebSocketService
 from jmappushd.web.admin import ADMIN_MAX_BODY, build_admin_root
+from jmappushd.web.demo import DemoService
 from jmappushd.web.root import build_root
 from jmappushd.web.site import JMAPSite
 
@@ -121,6 +122,8 @@ class JMAPPushService(MultiService):
 
     def startService(self) -> None:
         config = self.app.config
+        for warning in config.warnings:
+            self.log.warn("{warning}", warning=warning)
         soft, hard = raise_open_files_limit(config.server.max_open_files)
         self.log.info("open files limit: soft {soft}, hard {hard}", soft=soft, hard=hard)
         self.app.admin_token = load_or_create_admin_token(config.admin.token_file)
@@ -174,12 +177,18 @@ def build_service(config: Config, reactor: IDaemonReactor,
     eventsource = EventSourceService(app, reactor)
     websocket = WebSocketService(app, reactor)
     webpush = WebPushService(app, reactor, core)
+    transports: list[ITransportService] = [eventsource, websocket, webpush]
+    demo = DemoService(app, reactor, core) if config.server.demo_page else None
+    if demo is not None:
+        transports.append(demo)
     access_log = config.log.access_log
     jmap_site = JMAPSite(
-        build_root(app, {b"eventsource": eventsource.resource, b"ws": websocket.resource}),
-        max_body=config.jmap.max_size_request, name="jmap", access_log=access_log)
+        build_root(app, {b"eventsource": eventsource.resource, b"ws": websocket.resource},
+                   demo.resource if demo is not None else None),
+        max_body=config.jmap.max_size_request, name="jmap", access_log=access_log,
+        clients=app.clients)
     admin_site = JMAPSite(build_admin_root(app, webpush.runtime), max_body=ADMIN_MAX_BODY,
-                          name="admin", access_log=access_log)
+                          name="admin", access_log=access_log, clients=app.clients)
     listeners = [ListenerService(reactor, d, jmap_site) for d in config.server.listen]
     listeners += [ListenerService(reactor, d, admin_site) for d in config.admin.listen]
-    return JMAPPushService(app, reactor, core, listeners, [eventsource, websocket, webpush])
+    return JMAPPushService(app, reactor, core, listeners, transports)

@@ -137,6 +137,11 @@ class IMetadataStore(Interface):
     def set_meta(key: str, value: str) -> Deferred[None]:
         """Insert or replace a metadata value."""
 
+    def add_meta(key: str, value: str) -> Deferred[str]:
+        """Store ``value`` under ``key`` unless a value is there already; fires with the
+        stored one. Atomic: of concurrent callers (several daemons on one store), one
+        value wins and every caller gets it (how a secret generated once is shared)."""
+
 
 class IPushStore(Interface):
     """Push subscriptions (RFC 8620 §7.2) and their pending deliveries.

@@ -198,6 +198,9 @@ class MemoryStore:
     def set_meta(self, key: str, value: str) -> Deferred[None]:
         return self._call(lambda: self._data.meta.__setitem__(key, value))
 
+    def add_meta(self, key: str, value: str) -> Deferred[str]:
+        return self._call(lambda: self._data.meta.setdefault(key, value))
+
     # -- push subscriptions --
 
     def create_push_subscription(

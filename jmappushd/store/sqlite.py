@@ -298,6 +298,9 @@ class SQLiteStore:
     def set_meta(self, key: str, value: str) -> Deferred[None]:
         return self._run(ops.BEGIN_WRITE, ops.set_meta, key, value)
 
+    def add_meta(self, key: str, value: str) -> Deferred[str]:
+        return self._run(ops.BEGIN_WRITE, ops.add_meta, key, value)
+
     # -- push subscriptions --
 
     def create_push_subscription(

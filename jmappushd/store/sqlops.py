@@ -243,3 +243,11 @@ def set_meta(cursor: Cursor, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+def add_meta(cursor: Cursor, key: str, value: str) -> str:
+    """Insert unless present, then read back, in one write transaction (IMetadataStore)."""
+    cursor.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                   (key, value))
+    cursor.execute("SELECT value FROM meta WHERE key = ?", (key,))
+    return str(cursor.fetchone()[0])

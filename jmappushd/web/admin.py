@@ -96,7 +96,8 @@ class PublishResource(AppResource):
         change = await app.hub.publish(changed)
         app.metrics.publishes.inc()
         app.metrics.state_changes.inc(sum(len(t) for t in changed.values()))
-        write_json(request, 202, {"seq": change.seq, "token": change.token})
+        # No resumption token: those are sealed per user (core/position.py).
+        write_json(request, 202, {"seq": change.seq})
 
 
 class KeyRotation(Protocol):

@@ -56,6 +56,8 @@ class ConcurrencyLimiter:
 class APIResource(AppResource):
     """``POST {apiUrl}``."""
 
+    cors_methods = (b"POST",)
+
     def __init__(self, app: App) -> None:
         super().__init__(app)
         self._limiter = ConcurrencyLimiter(app.config.jmap.max_concurrent_requests)

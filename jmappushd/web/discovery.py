@@ -15,6 +15,8 @@ from jmappushd.web.responses import serve_async, write_json, write_problem
 class SessionResource(AppResource):
     """``GET /jmap/session``: the Session object for the authenticated user (SES-4)."""
 
+    cors_methods = (b"GET",)
+
     def render_GET(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log)
 
@@ -33,6 +35,7 @@ class WellKnownRedirect(Resource):
     """``/.well-known/jmap`` → 307 to the session (SES-2, C-SES-1); needs no auth."""
 
     isLeaf = True
+    cors_methods = (b"GET",)
 
     def __init__(self, location: str) -> None:
         super().__init__()
@@ -50,9 +53,10 @@ class WellKnownRedirect(Resource):
 class NotSupportedResource(AppResource):
     """Upload and download URLs exist in the session but this daemon stores no blobs."""
 
-    def __init__(self, app: App, what: str) -> None:
+    def __init__(self, app: App, what: str, method: bytes) -> None:
         super().__init__(app)
         self._what = what
+        self.cors_methods = (method,)
 
     def render(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log)

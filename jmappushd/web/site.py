@@ -2,8 +2,10 @@
 
 Bodies larger than the limit are refused as soon as their size is known (from
 ``Content-Length``, or while a chunked body streams in), before they are
-buffered, with the JMAP ``limit`` problem (API-21). The access log is one line
-per request without the query string, so an ``access_token`` is never logged.
+buffered, with the JMAP ``limit`` problem (API-21). The access log
+(``accesslog``) is one line per request without the query string, so an
+``access_token`` is never logged; a push session (EventSource, WebSocket) is
+logged by its transport when it ends instead (:func:`log_as_session`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -19,12 +20,16 @@ from twisted.web.server import Request, Site
 from jmappushd.jmap.ijson import dumps
 from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
 from jmappushd.net._fastpath import raw_transport
+from jmappushd.web.accesslog import AccessLog, Closed, SessionEntry
+from jmappushd.web.clientaddr import ClientAddresses
 
 
 class LimitedRequest(Request):
     """A Request that refuses oversized bodies before buffering them."""
 
     max_body: int = 10_000_000
+    accesslog: AccessLog | None = None  # the site's, set on its request class
+    logged_as_session = False  # a transport logs this request when its session ends
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,31 +80,45 @@ class LimitedRequest(Request):
 class JMAPSite(Site):
     """A Site with a per-site body limit and a structured access log."""
 
-    access_log = Logger(namespace="jmappushd.access")
-
     def __init__(self, resource: IResource, max_body: int, name: str, access_log: bool = True,
-                 **kwargs: Any) -> None:
-        request_class = type("LimitedRequest", (LimitedRequest,), {"max_body": max_body})
+                 clients: ClientAddresses | None = None, **kwargs: Any) -> None:
+        self.accesslog = AccessLog(name, clients or ClientAddresses(), access_log)
+        request_class = type("LimitedRequest", (LimitedRequest,),
+                             {"max_body": max_body, "accesslog": self.accesslog})
         super().__init__(resource, requestFactory=request_class, **kwargs)
         self.displayTracebacks = False
         self.name = name
         self.noisy = False
-        self.access_log_enabled = access_log
 
     def log(self, request: http.Request) -> None:
-        if not self.access_log_enabled:
+        """Called by twisted.web when a response finishes."""
+        if isinstance(request, LimitedRequest) and request.logged_as_session:
             return
-        path = (request.path or b"").decode("utf-8", "replace")
-        started = getattr(request, "started", None)
-        duration = (time.monotonic() - started) * 1000 if started is not None else 0.0
-        client = request.getClientAddress()
-        self.access_log.info(
-            "{site} {client} {method} {path} {status} {length} {duration_ms:.1f}ms",
-            site=self.name,
-            client=getattr(client, "host", "-"),
-            method=(request.method or b"-").decode("ascii", "replace"),
-            path=path,
-            status=request.code,
-            length=request.sentLength,
-            duration_ms=duration,
-        )
+        self.accesslog.request_done(request, getattr(request, "started", None))
+
+
+def log_as_session(request: Request) -> bool:
+    """From now on ``request`` is logged by its transport when the session ends (through
+    :func:`stream_ended` or :func:`session_entry`), not when (or if) it finishes.
+
+    False for a request of another Site (unit tests' plain ones): nothing is logged.
+    """
+    if isinstance(request, LimitedRequest) and request.accesslog is not None:
+        request.logged_as_session = True
+        return True
+    return False
+
+
+def stream_ended(request: Request, closed: Closed) -> None:
+    """Log the end of a streamed response marked with :func:`log_as_session` (call once)."""
+    if isinstance(request, LimitedRequest) and request.logged_as_session:
+        assert request.accesslog is not None
+        request.accesslog.stream_done(request, request.started, closed)
+
+
+def session_entry(request: Request) -> SessionEntry | None:
+    """Mark an upgraded request (:func:`log_as_session`) and return what logs its end."""
+    if not log_as_session(request):
+        return None
+    assert isinstance(request, LimitedRequest) and request.accesslog is not None
+    return request.accesslog.session(request, request.started)

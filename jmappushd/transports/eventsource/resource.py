@@ -6,7 +6,10 @@ for browsers, ES-1/SES-1), validates ``types``, ``closeafter`` and ``ping``
 :class:`~jmappushd.transports.eventsource.stream.EventStream`. With ``Last-Event-ID`` the stream
 first gets what the client missed (ES-10, C-ES-3): it subscribes to the hub
 *before* asking the hub what changed since the token, so a change racing with
-the query may be sent twice but is never lost.
+the query may be sent twice but is never lost. A browser page cannot set that
+header on a new ``EventSource`` (only the browser's own reconnects send it), so a
+``lastEventId`` query parameter is read when the header is absent. CORS, including
+the ``OPTIONS`` preflight, is the JMAP tree's (:mod:`jmappushd.web.cors`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from jmappushd.auth.authenticator import Principal
 from jmappushd.context import App
 from jmappushd.transports.eventsource.registry import StreamRegistry
 from jmappushd.transports.eventsource.stream import EventStream, StreamContext
-from jmappushd.web.cors import CorsPolicy
 from jmappushd.web.httpauth import authenticate
 from jmappushd.web.responses import is_gone, serve_async, write_problem
 
@@ -111,18 +113,27 @@ def _single(args: Mapping[bytes, Sequence[bytes]], name: str) -> str:
         raise InvalidParameter(name, f"the {name} parameter is not UTF-8") from None
 
 
+def last_event_id_of(request: Request) -> bytes | None:
+    """The ``Last-Event-ID`` header, else the ``lastEventId`` query parameter."""
+    header = request.getHeader(b"Last-Event-ID")
+    if header is not None:
+        return header
+    values = request.args.get(b"lastEventId")
+    return values[0] if values else None
+
+
 class EventSourceResource(Resource):
     """The endpoint; one per daemon, mounted at ``/jmap/eventsource``."""
 
     isLeaf = True
     log = Logger()
+    cors_methods = (b"GET",)
 
     def __init__(self, app: App, clock: IReactorTime, registry: StreamRegistry) -> None:
         super().__init__()
         self._app = app
         self.registry = registry
         config = app.config.event_source
-        self._cors = CorsPolicy(config.cors_origins)
         self.context = StreamContext(
             clock, app.hub, config.event_source_throttle_s,
             app.metrics.events_sent.labels(TRANSPORT), registry.discard,
@@ -131,12 +142,7 @@ class EventSourceResource(Resource):
 
     def render(self, request: Request) -> Any:
         if request.method == b"GET":
-            self._cors.apply(request)
             return serve_async(request, self._handle(request), self.log)
-        if request.method == b"OPTIONS":
-            self._cors.preflight(request)  # no authentication on a preflight
-            return b""
-        self._cors.apply(request)
         request.setHeader(b"Allow", b"GET, OPTIONS")
         write_problem(request, 405, "the EventSource endpoint only answers GET")
         return NOT_DONE_YET
@@ -166,8 +172,8 @@ class EventSourceResource(Resource):
             write_problem(request, 429, "too many open EventSource connections for this user "
                           f"(at most {config.max_connections_per_user})")
             return
+        last_event_id = last_event_id_of(request)  # before _open drops the query
         stream = self._open(request, principal, params, password_fp)
-        last_event_id = request.getHeader(b"Last-Event-ID")
         if last_event_id is not None:
             await self._catch_up(stream, last_event_id)
 

@@ -8,7 +8,8 @@ at once (ES-1), subscribes and arms the ping; ``catch_up`` (only with
 ``Last-Event-ID``) sends what the client missed and ends the stream if the query
 fails; changes become ``state`` events (never an empty one). ``close`` (client
 gone, shutdown, revoked credentials) drops the subscription, the ping timer and
-the throttle at once.
+the throttle at once, and writes the stream's access-log line (``closed=server`` when
+we ended it, ``closed=client`` when the client went away).
 
 An idle stream owns exactly one timer, its ping (none with ``ping=0``). An event
 only notes its time; when the timer fires it sends the ping or, if an event went
@@ -25,6 +26,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -38,9 +40,25 @@ from jmappushd.net.sendnow import send_now
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.store.records import Account
 from jmappushd.transports.eventsource.sse import OPEN_COMMENT, ping_event, state_event
+from jmappushd.web.accesslog import Closed
 from jmappushd.web.responses import is_gone
+from jmappushd.web.site import log_as_session, stream_ended
 
 StateMap = Mapping[str, Mapping[str, str]]
+
+
+def close_connection_after(request: http.Request) -> None:
+    """ES-3: with ``closeafter=state`` the connection ends with the response.
+
+    The response ends after its first state event, but a client reading the body until
+    the connection closes (sseclient, hence jmapc) would otherwise wait on a kept-alive
+    connection forever; so say ``Connection: close`` and drop it after the last chunk.
+    HTTP/1.1 only: HTTP/2 forbids connection headers and ends just its stream.
+    """
+    channel = request.channel
+    if isinstance(channel, http.HTTPChannel):
+        request.setHeader(b"Connection", b"close")
+        channel.persistent = False
 
 
 class Counter(Protocol):
@@ -69,16 +87,15 @@ class EventStream(Feed):
     """
 
     __slots__ = ("_last_write", "_ping", "close_after", "credential_id", "interval",
-                 "request", "user_id")
+                 "request")
     _ctx: StreamContext
     log = Logger()
 
     def __init__(self, ctx: StreamContext, request: Request, *, user_id: str,
                  credential_id: str, account_ids: frozenset[str], types: Types,
                  interval: int, close_after: bool) -> None:
-        super().__init__(ctx, account_ids, types)
+        super().__init__(ctx, account_ids, types, user_id=user_id)
         self.request = request
-        self.user_id = user_id
         self.credential_id = credential_id
         self.interval = interval
         self.close_after = close_after
@@ -92,6 +109,8 @@ class EventStream(Feed):
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
+        if self.close_after:
+            close_connection_after(request)
         request.write(OPEN_COMMENT)
         # A stream lives for hours: drop what only its start needed (the parsed query,
         # the response headers now on the wire), about a tenth of an idle stream.
@@ -99,6 +118,7 @@ class EventStream(Feed):
         request.responseHeaders = Headers()
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
+        log_as_session(request)
         self.listen()
         if self.interval > 0:
             self._last_write = self._ctx.clock.seconds()
@@ -162,12 +182,12 @@ class EventStream(Feed):
     def end(self, reason: EndReason | None = None) -> None:
         """Finish the response cleanly (closeafter, shutdown, revoked credentials)."""
         request = self.request
-        self.close()
+        self.close("server")
         if not is_gone(request):
             request.finish()
 
-    def close(self) -> None:
-        """Release the subscription, the ping timer and the throttle; idempotent."""
+    def close(self, closed: Closed = "client") -> None:
+        """Release the subscription, the ping timer and the throttle; log the end (once)."""
         if self.closed:
             return
         self.cancel()
@@ -177,6 +197,7 @@ class EventStream(Feed):
             self._ping = None
         self._unregister()
         self._ctx.on_close(self)
+        stream_ended(self.request, closed)
 
     def _unregister(self) -> None:
         request = self.request

@@ -8,6 +8,10 @@ Two checks, because a create-time check alone loses to DNS rebinding:
   the connection if *any* answer is non-public, then connects to one of the checked
   addresses (never resolving again) with TLS verified against the original hostname.
 
+Both judge the host as it will be used, normalised by
+:mod:`~jmappushd.transports.webpush.hostnames` (UTS 46, IDNA 2003, NFKC): fullwidth
+digits or ideographic full stops do not hide ``127.0.0.1`` (defect 6).
+
 ``allow_private`` (a test/config switch) lifts the address rules, never the https one.
 """
 
@@ -39,6 +43,8 @@ from twisted.logger import Logger
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
+
+from jmappushd.transports.webpush.hostnames import InvalidHost, PushHost, push_host, split_netloc
 
 __all__ = ["ForbiddenAddress", "GuardedEndpointFactory", "check_push_url", "is_public_address"]
 
@@ -141,20 +147,25 @@ def check_push_url(url: str, allow_private: bool) -> None:
         raise ValueError("url must be https")
     if "@" in parts.netloc:
         raise ValueError("url must not contain userinfo")
-    host = parts.hostname
-    if not host:
+    if not parts.hostname:
         raise ValueError("url has no host")
     try:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise ValueError("url has an invalid port") from None
-    if allow_private:
-        return
-    if _LOCALHOST.fullmatch(host):
-        raise ForbiddenAddress(f"push host {host!r} is local")
-    ip = _ip_literal(host.rstrip("."))
-    if ip is not None and not is_public_address(ip):
-        raise ForbiddenAddress(f"push host {host} is not a public address")
+    host = push_host(*split_netloc(parts.netloc))  # InvalidHost is a ValueError
+    if not allow_private:
+        _refuse_local(host)
+
+
+def _refuse_local(host: PushHost) -> None:
+    """ForbiddenAddress if any reading of ``host`` is ``localhost`` or a non-public literal."""
+    for reading in host.readings:
+        if _LOCALHOST.fullmatch(reading):
+            raise ForbiddenAddress(f"push host {host.name!r} is local")
+        ip = _ip_literal(reading.rstrip("."))
+        if ip is not None and not is_public_address(ip):
+            raise ForbiddenAddress(f"push host {host.name} is not a public address")
 
 
 @implementer(IResolutionReceiver)
@@ -251,8 +262,16 @@ class GuardedEndpointFactory:
         return _GuardedEndpoint(self, uri)
 
     async def checked_addresses(self, hostname: str, port: int) -> Sequence[IPAddress]:
-        """Resolve ``hostname`` (or take the IP literal) and vet every answer."""
-        host = hostname[1:-1] if hostname.startswith("[") else hostname
+        """Resolve ``hostname`` (or take the IP literal) and vet every answer; the name
+        is normalised first, as at create time, and resolved in that form."""
+        inner = hostname[1:-1] if hostname.startswith("[") else hostname
+        try:  # the agent's URI gives an IPv6 literal without brackets
+            normal = push_host(inner, ":" in inner)
+        except InvalidHost as exc:
+            raise ForbiddenAddress(f"push host {hostname[:100]!r} refused: {exc}") from None
+        if not self._allow_private:
+            _refuse_local(normal)
+        host = normal.readings[0]
         literal = _ip_literal(host)
         if literal is not None:
             addresses: Sequence[IPAddress] = [literal]

@@ -188,7 +188,7 @@ class Conversation:
         enable = parse_push_enable(obj, request_id)
         self.stop_push()
         push = PushSession(self._ctx.feeds, self.send_push, self.principal.account_ids,
-                           enable.types)
+                           enable.types, user_id=self.principal.user_id)
         self._push = push
         if self._paused:
             push.pause()

@@ -27,6 +27,7 @@ from jmappushd.transports.websocket.conversation import Conversation, Conversati
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
 from jmappushd.transports.websocket.push import push_views
+from jmappushd.web.site import session_entry
 
 HARD_CAP_FACTOR = 2
 """Messages above ``HARD_CAP_FACTOR`` x maxSizeRequest are refused by Autobahn (1009)."""
@@ -73,7 +74,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
             max_size_request=self.max_size_request, max_concurrent=self.max_concurrent,
             feeds=FeedContext(app.clock, app.hub, self.throttle_s, push_views()),
             events_sent=self.events_sent, count_error=self.count_error)
-        self._pending: tuple[Principal, bytes | None] | None = None
+        self._pending: tuple[Principal, bytes | None, Request] | None = None
 
     # -- connections --
 
@@ -92,7 +93,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
                 password_fp: bytes | None = None) -> Any:
         """Let Autobahn take the request over; the protocol it builds gets ``principal``
         (and ``password_fp``, the registry's fingerprint of a password login)."""
-        self._pending = (principal, password_fp)
+        self._pending = (principal, password_fp, request)
         try:
             return ws_resource.render(request)
         finally:
@@ -103,10 +104,12 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
         if pending is None or self.stopping:
             return None
         self._pending = None
-        principal, password_fp = pending
+        principal, password_fp, request = pending
         proto = super().buildProtocol(addr)
         assert isinstance(proto, JMAPWebSocketProtocol)
         proto.conversation = Conversation(self.conversation_context, proto, principal)
+        # The upgraded request never finishes: the connection logs its own end.
+        proto.access = session_entry(request)
         self.registry.add(proto, password_fp)
         if password_fp is None:
             self.registry.remember_password(proto)

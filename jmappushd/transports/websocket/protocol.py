@@ -12,7 +12,9 @@ connection sends the heartbeat ping, enforces ``ws-client-timeout`` and, once we
 Close, bounds the closing handshake; Autobahn's own timers (which use
 ``txaio.config.loop``) are all switched off by the factory. The connection is
 the transport's push producer, so a slow reader pauses its StateChanges (they
-keep merging in the throttle) and the reading of further requests.
+keep merging in the throttle) and the reading of further requests. When the
+connection is gone it writes its access-log line (status 101, or the handshake's
+refusal; octets sent as Autobahn counts them; who closed it).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from jmappushd.transports.websocket.conversation import (
 )
 from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
+from jmappushd.web.accesslog import Closed, SessionEntry
 
 if TYPE_CHECKING:
     from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
@@ -59,7 +62,8 @@ _CLOSED = WebSocketServerProtocol.STATE_CLOSED
 class JMAPWebSocketProtocol(WebSocketServerProtocol):
     """The server side of RFC 8887 for one authenticated client."""
 
-    __slots__ = ("_last_rx", "_next_ping", "_timer", "conversation")
+    __slots__ = ("_closed_by", "_http_status", "_last_rx", "_next_ping", "_timer", "access",
+                 "conversation")
     factory: JMAPWebSocketFactory
 
     def __init__(self) -> None:
@@ -68,6 +72,9 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
         self._timer: WheelTimer | None = None
         self._last_rx = 0.0
         self._next_ping = 0.0
+        self.access: SessionEntry | None = None  # set by the factory; None: not logged
+        self._closed_by: Closed | None = None
+        self._http_status = 0
 
     @property
     def principal(self) -> Principal | None:
@@ -190,7 +197,14 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(401, "not authenticated")
         return SUBPROTOCOL
 
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Autobahn refused the upgrade with an HTTP error (also for ConnectionDeny)."""
+        self._http_status = code
+        self._closed_by = self._closed_by or "server"
+        super().failHandshake(reason, code, responseHeaders)
+
     def onOpen(self) -> None:
+        self._http_status = 101
         factory = self.factory
         now = factory.clock.seconds()
         self._last_rx = now
@@ -221,9 +235,21 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
         self._stop_push()
         self.factory.forget(self)
         super().connectionLost(reason)
+        self._log_end()
+
+    def _log_end(self) -> None:
+        """One access-log line per connection; a TCP drop without a Close is the client's."""
+        access, self.access = self.access, None
+        if access is None:
+            return
+        stats = self.trafficStats
+        sent = 0 if stats is None else (stats.preopenOutgoingOctetsWireLevel
+                                        + stats.outgoingOctetsWireLevel)
+        access.end(self._http_status, sent, self._closed_by or "client")
 
     def close(self, code: int, reason: str) -> None:
         """Leave the hub now, send Close ``code`` and abort if no answer comes in time."""
+        self._closed_by = self._closed_by or "server"
         self._stop_push()
         if self.state == _OPEN:
             _fastpath.ws_discard_rest(self)
@@ -235,6 +261,8 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
                        isReply: bool = False) -> None:
         """Every Close we start (ours, or Autobahn's 1007/1009) is bounded by our clock."""
         was_open = self.state == _OPEN
+        if was_open and self._closed_by is None:
+            self._closed_by = "client" if isReply else "server"
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
         if was_open and not isReply:
             self._await_close()
@@ -255,6 +283,7 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
         now = factory.clock.seconds()
         deadline = self._last_rx + factory.client_timeout
         if now >= deadline:
+            self._closed_by = "timeout"
             self.close(CLOSE_GOING_AWAY, "no traffic from the client")
             return
         if now >= self._next_ping:

@@ -36,8 +36,8 @@ class PushSession(Feed):
     RESYNC_EMPTY = True
 
     def __init__(self, ctx: FeedContext, send: Callable[[bytes], None],
-                 account_ids: frozenset[str], types: Types) -> None:
-        super().__init__(ctx, account_ids, types)
+                 account_ids: frozenset[str], types: Types, *, user_id: str) -> None:
+        super().__init__(ctx, account_ids, types, user_id=user_id)
         self._send = send
 
     def start(self, push_state: str | None) -> None:
