@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jmappushd.auth.authenticator import Authenticator, ThreadRunner
+from jmappushd.auth.authenticator import Authenticator, PrincipalSource, ThreadRunner
 from jmappushd.config import Config
 from jmappushd.context import App
 from jmappushd.core.hub import Hub
@@ -32,6 +32,8 @@ from jmappushd.daemon.statedir import (
     prepare_state,
     raise_open_files_limit,
 )
+from jmappushd.gateway.service import GatewayService
+from jmappushd.gateway.wiring import build_gateway
 from jmappushd.jmap.core import register_core
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import MethodRegistry
@@ -73,8 +75,9 @@ def build_registry() -> MethodRegistry:
 
 
 def build_app(config: Config, clock: IReactorTime, store: IStore,
-              run_in_thread: ThreadRunner) -> App:
-    """Create every shared object; nothing is started yet."""
+              run_in_thread: ThreadRunner, principals: PrincipalSource | None = None) -> App:
+    """Create every shared object; nothing is started yet. ``principals`` replaces the
+    store's users (gateway mode)."""
     registry = build_registry()
     app = App(
         config=config,
@@ -82,7 +85,7 @@ def build_app(config: Config, clock: IReactorTime, store: IStore,
         store=store,
         hub=Hub(store),
         auth=Authenticator(store, clock, run_in_thread, config.auth.cache_ttl,
-                           limits=config.auth),
+                           limits=config.auth, principals=principals),
         registry=registry,
         processor=RequestProcessor(registry, config.jmap.max_calls_in_request),
         metrics=Metrics(),
@@ -172,12 +175,18 @@ def build_service(config: Config, reactor: IDaemonReactor,
     """The whole daemon, ready for ``setServiceParent`` or twistd."""
     if store is None:
         store = create_store(config.storage, reactor)
-    app = build_app(config, reactor, store, thread_runner(reactor))
+    gateway = build_gateway(config, reactor, store) if config.upstream.enabled else None
+    app = build_app(config, reactor, store, thread_runner(reactor),
+                    gateway.principals if gateway is not None else None)
     core = CoreService(app)
     eventsource = EventSourceService(app, reactor)
     websocket = WebSocketService(app, reactor)
     webpush = WebPushService(app, reactor, core)
     transports: list[ITransportService] = [eventsource, websocket, webpush]
+    if gateway is not None:
+        gateway.attach(app.hub)
+        app.processor.set_forwarder(gateway.forward)
+        transports.insert(0, GatewayService(gateway, core))  # stops last, before the core
     demo = DemoService(app, reactor, core) if config.server.demo_page else None
     if demo is not None:
         transports.append(demo)

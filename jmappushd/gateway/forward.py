@@ -112,19 +112,19 @@ def parse_run_answer(answer: UpstreamResponse, call_ids: Sequence[str], upstream
 class Forwarder:
     """Sends runs of calls upstream with the client's own credentials."""
 
-    def __init__(self, client: UpstreamClient, upstream_capabilities: Collection[str]) -> None:
+    def __init__(self, client: UpstreamClient) -> None:
         self._client = client
-        self._capabilities = frozenset(upstream_capabilities)
-
-    def upstream_using(self, using: Collection[str]) -> list[str]:
-        """The request's capabilities the upstream knows (the daemon's own stay here)."""
-        return sorted(u for u in using if u in self._capabilities)
 
     async def run(self, api_url: str, authorization: bytes, run: Sequence[Call],
                   responses: Sequence[Invocation], using: Collection[str],
+                  upstream_capabilities: Collection[str],
                   created_ids: dict[str, str]) -> list[Invocation]:
-        """Forward ``run``; updates ``created_ids`` in place with the upstream's."""
-        built = build_run(run, responses, self.upstream_using(using), created_ids)
+        """Forward ``run``; updates ``created_ids`` in place with the upstream's.
+
+        Only the capabilities the upstream's session lists go up in ``using`` (the
+        daemon's own, such as WebSocket, would be an unknownCapability there)."""
+        wanted = sorted(u for u in using if u in upstream_capabilities)
+        built = build_run(run, responses, wanted, created_ids)
         if isinstance(built, list):
             return built
         answer = await self._client.post_json(api_url, authorization, built.body)

@@ -13,22 +13,25 @@ from __future__ import annotations
 import base64
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
-from jmappushd.auth.authenticator import PrincipalSource
+from jmappushd.auth.authenticator import Principal, PrincipalSource
 from jmappushd.config import Config, ConfigError, UpstreamConfig
 from jmappushd.core.hub import Hub, StateMap
 from jmappushd.gateway.auth import UpstreamChecker, UpstreamRealm, UpstreamSessions
-from jmappushd.gateway.forward import Forwarder
+from jmappushd.gateway.forward import Call, Forwarder, Invocation
 from jmappushd.gateway.session import UpstreamSession, parse_session
 from jmappushd.gateway.sources import CyrusNotifySource, PollSource
 from jmappushd.gateway.states import StateReader
 from jmappushd.gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamUnavailable
 from jmappushd.gateway.upstream_events import UpstreamEventSource
+from jmappushd.jmap.registry import MethodError
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.interface import IStore
 
@@ -91,56 +94,104 @@ class ReaderSession:
 
 @dataclass
 class Gateway:
-    """Everything gateway mode adds to the daemon."""
+    """Everything gateway mode adds to the daemon.
 
+    Built in two steps because the authenticator (inside the app) needs the principal
+    source before the hub exists, and the state reader publishes through the hub:
+    :func:`build_gateway`, then :meth:`attach` once the app is built.
+    """
+
+    config: Config
+    reactor: IDaemonReactor
+    store: IStore
     client: UpstreamClient
     sessions: UpstreamSessions
     principals: PrincipalSource
-    forwarder: Forwarder | None = None
+    forwarder: Forwarder
     reader: ReaderSession | None = None
     states: StateReader | None = None
     sources: list[Service] = field(default_factory=list)
+    hub: Hub | None = None
+    log: ClassVar[Logger] = Logger()
 
     def changed(self, account_id: str) -> None:
         """Something says ``account_id`` changed upstream: read and publish its states."""
         if self.states is not None:
             self.states.changed(account_id)
 
+    async def forward(self, principal: Principal, run: Sequence[Call],
+                      responses: Sequence[Invocation], using: Collection[str],
+                      created_ids: dict[str, str]) -> list[Invocation]:
+        """The request processor's hook for a run of non-local calls (gateway mode).
 
-def build_gateway(config: Config, reactor: IDaemonReactor, store: IStore, hub: Hub,
-                  watched: Callable[[], list[str]]) -> Gateway:
-    """The gateway's parts for ``config`` (which must have ``[upstream] session-url``)."""
+        The client's own credentials go upstream; ``Foo/set`` answers with a ``newState``
+        are published at once (and the account's other states read, since a set may move
+        them too), so a change made through the gateway reaches every listener at once.
+        """
+        identity = principal.upstream
+        if identity is None:
+            raise MethodError("unknownMethod")
+        session = identity.session
+        out = await self.forwarder.run(session.api_url, identity.authorization, run,
+                                       responses, using, session.capabilities, created_ids)
+        for name, args, _ in out:
+            if name.endswith("/set") and isinstance(args.get("newState"), str) \
+                    and isinstance(args.get("accountId"), str):
+                self.set_answered(args["accountId"], name[:-4], args["newState"])
+        return out
+
+    def set_answered(self, account_id: str, type_name: str, new_state: str) -> None:
+        if self.hub is not None:
+            self.hub_publish({account_id: {type_name: new_state}})
+        self.changed(account_id)
+
+    def hub_publish(self, changed: StateMap) -> None:
+        assert self.hub is not None
+        Deferred.fromCoroutine(self.hub.publish(changed)).addErrback(
+            lambda f: self.log.failure("Publishing a change made through the gateway failed",
+                                       f))
+
+    def attach(self, hub: Hub) -> None:
+        """The reader's state reads and the change source, publishing through ``hub``."""
+        self.hub = hub
+        upstream = self.config.upstream
+        if not upstream.reader_user:
+            return
+        password = read_reader_password(upstream, self.config.path)
+        credentials = f"{upstream.reader_user}:{password}".encode()
+        reader = ReaderSession(self.client, upstream.session_url,
+                               b"Basic " + base64.b64encode(credentials))
+        store = self.store
+
+        async def publish(changed: StateMap) -> object:
+            return await hub.publish(changed)
+
+        async def stored(account_id: str) -> dict[str, str]:
+            states = await store.current_states([account_id])
+            return dict(states.get(account_id, {}))
+
+        self.reader = reader
+        self.states = StateReader(self.reactor, upstream.debounce_s, reader, reader.post,
+                                  publish, lambda account: Deferred.fromCoroutine(stored(account)))
+        if upstream.changes == "cyrus-notify":
+            self.sources.append(CyrusNotifySource(self.reactor, upstream.notify_socket,
+                                                  self.changed))
+        elif upstream.changes == "poll":
+            self.sources.append(PollSource(self.reactor, upstream.poll_interval,
+                                           hub.watched_accounts, self.changed))
+        elif upstream.changes == "eventsource":
+            self.sources.append(UpstreamEventSource(
+                self.reactor, self.client.http,
+                lambda: Deferred.fromCoroutine(reader.event_source_url()),
+                reader.authorization, self.changed))
+
+
+def build_gateway(config: Config, reactor: IDaemonReactor, store: IStore) -> Gateway:
+    """The gateway's upstream side for ``config`` (which must have ``[upstream] session-url``);
+    its reader and change source come with :meth:`Gateway.attach`."""
     upstream = config.upstream
     max_body = max(config.jmap.max_size_request, config.jmap.max_size_response)
     client = UpstreamClient(reactor, upstream, max_body=max_body)
     sessions = UpstreamSessions(client, upstream.session_url, reactor, config.auth.cache_ttl)
     principals = PrincipalSource(UpstreamRealm(sessions, store), (UpstreamChecker(sessions),))
-    gateway = Gateway(client, sessions, principals)
-    if not upstream.reader_user:
-        return gateway
-    password = read_reader_password(upstream, config.path)
-    credentials = f"{upstream.reader_user}:{password}".encode()
-    reader = ReaderSession(client, upstream.session_url,
-                           b"Basic " + base64.b64encode(credentials))
-
-    async def publish(changed: StateMap) -> object:
-        return await hub.publish(changed)
-
-    async def stored(account_id: str) -> dict[str, str]:
-        states = await store.current_states([account_id])
-        return dict(states.get(account_id, {}))
-
-    gateway.reader = reader
-    gateway.states = StateReader(reactor, upstream.debounce_s, reader, reader.post, publish,
-                                 lambda account: Deferred.fromCoroutine(stored(account)))
-    if upstream.changes == "cyrus-notify":
-        gateway.sources.append(CyrusNotifySource(reactor, upstream.notify_socket,
-                                                 gateway.changed))
-    elif upstream.changes == "poll":
-        gateway.sources.append(PollSource(reactor, upstream.poll_interval, watched,
-                                          gateway.changed))
-    elif upstream.changes == "eventsource":
-        gateway.sources.append(UpstreamEventSource(
-            reactor, client.http, lambda: Deferred.fromCoroutine(reader.event_source_url()),
-            reader.authorization, gateway.changed))
-    return gateway
+    return Gateway(config, reactor, store, client, sessions, principals, Forwarder(client))
