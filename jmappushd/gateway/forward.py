@@ -20,25 +20,59 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jmappushd.gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamUnavailable
+from jmappushd.gateway.upstream import (
+    UpstreamClient,
+    UpstreamRejected,
+    UpstreamResponse,
+    UpstreamUnavailable,
+)
 from jmappushd.jmap import ijson
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.jmap.resultref import resolve_references
 
-__all__ = ["Forwarder", "UpstreamProblem", "cross_run_references"]
+__all__ = ["Forwarder", "UpstreamDown", "UpstreamProblem", "cross_run_references"]
 
 Call = tuple[str, dict[str, Any], str]
 Invocation = list[Any]
 
 
-class UpstreamProblem(Exception):
-    """The upstream answered the run with a request-level problem: pass it on as it is."""
+class UpstreamProblem(RequestProblem):
+    """The upstream refused the run as a request (RFC 8620 §3.6.1): its problem details
+    reach the client unchanged (a body that is not problem details is summarised)."""
 
     def __init__(self, status: int, content_type: bytes, body: bytes) -> None:
-        super().__init__(f"upstream problem {status}")
-        self.status = status
-        self.content_type = content_type
-        self.body = body
+        problem: dict[str, Any] | None = None
+        try:
+            value = ijson.loads(body)
+            if isinstance(value, dict) and isinstance(value.get("type"), str):
+                problem = value
+        except RequestProblem:
+            pass
+        detail = str(problem.get("detail", "")) if problem else f"upstream answered {status}"
+        super().__init__("upstream", detail, status=status)
+        self._problem = problem or {"type": "about:blank", "status": status, "detail": detail}
+
+    @property
+    def type(self) -> str:
+        return str(self._problem["type"])
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self._problem)
+
+
+class UpstreamDown(RequestProblem):
+    """The upstream could not answer the run: 503 naming it (never a hang, never a 500)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("upstream", reason, status=503)
+
+    @property
+    def type(self) -> str:
+        return "about:blank"
+
+    @property
+    def title(self) -> str:
+        return "The upstream JMAP server is unavailable"
 
 
 def cross_run_references(args: dict[str, Any], answered_ids: Collection[str]) -> list[str]:
@@ -127,8 +161,15 @@ class Forwarder:
         built = build_run(run, responses, wanted, created_ids)
         if isinstance(built, list):
             return built
-        answer = await self._client.post_json(api_url, authorization, built.body)
-        out, created = parse_run_answer(answer, built.call_ids, self._client.name)
+        try:
+            answer = await self._client.post_json(api_url, authorization, built.body)
+            out, created = parse_run_answer(answer, built.call_ids, self._client.name)
+        except UpstreamUnavailable as e:
+            raise UpstreamDown(e.reason) from None
+        except UpstreamRejected as e:
+            # The session accepted these credentials a moment ago: revoked meanwhile.
+            raise UpstreamDown(f"{self._client.name} refused the credentials ({e.status})"
+                               ) from None
         if created:
             created_ids.update(created)
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -64,6 +65,8 @@ class RequestProcessor:
     """Validates a Request and runs its method calls in order against a registry."""
 
     log = Logger()
+
+    _forwarder: Forwarder | None = None
 
     def __init__(self, registry: MethodRegistry, max_calls_in_request: int) -> None:
         self._registry = registry
@@ -125,9 +128,20 @@ class RequestProcessor:
             using=frozenset(using),
         )
         responses: list[Invocation] = []
-        for name, args, call_id in calls:
+        index = 0
+        while index < len(calls):
+            name, args, call_id = calls[index]
+            if self._forwarder is not None and self._registry.lookup(name) is None:
+                # Gateway mode: the run of consecutive non-local calls goes upstream as one.
+                end = index
+                while end < len(calls) and self._registry.lookup(calls[end][0]) is None:
+                    end += 1
+                responses.extend(await self._forward(ctx, calls[index:end], responses))
+                index = end
+                continue
             for out_name, out_args in await self._run_call(ctx, name, args, call_id, responses):
                 responses.append([out_name, out_args, call_id])
+            index += 1
         response: dict[str, Any] = {
             "methodResponses": responses,
             "sessionState": ctx.session_state,
@@ -135,6 +149,19 @@ class RequestProcessor:
         if created_ids is not None:
             response["createdIds"] = dict(ctx.created_ids)
         return response
+
+    def set_forwarder(self, forwarder: Forwarder | None) -> None:
+        """Gateway mode: runs of calls no local handler knows go to ``forwarder``."""
+        self._forwarder = forwarder
+
+    async def _forward(self, ctx: CallContext, run: list[tuple[str, dict[str, Any], str]],
+                       responses: list[Invocation]) -> list[Invocation]:
+        assert self._forwarder is not None
+        try:
+            return await self._forwarder(ctx.principal, run, responses, ctx.using,
+                                         ctx.created_ids)
+        except MethodError as e:
+            return [["error", e.to_json(), call_id] for _, _, call_id in run]
 
     def _target(self, ctx: CallContext, name: str) -> Handler | None:
         """The callable for ``name``: its handler, else the gateway fallback, else ``None``."""
@@ -174,6 +201,11 @@ class RequestProcessor:
                 "Method {method} failed (call {call_id})", method=name, call_id=call_id
             )
             return [("error", {"type": "serverFail", "description": "Internal server error."})]
+
+
+Forwarder = Callable[[Any, Sequence[tuple[str, dict[str, Any], str]], Sequence[Invocation],
+                      Collection[str], dict[str, str]], Awaitable[list[Invocation]]]
+"""``(principal, run, responses so far, using, createdIds) -> the run's responses``."""
 
 
 def _with_name(fallback: Fallback, name: str, ctx: CallContext, args: dict[str, Any]) -> Any:
