@@ -23,7 +23,7 @@ from jmappushd.gateway.auth import SHADOW_PREFIX
 from tests.cyrus_server import CyrusServer, require_cyrus
 from tests.support import LiveDaemon, basic, make_config, start_daemon, stop_daemon
 from tests.test_eventsource_live import es_url, open_stream
-from tests.test_websocket_helpers import connect
+from tests.test_websocket_helpers import basic_header, connect
 
 MAIL = "urn:ietf:params:jmap:mail"
 WEBSOCKET = "urn:ietf:params:jmap:websocket"
@@ -115,7 +115,7 @@ async def test_a_delivery_reaches_eventsource_and_websocket_with_cyrus_states(
     async with gateway(cyrus, tmp_path) as d:
         alice_es = await open_stream(es_url(d.base), basic("alice", "alice-pw"))
         bob_es = await open_stream(es_url(d.base), basic("bob", "bob-pw"))
-        ws = await connect(d.base, basic("alice", "alice-pw"))
+        ws = await connect(d.base, basic_header("alice", "alice-pw"))
         ws.send({"@type": "WebSocketPushEnable", "dataTypes": None})
         await ws.nothing(0.2)
         try:
