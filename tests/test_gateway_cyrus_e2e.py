@@ -147,3 +147,115 @@ async def test_poll_mode_delivers(cyrus: CyrusServer, tmp_path: Path) -> None:
                 changed, _ = await stream.next_state(timeout=5)
         finally:
             stream.close()
+
+
+async def api(d: LiveDaemon, user: str, calls: list[Any], using: list[str] | None = None
+              ) -> tuple[int, Any]:
+    body = {"using": using or ["urn:ietf:params:jmap:core", MAIL], "methodCalls": calls}
+    response = await treq.post(d.base + "/jmap/api/", json=body,
+                               headers={**basic(user, f"{user}-pw"),
+                                        "Content-Type": "application/json"},
+                               persistent=False)
+    return response.code, await response.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mail_methods_are_forwarded(cyrus: CyrusServer, tmp_path: Path) -> None:
+    """Mailbox/get, Email/query and Email/get through the gateway answer as Cyrus does,
+    with the reference inside the run (Email/get #ids of Email/query) resolved by Cyrus."""
+    cyrus.deliver("alice", "to be queried")
+    calls = [["Mailbox/get", {"accountId": "alice", "ids": None}, "m"],
+             ["Email/query", {"accountId": "alice"}, "q"],
+             ["Email/get", {"accountId": "alice", "properties": ["subject"],
+                            "#ids": {"resultOf": "q", "name": "Email/query",
+                                     "path": "/ids"}}, "g"]]
+    async with gateway(cyrus, tmp_path) as d:
+        code, answer = await api(d, "alice", calls)
+        assert code == 200
+        assert answer["methodResponses"] == cyrus.jmap("alice", calls)
+        assert "to be queried" in {e["subject"] for e in answer["methodResponses"][2][1]["list"]}
+        code, answer = await api(d, "alice", [["Mailbox/get", {"accountId": "bob",
+                                                               "ids": None}, "x"]])
+        assert answer["methodResponses"][0][0] == "error"  # Cyrus's own isolation
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mixed_request_with_a_back_reference(cyrus: CyrusServer, tmp_path: Path
+                                                     ) -> None:
+    """PushSubscription/get (local) then Mailbox/get upstream referencing it, then a local
+    call referencing the upstream's answer: each side's references are resolved."""
+    async with gateway(cyrus, tmp_path) as d:
+        calls = [
+            ["Mailbox/get", {"accountId": "alice", "ids": None}, "m"],
+            ["PushSubscription/get", {"ids": None}, "p"],
+            ["Mailbox/get", {"accountId": "alice",
+                             "#ids": {"resultOf": "m", "name": "Mailbox/get",
+                                      "path": "/list/*/id"}}, "m2"],
+            ["Core/echo", {"#ids": {"resultOf": "m2", "name": "Mailbox/get",
+                                    "path": "/list/*/id"}}, "e"],
+        ]
+        code, answer = await api(d, "alice", calls,
+                                 ["urn:ietf:params:jmap:core", MAIL])
+        assert code == 200, answer
+        names = [r[0] for r in answer["methodResponses"]]
+        assert names == ["Mailbox/get", "PushSubscription/get", "Mailbox/get", "Core/echo"]
+        inbox_ids = [m["id"] for m in answer["methodResponses"][0][1]["list"]]
+        assert [m["id"] for m in answer["methodResponses"][2][1]["list"]] == inbox_ids
+        assert answer["methodResponses"][3][1]["ids"] == inbox_ids
+        assert answer["methodResponses"][1][1]["list"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_requests_are_forwarded(cyrus: CyrusServer, tmp_path: Path) -> None:
+    """RFC 8887 requests through the gateway's socket: the mail API over one socket."""
+    async with gateway(cyrus, tmp_path) as d:
+        ws = await connect(d.base, basic_header("alice", "alice-pw"))
+        try:
+            ws.send({"@type": "Request", "id": "r1",
+                     "using": ["urn:ietf:params:jmap:core", MAIL],
+                     "methodCalls": [["Mailbox/get", {"accountId": "alice", "ids": None},
+                                      "0"]]})
+            answer = await ws.next(timeout=5)
+            assert answer["@type"] == "Response" and answer["requestId"] == "r1"
+            assert answer["methodResponses"][0][0] == "Mailbox/get"
+        finally:
+            await ws.bye()
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_made_through_the_gateway_are_pushed_at_once(
+        cyrus: CyrusServer, tmp_path: Path) -> None:
+    """A Mailbox/set through the gateway: its newState reaches alice's stream."""
+    async with gateway(cyrus, tmp_path) as d:
+        stream = await open_stream(es_url(d.base, types="Mailbox"),
+                                   basic("alice", "alice-pw"))
+        try:
+            code, answer = await api(d, "alice", [["Mailbox/set", {
+                "accountId": "alice", "create": {"k": {"name": "Gateway folder"}}}, "s"]])
+            assert code == 200, answer
+            new_state = answer["methodResponses"][0][1]["newState"]
+            changed, _ = await stream.next_state(timeout=2)
+            assert changed["alice"]["Mailbox"] == new_state
+        finally:
+            stream.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cyrus_down_is_503_and_push_resumes_after_it(cyrus: CyrusServer, tmp_path: Path
+                                                           ) -> None:
+    async with gateway(cyrus, tmp_path) as d:
+        stream = await open_stream(es_url(d.base), basic("alice", "alice-pw"))
+        try:
+            cyrus.stop()
+            code, answer = await api(d, "alice", [["Mailbox/get", {"accountId": "alice",
+                                                                   "ids": []}, "0"]])
+            assert code == 503, answer
+            assert "127.0.0.1" in answer["detail"]
+            cyrus.start()
+            cyrus.deliver("alice", "after the outage")
+            truth = cyrus.states("alice", "alice")
+            changed, _ = await stream.next_state(timeout=5)
+            while changed["alice"].get("Email") != truth["Email"]:
+                changed, _ = await stream.next_state(timeout=5)
+        finally:
+            stream.close()

@@ -73,7 +73,7 @@ class RequestProcessor:
         self._max_calls = max_calls_in_request
 
     def _validate(
-        self, request: Any
+        self, request: Any, extra_capabilities: Collection[str] = ()
     ) -> tuple[list[str], list[tuple[str, dict[str, Any], str]], dict[str, str] | None]:
         """Check the whole Request before any call runs, so a rejected request does nothing.
 
@@ -94,7 +94,7 @@ class RequestProcessor:
             created_ids = _check_created_ids(request["createdIds"])
         if CORE_CAPABILITY not in using:
             raise _not_request(f"'using' must contain {CORE_CAPABILITY!r}.")
-        unknown = sorted(set(using) - self._registry.capabilities())
+        unknown = sorted(set(using) - self._registry.capabilities() - set(extra_capabilities))
         if unknown:
             raise RequestProblem(
                 "unknownCapability", f"The server does not support {unknown[0]!r}."
@@ -120,7 +120,10 @@ class RequestProcessor:
         Raises :class:`RequestProblem` for request-level errors; method failures become
         ``error`` responses and later calls still run (API-9).
         """
-        using, calls, created_ids = self._validate(request)
+        # Gateway mode: the upstream's capabilities are known too (API-6).
+        upstream = getattr(principal, "upstream", None)
+        extra = upstream.session.capabilities if upstream is not None else ()
+        using, calls, created_ids = self._validate(request, extra)
         ctx = CallContext(
             principal=principal,
             session_state=session_state,
