@@ -18,11 +18,15 @@ from pathlib import Path
 from tests.support import config_text, free_port
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("STATE_DIRECTORY", None)
+    # The subprocess imports the jmappushd these tests belong to (a worktree's, not the
+    # checkout the venv's editable install points at).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
