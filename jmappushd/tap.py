@@ -15,7 +15,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from jmappushd.daemon.listeners import ListenError
+from jmappushd.daemon.listeners import ListenError, ListenerService
 from jmappushd.daemon.service import StateError, build_service, prepare_state
 from jmappushd.reactor import IDaemonReactor
 
@@ -63,5 +63,8 @@ def makeService(options: Any) -> IService:
     try:
         service.privilegedStartService()
     except ListenError as exc:
+        for child in service:
+            if isinstance(child, ListenerService):
+                child.stopService()  # those bound before the failing one
         raise StartupRefused(str(exc)) from None
     return service

@@ -60,6 +60,11 @@ class ListenerService(Service):
         self._listening: defer.Deferred[None] | None = None  # bound or binding
         self._in_listen = False
 
+    @property
+    def port(self) -> IListeningPort | None:
+        """The bound port; None before binding and after stopping."""
+        return self._port
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._bind()
