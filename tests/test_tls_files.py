@@ -39,7 +39,7 @@ def test_matching_pair_passes(tmp_path: Path) -> None:
 
 def test_mismatched_key_names_both_files(tmp_path: Path) -> None:
     """A key that is not the certificate's is refused naming both files."""
-    key, cert = write_pair(tmp_path)
+    _key, cert = write_pair(tmp_path)
     other = tmp_path / "other.pem"
     other.write_bytes(key_pem(new_key()))
     message = refusal(f"ssl:0:privateKey={other}:certKey={cert}", tmp_path)

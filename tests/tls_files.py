@@ -25,7 +25,7 @@ def key_pem(key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> b
 
 def cert_pem(key: ec.EllipticCurvePrivateKey, name: str = "localhost") -> bytes:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject).issuer_name(subject).public_key(key.public_key())
