@@ -9,17 +9,22 @@ environment (``STATE_DIRECTORY``) is consulted only when ``parse_config`` runs.
 from __future__ import annotations
 
 import configparser
+import difflib
 import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 from urllib.parse import SplitResult, urlsplit
 
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
+
+from jmappushd.tlsfiles import check_ssl_endpoint
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -43,17 +48,42 @@ class ConfigError(Exception):
 
 
 def _check_endpoint(text: str) -> str:
-    """Parse like strports.service does, against a MemoryReactor so that no port is bound."""
+    """Parse like strports.service does, against a MemoryReactor so that no port is bound.
+
+    The key and certificate of an ``ssl:`` endpoint are checked first for a precise reason,
+    and listening on the MemoryReactor shows the port the daemon would bind (Twisted
+    itself takes ``tcp:80800`` and fails only in ``bind()``).
+    """
+    if text.split(":", 1)[0] == "ssl":
+        try:
+            check_ssl_endpoint(text)
+        except ValueError as e:
+            raise ValueError(f"{text!r}: {e}") from None
+    reactor = MemoryReactor()
     try:
-        serverFromString(MemoryReactor(), text)
+        endpoint = serverFromString(reactor, text)
     except (IndexError, KeyError):
         # systemd: endpoints look their descriptor up at parse time; outside socket activation
         # (e.g. checking the config by hand) there is none, and listening reports it later.
         if text.split(":", 1)[0] != "systemd":
             raise ValueError(f"bad endpoint {text!r}") from None
+        return text
     except Exception as e:
         raise ValueError(f"bad endpoint {text!r}: {e}") from None
+    _check_listening_ports(reactor, endpoint, text)
     return text
+
+
+def _check_listening_ports(reactor: MemoryReactor, endpoint: IStreamServerEndpoint,
+                           text: str) -> None:
+    try:
+        endpoint.listen(Factory()).addErrback(lambda _: None)
+    except Exception:  # an endpoint the MemoryReactor cannot host: nothing to check
+        return
+    ports = [server[0] for server in (*reactor.tcpServers, *reactor.sslServers)]
+    for port in ports:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} out of range 0-65535 in {text!r}")
 
 
 def _check_listen(raw: str) -> tuple[str, ...]:
@@ -77,9 +107,11 @@ def _check_public_url(value: str) -> str:
 
 def _check_port(parts: SplitResult, value: str) -> None:
     try:
-        parts.port  # noqa: B018 - reading it is what validates it
+        port = parts.port
     except ValueError:
-        raise ValueError(f"bad port in {value!r}") from None
+        raise ValueError(f"bad port in {value!r} (1-65535)") from None
+    if port == 0:
+        raise ValueError(f"bad port in {value!r} (1-65535)")
 
 
 def _origin(item: str) -> str:
@@ -429,7 +461,8 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] | None = None)
     for section in parser.sections():
         if section not in SECTIONS:
             known = ", ".join(SECTIONS)
-            raise ConfigError(f"{path}: [{section}]: unknown section (known: {known})")
+            hint = _did_you_mean(section, SECTIONS, "[{}]")
+            raise ConfigError(f"{path}: [{section}]: unknown section{hint} (known: {known})")
     base = os.path.dirname(os.path.abspath(path))
     server = _build(ServerConfig, "server", parser, path, base, {"state_dir": _state_dir(env)})
     derived: dict[str, dict[str, Any]] = {
@@ -535,7 +568,8 @@ def _build(
     known = {ini_key(cls, f.name): f for f in fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(f"{path}: [{section}] {key}: unknown key")
+            hint = _other_sections(key) or _did_you_mean(key, known, "{}")
+            raise ConfigError(f"{path}: [{section}] {key}: unknown key{hint}")
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = dict(defaults)
     for key, f in known.items():
@@ -548,6 +582,19 @@ def _build(
             problem = str(e).replace("\n", "\\n")
             raise ConfigError(f"{path}: [{section}] {key}: {problem}") from None
     return cls(**kwargs)
+
+
+def _did_you_mean(name: str, known: Iterable[str], form: str) -> str:
+    """"; did you mean push-throttle?" for the nearest known name, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {form.format(close[0])}?" if close else ""
+
+
+def _other_sections(key: str) -> str:
+    """"; it belongs in [push]" when the key is another section's."""
+    owners = [f"[{section}]" for section, (_attr, cls) in SECTIONS.items()
+              if any(ini_key(cls, f.name) == key for f in fields(cls))]
+    return f"; it belongs in {' or '.join(owners)}" if owners else ""
 
 
 def _convert(raw: str, hint: object, rule: _Rule, base: str) -> Any:

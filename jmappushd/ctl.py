@@ -4,7 +4,10 @@ Every failure prints one line, ``jmappushctl: error: ...``, and exits non-zero.
 User and token commands write the configured store directly (for SQLite, safe
 while the daemon runs: WAL and a busy timeout); the daemon notices through the
 auth generation.
-``publish`` goes through the running daemon's admin listener.
+``publish`` goes through the running daemon's admin listener; it first looks in the
+store whether any user can read the account (a warning if not, an error with
+``--strict``). ``check-config`` reports every reason the daemon would refuse to start,
+one line each, without creating anything.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any, TextIO
 
 from twisted.internet import defer, task
@@ -26,7 +29,13 @@ from twisted.internet.interfaces import IReactorCore
 from jmappushd import __version__
 from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
 from jmappushd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from jmappushd.daemon.statedir import StateError, load_or_create_admin_token, prepare_state
+from jmappushd.daemon.statedir import (
+    StateError,
+    check_state,
+    load_or_create_admin_token,
+    prepare_state,
+)
+from jmappushd.endpointargs import endpoint_arguments
 from jmappushd.store.backends import create_store
 from jmappushd.store.interface import IPrincipalStore
 from jmappushd.store.records import AccountInUse, NoSuchUser, UserExists
@@ -36,7 +45,7 @@ _USERNAME = re.compile(r"^[^\s:]{1,255}$")
 
 
 class CtlError(Exception):
-    """A user-facing failure: printed as one line."""
+    """A user-facing failure: each argument is printed as one line."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"jmappushctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("check-config", help="validate the config file and exit")
+    sub.add_parser("check-config", help="check the config file, its ports, TLS files and "
+                   "paths as the daemon would, without creating anything, and exit")
 
     user = sub.add_parser("user", help="add, list, remove users or set passwords")
     us = user.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -88,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("account_id")
     pub.add_argument("changes", nargs="+", metavar="TYPE=STATE")
     pub.add_argument("--url", help="admin base URL (default: from [admin] listen)")
+    pub.add_argument("--strict", action="store_true",
+                     help="publish nothing if no user can read ACCOUNT_ID (default: warn only)")
 
     vapid = sub.add_parser("vapid", help="manage the Web Push (VAPID) signing key")
     vs = vapid.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -122,95 +134,66 @@ async def _with_store(config: Config,
         await store.close()
 
 
-async def _user(args: argparse.Namespace, config: Config, out: TextIO, stdin: TextIO) -> None:
-    async def work(store: IPrincipalStore) -> None:
-        if args.action == "add":
-            if not _USERNAME.match(args.name):
-                raise CtlError(f"invalid user name {args.name!r} (no spaces or colons)")
-            if args.account_id is not None and not _ID.match(args.account_id):
-                raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
-            if args.exist_ok and await store.get_user(args.name) is not None:
-                out.write(f"user {args.name} exists\n")
-                return
-            password = read_password(args.password_stdin, stdin)
-            user = await store.add_user(args.name, hash_password(password), args.account_id)
-            out.write(f"added user {user.name} with account {user.primary_account_id}\n")
-        elif args.action == "list":
-            for user in await store.list_users():
-                accounts = await store.accounts_for_user(user.id)
-                out.write(f"{user.name}\t{' '.join(a.id for a in accounts)}\n")
-        elif args.action == "remove":
-            if not await store.remove_user(args.name):
-                raise CtlError(f"no such user: {args.name}")
-            out.write(f"removed user {args.name}\n")
-        elif args.action == "passwd":
-            password = read_password(args.password_stdin, stdin)
-            await store.set_password(args.name, hash_password(password))
-            out.write(f"password of {args.name} changed\n")
-
-    await _with_store(config, work)
+async def _user(args: argparse.Namespace, store: IPrincipalStore, out: TextIO,
+                stdin: TextIO) -> None:
+    if args.action == "add":
+        if not _USERNAME.match(args.name):
+            raise CtlError(f"invalid user name {args.name!r} (no spaces or colons)")
+        if args.account_id is not None and not _ID.match(args.account_id):
+            raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
+        if args.exist_ok and await store.get_user(args.name) is not None:
+            out.write(f"user {args.name} exists\n")
+            return
+        password = read_password(args.password_stdin, stdin)
+        user = await store.add_user(args.name, hash_password(password), args.account_id)
+        out.write(f"added user {user.name} with account {user.primary_account_id}\n")
+    elif args.action == "list":
+        for user in await store.list_users():
+            accounts = await store.accounts_for_user(user.id)
+            out.write(f"{user.name}\t{' '.join(a.id for a in accounts)}\n")
+    elif args.action == "remove":
+        if not await store.remove_user(args.name):
+            raise CtlError(f"no such user: {args.name}")
+        out.write(f"removed user {args.name}\n")
+    elif args.action == "passwd":
+        password = read_password(args.password_stdin, stdin)
+        await store.set_password(args.name, hash_password(password))
+        out.write(f"password of {args.name} changed\n")
 
 
-async def _token(args: argparse.Namespace, config: Config, out: TextIO) -> None:
-    async def work(store: IPrincipalStore) -> None:
-        if args.action == "create":
-            token = new_bearer_token()
-            record = await store.create_token(args.name, token_digest(token), args.label)
-            sys.stderr.write(f"token id {record.id} for {args.name}\n")
-            out.write(token + "\n")
-        elif args.action == "list":
-            if await store.get_user(args.name) is None:
-                raise CtlError(f"no such user: {args.name}")
-            for record in await store.list_tokens(args.name):
-                out.write(f"{record.id}\t{record.created:.0f}\t{record.label}\n")
-        elif args.action == "revoke":
-            if not await store.revoke_token(args.token_id):
-                raise CtlError(f"no such token: {args.token_id}")
-            out.write(f"revoked token {args.token_id}\n")
-
-    await _with_store(config, work)
+async def _token(args: argparse.Namespace, store: IPrincipalStore, out: TextIO) -> None:
+    if args.action == "create":
+        token = new_bearer_token()
+        record = await store.create_token(args.name, token_digest(token), args.label)
+        sys.stderr.write(f"token id {record.id} for {args.name}\n")
+        out.write(token + "\n")
+    elif args.action == "list":
+        if await store.get_user(args.name) is None:
+            raise CtlError(f"no such user: {args.name}")
+        for record in await store.list_tokens(args.name):
+            out.write(f"{record.id}\t{record.created:.0f}\t{record.label}\n")
+    elif args.action == "revoke":
+        if not await store.revoke_token(args.token_id):
+            raise CtlError(f"no such token: {args.token_id}")
+        out.write(f"revoked token {args.token_id}\n")
 
 
-async def _account(args: argparse.Namespace, config: Config, out: TextIO) -> None:
-    if not _ID.match(args.account_id):
-        raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
-
-    async def work(store: IPrincipalStore) -> None:
-        if args.action == "grant":
-            await store.grant(args.user, args.account_id)
-            out.write(f"{args.user} may now read account {args.account_id}\n")
-        elif not await store.revoke_grant(args.user, args.account_id):
-            raise CtlError(f"{args.user} had no grant on {args.account_id}")
-        else:
-            out.write(f"grant of {args.account_id} to {args.user} revoked\n")
-
-    await _with_store(config, work)
-
-
-def split_endpoint(description: str) -> list[str]:
-    """Split an endpoint string at unescaped colons (``\\:`` stands for a colon)."""
-    parts, current, escaped = [], "", False
-    for char in description:
-        if escaped:
-            current += char
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return parts
+async def _account(args: argparse.Namespace, store: IPrincipalStore, out: TextIO) -> None:
+    if args.action == "grant":
+        await store.grant(args.user, args.account_id)
+        out.write(f"{args.user} may now read account {args.account_id}\n")
+    elif not await store.revoke_grant(args.user, args.account_id):
+        raise CtlError(f"{args.user} had no grant on {args.account_id}")
+    else:
+        out.write(f"grant of {args.account_id} to {args.user} revoked\n")
 
 
 def admin_url(config: Config) -> str:
     """Derive ``http://host:port`` from the first tcp endpoint in ``[admin] listen``."""
     for description in config.admin.listen:
-        parts = split_endpoint(description)
-        if parts[0] in ("tcp", "tcp6") and len(parts) >= 2:
-            options = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+        args, options = endpoint_arguments(description)
+        port = args[1] if len(args) >= 2 else options.get("port")
+        if args[0] in ("tcp", "tcp6") and port is not None:
             host = options.get("interface", "127.0.0.1")
             if host in ("", "0.0.0.0"):  # noqa: S104 - a bind-all address, mapped to loopback
                 host = "127.0.0.1"
@@ -218,7 +201,7 @@ def admin_url(config: Config) -> str:
                 host = "::1"
             if ":" in host:
                 host = f"[{host}]"
-            return f"http://{host}:{parts[1]}"
+            return f"http://{host}:{port}"
     raise CtlError("no tcp endpoint in [admin] listen; pass --url")
 
 
@@ -255,12 +238,45 @@ def admin_post(config: Config, base_url: str | None, path: str, body: Any) -> An
         raise CtlError(f"cannot reach the daemon at {url}: {exc}") from exc
 
 
-def publish(args: argparse.Namespace, config: Config, out: TextIO) -> None:
+async def unreadable_accounts(store: IPrincipalStore, account_ids: Collection[str]
+                              ) -> list[str]:
+    """The ids no user can read: neither some user's own account nor granted to one.
+
+    One query for the users; each user's grants are read only while some id is still
+    unaccounted for (an id nobody reads costs one query per user, fine for a CLI).
+    """
+    missing = set(account_ids)
+    users = await store.list_users()
+    missing -= {user.primary_account_id for user in users}
+    for user in users:
+        if not missing:
+            break
+        missing -= {account.id for account in await store.accounts_for_user(user.id)}
+    return sorted(missing)
+
+
+def publish(args: argparse.Namespace, config: Config, out: TextIO, err: TextIO) -> None:
+    """Warn about (or, with --strict, refuse) an account nobody reads, then publish.
+
+    The mail store may run ahead of provisioning, so by default the change is recorded
+    anyway: a user created later with that account id catches up from it.
+    """
     if not _ID.match(args.account_id):
         raise CtlError(f"invalid account id {args.account_id!r}")
     body = {"@type": "StateChange", "changed": {args.account_id: parse_changes(args.changes)}}
+    prepare_and_run(config, lambda store: _warn_unreadable(store, args, err))
     reply = admin_post(config, args.url, "/publish", body)
     out.write(f"published as seq {reply.get('seq', '?')}\n")
+
+
+async def _warn_unreadable(store: IPrincipalStore, args: argparse.Namespace,
+                           err: TextIO) -> None:
+    for account_id in await unreadable_accounts(store, [args.account_id]):
+        if args.strict:
+            raise CtlError(f"no user can read account {account_id}; nothing published "
+                           "(without --strict it is published anyway)")
+        err.write(f"jmappushctl: warning: no user can read account {account_id} "
+                  "(published anyway; --strict refuses)\n")
 
 
 def rotate_vapid_key(args: argparse.Namespace, config: Config, out: TextIO) -> None:
@@ -269,39 +285,66 @@ def rotate_vapid_key(args: argparse.Namespace, config: Config, out: TextIO) -> N
               f"{reply.get('destroyed', 0)} subscriptions of the old key destroyed\n")
 
 
-def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
+def check_config(path: str, out: TextIO, err: TextIO) -> None:
+    """Everything the daemon would refuse: the config (keys, values, ports, TLS files) and
+    the paths (state-dir, token-file, storage path: usable or creatable); what it accepts
+    but warns about (deprecated keys) goes to ``err``."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        raise CtlError(str(exc)) from exc
+    for warning in config.warnings:
+        err.write(f"jmappushctl: warning: {warning}\n")
+    problems = check_state(config)
+    if problems:
+        raise CtlError(*problems)
+    out.write(f"{path}: OK\n")
+
+
+def run(argv: Sequence[str], out: TextIO, stdin: TextIO, err: TextIO | None = None) -> None:
     args = _parser().parse_args(argv)
+    err = sys.stderr if err is None else err
+    if args.command == "check-config":
+        check_config(args.config, out, err)
+        return
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         raise CtlError(str(exc)) from exc
     for warning in config.warnings:
-        sys.stderr.write(f"jmappushctl: warning: {warning}\n")
-    if args.command == "check-config":
-        out.write(f"{args.config}: OK\n")
-        return
+        err.write(f"jmappushctl: warning: {warning}\n")
     if args.command == "publish":
-        publish(args, config, out)
+        publish(args, config, out, err)
         return
     if args.command == "vapid":
         rotate_vapid_key(args, config, out)
         return
+    handlers: dict[str, Callable[[IPrincipalStore], Coroutine[Any, Any, None]]] = {
+        "user": lambda store: _user(args, store, out, stdin),
+        "token": lambda store: _token(args, store, out),
+        "account": lambda store: _account(args, store, out),
+    }
+    if args.command == "account" and not _ID.match(args.account_id):
+        raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
+    prepare_and_run(config, handlers[args.command])
+
+
+def prepare_and_run(config: Config,
+                    work: Callable[[IPrincipalStore], Coroutine[Any, Any, None]]) -> None:
+    """Prepare the state directory, open the store, run ``work`` on the reactor, close.
+
+    Every failure comes back as one CtlError.
+    """
     try:
         prepare_state(config)
     except StateError as exc:
         raise CtlError(str(exc)) from exc
-    handlers: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
-        "user": lambda: _user(args, config, out, stdin),
-        "token": lambda: _token(args, config, out),
-        "account": lambda: _account(args, config, out),
-    }
-    coroutine = handlers[args.command]
     failure: list[BaseException] = []
 
     def main(reactor: IReactorCore) -> defer.Deferred[None]:
         async def guarded() -> None:
             try:
-                await coroutine()
+                await _with_store(config, work)
             except Exception as exc:
                 failure.append(exc)
 
@@ -313,23 +356,27 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO) -> None:
         if exc.code not in (0, None):
             raise CtlError("internal error") from exc
     if failure:
-        error = failure[0]
-        if isinstance(error, CtlError):
-            raise error
-        if isinstance(error, UserExists):
-            raise CtlError(f"user exists: {error}") from error
-        if isinstance(error, NoSuchUser):
-            raise CtlError(f"no such user: {error}") from error
-        if isinstance(error, AccountInUse):
-            raise CtlError(f"account id already in use: {error}") from error
-        raise CtlError(f"{type(error).__name__}: {error}") from error
+        raise _one_line(failure[0])
+
+
+def _one_line(error: BaseException) -> CtlError:
+    if isinstance(error, CtlError):
+        return error
+    if isinstance(error, UserExists):
+        return CtlError(f"user exists: {error}")
+    if isinstance(error, NoSuchUser):
+        return CtlError(f"no such user: {error}")
+    if isinstance(error, AccountInUse):
+        return CtlError(f"account id already in use: {error}")
+    return CtlError(f"{type(error).__name__}: {error}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stdin)
     except CtlError as exc:
-        sys.stderr.write(f"jmappushctl: error: {exc}\n")
+        for line in exc.args:
+            sys.stderr.write(f"jmappushctl: error: {line}\n")
         return 1
     return 0
 

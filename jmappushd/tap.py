@@ -1,6 +1,10 @@
 """twistd entry point: ``twistd -n jmappushd --config FILE``.
 
-Only this module touches the global reactor.
+Only this module touches the global reactor. Every start-up failure leaves twistd as one
+line, ``jmappushd: error: <cause>``, with a non-zero exit status: a config or state
+directory mistake from ``postOptions`` and a port that cannot be bound from
+``makeService``, both before twistd starts logging (so neither its usage block nor its
+"starting up" lines nor a traceback bury the cause).
 """
 
 from __future__ import annotations
@@ -11,8 +15,21 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from jmappushd.daemon.listeners import ListenError, ListenerService
 from jmappushd.daemon.service import StateError, build_service, prepare_state
 from jmappushd.reactor import IDaemonReactor
+
+
+class StartupRefused(SystemExit):
+    """The daemon cannot start; Python prints the one line and exits with status 1.
+
+    A ``UsageError`` would make twistd print its usage block first, and any other
+    exception a traceback, so the reason travels as the SystemExit message instead.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"jmappushd: error: {reason}")
+        self.reason = reason
 
 
 class Options(usage.Options):
@@ -29,11 +46,25 @@ class Options(usage.Options):
             self.config = load_config(self["config"])
             prepare_state(self.config)
         except (ConfigError, StateError) as exc:
-            raise usage.UsageError(str(exc)) from exc
+            raise StartupRefused(str(exc)) from None
 
 
 def makeService(options: Any) -> IService:
+    """The daemon with its ports already bound, or StartupRefused naming the one that is not.
+
+    Binding here, before twistd forks, logs or drops privileges, is what makes a port in
+    use the only line printed; twistd's own ``privilegedStartService`` later finds the
+    listeners bound and leaves them.
+    """
     from twisted.internet import reactor
 
     # The one place the global reactor is used; it provides every interface of the union.
-    return build_service(options.config, cast(IDaemonReactor, reactor))
+    service = build_service(options.config, cast(IDaemonReactor, reactor))
+    try:
+        service.privilegedStartService()
+    except ListenError as exc:
+        for child in service:
+            if isinstance(child, ListenerService):
+                child.stopService()  # those bound before the failing one
+        raise StartupRefused(str(exc)) from None
+    return service

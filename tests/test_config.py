@@ -297,8 +297,52 @@ def test_unknown_section() -> None:
 
 
 def test_unknown_key() -> None:
-    """An unknown key is rejected naming section and key."""
-    assert rejection("[push]\npush-timout = 5\n") == f"{PATH}: [push] push-timout: unknown key"
+    """An unknown key is rejected naming section and key, with the nearest known key."""
+    assert rejection("[push]\npush-timout = 5\n") == (
+        f"{PATH}: [push] push-timout: unknown key; did you mean push-timeout?")
+    assert rejection("[push]\npush-throtle = 5\n") == (
+        f"{PATH}: [push] push-throtle: unknown key; did you mean push-throttle?")
+    assert rejection("[server]\nzzz = 1\n") == f"{PATH}: [server] zzz: unknown key"
+
+
+def test_key_of_another_section_names_it() -> None:
+    """A key written under the wrong section says where it belongs."""
+    assert rejection("[server]\npush-throttle = 5\n") == (
+        f"{PATH}: [server] push-throttle: unknown key; it belongs in [push]")
+    assert rejection("[admin]\nmax-connections-per-user = 5\n").endswith(
+        "it belongs in [event-source] or [websocket]")
+
+
+def test_unknown_section_suggests_the_nearest() -> None:
+    """A misspelt section name gets the nearest known one before the full list."""
+    message = rejection("[evnt-source]\nping-min = 5\n")
+    assert message.startswith(
+        f"{PATH}: [evnt-source]: unknown section; did you mean [event-source]? (known: server")
+    assert "did you mean" not in rejection("[xyzzy]\n")
+
+
+@pytest.mark.parametrize("endpoint", ["tcp:80800", "tcp:65536:interface=127.0.0.1",
+                                      "tcp6:70000", "tcp:port=99999", "tcp:-1"])
+def test_out_of_range_port_is_rejected(endpoint: str) -> None:
+    """A listen port outside 0..65535 is refused by the config check (Twisted itself parses
+    it and fails only in bind() with an OverflowError)."""
+    message = rejection(f"[server]\nlisten = tcp:1234 {endpoint}\n")
+    assert message.startswith(f"{PATH}: [server] listen: port ")
+    assert message.endswith(f"out of range 0-65535 in {endpoint!r}")
+
+
+@pytest.mark.parametrize("endpoint", ["tcp:0", "tcp:65535:interface=127.0.0.1", "tcp6:1",
+                                      "unix:/run/jmappushd.sock"])
+def test_in_range_ports_pass(endpoint: str) -> None:
+    """The edges of the range (0 = any free port) and non-TCP endpoints pass."""
+    assert parse(f"[admin]\nlisten = {endpoint}\n").admin.listen == (endpoint,)
+
+
+@pytest.mark.parametrize("url", ["http://example.com:0", "https://example.com:65536"])
+def test_public_url_port_out_of_range(url: str) -> None:
+    """public-url's port must be 1..65535."""
+    assert rejection(f"[server]\npublic-url = {url}\n") == (
+        f"{PATH}: [server] public-url: bad port in {url!r} (1-65535)")
 
 
 def test_field_names_with_underscores_are_not_keys() -> None:

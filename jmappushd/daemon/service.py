@@ -47,6 +47,7 @@ from jmappushd.transports.eventsource.service import EventSourceService
 from jmappushd.transports.interface import ITransportService
 from jmappushd.transports.webpush.service import WebPushService
 from jmappushd.transports.websocket.service import WebSocketService
+from jmappushd.versions import daemon_version, library_versions
 from jmappushd.web.admin import ADMIN_MAX_BODY, build_admin_root
 from jmappushd.web.demo import DemoService
 from jmappushd.web.root import build_root
@@ -125,6 +126,12 @@ class JMAPPushService(MultiService):
 
     def startService(self) -> None:
         config = self.app.config
+        libraries = library_versions()
+        self.log.info("jmappushd {version} (Twisted {twisted}, Autobahn {autobahn}, "
+                      "cryptography {cryptography}, Python {python})",
+                      version=daemon_version(), twisted=libraries["Twisted"],
+                      autobahn=libraries["autobahn"], cryptography=libraries["cryptography"],
+                      python=libraries["Python"])
         for warning in config.warnings:
             self.log.warn("{warning}", warning=warning)
         soft, hard = raise_open_files_limit(config.server.max_open_files)

@@ -16,6 +16,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from jmappushd.context import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.versions import daemon_version
 from jmappushd.web.base import AppResource
 from jmappushd.web.responses import serve_async, write_body, write_json, write_problem
 
@@ -142,7 +143,8 @@ class RotateVapidKeyResource(AppResource):
 
 
 class HealthResource(AppResource):
-    """``GET /health``: 200 when the store answers, 503 otherwise."""
+    """``GET /health``: 200 when the store answers, 503 otherwise; with the daemon's version,
+    so a monitor sees which release answers."""
 
     def render_GET(self, request: Request) -> Any:
         return serve_async(request, self._check(request), self.log, 503, "store unavailable")
@@ -150,7 +152,8 @@ class HealthResource(AppResource):
     async def _check(self, request: Request) -> None:
         _, seq = await self._app.store.position()
         write_json(request, 200, {
-            "status": "ok", "seq": seq, "listeners": self._app.hub.listener_count,
+            "status": "ok", "version": daemon_version(), "seq": seq,
+            "listeners": self._app.hub.listener_count,
         })
 
 
