@@ -70,7 +70,10 @@ def _check_endpoint(text: str) -> str:
         return text
     except Exception as e:
         raise ValueError(f"bad endpoint {text!r}: {e}") from None
-    _check_listening_ports(reactor, endpoint, text)
+    if text.split(":", 1)[0] != "systemd":
+        # Never "listen" on an adopted descriptor: Twisted closes the inherited socket once
+        # it has adopted it, and the daemon would then have no socket to serve on.
+        _check_listening_ports(reactor, endpoint, text)
     return text
 
 
