@@ -36,6 +36,7 @@ from jmappushd.daemon.statedir import (
     prepare_state,
 )
 from jmappushd.endpointargs import endpoint_arguments
+from jmappushd.gateway.wiring import gateway_problems
 from jmappushd.store.backends import create_store
 from jmappushd.store.interface import IPrincipalStore
 from jmappushd.store.records import AccountInUse, NoSuchUser, UserExists
@@ -296,6 +297,8 @@ def check_config(path: str, out: TextIO, err: TextIO) -> None:
     for warning in config.warnings:
         err.write(f"jmappushctl: warning: {warning}\n")
     problems = check_state(config)
+    if config.upstream.enabled:
+        problems += gateway_problems(config)
     if problems:
         raise CtlError(*problems)
     out.write(f"{path}: OK\n")
@@ -313,6 +316,11 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO, err: TextIO | None = No
         raise CtlError(str(exc)) from exc
     for warning in config.warnings:
         err.write(f"jmappushctl: warning: {warning}\n")
+    if config.upstream.enabled and args.command in ("user", "token", "account"):
+        # Gateway mode: users, passwords, tokens and accounts are the upstream's.
+        raise CtlError(f"{config.path}: [upstream] session-url is set (gateway mode): users, "
+                       f"tokens and accounts are managed by the upstream JMAP server, not "
+                       f"with 'jmappushctl {args.command}'")
     if args.command == "publish":
         publish(args, config, out, err)
         return

@@ -17,6 +17,7 @@ from twisted.python import usage
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from jmappushd.daemon.listeners import ListenError, ListenerService
 from jmappushd.daemon.service import StateError, build_service, prepare_state
+from jmappushd.gateway.wiring import gateway_problems
 from jmappushd.reactor import IDaemonReactor
 
 
@@ -47,6 +48,10 @@ class Options(usage.Options):
             prepare_state(self.config)
         except (ConfigError, StateError) as exc:
             raise StartupRefused(str(exc)) from None
+        if self.config.upstream.enabled:
+            problems = gateway_problems(self.config)
+            if problems:
+                raise StartupRefused(problems[0])
 
 
 def makeService(options: Any) -> IService:

@@ -29,13 +29,19 @@ from jmappushd.gateway.forward import Call, Forwarder, Invocation
 from jmappushd.gateway.session import UpstreamSession, parse_session
 from jmappushd.gateway.sources import CyrusNotifySource, PollSource
 from jmappushd.gateway.states import StateReader
-from jmappushd.gateway.upstream import UpstreamClient, UpstreamResponse, UpstreamUnavailable
+from jmappushd.gateway.upstream import (
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamUnavailable,
+    load_ca_policy,
+)
 from jmappushd.gateway.upstream_events import UpstreamEventSource
 from jmappushd.jmap.registry import MethodError
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.interface import IStore
 
-__all__ = ["Gateway", "ReaderSession", "build_gateway", "read_reader_password"]
+__all__ = ["Gateway", "ReaderSession", "build_gateway", "gateway_problems",
+           "read_reader_password"]
 
 
 def read_reader_password(config: UpstreamConfig, path: str) -> str:
@@ -57,6 +63,29 @@ def read_reader_password(config: UpstreamConfig, path: str) -> str:
     if len(lines) != 1 or not lines[0]:
         raise ConfigError(f"{where}: {name} must hold the password on one line")
     return lines[0]
+
+
+def gateway_problems(config: Config) -> list[str]:
+    """What the daemon would refuse about gateway mode's files, one line each: the reader's
+    password (one line, 0600), the CA bundle, the folder of the notify socket."""
+    problems = []
+    upstream = config.upstream
+    if upstream.reader_password_file:
+        try:
+            read_reader_password(upstream, config.path)
+        except ConfigError as e:
+            problems.append(str(e))
+    if upstream.ca_file:
+        try:
+            load_ca_policy(upstream.ca_file)
+        except ValueError as e:
+            problems.append(f"{config.path}: [upstream] ca-file: {e}")
+    if upstream.notify_socket:
+        folder = os.path.dirname(upstream.notify_socket) or "."
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            problems.append(f"{config.path}: [upstream] notify-socket: cannot create a socket "
+                            f"in {folder} (missing or not writable)")
+    return problems
 
 
 class ReaderSession:
