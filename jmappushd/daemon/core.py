@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from jmappushd.context import App
@@ -25,13 +26,17 @@ class CoreService(Service):
     log = Logger()
     name = "core"
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, threads: ThreadPool | None = None) -> None:
+        """``threads``: a pool of the core's own (the KDF's), started and stopped with it."""
         self._app = app
+        self._threads = threads
         self._starting: defer.Deferred[None] | None = None
         self._started = StartSignal()
 
     def startService(self) -> None:
         super().startService()
+        if self._threads is not None:
+            self._threads.start()  # threads are made on demand, up to its maximum
         self._starting = defer.ensureDeferred(self._start())
         self._starting.addCallbacks(lambda _: self._started.fire(), self._started.fire)
 
@@ -54,3 +59,5 @@ class CoreService(Service):
         if self._starting is not None:
             await self._starting  # a store still opening is closed once it opened or failed
         await self._app.store.close()
+        if self._threads is not None:
+            self._threads.stop()  # joins its idle workers; a KDF in flight finishes first

@@ -10,6 +10,7 @@ owes), then the listening ports, then the core (the store closes last).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from jmappushd.auth.authenticator import Authenticator, PrincipalSource, ThreadRunner
 from jmappushd.config import Config
@@ -60,13 +62,23 @@ T = TypeVar("T")
 S = TypeVar("S", bound=ITransportService)
 
 
-def thread_runner(reactor: IReactorThreads) -> ThreadRunner:
-    """Run blocking work (the password KDF) on the reactor's thread pool."""
+def thread_runner(reactor: IReactorThreads, pool: ThreadPool | None = None) -> ThreadRunner:
+    """Run blocking work (the password KDF) on ``pool``, else the reactor's thread pool."""
 
     def run_in_thread(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        return threads.deferToThreadPool(reactor, pool or reactor.getThreadPool(), f, *args)
 
     return run_in_thread
+
+
+def kdf_thread_pool(config: Config) -> ThreadPool:
+    """The password KDF's own threads, as many as ``[auth] max-concurrent-kdf`` allows.
+
+    Not the reactor's pool: that one (10 threads) also resolves host names, so KDFs
+    there would cap ``max-concurrent-kdf`` at 10 and could starve name lookups.
+    """
+    slots = config.auth.max_concurrent_kdf or os.cpu_count() or 1
+    return ThreadPool(minthreads=0, maxthreads=slots, name="jmappushd-kdf")
 
 
 def build_registry() -> MethodRegistry:
@@ -183,9 +195,10 @@ def build_service(config: Config, reactor: IDaemonReactor,
     if store is None:
         store = create_store(config.storage, reactor)
     gateway = build_gateway(config, reactor, store) if config.upstream.enabled else None
-    app = build_app(config, reactor, store, thread_runner(reactor),
+    kdf_pool = kdf_thread_pool(config)
+    app = build_app(config, reactor, store, thread_runner(reactor, kdf_pool),
                     gateway.principals if gateway is not None else None)
-    core = CoreService(app)
+    core = CoreService(app, kdf_pool)
     eventsource = EventSourceService(app, reactor)
     websocket = WebSocketService(app, reactor)
     webpush = WebPushService(app, reactor, core)
