@@ -1,0 +1,92 @@
+"""Fuzzing the EventSource query and headers (ES-1..ES-10, C-ES-2, C-ES-3): any query
+and any Last-Event-ID give either a 200 text/event-stream or a 4xx problem naming the
+parameter; an accepted stream pings and ends cleanly, leaving nothing subscribed."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import event, given
+from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+from jmappushd.core.position import make_token
+from tests.fuzz_support import World, check_problem, no_failures_logged, weighted
+from tests.sse_parser import EventParser
+
+_TYPES = [b"*", b"%2A", b"Email", b"Email,Mailbox", b"", b",", b"Email,", b"*,Email",
+          b"Email\n", b"E mail", b"1Email", b"\xff", b"Email," * 200, b"a" * 200]
+_CLOSEAFTER = [b"state", b"no", b"", b"STATE", b"yes", b"state\n", b"\xc3\xa9"]
+_PING = [b"0", b"1", b"30", b"300", b"100000", b"-1", b"1.5", b"", b" 30", b"30\n",
+         b"\xd9\xa3", b"9" * 11, b"9" * 10, b"0x10", b"+5"]
+
+
+def values(valid: list[bytes], samples: list[bytes]) -> st.SearchStrategy[list[bytes]]:
+    """Usually one valid value; else none, two, or odd ones."""
+    one = st.one_of(st.sampled_from(samples), st.binary(max_size=20))
+    good = st.sampled_from(valid).map(lambda v: [v])
+    return weighted((5, good), (1, st.lists(one, min_size=0, max_size=2)))
+
+
+def last_event_ids() -> st.SearchStrategy[bytes | None]:
+    tokens = st.builds(lambda epoch, seq: make_token(epoch, seq).encode(),
+                       st.sampled_from(["e0", "zz", ""]), st.integers(0, 10**6))
+    junk = st.binary(max_size=250).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+    return st.one_of(st.none(), tokens, junk, st.sampled_from([b"", b" ", b"x" * 201]))
+
+
+@given(types=values([b"*", b"Email", b"Mailbox,Email", b"Thread"], _TYPES),
+       closeafter=values([b"no", b"state"], _CLOSEAFTER),
+       ping=values([b"0", b"1", b"30", b"100000"], _PING),
+       extra=st.dictionaries(st.binary(max_size=8), st.lists(st.binary(max_size=8),
+                                                              max_size=2), max_size=2),
+       last_event_id=last_event_ids(), use_real_epoch=st.booleans())
+def test_query_and_last_event_id(types: list[bytes], closeafter: list[bytes],
+                                 ping: list[bytes], extra: dict[bytes, list[bytes]],
+                                 last_event_id: bytes | None, use_real_epoch: bool) -> None:
+    """C-ES-2: a missing, repeated or malformed parameter is a 400 problem naming it; an
+    accepted stream is text/event-stream, its pings carry a clamped interval (ES-6, ES-7),
+    and when the client goes away nothing stays subscribed."""
+    world = World()
+    args = {k: v for k, v in extra.items() if k not in (b"types", b"closeafter", b"ping",
+                                                        b"access_token")}
+    for name, given_values in ((b"types", types), (b"closeafter", closeafter),
+                               (b"ping", ping)):
+        if given_values:
+            args[name] = given_values
+    headers = {}
+    if last_event_id is not None:
+        if use_real_epoch and last_event_id.startswith(b"e0-"):
+            last_event_id = world.app.hub.epoch.encode() + last_event_id[2:]
+        headers[b"Last-Event-ID"] = last_event_id
+    with no_failures_logged():
+        request, channel = world.get_eventsource(args, headers)
+        world.clock.advance(301)
+        world.publish({"A": {"Email": "e2"}, "B": {"Email": "b2"}})
+        world.clock.advance(2)
+        answer = world.answer_of(request, channel)
+        event(f"status {answer.status}")
+        if answer.status == 200:
+            assert answer.header("content-type") == "text/event-stream", answer.headers
+            for sse in EventParser().feed(answer.body):
+                assert sse.event in ("ping", "state"), sse
+                if sse.event == "ping":
+                    assert sse.id is None  # ES-5
+                    assert json.loads(sse.data)["interval"] in range(30, 301)  # ES-6, ES-7
+                else:
+                    assert sse.id  # ES-9
+                    changed = json.loads(sse.data)["changed"]
+                    assert set(changed) == {"A"}, changed  # ES-12: never bob's account
+            if not request.finished:
+                request.connectionLost(Failure(ConnectionDone()))
+        else:
+            assert answer.finished
+            problem = json.loads(answer.body)
+            check_problem(problem, answer.status)
+            if answer.status == 400:
+                assert problem.get("parameter") in ("types", "closeafter", "ping"), problem
+        world.clock.advance(301)
+    assert world.app.hub.listener_count == 0
+    assert world.streams.count_for(world.alice.user_id) == 0
+
