@@ -64,8 +64,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CORE = "urn:ietf:params:jmap:core"
 ERR = "urn:ietf:params:jmap:error:"
-TOKEN = "jmp_fuzz-token-alice"  # noqa: S105 - a test credential
-PASSWORD = "secret"  # noqa: S105 - a test credential
+TOKEN = "jmp_fuzz-token-alice"
+PASSWORD = "secret"
 MAX_SIZE_RESPONSE = 64_000
 """A small ``[jmap] max-size-response`` so amplification shows within a test's memory."""
 
@@ -406,6 +406,12 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
     return st.sampled_from(picks).flatmap(lambda i: choices[i][1])
 
 
+def one_in(n: int) -> st.SearchStrategy[bool]:
+    """True about once in ``n`` draws (``integers(0, n - 1) == 0`` is much likelier: the
+    engine favours small integers)."""
+    return weighted((n - 1, st.just(False)), (1, st.just(True)))
+
+
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
@@ -423,8 +429,10 @@ method_names = st.one_of(
 call_ids = st.one_of(st.sampled_from(["c0", "c1", "c2", "#c1"]), st.text(max_size=10))
 
 
-def invocations(args: st.SearchStrategy[Any] = st.dictionaries(
-        st.text(max_size=10), json_values, max_size=4)) -> st.SearchStrategy[Any]:
+arguments = st.dictionaries(st.text(max_size=10), json_values, max_size=4)
+
+
+def invocations(args: st.SearchStrategy[Any] = arguments) -> st.SearchStrategy[Any]:
     """An Invocation, well-formed (API-2): ``[name, arguments, callId]``."""
     return st.tuples(method_names, args, call_ids).map(list)
 

@@ -20,6 +20,7 @@ from tests.fuzz_support import (
     check_ws_messages,
     json_values,
     no_failures_logged,
+    one_in,
     weighted,
 )
 
@@ -78,11 +79,11 @@ def paths_into(draw: st.DrawFn, document: Any) -> str:
     tokens: list[str] = []
     value = document
     for _ in range(draw(st.integers(0, 4))):
-        if isinstance(value, dict) and value and draw(st.integers(0, 4)):
+        if isinstance(value, dict) and value and not draw(one_in(5)):
             key = draw(st.sampled_from(sorted(value)))
             tokens.append(escape(key))
             value = value[key]
-        elif isinstance(value, list) and value and draw(st.integers(0, 4)):
+        elif isinstance(value, list) and value and not draw(one_in(5)):
             if draw(st.booleans()):
                 tokens.append("*")
                 value = value[0]
@@ -125,14 +126,14 @@ def referencing_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Any, str, Any
         "path": draw(weighted((8, st.just(path)), (1, json_values))),
     }
     for member in ("resultOf", "name", "path"):
-        if draw(st.integers(0, 20)) == 0:
+        if draw(one_in(21)):
             del reference[member]
-    if draw(st.integers(0, 20)) == 0:
+    if draw(one_in(21)):
         reference["extra"] = draw(json_values)
-    if draw(st.integers(0, 20)) == 0:
+    if draw(one_in(21)):
         reference = draw(json_values)
     args: dict[str, Any] = {"#x": reference}
-    if draw(st.integers(0, 10)) == 0:
+    if draw(one_in(11)):
         args["x"] = 1
     c0 = draw(weighted((8, st.just(["Core/echo", document, "c0"])),
                        (1, st.just(["Unknown/method", document, "c0"]))))
