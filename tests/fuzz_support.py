@@ -28,8 +28,10 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -47,6 +49,7 @@ from jmappushd.transports.websocket.factory import JMAPWebSocketFactory
 from jmappushd.transports.websocket.messages import WEBSOCKET_CAPABILITY
 from jmappushd.web.api import APIResource
 from tests.push_fakes import FakeTransport
+from tests.sse_parser import EventParser
 from tests.support import TEST_LOG_N, log_into
 from tests.test_websocket_helpers import server_frames
 
@@ -214,6 +217,19 @@ class World:
         request, channel = self._request(b"GET", b"/jmap/eventsource/", merged, args=args)
         self.eventsource.render(request)
         return request, channel
+
+    def observed_token(self) -> str:
+        """A resumption token the daemon itself gave alice (an EventSource ``id:``), so the
+        tests never depend on the token format."""
+        request, channel = self.get_eventsource(
+            {b"types": [b"*"], b"closeafter": [b"state"], b"ping": [b"0"]}, {})
+        self.publish({"A": {"Email": f"seen{self.clock.seconds()}"}})
+        events = EventParser().feed(self.answer_of(request, channel).body)
+        if not request.finished:
+            request.connectionLost(Failure(ConnectionDone()))
+        ids = [e.id for e in events if e.event == "state" and e.id]
+        assert ids, events
+        return ids[-1]
 
     def answer_of(self, request: Request, channel: DummyChannel) -> HttpAnswer:
         return self._answer(request, channel)
@@ -412,15 +428,21 @@ def one_in(n: int) -> st.SearchStrategy[bool]:
     return weighted((n - 1, st.just(False)), (1, st.just(True)))
 
 
-json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-    max_leaves=20)
-"""Any JSON value (I-JSON: no NaN, finite numbers, safe integers)."""
+ijson_chars = st.characters(exclude_categories=("Cs", "Cn"))
+"""Characters I-JSON allows (no surrogates, no noncharacters, which are unassigned)."""
+
+def json_values_of(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    """JSON values (finite numbers, safe integers) with strings and names from ``text``."""
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1),
+                        st.floats(allow_nan=False, allow_infinity=False), text)
+    return st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)), max_leaves=20)
+
+
+json_values = json_values_of(st.text(max_size=20))
+"""Any JSON value; its strings may hold what I-JSON forbids (noncharacters)."""
+ijson_values = json_values_of(st.text(ijson_chars, max_size=20))
+"""Any I-JSON value."""
 
 method_names = st.one_of(
     st.sampled_from(["Core/echo", "PushSubscription/get", "PushSubscription/set",

@@ -5,13 +5,13 @@ parameter; an accepted stream pings and ends cleanly, leaving nothing subscribed
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from hypothesis import event, given
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-from jmappushd.core.position import make_token
 from tests.fuzz_support import World, check_problem, no_failures_logged, weighted
 from tests.sse_parser import EventParser
 
@@ -29,11 +29,23 @@ def values(valid: list[bytes], samples: list[bytes]) -> st.SearchStrategy[list[b
     return weighted((5, good), (1, st.lists(one, min_size=0, max_size=2)))
 
 
-def last_event_ids() -> st.SearchStrategy[bytes | None]:
-    tokens = st.builds(lambda epoch, seq: make_token(epoch, seq).encode(),
-                       st.sampled_from(["e0", "zz", ""]), st.integers(0, 10**6))
+ALTERATIONS: dict[str, Callable[[bytes], bytes]] = {
+    "as given": lambda t: t, "longer": lambda t: t + b"x", "shorter": lambda t: t[:-1],
+    "shifted": lambda t: t[1:], "upper": lambda t: t.upper(), "padded": lambda t: b" " + t + b" ",
+    "last changed": lambda t: t[:-1] + (b"A" if t[-1:] != b"A" else b"B"),
+    "doubled": lambda t: t + t,
+}
+
+
+def last_event_ids() -> st.SearchStrategy[bytes | Callable[[bytes], bytes] | None]:
+    """None, the daemon's own token for alice (a function of it: as given or altered),
+    old-style ``<epoch>-<seq>`` ones, or junk without CR/LF."""
+    old_style = st.builds(lambda epoch, seq: f"{epoch}-{seq:x}".encode(),
+                          st.sampled_from(["e0", "zz", ""]), st.integers(0, 10**6))
+    own = st.sampled_from(sorted(ALTERATIONS)).map(ALTERATIONS.__getitem__)
     junk = st.binary(max_size=250).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
-    return st.one_of(st.none(), tokens, junk, st.sampled_from([b"", b" ", b"x" * 201]))
+    return weighted((3, st.none()), (4, own), (1, old_style), (2, junk),
+                    (1, st.sampled_from([b"", b" ", b"x" * 201])))
 
 
 @given(types=values([b"*", b"Email", b"Mailbox,Email", b"Thread"], _TYPES),
@@ -41,10 +53,11 @@ def last_event_ids() -> st.SearchStrategy[bytes | None]:
        ping=values([b"0", b"1", b"30", b"100000"], _PING),
        extra=st.dictionaries(st.binary(max_size=8), st.lists(st.binary(max_size=8),
                                                               max_size=2), max_size=2),
-       last_event_id=last_event_ids(), use_real_epoch=st.booleans())
+       last_event_id=last_event_ids())
 def test_query_and_last_event_id(types: list[bytes], closeafter: list[bytes],
                                  ping: list[bytes], extra: dict[bytes, list[bytes]],
-                                 last_event_id: bytes | None, use_real_epoch: bool) -> None:
+                                 last_event_id: bytes | Callable[[bytes], bytes] | None
+                                 ) -> None:
     """C-ES-2: a missing, repeated or malformed parameter is a 400 problem naming it; an
     accepted stream is text/event-stream, its pings carry a clamped interval (ES-6, ES-7),
     and when the client goes away nothing stays subscribed."""
@@ -56,9 +69,9 @@ def test_query_and_last_event_id(types: list[bytes], closeafter: list[bytes],
         if given_values:
             args[name] = given_values
     headers = {}
+    if callable(last_event_id):
+        last_event_id = last_event_id(world.observed_token().encode())
     if last_event_id is not None:
-        if use_real_epoch and last_event_id.startswith(b"e0-"):
-            last_event_id = world.app.hub.epoch.encode() + last_event_id[2:]
         headers[b"Last-Event-ID"] = last_event_id
     with no_failures_logged():
         request, channel = world.get_eventsource(args, headers)

@@ -18,7 +18,8 @@ from tests.fuzz_support import (
     World,
     check_http,
     check_ws_messages,
-    json_values,
+    ijson_chars,
+    ijson_values,
     no_failures_logged,
     one_in,
     weighted,
@@ -96,12 +97,12 @@ def paths_into(draw: st.DrawFn, document: Any) -> str:
                                                 "a", "~01", "x/y"])))
     path = "".join("/" + t for t in tokens)
     return draw(weighted((8, st.just(path)), (1, st.just(path.lstrip("/"))),
-                         (1, st.text(max_size=12))))
+                         (1, st.text(ijson_chars, max_size=12))))
 
 
 documents = st.dictionaries(
     st.sampled_from(["a", "b", "~", "/", "*", "0", ""]),
-    st.recursive(st.one_of(st.integers(0, 9), st.text(max_size=3)),
+    st.recursive(st.one_of(st.integers(0, 9), st.text(ijson_chars, max_size=3)),
                  lambda inner: st.one_of(
                      st.lists(inner, max_size=3),
                      st.dictionaries(st.sampled_from(["a", "b", "x/y", "m~n", "*", "1"]),
@@ -119,19 +120,19 @@ def referencing_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Any, str, Any
     reference: Any = {
         "resultOf": draw(weighted((6, st.just("c0")),
                                   (1, st.sampled_from(["c1", "c9", "", "C0"])),
-                                  (1, json_values))),
+                                  (1, ijson_values))),
         "name": draw(weighted((6, st.just("Core/echo")),
                               (1, st.sampled_from(["error", "core/echo", "Core/echo "])),
-                              (1, json_values))),
-        "path": draw(weighted((8, st.just(path)), (1, json_values))),
+                              (1, ijson_values))),
+        "path": draw(weighted((8, st.just(path)), (1, ijson_values))),
     }
     for member in ("resultOf", "name", "path"):
         if draw(one_in(21)):
             del reference[member]
     if draw(one_in(21)):
-        reference["extra"] = draw(json_values)
+        reference["extra"] = draw(ijson_values)
     if draw(one_in(21)):
-        reference = draw(json_values)
+        reference = draw(ijson_values)
     args: dict[str, Any] = {"#x": reference}
     if draw(one_in(11)):
         args["x"] = 1
