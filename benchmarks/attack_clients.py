@@ -73,6 +73,16 @@ def echo_request(calls: list[list[Any]]) -> dict[str, Any]:
     return {"using": [CORE], "methodCalls": calls}
 
 
+def publish(admin_port: int, admin_token: str, changed: dict[str, dict[str, str]]) -> None:
+    """``POST /publish`` on the admin listener, as the mail store does (202 expected)."""
+    body = json.dumps({"@type": "StateChange", "changed": changed}).encode()
+    reply = request(admin_port, "POST", "/publish", body=body,
+                    headers={"Authorization": f"Bearer {admin_token}",
+                             "Content-Type": "application/json"})
+    if reply.status != 202:
+        raise RuntimeError(f"publish answered {reply.status}: {reply.head[:200]!r}")
+
+
 class WebSocket:
     """A JMAP WebSocket (RFC 8887) over a plain socket: text frames out, frames counted in."""
 
@@ -114,6 +124,11 @@ class WebSocket:
         return bytes(kept)
 
     def send(self, message: Any) -> None:
+        self.sock.sendall(self.frame(message))
+
+    @staticmethod
+    def frame(message: Any) -> bytes:
+        """One masked text frame (RFC 6455 §5.2), to send alone or batched."""
         payload = message if isinstance(message, bytes) else json.dumps(message).encode()
         mask = os.urandom(4)
         n = len(payload)
@@ -124,7 +139,7 @@ class WebSocket:
         else:
             header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        return header + mask + masked
 
     def receive(self) -> tuple[int, bytes, int]:
         """The next frame: ``(opcode, first bytes of its payload, payload size)``."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
+import resource
 import select
 import socket
 import statistics
@@ -39,15 +41,17 @@ from benchmarks.attack_clients import (
     api,
     basic,
     echo_request,
+    publish,
     request,
 )
 from benchmarks.common import PYTHON, ROOT, cpu_seconds, machine, pause, rss_kib
-from benchmarks.server import Daemon, Publisher
+from benchmarks.server import Daemon
 
 PASSWORD = "attack-password-1"
 TIMING_USERS = 12
 MAIN_SECTIONS = {"auth": "cache-ttl = 0"}
-LOW_FD_SECTIONS = {"auth": "cache-ttl = 0", "server": "max-open-files = 256"}
+LOW_FD_LIMIT = 256
+LOW_FD_SECTIONS = {"auth": "cache-ttl = 0", "server": f"max-open-files = {LOW_FD_LIMIT}"}
 
 
 @dataclass
@@ -439,6 +443,7 @@ def descriptor_exhaustion(env: Env) -> Outcome:
                 refused_at = i
                 break
         pause(1.0)
+        dropped = sum(1 for s in socks if _closed_by_peer(s))
         cpu0 = cpu_seconds(daemon.pid)
         outcome = "served"
         try:
@@ -460,16 +465,28 @@ def descriptor_exhaustion(env: Env) -> Outcome:
         log_added = log_size(daemon) - before_log
     finally:
         daemon.stop()
-    data = {"open_files_limit": 256, "connections_opened": len(socks),
+    data = {"open_files_limit": LOW_FD_LIMIT, "connections_opened": len(socks),
+            "closed_at_once_by_daemon": dropped,
             "connect_refused_at": refused_at, "normal_client": outcome,
             "daemon_cpu_while_full": round(cpu, 2), "log_bytes_added": log_added,
             "normal_client_after_release": after}
     return Outcome(
         "descriptor-exhaustion", "400 idle connections to a daemon limited to 256 descriptors",
-        f"{len(socks)} connections opened; normal client: {outcome}; daemon CPU "
+        f"{len(socks) - dropped} held, {dropped} accepted and closed at once; normal "
+        f"client: {outcome}; daemon CPU "
         f"{cpu:.0%} of a core while full; log +{mb(log_added)}; after release: {after}",
         "no EMFILE spin (CPU near idle), one log line, service recovers",
         cpu < 0.2 and log_added < 4096 and after == 307, data)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 # -- 7. fullwidth digits -----------------------------------------------------------
@@ -500,20 +517,22 @@ _TOKEN_SHAPE = re.compile(r"^(.+)-([0-9a-z]{1,14})$")
 
 def token_opacity(env: Env) -> Outcome:
     daemon, accounts = env.daemon, env.users.accounts
-    publisher = Publisher(daemon.admin_port, daemon.admin_token)
     stream = EventStream(daemon.port, env.users.bearer("alice"), "types=*&closeafter=no&ping=0")
+
+    def change(account: str, state: str) -> None:
+        publish(daemon.admin_port, daemon.admin_token, {accounts[account]: {"Email": state}})
+
     try:
-        publisher.publish({accounts["alice"]: {"Email": "a1"}})
+        change("alice", "a1")
         first = stream.next_event()["id"]
         others = 5
         for i in range(others):
-            publisher.publish({accounts["bob"]: {"Email": f"b{i}"}})
+            change("bob", f"b{i}")
         pause(1.2)  # past alice's throttle window, so her next change goes out at once
-        publisher.publish({accounts["alice"]: {"Email": "a2"}})
+        change("alice", "a2")
         second = stream.next_event()["id"]
     finally:
         stream.close()
-        publisher.close()
     m1, m2 = _TOKEN_SHAPE.match(first), _TOKEN_SHAPE.match(second)
     gap = None
     if m1 and m2 and m1.group(1) == m2.group(1):
@@ -532,16 +551,21 @@ def token_opacity(env: Env) -> Outcome:
 # -- 9. per-user concurrency -------------------------------------------------------
 
 SOCKETS, PER_SOCKET = 10, 8
+SLOW_CALLS = 16
+"""Calls per request, each a store query in the SQL thread: a request stays in flight for
+tens of milliseconds, longer than sending all 80 takes."""
 
 
 def per_user_concurrency(env: Env) -> Outcome:
     port, alice = env.daemon.port, env.users.bearer("alice")
     sockets = [WebSocket(port, alice) for _ in range(SOCKETS)]
     try:
-        for ws in sockets:
-            for i in range(PER_SOCKET):
-                ws.send({"@type": "Request", "id": f"r{i}", "using": [CORE],
-                         "methodCalls": [["PushSubscription/get", {}, "0"]]})
+        batch = b"".join(WebSocket.frame({
+            "@type": "Request", "id": f"r{i}", "using": [CORE], "methodCalls": [
+                ["PushSubscription/get", {}, str(c)] for c in range(SLOW_CALLS)]})
+            for i in range(PER_SOCKET))
+        for ws in sockets:  # all of them at once, before the daemon can answer any
+            ws.sock.sendall(batch)
         accepted = limited = other = 0
         for ws in sockets:
             for _ in range(PER_SOCKET):
@@ -558,8 +582,8 @@ def per_user_concurrency(env: Env) -> Outcome:
     data = {"sockets": SOCKETS, "requests": SOCKETS * PER_SOCKET, "accepted": accepted,
             "refused_limit": limited, "other": other, "maxConcurrentRequests": 4}
     return Outcome(
-        "per-user-concurrency", f"{SOCKETS * PER_SOCKET} PushSubscription/get at once over "
-        f"{SOCKETS} WebSockets of one user",
+        "per-user-concurrency", f"{SOCKETS * PER_SOCKET} requests ({SLOW_CALLS} "
+        f"PushSubscription/get each) at once over {SOCKETS} WebSockets of one user",
         f"{accepted} accepted, {limited} refused with limit maxConcurrentRequests",
         "at most maxConcurrentRequests (4) in flight per user across sockets",
         accepted <= 4 + 4, data)  # 4 in flight; a few may finish while later ones arrive
@@ -612,6 +636,10 @@ def run(names: list[str], workdir: Path) -> list[Outcome]:
         low = Daemon(workdir, workdir / "state-lowfd", LOW_FD_SECTIONS, tag="attacks-lowfd")
         low.start()
         extra.append(low)
+        # max-open-files only ever raises the limit; lower the running daemon's soft limit
+        # the way a small LimitNOFILE= would have started it.
+        _, hard = resource.prlimit(low.pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(low.pid, resource.RLIMIT_NOFILE, (LOW_FD_LIMIT, hard))
         return low
 
     env = Env(daemon, users, workdir, low_fd)
@@ -651,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(ATTACKS)
     if unknown:
         p.error(f"unknown attacks: {', '.join(sorted(unknown))}")
+    # The daemons run this checkout's code, not whichever copy the venv has installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="jmappushd-attacks-"))
     started = time.time()
     outcomes = run(names, workdir)
