@@ -5,9 +5,10 @@ parameter; an accepted stream pings and ends cleanly, leaving nothing subscribed
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
-from hypothesis import event, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -48,6 +49,20 @@ def last_event_ids() -> st.SearchStrategy[bytes | Callable[[bytes], bytes] | Non
                     (1, st.sampled_from([b"", b" ", b"x" * 201])))
 
 
+TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_:.-]{0,127}")
+
+
+def assert_grammar(args: dict[bytes, list[bytes]]) -> None:
+    """What an accepted stream was asked for follows the grammar exactly (ES-2..ES-4,
+    C-ES-2): ``*`` or type names, ``state`` or ``no``, ASCII digits."""
+    (types,), (closeafter,), (ping,) = args[b"types"], args[b"closeafter"], args[b"ping"]
+    assert types == b"*" or all(TYPE_NAME.fullmatch(n.decode()) for n in types.split(b",")), types
+    assert closeafter in (b"state", b"no"), closeafter
+    assert re.fullmatch(rb"[0-9]{1,10}", ping), ping
+
+
+@example(types=[b"Email\n"], closeafter=[b"no"], ping=[b"0"], extra={}, last_event_id=None)
+@example(types=[b"*"], closeafter=[b"no"], ping=[b"30\n"], extra={}, last_event_id=None)
 @given(types=values([b"*", b"Email", b"Mailbox,Email", b"Thread"], _TYPES),
        closeafter=values([b"no", b"state"], _CLOSEAFTER),
        ping=values([b"0", b"1", b"30", b"100000"], _PING),
@@ -82,6 +97,7 @@ def test_query_and_last_event_id(types: list[bytes], closeafter: list[bytes],
         event(f"status {answer.status}")
         if answer.status == 200:
             assert answer.header("content-type") == "text/event-stream", answer.headers
+            assert_grammar(args)
             for sse in EventParser().feed(answer.body):
                 assert sse.event in ("ping", "state"), sse
                 if sse.event == "ping":
@@ -103,3 +119,19 @@ def test_query_and_last_event_id(types: list[bytes], closeafter: list[bytes],
     assert world.app.hub.listener_count == 0
     assert world.streams.count_for(world.alice.user_id) == 0
 
+
+
+def test_a_trailing_newline_is_not_part_of_the_grammar() -> None:
+    """C-ES-2: found by the fuzzer; ``$`` matched before a final newline, so
+    ``types=Email%0A`` and ``ping=30%0A`` were accepted."""
+    from jmappushd.transports.eventsource.resource import InvalidParameter, parse_params
+
+    good = {b"types": [b"Email"], b"closeafter": [b"no"], b"ping": [b"30"]}
+    assert parse_params(good, 30, 300).ping == 30
+    for name, bad in ((b"types", b"Email\n"), (b"ping", b"30\n"), (b"types", b"*\n")):
+        try:
+            parse_params({**good, name: [bad]}, 30, 300)
+        except InvalidParameter as exc:
+            assert exc.name == name.decode()
+        else:
+            raise AssertionError(f"{name!r}={bad!r} was accepted")
