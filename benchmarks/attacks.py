@@ -185,6 +185,11 @@ def mb(size: int) -> str:
     return f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size:,} B"
 
 
+def counts(values: dict[str, int]) -> str:
+    """``{"serverFail": 15}`` as ``15 serverFail``."""
+    return ", ".join(f"{n} {name}" for name, n in values.items()) or "none"
+
+
 def error_types(responses: list[Any]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, args, _ in responses:
@@ -224,7 +229,7 @@ def amplification_http(env: Env) -> Outcome:
         f"{len(body):,} B request: {AMPLIFY_CALLS} Core/echo, each referencing the previous "
         "result twice",
         f"HTTP {reply.status}, response {mb(reply.size)} in {reply.seconds:.2f} s"
-        f"{', errors ' + str(errors) if errors else ''}; daemon RSS {rss_before // 1024} → "
+        f"{', errors: ' + counts(errors) if errors else ''}; daemon RSS {rss_before // 1024} → "
         f"{data['rss_after_kib'] // 1024} MiB (peak {data['peak_rss_kib'] // 1024} MiB); "
         f"bob's echo max {bob.summary()['max_ms']} ms",
         "response ≤ max-size-response (10 MB), the excess calls fail alone",
@@ -251,7 +256,7 @@ def amplification_ws(env: Env) -> Outcome:
     return Outcome(
         "amplification-ws", f"the same request as one {len(message):,} B WebSocket message",
         f"one {mb(size)} frame in {seconds:.2f} s"
-        f"{', errors ' + str(errors) if errors else ''}; bob's echo max "
+        f"{', errors: ' + counts(errors) if errors else ''}; bob's echo max "
         f"{bob.summary()['max_ms']} ms",
         "frame ≤ max-size-response (10 MB)", size <= 10_020_000 and bool(errors), data)
 
@@ -279,7 +284,7 @@ def deep_references(env: Env) -> Outcome:
     return Outcome(
         "deep-references", f"{len(body):,} B request: a value {DEPTH} levels deep, "
         "referenced by 15 calls",
-        f"HTTP {reply.status}, errors {errors or 'none'}, log +{mb(added)}",
+        f"HTTP {reply.status}, errors: {counts(errors)}; log +{mb(added)}",
         "a clear method error, no serverFail; at most one bounded log entry",
         reply.status < 500 and "serverFail" not in errors and added < 16_384, data)
 
@@ -359,7 +364,8 @@ def failed_login_flood(env: Env) -> Outcome:
         "failed-login-flood", "8 connections from 127.0.0.3 sending wrong passwords for 7 s; "
         "correct logins from 127.0.0.2",
         f"legit login {q * 1000:.0f} ms quiet → {f * 1000:.0f} ms under flood (x{f / q:.1f}); "
-        f"flood {data['flood_per_second']}/s answered {data['flood_statuses']}",
+        f"flood {data['flood_per_second']}/s: "
+        f"{counts({f'answered {k}': v for k, v in data['flood_statuses'].items()})}",
         "legit login under flood < 2 x quiet; the flood gets 429 after max-failures",
         f < 2 * q and legit_codes == {200} and "429" in data["flood_statuses"], data)
 
@@ -605,9 +611,12 @@ ATTACKS: dict[str, Callable[[Env], Outcome]] = {
 
 # -- report -------------------------------------------------------------------------
 
-def rst_table(outcomes: list[Outcome]) -> str:
-    """A list-table (cells wrap in any width)."""
-    lines = [".. list-table:: Attacks and their measured results",
+def rst_table(outcomes: list[Outcome], results: dict[str, Any]) -> str:
+    """A list-table (cells wrap in any width), titled with when, what and where."""
+    m = results["machine"]
+    title = (f"Attacks and their measured results ({results['when'][:10]}, commit "
+             f"{results['commit']}, {m['cores']} cores, Python {m['python']})")
+    lines = [f".. list-table:: {title}",
              "   :header-rows: 1", "   :widths: 14 24 36 18 8", "",
              "   * - Attack", "     - Sent", "     - Measured", "     - Requirement",
              "     - Met"]
@@ -690,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                "machine": machine(), "attacks": [o.__dict__ for o in outcomes]}
     out = Path(args.out_dir) / "security-attacks.json"
     out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    print(rst_table(outcomes))
+    print(rst_table(outcomes, results))
     print(f"results: {out} ({results['seconds']} s)", file=sys.stderr)
     return 0
 

@@ -122,7 +122,8 @@ def set_requests(draw: st.DrawFn) -> dict[str, Any]:
                                   max_size=3))
     destroy = draw(weighted((12, st.lists(update_keys, max_size=3)), (1, json_values)))
     later: dict[str, Any] = {}
-    if update or draw(st.booleans()):
+    empty_update: bool = draw(st.booleans())
+    if update or empty_update:
         later["update"] = update
     if draw(st.booleans()):
         later["destroy"] = destroy
