@@ -61,6 +61,12 @@ def test_message_sequences(sequence: list[Any]) -> None:
                 assert set(m["changed"]) <= {"A"}, m
         check_ws_messages(got)
         conversation.stop_push()
+    replies = [m for m in got if m.get("@type") in ("Response", "RequestError")]
+    pushes = sum(1 for m in sequence if isinstance(m, dict) and m.get("@type") in (
+        "WebSocketPushEnable", "WebSocketPushDisable"))
+    # Every Request and every bad message is answered once (no hang); a push enable or
+    # disable is answered only when it is malformed.
+    assert len(sequence) - pushes <= len(replies) <= len(sequence), (sequence, replies)
     assert sink.closed == []
     assert world.app.hub.listener_count == 0
 
