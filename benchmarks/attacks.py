@@ -23,14 +23,12 @@ import resource
 import select
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,159 +42,26 @@ from benchmarks.attack_clients import (
     publish,
     request,
 )
-from benchmarks.common import PYTHON, ROOT, cpu_seconds, machine, pause, rss_kib
+from benchmarks.attack_support import (
+    LOW_FD_LIMIT,
+    LOW_FD_SECTIONS,
+    MAIN_SECTIONS,
+    PASSWORD,
+    TIMING_USERS,
+    Bystander,
+    Env,
+    Outcome,
+    counts,
+    error_types,
+    git_commit,
+    log_size,
+    mb,
+    peak_rss_kib,
+    rst_table,
+    setup_users,
+)
+from benchmarks.common import ROOT, cpu_seconds, machine, pause, rss_kib
 from benchmarks.server import Daemon
-
-PASSWORD = "attack-password-1"
-TIMING_USERS = 12
-MAIN_SECTIONS = {"auth": "cache-ttl = 0"}
-LOW_FD_LIMIT = 256
-LOW_FD_SECTIONS = {"auth": "cache-ttl = 0", "server": f"max-open-files = {LOW_FD_LIMIT}"}
-
-
-@dataclass
-class Users:
-    """The store's users: bearer tokens for alice and bob, everyone's password."""
-
-    tokens: dict[str, str]
-    accounts: dict[str, str]
-
-    def bearer(self, name: str) -> str:
-        return f"Bearer {self.tokens[name]}"
-
-
-@dataclass
-class Env:
-    """What every attack gets: the daemon, its users, a scratch directory."""
-
-    daemon: Daemon
-    users: Users
-    workdir: Path
-    low_fd: Callable[[], Daemon]
-
-
-@dataclass
-class Outcome:
-    """One row of the table."""
-
-    name: str
-    sent: str
-    observed: str
-    requirement: str
-    met: bool | None
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-# -- set-up -------------------------------------------------------------------------
-
-async def _create_users(reactor: Any, config_path: str, out: str) -> None:
-    """Users with the production scrypt cost (the timing attacks measure it)."""
-    from jmappushd.auth.passwords import hash_password, new_bearer_token, token_digest
-    from jmappushd.config import load_config
-    from jmappushd.daemon.service import prepare_state
-    from jmappushd.store.backends import create_store
-
-    config = load_config(config_path)
-    prepare_state(config)
-    store = create_store(config.storage, reactor)
-    await store.open()
-    tokens, accounts = {}, {}
-    try:
-        for name in ["alice", "bob", "legit", *(f"t{i}" for i in range(TIMING_USERS))]:
-            user = await store.add_user(name, hash_password(PASSWORD), None)
-            accounts[name] = user.primary_account_id
-            token = new_bearer_token()
-            await store.create_token(name, token_digest(token), "attacks")
-            tokens[name] = token
-    finally:
-        await store.close()
-    Path(out).write_text(json.dumps({"tokens": tokens, "accounts": accounts}))
-
-
-def setup_users(daemon: Daemon) -> Users:
-    out = daemon.workdir / "users.json"
-    subprocess.run([PYTHON, "-m", "benchmarks.attacks", "--create-users",
-                    str(daemon.config_path), str(out)], cwd=ROOT, check=True, timeout=120)
-    data = json.loads(out.read_text())
-    return Users(data["tokens"], data["accounts"])
-
-
-# -- measuring helpers --------------------------------------------------------------
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
-def log_size(daemon: Daemon, settle: float = 0.5, deadline: float = 5.0) -> int:
-    """The daemon log's size once it has stopped growing for ``settle`` seconds."""
-    path, end = daemon.proc.log_path, time.monotonic() + deadline
-    size = path.stat().st_size
-    while time.monotonic() < end:
-        pause(settle)
-        now = path.stat().st_size
-        if now == size:
-            return now
-        size = now
-    return size
-
-
-class Bystander:
-    """Another user's Core/echo over HTTP, one after the other, while an attack runs."""
-
-    def __init__(self, port: int, authorization: str, source: str = "127.0.0.9") -> None:
-        self.port, self.authorization, self.source = port, authorization, source
-        self.latencies: list[float] = []
-        self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Bystander:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        body = echo_request([["Core/echo", {"ping": 1}, "0"]])
-        while not self._stop.is_set():
-            try:
-                reply = api(self.port, body, self.authorization, self.source, timeout=30)
-                if reply.status == 200:
-                    self.latencies.append(reply.seconds)
-                else:
-                    self.failures += 1
-            except OSError:
-                self.failures += 1
-            self._stop.wait(0.02)
-
-    def summary(self) -> dict[str, Any]:
-        lat = self.latencies
-        return {"requests": len(lat), "failures": self.failures,
-                "median_ms": round(statistics.median(lat) * 1000, 1) if lat else None,
-                "max_ms": round(max(lat) * 1000, 1) if lat else None}
-
-
-def mb(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size:,} B"
-
-
-def counts(values: dict[str, int]) -> str:
-    """``{"serverFail": 15}`` as ``15 serverFail``."""
-    return ", ".join(f"{n} {name}" for name, n in values.items()) or "none"
-
-
-def error_types(responses: list[Any]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name, args, _ in responses:
-        if name == "error":
-            out[args.get("type", "?")] = out.get(args.get("type", "?"), 0) + 1
-    return out
-
 
 # -- 1. amplification --------------------------------------------------------------
 
@@ -220,10 +85,11 @@ def amplification_http(env: Env) -> Outcome:
     with Bystander(daemon.port, env.users.bearer("bob")) as bob:
         reply = api(daemon.port, body, env.users.bearer("alice"), timeout=120)
     errors = error_types(reply.json()["methodResponses"]) if reply.json() else {}
-    data = {"request_bytes": len(body), "status": reply.status, "response_bytes": reply.size,
-            "seconds": round(reply.seconds, 2), "method_errors": errors,
-            "rss_before_kib": rss_before, "rss_after_kib": rss_kib(daemon.pid),
-            "peak_rss_kib": peak_rss_kib(daemon.pid), "other_user": bob.summary()}
+    data: dict[str, Any] = {
+        "request_bytes": len(body), "status": reply.status, "response_bytes": reply.size,
+        "seconds": round(reply.seconds, 2), "method_errors": errors,
+        "rss_before_kib": rss_before, "rss_after_kib": rss_kib(daemon.pid),
+        "peak_rss_kib": peak_rss_kib(daemon.pid), "other_user": bob.summary()}
     return Outcome(
         "amplification-http",
         f"{len(body):,} B request: {AMPLIFY_CALLS} Core/echo, each referencing the previous "
@@ -355,19 +221,20 @@ def failed_login_flood(env: Env) -> Outcome:
         t.join(60)
     elapsed = time.monotonic() - start
     q, f = statistics.median(quiet), statistics.median(loaded)
+    statuses = {str(k): v for k, v in sorted(codes.items())}
     data = {"quiet_median_ms": round(q * 1000, 1), "flood_median_ms": round(f * 1000, 1),
             "ratio": round(f / q, 2), "flood_attempts": sum(codes.values()),
             "flood_per_second": round(sum(codes.values()) / elapsed, 1),
-            "flood_statuses": {str(k): v for k, v in sorted(codes.items())},
+            "flood_statuses": statuses,
             "legit_statuses": sorted(legit_codes), "legit_logins_under_flood": len(loaded)}
     return Outcome(
         "failed-login-flood", "8 connections from 127.0.0.3 sending wrong passwords for 7 s; "
         "correct logins from 127.0.0.2",
         f"legit login {q * 1000:.0f} ms quiet → {f * 1000:.0f} ms under flood (x{f / q:.1f}); "
         f"flood {data['flood_per_second']}/s: "
-        f"{counts({f'answered {k}': v for k, v in data['flood_statuses'].items()})}",
+        f"{counts({f'answered {k}': v for k, v in statuses.items()})}",
         "legit login under flood < 2 x quiet; the flood gets 429 after max-failures",
-        f < 2 * q and legit_codes == {200} and "429" in data["flood_statuses"], data)
+        f < 2 * q and legit_codes == {200} and "429" in statuses, data)
 
 
 # -- 5. slowloris ------------------------------------------------------------------
@@ -463,6 +330,7 @@ def descriptor_exhaustion(env: Env) -> Outcome:
         for s in socks:
             s.close()
         pause(1.0)
+        after: int | str
         try:
             after = request(daemon.port, "GET", "/.well-known/jmap", source="127.0.0.2",
                             timeout=5).status
@@ -540,17 +408,17 @@ def token_opacity(env: Env) -> Outcome:
     finally:
         stream.close()
     m1, m2 = _TOKEN_SHAPE.match(first), _TOKEN_SHAPE.match(second)
-    gap = None
+    gap = 0
     if m1 and m2 and m1.group(1) == m2.group(1):
         gap = int(m2.group(2), 36) - int(m1.group(2), 36)
-    leaks = gap is not None and gap > 1
+    leaks = gap > 1
     observed = (f"ids {first} → {second}: the position moved by {gap} for one own change, "
                 f"revealing {gap - 1} changes of another account" if leaks
                 else f"ids {first} → {second}: nothing readable about other accounts")
     return Outcome(
         "token-opacity", f"alice's EventSource ids around {others} changes of bob's account",
         observed, "ids reveal nothing about other accounts", not leaks,
-        {"first_id": first, "second_id": second, "decoded_gap": gap,
+        {"first_id": first, "second_id": second, "decoded_gap": gap or None,
          "other_account_changes": others})
 
 
@@ -609,32 +477,6 @@ ATTACKS: dict[str, Callable[[Env], Outcome]] = {
 }
 
 
-# -- report -------------------------------------------------------------------------
-
-def rst_table(outcomes: list[Outcome], results: dict[str, Any]) -> str:
-    """A list-table (cells wrap in any width), titled with when, what and where."""
-    m = results["machine"]
-    title = (f"Attacks and their measured results ({results['when'][:10]}, commit "
-             f"{results['commit']}, {m['cores']} cores, Python {m['python']})")
-    lines = [f".. list-table:: {title}",
-             "   :header-rows: 1", "   :widths: 14 24 36 18 8", "",
-             "   * - Attack", "     - Sent", "     - Measured", "     - Requirement",
-             "     - Met"]
-    for o in outcomes:
-        met = "yes" if o.met else ("no" if o.met is not None else "n/a")
-        lines += [f"   * - {o.name}", f"     - {o.sent}", f"     - {o.observed}",
-                  f"     - {o.requirement}", f"     - {met}"]
-    return "\n".join(lines) + "\n"
-
-
-def git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           cwd=ROOT, capture_output=True, text=True, check=False).stdout
-    return result.stdout.strip() + ("+dirty" if dirty.strip() else "")
-
-
 def run(names: list[str], workdir: Path) -> list[Outcome]:
     daemon = Daemon(workdir, workdir / "state", MAIN_SECTIONS, tag="attacks")
     users = setup_users(daemon)
@@ -677,13 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(ATTACKS)}")
     p.add_argument("--out-dir", default=str(ROOT / "docs"))
     p.add_argument("--workdir", default="")
-    p.add_argument("--create-users", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.create_users:
-        from twisted.internet import defer, task
-
-        task.react(lambda reactor: defer.ensureDeferred(_create_users(reactor,
-                                                                      *args.create_users)))
     names = [n for n in args.only.split(",") if n] or list(ATTACKS)
     unknown = set(names) - set(ATTACKS)
     if unknown:
