@@ -48,6 +48,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+## fuzz: the property-based fuzz suite with many more random examples (a few minutes)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_*.py
+
 ## bench: the full benchmark suite (about 7 minutes); results in docs/benchmarks.*
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]' --config-settings editable_mode=compat

@@ -32,8 +32,9 @@ from jmappushd.web.httpauth import authenticate
 from jmappushd.web.responses import is_gone, serve_async, write_problem
 
 TRANSPORT = "eventsource"
-_TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,127}$")
-_PING = re.compile(r"^[0-9]{1,10}$")
+# Matched with fullmatch: "$" would also match before a trailing newline ("30\n").
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_:.-]{0,127}")
+_PING = re.compile(r"[0-9]{1,10}")
 MAX_TYPES = 128
 MAX_LAST_EVENT_ID = 200
 
@@ -77,7 +78,7 @@ def parse_types(raw: str) -> frozenset[str] | None:
         if len(names) > MAX_TYPES:
             raise InvalidParameter("types", f"types lists more than {MAX_TYPES} names")
         for name in names:
-            if not _TYPE_NAME.match(name):
+            if not _TYPE_NAME.fullmatch(name):
                 raise InvalidParameter(
                     "types", f"types must be * or a comma-separated list of type names, "
                     f"not {raw[:100]!r}")
@@ -96,7 +97,7 @@ def parse_params(args: Mapping[bytes, Sequence[bytes]], ping_min: int, ping_max:
     if closeafter not in ("state", "no"):
         raise InvalidParameter("closeafter", "closeafter must be state or no")
     ping = _single(args, "ping")
-    if not _PING.match(ping):
+    if not _PING.fullmatch(ping):
         raise InvalidParameter("ping", "ping must be a non-negative integer number of seconds")
     return StreamParams(types, closeafter == "state", clamp_ping(int(ping), ping_min, ping_max))
 
