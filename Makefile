@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: help run test lint typecheck pytest bench bench-smoke clean python-check
+.PHONY: help run test lint typecheck pytest fuzz bench bench-smoke clean python-check
 
 ## help: this list
 help:

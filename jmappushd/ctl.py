@@ -41,8 +41,8 @@ from jmappushd.store.backends import create_store
 from jmappushd.store.interface import IPrincipalStore
 from jmappushd.store.records import AccountInUse, NoSuchUser, UserExists
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-_USERNAME = re.compile(r"^[^\s:]{1,255}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # fullmatch: "$" would allow a trailing newline
+_USERNAME = re.compile(r"[^\s:]{1,255}")
 
 
 class CtlError(Exception):
@@ -138,9 +138,9 @@ async def _with_store(config: Config,
 async def _user(args: argparse.Namespace, store: IPrincipalStore, out: TextIO,
                 stdin: TextIO) -> None:
     if args.action == "add":
-        if not _USERNAME.match(args.name):
+        if not _USERNAME.fullmatch(args.name):
             raise CtlError(f"invalid user name {args.name!r} (no spaces or colons)")
-        if args.account_id is not None and not _ID.match(args.account_id):
+        if args.account_id is not None and not _ID.fullmatch(args.account_id):
             raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
         if args.exist_ok and await store.get_user(args.name) is not None:
             out.write(f"user {args.name} exists\n")
@@ -262,7 +262,7 @@ def publish(args: argparse.Namespace, config: Config, out: TextIO, err: TextIO) 
     The mail store may run ahead of provisioning, so by default the change is recorded
     anyway: a user created later with that account id catches up from it.
     """
-    if not _ID.match(args.account_id):
+    if not _ID.fullmatch(args.account_id):
         raise CtlError(f"invalid account id {args.account_id!r}")
     body = {"@type": "StateChange", "changed": {args.account_id: parse_changes(args.changes)}}
     prepare_and_run(config, lambda store: _warn_unreadable(store, args, err))
@@ -332,7 +332,7 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO, err: TextIO | None = No
         "token": lambda store: _token(args, store, out),
         "account": lambda store: _account(args, store, out),
     }
-    if args.command == "account" and not _ID.match(args.account_id):
+    if args.command == "account" and not _ID.fullmatch(args.account_id):
         raise CtlError(f"invalid account id {args.account_id!r} (use A-Za-z0-9_-)")
     prepare_and_run(config, handlers[args.command])
 

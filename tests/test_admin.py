@@ -27,6 +27,9 @@ def test_parse_state_change_accepts_a_state_change() -> None:
     ({"@type": "StateChange", "changed": {"A": {"Email": 5}}}, "must be a string"),
     ({"@type": "StateChange", "changed": {"A": {"Email": ""}}}, "must be a string"),
     ({"@type": "StateChange", "changed": {"A": {"Email": "x" * 2000}}}, "must be a string"),
+    # "$" in a pattern also matches before a final newline: both are whole-string matches.
+    ({"@type": "StateChange", "changed": {"A\n": {"Email": "1"}}}, "account id"),
+    ({"@type": "StateChange", "changed": {"A": {"Email\n": "1"}}}, "type name"),
 ])
 def test_parse_state_change_names_the_problem(body: object, fragment: str) -> None:
     """Each malformed publish is refused with a reason naming what is wrong."""

@@ -65,6 +65,11 @@ def test_users_tokens_and_grants(tmp_path: Path) -> None:
     bad = d.ctl("user", "add", "carol", "--password-stdin", "--account-id", "no spaces",
                 stdin="pw\n", check=False)
     assert bad.returncode == 1 and "invalid account id" in bad.stderr
+    for name, account in (("erin\n", None), ("erin", "a1\n")):  # "$" matched before "\n"
+        args = ["user", "add", name, "--password-stdin"]
+        args += ["--account-id", account] if account else []
+        newline = d.ctl(*args, stdin="pw\n", check=False)
+        assert newline.returncode == 1 and "invalid" in newline.stderr, newline.stderr
     empty = d.ctl("user", "add", "dave", "--password-stdin", stdin="\n", check=False)
     assert empty.returncode == 1 and "empty" in empty.stderr
     d.ctl("account", "grant", "alice", "mailstore-7")

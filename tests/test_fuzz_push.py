@@ -14,7 +14,6 @@ import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
@@ -220,9 +219,6 @@ def fullwidth(text: str, which: list[bool]) -> str:
     return "".join(out)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #6: non-ASCII digits in an IP-literal host "
-                   "(fullwidth 127.0.0.1) pass the create-time SSRF check; fixed by "
-                   "webpush/ssrf")
 @settings(max_examples=20, phases=(Phase.explicit, Phase.generate))
 @given(address=st.sampled_from(["127.0.0.1", "10.0.0.1", "169.254.169.254", "192.168.1.1",
                                 "0.0.0.0", "172.16.0.1"]),

@@ -21,8 +21,8 @@ from jmappushd.web.base import AppResource
 from jmappushd.web.responses import serve_async, write_body, write_json, write_problem
 
 ADMIN_MAX_BODY = 1_000_000
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # fullmatch: "$" would allow a trailing newline
+_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_:.-]{0,127}")
 MAX_STATE_LENGTH = 1024
 
 
@@ -40,12 +40,12 @@ def parse_state_change(value: Any) -> dict[str, dict[str, str]]:
     if not isinstance(changed, dict) or not changed:
         raise InvalidPublish('"changed" must be a non-empty object of account ids')
     for account_id, type_states in changed.items():
-        if not _ID.match(account_id):
+        if not _ID.fullmatch(account_id):
             raise InvalidPublish(f"invalid account id {account_id!r}")
         if not isinstance(type_states, dict) or not type_states:
             raise InvalidPublish(f"changed[{account_id!r}] must be a non-empty object")
         for type_name, state in type_states.items():
-            if not _TYPE.match(type_name):
+            if not _TYPE.fullmatch(type_name):
                 raise InvalidPublish(f"invalid type name {type_name!r}")
             if not isinstance(state, str) or not state or len(state) > MAX_STATE_LENGTH:
                 raise InvalidPublish(
