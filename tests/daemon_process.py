@@ -18,12 +18,16 @@ from pathlib import Path
 from tests.support import config_text, free_port
 
 BIN = Path(sys.executable).parent
+# The checkout these tests belong to: the subprocesses must run its code, not whatever
+# checkout the virtualenv's editable install points at.
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
