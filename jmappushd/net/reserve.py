@@ -42,8 +42,10 @@ def _open_devnull() -> int:
 class DescriptorReserve:
     """One spare descriptor, given up for a moment to accept (and close) a connection."""
 
-    def __init__(self, opener: Callable[[], int] = _open_devnull) -> None:
+    def __init__(self, opener: Callable[[], int] = _open_devnull,
+                 closer: Callable[[int], None] = os.close) -> None:
         self._opener = opener
+        self._closer = closer
         self._fd: int | None = None
 
     @property
@@ -63,7 +65,7 @@ class DescriptorReserve:
         """Give the spare back to the process, so that one ``accept()`` can succeed."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)
+            self._closer(fd)
 
 
 class Closable(Protocol):

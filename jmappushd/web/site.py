@@ -106,6 +106,8 @@ class JMAPChannel(http.HTTPChannel):
         return self.clock.callLater(period, func)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._abort is not None:
+            return  # timed out: nothing more is read from this connection
         if self.deadline is not None and self.line_mode and data:
             self.deadline.head_started()
         super().dataReceived(data)
@@ -131,7 +133,7 @@ class JMAPChannel(http.HTTPChannel):
     def too_slow(self, phase: Phase, timers: TimerWheel, limit: float) -> None:
         """Answer 408 (RFC 9110 §15.5.9) and close; abort if the peer does not take it."""
         transport = self.transport
-        if transport is None:
+        if transport is None or self._abort is not None:
             return
         self.log.debug("closing a connection from {peer}: the request {phase} took longer "
                        "than {limit} s", peer=transport.getPeer(), phase=phase.value,
@@ -144,10 +146,10 @@ class JMAPChannel(http.HTTPChannel):
             b"Content-Type: " + PROBLEM_CONTENT_TYPE + b"\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
             b"Connection: close\r\n\r\n" + body)
+        # TCP and TLS transports can abort; ITransport itself only promises to close.
+        abort = getattr(transport, "abortConnection", transport.loseConnection)
+        self._abort = timers.call_later(ABORT_GRACE_S, abort)
         self.loseConnection()
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None and self._abort is None:
-            self._abort = timers.call_later(ABORT_GRACE_S, abort)
 
 
 class JMAPSite(Site):
