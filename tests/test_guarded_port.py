@@ -402,3 +402,30 @@ def test_a_broken_twisted_falls_back_to_plain_ports(monkeypatch: pytest.MonkeyPa
     listening = GuardedListening(clock, DescriptorGuard(clock), PeerLimit(1))
     listening.listenTCP(0, Recording(), 50, "127.0.0.1")
     assert clock.tcpServers and not isinstance(clock.tcpServers[0], GuardedPort)
+
+
+# -- wiring --
+
+
+def test_the_daemon_wires_the_limits_into_both_listeners(tmp_path: Path) -> None:
+    """header-timeout reaches both sites (on the daemon's timer wheel); the per-address
+    limit is the public listener's only; all listeners share one spare descriptor."""
+    from jmappushd.config import parse_config
+    from jmappushd.daemon.service import build_service
+    from jmappushd.store.memory import MemoryStore
+    from jmappushd.web.site import JMAPSite
+    from tests.support import live_reactor, make_config
+
+    make_config(tmp_path)
+    text = (tmp_path / "jmappushd.ini").read_text().replace(
+        "[server]\n", "[server]\nheader-timeout = 2.5\nmax-connections-per-address = 7\n", 1)
+    config = parse_config(text, str(tmp_path / "jmappushd.ini"), environ={})
+    service = build_service(config, live_reactor(), store=MemoryStore())
+    public, admin = [s for s in service if isinstance(s, ListenerService)]
+    assert public.peers is not None and public.peers.limit == 7
+    assert admin.peers is None
+    assert public.guard is admin.guard
+    for listener in (public, admin):
+        site = listener._factory
+        assert isinstance(site, JMAPSite)
+        assert site.header_timeout == 2.5 and site.timers is service.app.wheel

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,6 +31,8 @@ from jmappushd.net._fastpath import raw_transport
 from jmappushd.net.headertimeout import Phase, RequestDeadline
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.web.responses import problem_body
+
+_DONE = Failure(ConnectionDone())
 
 ABORT_GRACE_S = 1.0
 """How long a timed-out connection may take to accept its 408 before it is aborted."""
@@ -122,7 +125,7 @@ class JMAPChannel(http.HTTPChannel):
             self.deadline.cancel()
         super().allContentReceived()
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
         abort, self._abort = self._abort, None
