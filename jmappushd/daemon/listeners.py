@@ -4,11 +4,6 @@
 (or later, in the log). The daemon must fail start-up synchronously instead, so that
 twistd exits with the reason before claiming to run: a TCP or TLS endpoint's
 ``listen`` has already failed when it returns, and that failure is raised here.
-
-TCP, TLS and ``systemd:`` endpoints listen on guarded ports
-(:mod:`jmappushd.net.guardedport`): connections over the per-address limit are closed
-at accept, and at the descriptor limit queued connections are shed instead of the
-reactor spinning on ``EMFILE``.
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jmappushd.net import guardedport
 from jmappushd.net.guardedport import GuardedListening
 from jmappushd.net.peerlimit import PeerLimit
 from jmappushd.net.reserve import DescriptorGuard
@@ -30,9 +24,11 @@ from jmappushd.reactor import IDaemonReactor
 class ListenerService(Service):
     """Listens on one endpoint string (``tcp:8080:interface=127.0.0.1``, ``ssl:...``).
 
-    ``max_per_address`` (0 = no limit) bounds the connections one peer address may
-    hold open; ``guard`` is the daemon's shared spare descriptor (one of its own if
-    not given).
+    TCP, TLS and ``systemd:`` endpoints listen on guarded ports
+    (:mod:`jmappushd.net.guardedport`): ``max_per_address`` (0 = no limit) bounds the
+    connections one peer address may hold open, closing more at accept, and at the
+    descriptor limit ``guard`` (the daemon's shared spare descriptor; one of its own if
+    not given) sheds queued connections instead of the reactor spinning on ``EMFILE``.
     """
 
     log = Logger()
@@ -51,8 +47,6 @@ class ListenerService(Service):
 
     def startService(self) -> None:
         super().startService()
-        guardedport.check()
-        self.guard.start()
         now: list[Failure] = []
         self._listening = True
         try:

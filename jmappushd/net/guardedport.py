@@ -154,7 +154,8 @@ class GuardedListening:
 
     ``tcp:``/``tcp6:`` call ``listenTCP``, ``ssl:`` calls ``listenSSL`` (TLS is a
     protocol wrapper over a TCP port, as in Twisted's own reactors) and ``systemd:``
-    calls ``adoptStreamPort``; everything else is the reactor's.
+    calls ``adoptStreamPort``; everything else is the reactor's. The first port runs
+    :func:`check` and takes the guard's spare descriptor.
     """
 
     def __init__(self, reactor: Any, guard: DescriptorGuard,
@@ -167,6 +168,7 @@ class GuardedListening:
         return getattr(self._reactor, name)
 
     def _prepare(self, port: GuardedPort) -> GuardedPort:
+        self._guard.start()
         port.guard = self._guard
         port.peers = self._peers
         port.startListening()
@@ -174,7 +176,7 @@ class GuardedListening:
 
     def listenTCP(self, port: int, factory: IProtocolFactory, backlog: int = 50,
                   interface: str = "") -> IListeningPort:
-        if not GUARDED:
+        if not check():
             plain: IListeningPort = self._reactor.listenTCP(port, factory, backlog, interface)
             return plain
         return self._prepare(GuardedPort(port, factory, backlog, interface, self._reactor))
@@ -186,7 +188,7 @@ class GuardedListening:
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: int,
                         factory: IProtocolFactory) -> IListeningPort:
-        if not GUARDED or addressFamily not in (socket.AF_INET, socket.AF_INET6):
+        if not check() or addressFamily not in (socket.AF_INET, socket.AF_INET6):
             port: IListeningPort = self._reactor.adoptStreamPort(
                 fileDescriptor, addressFamily, factory)
             return port
@@ -214,7 +216,8 @@ def check() -> bool:
 def _probe() -> bool:
     """A real loopback connection through a listened and an adopted guarded port."""
     clock = MemoryReactorClock()
-    listening = GuardedListening(clock, DescriptorGuard(clock), PeerLimit(1))
+    guard = DescriptorGuard(clock)
+    listening = GuardedListening(clock, guard, PeerLimit(1))
     fresh = listening.listenTCP(0, _ProbeFactory(), 5, "127.0.0.1")
     with socket.socket() as raw:
         raw.bind(("127.0.0.1", 0))
@@ -227,6 +230,7 @@ def _probe() -> bool:
         for port in (fresh, adopted):
             port.stopListening()
         clock.advance(0)
+        guard.stop()
 
 
 def _probe_port(port: Any) -> bool:
