@@ -252,3 +252,23 @@ def test_request_deadline_alone() -> None:
     assert len(wheel) == 0
     clock.advance(10)
     assert fired == [Phase.BODY]
+
+
+def test_when_the_site_stops_idle_connections_close_and_busy_ones_after_their_request(
+        ) -> None:
+    """Stopping the site leaves no keep-alive connection (nor its idle timer) behind: an
+    idle one closes at once, one with a request under way once it is answered."""
+    idle, busy = Harness(), Harness()
+    busy.site = idle.site
+    busy.channel = idle.site.buildProtocol(PEER)
+    busy.transport = AbortRecordingTransport(peerAddress=PEER)
+    busy.channel.makeConnection(busy.transport)
+    idle.channel.dataReceived(GET)
+    busy.channel.dataReceived(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.site.doStart()
+    idle.site.doStop()
+    assert idle.closed and not busy.closed
+    held = idle.resource.held.pop()
+    held.write(b"done")
+    held.finish()
+    assert busy.closed and busy.transport.value().endswith(b"done\r\n0\r\n\r\n")

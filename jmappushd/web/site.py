@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,7 @@ class JMAPChannel(http.HTTPChannel):
     site: Site
     deadline: RequestDeadline | None = None
     _abort: WheelTimer | None = None
+    _lost = False
 
     def callLater(self, period: float, func: Callable[[], None]) -> IDelayedCall:
         """The idle timeout's timer, on the site's clock (tests inject one)."""
@@ -126,12 +128,21 @@ class JMAPChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._lost = True
         if self.deadline is not None:
             self.deadline.cancel()
         abort, self._abort = self._abort, None
         if abort is not None:
             abort.cancel()
         super().connectionLost(reason)
+
+    def close_when_idle(self) -> None:
+        """The site stops: close now if no request is under way, else after it."""
+        if self._lost or self.transport is None:
+            return  # gone, or handed over (a WebSocket owns the transport now)
+        self.persistent = False
+        if not self.requests:
+            self.loseConnection()
 
     def too_slow(self, phase: Phase, timers: TimerWheel, limit: float) -> None:
         """Answer 408 (RFC 9110 §15.5.9) and close; abort if the peer does not take it."""
@@ -177,6 +188,14 @@ class JMAPSite(Site):
         self.access_log_enabled = access_log
         self.header_timeout = header_timeout
         self.timers = timers if timers is not None else TimerWheel(self.reactor)
+        # Open connections, so that none outlives the site (nor its idle timer).
+        self._channels: weakref.WeakSet[JMAPChannel] = weakref.WeakSet()
+
+    def stopFactory(self) -> None:
+        """The last port stopped: keep-alive connections close (after their request)."""
+        for channel in list(self._channels):
+            channel.close_when_idle()
+        super().stopFactory()
 
     def buildProtocol(self, addr: IAddress | None) -> JMAPChannel:  # type: ignore[override]
         channel = JMAPChannel()
@@ -194,6 +213,7 @@ class JMAPSite(Site):
 
         if self.header_timeout or body:
             channel.deadline = RequestDeadline(timers, self.header_timeout, body, expired)
+        self._channels.add(channel)
         return channel
 
     def log(self, request: http.Request) -> None:
