@@ -30,11 +30,13 @@ def bench_config(state_dir: Path, port: int, admin_port: int,
 
     Always: a listen backlog of 1024 for both the daemon and the baseline (thousands
     of clients connect at once), no access log (one log line per request or stream
-    is measured separately, not in every figure).
+    is measured separately, not in every figure), no per-address connection limit
+    (every load client is 127.0.0.1).
     """
     base: dict[str, str] = {
         "server": f"listen = tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}\n"
-                  f"public-url = http://127.0.0.1:{port}\nstate-dir = {state_dir}",
+                  f"public-url = http://127.0.0.1:{port}\nstate-dir = {state_dir}\n"
+                  "max-connections-per-address = 0",
         "admin": f"listen = tcp:{admin_port}:interface=127.0.0.1:backlog={BACKLOG}",
         "log": "access-log = false",
     }

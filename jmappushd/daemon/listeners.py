@@ -20,6 +20,9 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from jmappushd.net.guardedport import GuardedListening
+from jmappushd.net.peerlimit import PeerLimit
+from jmappushd.net.reserve import DescriptorGuard
 from jmappushd.reactor import IDaemonReactor
 
 
@@ -47,14 +50,25 @@ def listen_failure_reason(failure: Failure) -> str:
 
 
 class ListenerService(Service):
-    """Listens on one endpoint string (``tcp:8080:interface=127.0.0.1``, ``ssl:...``)."""
+    """Listens on one endpoint string (``tcp:8080:interface=127.0.0.1``, ``ssl:...``).
+
+    TCP, TLS and ``systemd:`` endpoints listen on guarded ports
+    (:mod:`jmappushd.net.guardedport`): ``max_per_address`` (0 = no limit) bounds the
+    connections one peer address may hold open, closing more at accept, and at the
+    descriptor limit ``guard`` (the daemon's shared spare descriptor; one of its own if
+    not given) sheds queued connections instead of the reactor spinning on ``EMFILE``.
+    """
 
     log = Logger()
 
     def __init__(self, reactor: IDaemonReactor, description: str,
-                 factory: IProtocolFactory) -> None:
+                 factory: IProtocolFactory, max_per_address: int = 0,
+                 guard: DescriptorGuard | None = None) -> None:
         self.description = description
-        self._endpoint = serverFromString(reactor, description)
+        self.guard = guard if guard is not None else DescriptorGuard(reactor)
+        self.peers = PeerLimit(max_per_address) if max_per_address else None
+        self._endpoint = serverFromString(GuardedListening(reactor, self.guard, self.peers),
+                                          description)
         self._factory = factory
         self._port: IListeningPort | None = None
         self._listening: defer.Deferred[None] | None = None  # bound or binding

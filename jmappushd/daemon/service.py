@@ -42,6 +42,7 @@ from jmappushd.jmap.registry import MethodRegistry
 from jmappushd.jmap.session import SessionURLs
 from jmappushd.metrics import Metrics
 from jmappushd.net import _fastpath
+from jmappushd.net.reserve import DescriptorGuard
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.backends import create_store
 from jmappushd.store.interface import IStore
@@ -211,13 +212,19 @@ def build_service(config: Config, reactor: IDaemonReactor,
     if demo is not None:
         transports.append(demo)
     access_log = config.log.access_log
+    header_timeout = config.server.header_timeout
     jmap_site = JMAPSite(
         build_root(app, {b"eventsource": eventsource.resource, b"ws": websocket.resource},
                    demo.resource if demo is not None else None),
         max_body=config.jmap.max_size_request, name="jmap", access_log=access_log,
-        clients=app.clients)
+        clients=app.clients, header_timeout=header_timeout, timers=app.wheel, reactor=reactor)
     admin_site = JMAPSite(build_admin_root(app, webpush.runtime), max_body=ADMIN_MAX_BODY,
-                          name="admin", access_log=access_log, clients=app.clients)
-    listeners = [ListenerService(reactor, d, jmap_site) for d in config.server.listen]
-    listeners += [ListenerService(reactor, d, admin_site) for d in config.admin.listen]
+                          name="admin", access_log=access_log, clients=app.clients,
+                          header_timeout=header_timeout, timers=app.wheel, reactor=reactor)
+    # One spare descriptor for all listeners; the per-address limit is the public one's.
+    guard = DescriptorGuard(reactor)
+    per_address = config.server.max_connections_per_address
+    listeners = [ListenerService(reactor, d, jmap_site, per_address, guard)
+                 for d in config.server.listen]
+    listeners += [ListenerService(reactor, d, admin_site, 0, guard) for d in config.admin.listen]
     return JMAPPushService(app, reactor, core, listeners, transports)

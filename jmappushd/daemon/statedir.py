@@ -177,12 +177,15 @@ def _reason(exc: BaseException) -> str:
 
 
 def raise_open_files_limit(wanted: int) -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE (to the hard limit when ``wanted`` is 0)."""
+    """Set the soft RLIMIT_NOFILE to ``wanted`` (at most the hard limit), or raise it to
+    the hard limit when ``wanted`` is 0."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if wanted <= 0 else min(wanted, hard)
-    if hard == resource.RLIM_INFINITY and wanted <= 0:
-        target = max(soft, 1 << 20)
-    if target > soft:
+    unlimited = hard == resource.RLIM_INFINITY
+    if wanted <= 0:
+        target = max(soft, 1 << 20) if unlimited else hard
+    else:
+        target = wanted if unlimited else min(wanted, hard)
+    if target != soft:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -1,8 +1,12 @@
-"""The twisted.web Site used by both listeners: body limits and secret-free access logs.
+"""The twisted.web Site used by both listeners: body limits, slow-client deadlines and
+secret-free access logs.
 
 Bodies larger than the limit are refused as soon as their size is known (from
 ``Content-Length``, or while a chunked body streams in), before they are
-buffered, with the JMAP ``limit`` problem (API-21). The access log
+buffered, with the JMAP ``limit`` problem (API-21). A request whose headers are not
+complete ``header-timeout`` seconds after its first byte, or whose body is not
+complete one idle timeout after its headers, is answered 408 and closed
+(:class:`JMAPChannel`, :mod:`jmappushd.net.headertimeout`). The access log
 (``accesslog``) is one line per request without the query string, so an
 ``access_token`` is never logged; a push session (EventSource, WebSocket) is
 logged by its transport when it ends instead (:func:`log_as_session`).
@@ -10,9 +14,16 @@ logged by its transport when it ends instead (:func:`log_as_session`).
 
 from __future__ import annotations
 
+import math
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -20,8 +31,16 @@ from twisted.web.server import Request, Site
 from jmappushd.jmap.ijson import dumps
 from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
 from jmappushd.net._fastpath import raw_transport
+from jmappushd.net.headertimeout import Phase, RequestDeadline
+from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.web.accesslog import AccessLog, Closed, SessionEntry
 from jmappushd.web.clientaddr import ClientAddresses
+from jmappushd.web.responses import problem_body
+
+_DONE = Failure(ConnectionDone())
+
+ABORT_GRACE_S = 1.0
+"""How long a timed-out connection may take to accept its 408 before it is aborted."""
 
 
 class LimitedRequest(Request):
@@ -77,11 +96,94 @@ class LimitedRequest(Request):
             transport.loseConnection()
 
 
+class JMAPChannel(http.HTTPChannel):
+    """An HTTP/1.1 channel whose requests must arrive in time (slowloris).
+
+    The :class:`RequestDeadline` runs from a request's first byte while the channel
+    parses its request line and headers (``line_mode``), and from the end of the
+    headers until the end of a body; requests buffered behind one still being
+    answered start their clock when the channel gets to them.
+    """
+
+    log = Logger()
+    clock: IReactorTime
+    site: Site
+    deadline: RequestDeadline | None = None
+    _abort: WheelTimer | None = None
+    _lost = False
+
+    def callLater(self, period: float, func: Callable[[], None]) -> IDelayedCall:
+        """The idle timeout's timer, on the site's clock (tests inject one)."""
+        return self.clock.callLater(period, func)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._abort is not None:
+            return  # timed out: nothing more is read from this connection
+        if self.deadline is not None and self.line_mode and data:
+            self.deadline.head_started()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        if self.deadline is not None:
+            self.deadline.head_done(body_follows=self.length != 0)
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        self._lost = True
+        if self.deadline is not None:
+            self.deadline.cancel()
+        abort, self._abort = self._abort, None
+        if abort is not None:
+            abort.cancel()
+        super().connectionLost(reason)
+
+    def close_when_idle(self) -> None:
+        """The site stops: close now if no request is under way, else after it."""
+        if self._lost or self.transport is None:
+            return  # gone, or handed over (a WebSocket owns the transport now)
+        self.persistent = False
+        if not self.requests:
+            self.loseConnection()
+
+    def too_slow(self, phase: Phase, timers: TimerWheel, limit: float) -> None:
+        """Answer 408 (RFC 9110 §15.5.9) and close; abort if the peer does not take it."""
+        transport = self.transport
+        if transport is None or self._abort is not None:
+            return
+        self.log.debug("closing a connection from {peer}: the request {phase} took longer "
+                       "than {limit} s", peer=transport.getPeer(), phase=phase.value,
+                       limit=limit)
+        body = dumps(problem_body(
+            408, f"the request {phase.value} did not arrive within {limit:g} s",
+            title="Request Timeout"))
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\n"
+            b"Content-Type: " + PROBLEM_CONTENT_TYPE + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Connection: close\r\n\r\n" + body)
+        # TCP and TLS transports can abort; ITransport itself only promises to close.
+        abort = getattr(transport, "abortConnection", transport.loseConnection)
+        self._abort = timers.call_later(ABORT_GRACE_S, abort)
+        self.loseConnection()
+
+
 class JMAPSite(Site):
-    """A Site with a per-site body limit and a structured access log."""
+    """A Site with a per-site body limit, slow-request deadlines and a structured access log.
+
+    ``header_timeout`` (seconds, 0 = none) bounds how long a request's headers may take;
+    its body may take the idle timeout (``timeout``, Twisted's 60 s by default) as a
+    whole. The deadlines go on ``timers`` (the daemon's wheel; one of the site's own
+    on ``reactor`` otherwise). Each connection is an HTTP/1.1 :class:`JMAPChannel`.
+    """
 
     def __init__(self, resource: IResource, max_body: int, name: str, access_log: bool = True,
-                 clients: ClientAddresses | None = None, **kwargs: Any) -> None:
+                 clients: ClientAddresses | None = None, header_timeout: float = 0,
+                 timers: TimerWheel | None = None, **kwargs: Any) -> None:
         self.accesslog = AccessLog(name, clients or ClientAddresses(), access_log)
         request_class = type("LimitedRequest", (LimitedRequest,),
                              {"max_body": max_body, "accesslog": self.accesslog})
@@ -89,6 +191,35 @@ class JMAPSite(Site):
         self.displayTracebacks = False
         self.name = name
         self.noisy = False
+        self.header_timeout = header_timeout
+        self.timers = timers if timers is not None else TimerWheel(self.reactor)
+        # Open connections, so that none outlives the site (nor its idle timer).
+        self._channels: weakref.WeakSet[JMAPChannel] = weakref.WeakSet()
+
+    def stopFactory(self) -> None:
+        """The last port stopped: keep-alive connections close (after their request)."""
+        for channel in list(self._channels):
+            channel.close_when_idle()
+        super().stopFactory()
+
+    def buildProtocol(self, addr: IAddress | None) -> JMAPChannel:  # type: ignore[override]
+        channel = JMAPChannel()
+        channel.factory = self
+        channel.site = self
+        channel.requestFactory = self.requestFactory
+        channel.clock = self.reactor
+        body = self.timeOut
+        channel.timeOut = None if body is None else math.ceil(body)
+        timers = self.timers
+
+        def expired(phase: Phase) -> None:
+            limit = self.header_timeout if phase is Phase.HEAD else (body or 0)
+            channel.too_slow(phase, timers, limit)
+
+        if self.header_timeout or body:
+            channel.deadline = RequestDeadline(timers, self.header_timeout, body, expired)
+        self._channels.add(channel)
+        return channel
 
     def log(self, request: http.Request) -> None:
         """Called by twisted.web when a response finishes."""
