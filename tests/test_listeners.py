@@ -9,7 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 
 from jmappushd.daemon.listeners import ListenError, ListenerService
 from jmappushd.reactor import IDaemonReactor
@@ -19,15 +19,20 @@ from tests.support import live_reactor
 def test_privileged_start_binds_and_start_does_not_bind_again() -> None:
     """twistd calls privilegedStartService (tap.makeService too) and then startService:
     the port is bound in the first call, once."""
-    reactor = MemoryReactor()
-    # serverFromString needs only listenTCP of it.
-    listener = ListenerService(cast(IDaemonReactor, reactor), "tcp:8080:interface=127.0.0.1",
+    reactor = MemoryReactorClock()
+    # The listeners' guarded port binds a real socket (port 0: any free one) and registers
+    # with the MemoryReactor; binding twice would give a second port object.
+    listener = ListenerService(cast(IDaemonReactor, reactor), "tcp:0:interface=127.0.0.1",
                                Factory.forProtocol(Protocol))
     listener.privilegedStartService()
-    assert len(reactor.tcpServers) == 1 and listener.port is not None
+    first = listener.port
+    assert first is not None
     listener.privilegedStartService()
     listener.startService()
-    assert len(reactor.tcpServers) == 1 and listener.running
+    assert listener.port is first and listener.running
+    stopped = listener.stopService()
+    reactor.advance(0)
+    assert stopped.called
 
 
 @pytest_twisted.ensureDeferred
