@@ -72,12 +72,15 @@ def test_error_response_cannot_be_referenced_by_method_name() -> None:
     assert _error_type({"#x": _ref(path="/type")}, responses) == "invalidResultReference"
 
 
-def test_resolved_value_is_a_copy() -> None:
-    """Mutating a resolved argument does not alter the earlier response."""
+def test_resolved_value_is_shared_not_copied() -> None:
+    """Issue 11: a reference costs no copy; the resolved value is the earlier response's
+    own object (what was sent is frozen by the processor, see test_jmap_budget), while
+    the arguments object itself is new."""
     responses = [["Core/echo", {"a": [{"b": [1]}]}, "c1"]]
-    resolved = resolve_references({"#x": _ref(path="/a/0/b")}, responses)
-    resolved["x"].append(99)
-    assert responses[0][1] == {"a": [{"b": [1]}]}
+    args = {"#x": _ref(path="/a/0/b")}
+    resolved = resolve_references(args, responses)
+    assert resolved["x"] is responses[0][1]["a"][0]["b"]
+    assert resolved is not args and "#x" in args
 
 
 def test_input_arguments_not_modified() -> None:
