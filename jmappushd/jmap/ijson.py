@@ -96,7 +96,9 @@ def _check_strings(value: Any) -> None:
 
 
 def _prefix_peak_over(steps: bytes, bound: int) -> bool:
-    """Whether the running sum of ``steps`` (signed bytes) ever passes ``bound``."""
+    """Whether the running sum of ``steps`` (signed bytes), starting at 0, passes ``bound``."""
+    if bound < 0:
+        return True
     return next(filter(bound.__lt__, accumulate(array("b", steps))), None) is not None
 
 

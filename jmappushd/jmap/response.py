@@ -27,8 +27,9 @@ def encode_invocation(name: str, arguments: dict[str, Any], call_id: str) -> byt
 
 
 def envelope_size(session_state: str, created_ids: dict[str, str] | None) -> int:
-    """Octets of a Response without its method responses and the commas between them."""
-    size = 2 + len(_METHOD_RESPONSES) + len(_SESSION_STATE) + len(encode_string(session_state))
+    """Octets of a Response without its method responses, less one: each method response
+    is counted with a comma after it, and there is one comma fewer than responses."""
+    size = 1 + len(_METHOD_RESPONSES) + len(_SESSION_STATE) + len(encode_string(session_state))
     if created_ids is not None:
         size += len(_CREATED_IDS) + len(dumps(created_ids))
     return size
