@@ -93,7 +93,12 @@ def test_too_large_reference_fails_before_the_method_runs() -> None:
     handler runs; an earlier call keeps its result."""
     reg = registry()
     ran: list[dict[str, Any]] = []
-    reg.register("X/sink", CORE, lambda ctx, args: ran.append(args) or {})
+
+    def sink(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        ran.append(args)
+        return {}
+
+    reg.register("X/sink", CORE, sink)
     response = respond({"using": [CORE], "methodCalls": [
         ["Core/echo", {"a": "x" * 3_000}, "c0"],
         ["X/sink", {"#a": ref("c0", "/a")}, "c1"]]}, 5_000, reg)

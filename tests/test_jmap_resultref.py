@@ -80,10 +80,11 @@ def test_resolved_value_is_shared_not_copied() -> None:
     """Issue 11: a reference costs no copy; the resolved value is the earlier response's
     own object (what was sent is frozen by the processor, see test_jmap_budget), while
     the arguments object itself is new."""
-    responses = [["Core/echo", {"a": [{"b": [1]}]}, "c1"]]
+    inner = [1]
+    responses: list[list[Any]] = [["Core/echo", {"a": [{"b": inner}]}, "c1"]]
     args = {"#x": _ref(path="/a/0/b")}
     resolved = resolve_references(args, responses)
-    assert resolved["x"] is responses[0][1]["a"][0]["b"]
+    assert resolved["x"] is inner
     assert resolved is not args and "#x" in args
 
 

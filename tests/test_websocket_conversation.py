@@ -175,3 +175,21 @@ def test_nothing_is_written_to_a_closed_sink_and_pause_holds_pushes() -> None:
     env.publish({"A": {"Email": "e3"}})
     env.send(REQUEST)
     assert env.sink.frames == []
+
+
+def test_in_flight_limit_is_shared_between_conversations() -> None:
+    """WS-15, issue 11: two sockets of one user share one count (App.inflight), so the
+    second socket's request is refused while the first holds the only slot; a failed
+    request frees its slot too."""
+    shared = InFlightRequests(1)
+    first, second = Env(in_flight=shared), Env(in_flight=shared)
+    first.processor.hold = True
+    first.send(REQUEST)
+    second.send({**REQUEST, "id": "r2"})
+    (error,) = second.sink.messages()
+    assert error["@type"] == "RequestError" and error["limit"] == "maxConcurrentRequests"
+    first.processor.pending[0].errback(RuntimeError("boom"))
+    assert first.sink.messages()[0]["status"] == 500
+    second.send({**REQUEST, "id": "r3"})
+    assert second.sink.messages()[0]["requestId"] == "r3"
+    assert shared.count("u1") == 0
