@@ -18,6 +18,8 @@ from pathlib import Path
 from tests.support import config_text, free_port
 
 BIN = Path(sys.executable).parent
+# The checkout these tests belong to: the subprocesses must run its code, not whatever
+# checkout the virtualenv's editable install points at.
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,9 +27,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("STATE_DIRECTORY", None)
     env["PYTHONUNBUFFERED"] = "1"
-    # The checkout these tests belong to, ahead of whichever one the venv's editable
-    # install points at (a git worktree shares the main checkout's venv).
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
