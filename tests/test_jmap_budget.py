@@ -197,3 +197,15 @@ def test_budget_take_and_charge() -> None:
     assert budget.remaining == 4
     budget.charge(20)
     assert budget.remaining == 0
+
+
+def test_a_long_path_is_refused_before_it_is_split() -> None:
+    """A path of a million tokens costs its steps up front: refused at once, not walked
+    token by token (nor parsed with a regular expression per token)."""
+    path = "/a" * 1_000_000
+    started = time.perf_counter()
+    response = respond({"using": [CORE], "methodCalls": [
+        ["Core/echo", {"a": 1}, "c0"], ["Core/echo", {"#x": ref("c0", path)}, "c1"]]},
+        10_000_000)
+    assert types(response) == ["Core/echo", "invalidArguments"]
+    assert time.perf_counter() - started < 1.0

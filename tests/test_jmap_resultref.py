@@ -195,6 +195,7 @@ def test_budget_counts_steps_and_selected_size() -> None:
     responses = [["Core/echo", {"a": [{"b": "x" * 100}] * 10}, "c1"]]
     budget = ResponseBudget(10_000)
     resolve_references({"#x": _ref(path="/a/*/b")}, responses, budget)
-    assert budget.used == (1 + 1 + 10 + 10) * STEP_COST  # values at each level, items mapped
+    # the tokens, then the values at each level and the items mapped
+    assert budget.used == (3 + 1 + 1 + 10 + 10) * STEP_COST
     with pytest.raises(OverBudget):
         resolve_references({"#x": _ref(path="/a")}, responses, ResponseBudget(1_000))

@@ -30,6 +30,7 @@ from jmappushd.jmap.ijson import MAX_NESTING, dumps, encode_string, nesting_deep
 from jmappushd.jmap.registry import MethodError
 
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
+_BAD_TILDE = re.compile(r"~(?![01])")
 _WILDCARD = "*"
 _PATH_STEPS = "Evaluating the result references' paths"
 
@@ -45,9 +46,10 @@ def _tokens(pointer: str) -> list[str]:
     if not pointer.startswith("/"):
         raise PointerError("a non-empty pointer must start with '/'")
     tokens = pointer[1:].split("/")
-    for token in tokens:
-        if re.search(r"~(?![01])", token):
-            raise PointerError("'~' must be followed by '0' or '1'")
+    if "~" not in pointer:
+        return tokens
+    if _BAD_TILDE.search(pointer):
+        raise PointerError("'~' must be followed by '0' or '1'")
     return [t.replace("~1", "/").replace("~0", "~") for t in tokens]
 
 
@@ -141,6 +143,8 @@ def _select(key: str, index: int, path: str, responses: Sequence[Sequence[Any]],
     The value becomes a member of the arguments object, so it may nest one level
     less than :data:`~jmappushd.jmap.ijson.MAX_NESTING`.
     """
+    if budget is not None:
+        budget.steps(path.count("/"), _PATH_STEPS)  # before splitting a long path
     try:
         value = _evaluate(responses[index][1], _tokens(path), budget)
     except PointerError as e:
