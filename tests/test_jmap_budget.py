@@ -7,9 +7,12 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from jmappushd.jmap import ijson
 from jmappushd.jmap.budget import STEP_COST, ResponseBudget
 from jmappushd.jmap.core import register_core
+from jmappushd.jmap.problems import QUOTED_MAX, RequestProblem, quoted
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import CORE_CAPABILITY, CallContext, MethodRegistry
 from jmappushd.jmap.response import Response
@@ -209,3 +212,18 @@ def test_a_long_path_is_refused_before_it_is_split() -> None:
         10_000_000)
     assert types(response) == ["Core/echo", "invalidArguments"]
     assert time.perf_counter() - started < 1.0
+
+
+def test_errors_quote_client_text_briefly() -> None:
+    """Error descriptions quote at most QUOTED_MAX characters of client text, so sixteen
+    failing calls with megabyte-long names cannot make a large response or log line."""
+    long = "x" * 1_000_000
+    calls = [["Core/echo", {"#v": ref(long)}, "a"],
+             ["Core/echo", {"v": 2}, "b"], ["Core/echo", {"#v": ref("b", "/" + long)}, "c"],
+             ["Core/echo", {long: 1, "#" + long: ref("b")}, "d"]]
+    response = respond({"using": [CORE], "methodCalls": calls}, 10_000_000)
+    assert len(response.encode()) < 1_000
+    with pytest.raises(RequestProblem) as info:
+        ijson.loads(b'{"%s":1,"%s":2}' % (long.encode(), long.encode()))
+    assert len(info.value.detail) < 200
+    assert len(quoted(long)) <= QUOTED_MAX + 1 and quoted("a'b") == repr("a'b")

@@ -23,7 +23,7 @@ from itertools import accumulate
 from json.encoder import encode_basestring
 from typing import Any
 
-from jmappushd.jmap.problems import RequestProblem
+from jmappushd.jmap.problems import RequestProblem, quoted
 from jmappushd.net import _fastpath
 
 # Code points I-JSON forbids in strings and member names (RFC 7493 §2.1): surrogates
@@ -62,7 +62,7 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _Invalid(f"duplicate member name {key!r}")
+                raise _Invalid(f"duplicate member name {quoted(key)}")
             seen.add(key)
     return result
 

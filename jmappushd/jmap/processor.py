@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from jmappushd.jmap.budget import OverBudget, ResponseBudget, over_budget_error
 from jmappushd.jmap.crashlog import summarise
 from jmappushd.jmap.ijson import dumps
-from jmappushd.jmap.problems import RequestProblem
+from jmappushd.jmap.problems import RequestProblem, quoted
 from jmappushd.jmap.registry import (
     CORE_CAPABILITY,
     CallContext,
@@ -110,7 +110,7 @@ class RequestProcessor:
         unknown = sorted(set(using) - self._registry.capabilities())
         if unknown:
             raise RequestProblem(
-                "unknownCapability", f"The server does not support {unknown[0]!r}."
+                "unknownCapability", f"The server does not support {quoted(unknown[0])}."
             )
         if len(calls) > self._max_calls:
             raise RequestProblem(

@@ -27,6 +27,7 @@ from typing import Any
 
 from jmappushd.jmap.budget import OverBudget, ResponseBudget
 from jmappushd.jmap.ijson import MAX_NESTING, dumps, encode_string, nesting_deeper_than
+from jmappushd.jmap.problems import quoted
 from jmappushd.jmap.registry import MethodError
 
 _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
@@ -57,13 +58,13 @@ def _step(value: Any, token: str) -> Any:
     """One RFC 6901 step into an array item or object member."""
     if isinstance(value, list):
         if not _ARRAY_INDEX.fullmatch(token) or int(token) >= len(value):
-            raise PointerError(f"no array item {token!r}")
+            raise PointerError(f"no array item {quoted(token)}")
         return value[int(token)]
     if isinstance(value, dict):
         if token not in value:
-            raise PointerError(f"no member {token!r}")
+            raise PointerError(f"no member {quoted(token)}")
         return value[token]
-    raise PointerError(f"cannot descend into a scalar with {token!r}")
+    raise PointerError(f"cannot descend into a scalar with {quoted(token)}")
 
 
 def _evaluate(value: Any, tokens: Sequence[str], budget: ResponseBudget | None) -> Any:
@@ -127,11 +128,13 @@ def _target(reference: Any, responses: Sequence[Sequence[Any]]) -> tuple[int, st
     # The *first* response with that call id counts, even if it is an error (API-12).
     index = next((i for i, r in enumerate(responses) if r[2] == call_id), None)
     if index is None:
-        raise MethodError("invalidResultReference", f"No earlier response for call {call_id!r}.")
+        raise MethodError("invalidResultReference",
+                          f"No earlier response for call {quoted(call_id)}.")
     if responses[index][0] != name:
         raise MethodError(
             "invalidResultReference",
-            f"Response for call {call_id!r} is {responses[index][0]!r}, not {name!r}.",
+            f"Response for call {quoted(call_id)} is {quoted(responses[index][0])}, "
+            f"not {quoted(name)}.",
         )
     return index, path
 
@@ -148,11 +151,11 @@ def _select(key: str, index: int, path: str, responses: Sequence[Sequence[Any]],
     try:
         value = _evaluate(responses[index][1], _tokens(path), budget)
     except PointerError as e:
-        raise MethodError("invalidResultReference", f"Path {path!r}: {e}.") from None
+        raise MethodError("invalidResultReference", f"Path {quoted(path)}: {e}.") from None
     encoded = dumps(value)
     if nesting_deeper_than(encoded, MAX_NESTING - 1):
         raise MethodError(
-            "invalidArguments", f"The value of {key!r} nests deeper than {MAX_NESTING - 1} "
+            "invalidArguments", f"The value of {quoted(key)} nests deeper than {MAX_NESTING - 1} "
             "levels, the server's limit.")
     return value, len(encoded)
 
@@ -173,7 +176,8 @@ def resolve_references(
     for key in args:
         if key.startswith("#") and key[1:] in args:
             raise MethodError(
-                "invalidArguments", f"Argument {key[1:]!r} is given both plainly and as {key!r}."
+                "invalidArguments", f"Argument {quoted(key[1:])} is given both plainly and as "
+                f"{quoted(key)}."
             )
     if not any(key.startswith("#") for key in args):
         return args
@@ -192,5 +196,5 @@ def resolve_references(
         if budget is not None:
             pending += found[1] + len(encode_string(key[1:])) + 2
             if pending > budget.remaining:
-                raise OverBudget(f"The result reference {key!r}")
+                raise OverBudget(f"The result reference {quoted(key)}")
     return resolved
