@@ -33,9 +33,9 @@ class ResponseBudget:
 
     __slots__ = ("limit", "used")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, used: int = 0) -> None:
         self.limit = limit
-        self.used = 0
+        self.used = used
 
     @property
     def remaining(self) -> int:

@@ -143,19 +143,18 @@ class RequestProcessor:
             created_ids=dict(created_ids or {}),
             using=frozenset(using),
         )
-        budget = ResponseBudget(self._max_size_response)
-        budget.charge(reserve + envelope_size(session_state, created_ids))
+        budget = ResponseBudget(self._max_size_response,
+                                reserve + envelope_size(session_state, created_ids))
         responses: list[Invocation] = []  # decoded, for result references
         encoded: list[bytes] = []
         crashes: list[tuple[str, str, Exception]] = []
         try:
             for name, args, call_id in calls:
-                known_ids = len(ctx.created_ids)
                 for out_name, out_args, out in await self._run_call(
                         ctx, name, args, call_id, responses, budget, crashes):
                     responses.append([out_name, out_args, call_id])
                     encoded.append(out)
-                if created_ids is not None and len(ctx.created_ids) != known_ids:
+                if created_ids is not None and len(ctx.created_ids) != len(created_ids):
                     # New creation ids appear in the response's createdIds too (API-13).
                     budget.charge(len(dumps(ctx.created_ids)) - len(dumps(created_ids)))
                     created_ids = dict(ctx.created_ids)
@@ -208,7 +207,8 @@ class RequestProcessor:
             if inspect.isawaitable(result):
                 result = await result
             out = [(n, a, encode_invocation(n, a, call_id)) for n, a in _normalise(name, result)]
-            budget.take(sum(len(e) + 1 for _, _, e in out), "The result of this call")
+            size = len(out[0][2]) + 1 if len(out) == 1 else sum(len(e) + 1 for _, _, e in out)
+            budget.take(size, "The result of this call")
             return out
         except OverBudget as e:
             error = over_budget_error(name, self._max_size_response, e.what).to_json()

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jmappushd.jmap.ijson import dumps, encode_string
 
@@ -23,7 +22,7 @@ _CREATED_IDS = b',"createdIds":'
 
 def encode_invocation(name: str, arguments: dict[str, Any], call_id: str) -> bytes:
     """``[name, arguments, methodCallId]`` as compact UTF-8 JSON (API-2)."""
-    return b"[%b,%b,%b]" % (encode_string(name), dumps(arguments), encode_string(call_id))
+    return dumps([name, arguments, call_id])
 
 
 def envelope_size(session_state: str, created_ids: dict[str, str] | None) -> int:
@@ -35,12 +34,12 @@ def envelope_size(session_state: str, created_ids: dict[str, str] | None) -> int
     return size
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     """What :meth:`~jmappushd.jmap.processor.RequestProcessor.process` returns.
 
     ``method_responses`` are encoded Invocations, in order; ``created_ids`` is present
-    only when the Request had ``createdIds`` (API-13).
+    only when the Request had ``createdIds`` (API-13). (A tuple: built once per
+    request on the API fast path, where a frozen dataclass costs three times as much.)
     """
 
     method_responses: Sequence[bytes]
@@ -49,16 +48,13 @@ class Response:
 
     def encode(self, head: bytes = b"") -> bytes:
         """The Response as JSON; ``head`` is members (each followed by ``,``) put first."""
-        parts = [b"{", head, _METHOD_RESPONSES]
-        for i, invocation in enumerate(self.method_responses):
-            if i:
-                parts.append(b",")
-            parts.append(invocation)
-        parts += (_SESSION_STATE, encode_string(self.session_state))
-        if self.created_ids is not None:
-            parts += (_CREATED_IDS, dumps(self.created_ids))
-        parts.append(b"}")
-        return b"".join(parts)
+        responses = self.method_responses
+        body = responses[0] if len(responses) == 1 else b",".join(responses)
+        state = encode_string(self.session_state)
+        if self.created_ids is None:
+            return b"{%b%b%b%b%b}" % (head, _METHOD_RESPONSES, body, _SESSION_STATE, state)
+        return b"{%b%b%b%b%b%b%b}" % (head, _METHOD_RESPONSES, body, _SESSION_STATE, state,
+                                      _CREATED_IDS, dumps(self.created_ids))
 
     def to_json(self) -> dict[str, Any]:
         """The Response decoded again (for tests and tools; the transports send bytes)."""
