@@ -10,9 +10,10 @@ method response is encoded when its method returns and counted; one that would p
 the limit, or result references selecting more than is left, fail that call alone
 (``requestTooLarge`` for /get and /set, ``invalidArguments`` otherwise, RFC 8620
 §3.6.2, §5.1, §5.3), and the calls before it keep their results. Error responses
-are always added, so a Response may pass the limit by those (a few hundred octets
-each). A call failing unexpectedly is ``serverFail``; a request logs at most one
-bounded entry for all of its serverFails.
+(a few hundred octets each: client text is quoted briefly) and the createdIds of
+records that exist are always sent, so a Response may pass the limit by those. A
+call failing unexpectedly is ``serverFail``; a request logs at most one bounded
+entry for all of its serverFails.
 """
 
 from __future__ import annotations
