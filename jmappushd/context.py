@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from jmappushd.auth.authenticator import Authenticator, Principal
 from jmappushd.config import Config
 from jmappushd.core.hub import Hub
+from jmappushd.core.inflight import InFlightRequests
 from jmappushd.gateway.session import merge_session
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import MethodRegistry
@@ -39,8 +40,11 @@ class App:
         default_factory=WeakKeyDictionary, repr=False)
     wheel: TimerWheel = field(init=False, repr=False)
     clients: ClientAddresses = field(init=False, repr=False)
+    inflight: InFlightRequests = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # maxConcurrentRequests per user across HTTP and all their WebSockets (WS-15).
+        self.inflight = InFlightRequests(self.config.jmap.max_concurrent_requests)
         # Real client addresses behind [server] trusted-proxies (logs, limits, throttling).
         self.clients = ClientAddresses(self.config.server.trusted_proxies)
         # The connections' heartbeats and pings, on the app's clock (tests inject one).

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 
@@ -184,8 +183,8 @@ def test_references_over_websocket(case: tuple[dict[str, Any], Any, str, Any]) -
 
 
 KNOWN_DEFECT = settings(max_examples=20, phases=(Phase.explicit, Phase.generate))
-"""For a property pinned as a known defect (strict xfail): a few examples, no shrinking;
-once the defect is fixed the examples pass and strict xfail reports the mark is stale."""
+"""For the properties that pinned issue 11's defects #1 and #2 (fixed since): a few
+examples each, no shrinking (every example is a large request)."""
 
 
 def nested(depth: int, kind: str) -> str:
@@ -194,9 +193,6 @@ def nested(depth: int, kind: str) -> str:
     return '{"a":' * depth + "1" + "}" * depth
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #2: a reference to a value nested ~500 deep "
-                   "raises RecursionError (copy.deepcopy): serverFail plus a logged traceback; "
-                   "fixed by jmap/resultref")
 @KNOWN_DEFECT
 @given(depth=st.integers(400, 980), kind=st.sampled_from(["array", "object"]),
        path=st.sampled_from(["", "/a"]))
@@ -211,8 +207,6 @@ def test_deep_values_behind_references(depth: int, kind: str, path: str) -> None
         check_http(world.post_api(body))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #2: deep values behind references over a "
-                   "WebSocket: serverFail plus a logged traceback; fixed by jmap/resultref")
 @KNOWN_DEFECT
 @given(depth=st.integers(400, 980))
 def test_deep_values_behind_references_over_websocket(depth: int) -> None:
@@ -252,9 +246,6 @@ def bounded(size: int, calls: int) -> bool:
     return size <= MAX_SIZE_RESPONSE + 300 * calls + 200
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #1: result references amplify a response "
-                   "without limit ([jmap] max-size-response not enforced); fixed by "
-                   "jmap/processor and jmap/resultref")
 @KNOWN_DEFECT
 @given(base=st.integers(10, 2000), fan=st.integers(2, 4))
 def test_amplification_is_bounded(base: int, fan: int) -> None:
@@ -271,8 +262,6 @@ def test_amplification_is_bounded(base: int, fan: int) -> None:
     assert any(r[0] == "error" for r in responses)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #1: result references amplify a WebSocket "
-                   "Response frame without limit; fixed by jmap/processor and jmap/resultref")
 @KNOWN_DEFECT
 @given(base=st.integers(10, 2000), fan=st.integers(2, 4))
 def test_amplification_is_bounded_over_websocket(base: int, fan: int) -> None:

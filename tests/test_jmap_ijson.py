@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jmappushd.jmap import ijson
 from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
@@ -100,6 +106,71 @@ def test_huge_integer_literal_rejected() -> None:
 def test_deep_nesting_rejected() -> None:
     """Absurd nesting is notJSON rather than an unhandled RecursionError."""
     _not_json(b"[" * 100_000 + b"]" * 100_000)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded value, by an explicit stack (the test's own oracle)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            stack.extend((v, level) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def test_nesting_bound_is_exact_at_parse() -> None:
+    """Issue 11 defect 2: MAX_NESTING levels parse; one more is notJSON whose detail
+    names the bound, before the C decoder (which recurses) sees it. 500 levels, which
+    the decoder would accept and later steps would crash on, are refused the same way."""
+    bound = ijson.MAX_NESTING
+    assert ijson.loads(b"[" * bound + b"]" * bound) is not None
+    for depth in (bound + 1, 500):
+        detail = _not_json(b'{"a":' * (depth - 1) + b"[]" + b"}" * (depth - 1)).detail
+        assert f"deeper than {bound} levels" in detail
+
+
+def test_nesting_in_strings_does_not_count() -> None:
+    """Brackets, quotes and backslashes inside strings are not structure: a string full
+    of them parses, and they cannot hide real nesting either."""
+    tricky = '"[[[{{{\\"\\\\\\"]]]' * 100 + '"'
+    assert isinstance(ijson.loads(f"[{json.dumps(tricky)}]".encode()), list)
+    hidden = ("[" + json.dumps("]" * 200) + ",") * 129 + "1" + "]" * 129
+    assert not ijson.nesting_deeper_than(b"[" * 128 + b"]" * 128)
+    assert ijson.nesting_deeper_than(hidden.encode())
+    _not_json(hidden.encode())
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.text(
+    alphabet=st.sampled_from('ab"\\[]{}:,\u00e9\n'), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(alphabet='k"[\\', max_size=3), inner,
+                                            max_size=3), max_leaves=40),
+       bound=st.integers(0, 12))
+def test_nesting_deeper_than_matches_the_decoded_depth(value: Any, bound: int) -> None:
+    """For any JSON value (strings full of structural characters included) and bound,
+    the byte-level check agrees with the depth of the decoded value."""
+    data = json.dumps(value, ensure_ascii=False).encode()
+    assert ijson.nesting_deeper_than(data, bound) == (_depth(value) > bound)
+
+
+def test_nesting_check_of_a_large_flat_document_is_fast() -> None:
+    """The check is C-speed byte work for wide documents: 10 MB of small arrays is
+    answered without a per-bracket Python loop over all of it (well under a second)."""
+    data = b"[" + b"[]," * 3_300_000 + b"[]]"
+    started = time.perf_counter()
+    assert not ijson.nesting_deeper_than(data)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_encode_string_matches_dumps() -> None:
+    """encode_string writes a string exactly as dumps writes it inside a document."""
+    for text in ("", "é😀", 'q"\\\n\u2028'):
+        assert ijson.encode_string(text) == ijson.dumps([text])[1:-1]
 
 
 def test_dumps_is_compact_utf8() -> None:

@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from jmappushd.jmap.core import register_core
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.jmap.processor import RequestProcessor
 from jmappushd.jmap.registry import CORE_CAPABILITY, CallContext, MethodError, MethodRegistry
+from jmappushd.jmap.response import Response
 
 EXTRA = "https://jmappushd.example/apis/extra"
 
@@ -40,11 +41,12 @@ def make_registry() -> MethodRegistry:
 def process(
     request: Any, registry: MethodRegistry | None = None, max_calls: int = 16, **kw: Any
 ) -> dict[str, Any]:
-    processor = RequestProcessor(registry or make_registry(), max_calls)
-    response: dict[str, Any] = run(
+    processor = RequestProcessor(registry or make_registry(), max_calls,
+                                 kw.pop("max_size_response", 10_000_000))
+    response: Response = run(
         processor.process(request, kw.pop("principal", "alice"), "s1", **kw)
     )
-    return response
+    return response.to_json()
 
 
 def problem(request: Any, **kw: Any) -> RequestProblem:
@@ -227,9 +229,15 @@ def test_method_error_is_rendered() -> None:
     ]
 
 
+def _errors_logged(logged: EventLoggingObserver) -> list[dict[str, Any]]:
+    return [e for e in logged if e.get("log_level") is not None
+            and e["log_level"].name in ("error", "critical")]
+
+
 def test_exception_becomes_logged_server_fail(logged: EventLoggingObserver) -> None:
-    """API-9: an unexpected exception is serverFail without its text, is logged, and the
-    next call still runs."""
+    """API-9: an unexpected exception is serverFail without its text, is logged once
+    (a bounded line naming the method, call and exception, no traceback), and the next
+    call still runs."""
     registry = make_registry()
 
     def crash(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
@@ -242,10 +250,28 @@ def test_exception_becomes_logged_server_fail(logged: EventLoggingObserver) -> N
     assert error[1]["type"] == "serverFail"
     assert "secret" not in repr(error[1])
     assert echo == ["Core/echo", {"y": 2}, "b"]
-    failures = [e for e in logged if "log_failure" in e]
-    assert len(failures) == 1
-    assert failures[0]["method"] == "X/crash" and failures[0]["call_id"] == "a"
-    assert failures[0]["log_failure"].check(RuntimeError)
+    (entry,) = _errors_logged(logged)
+    assert entry["method"] == "X/crash" and entry["call_id"] == "a" and entry["count"] == 1
+    assert entry["error"].startswith("RuntimeError: secret internal detail at ")
+    assert "log_failure" not in entry
+
+
+def test_many_server_fails_log_one_bounded_entry(logged: EventLoggingObserver) -> None:
+    """Issue 11: however many calls of one request fail, and however long the exception
+    message (here client data), the request logs one entry of bounded size."""
+    registry = make_registry()
+
+    def crash(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError(args["blob"])
+
+    registry.register("X/crash", CORE_CAPABILITY, crash)
+    blob = "x" * 100_000
+    response = process(req(*[["X/crash", {"blob": blob}, f"c{i}"] for i in range(16)]),
+                       registry=registry)
+    assert [r[1]["type"] for r in response["methodResponses"]] == ["serverFail"] * 16
+    (entry,) = _errors_logged(logged)
+    assert entry["count"] == 16
+    assert len(formatEvent(entry)) < 1500
 
 
 def test_malformed_handler_result_is_server_fail(logged: EventLoggingObserver) -> None:
@@ -256,7 +282,7 @@ def test_malformed_handler_result_is_server_fail(logged: EventLoggingObserver) -
     assert response["methodResponses"] == [
         ["error", {"type": "serverFail", "description": "Internal server error."}, "a"]
     ]
-    assert len([e for e in logged if "log_failure" in e]) == 1
+    assert len(_errors_logged(logged)) == 1
 
 
 def test_async_handler_and_multiple_responses() -> None:

@@ -12,6 +12,8 @@ from jmappushd.auth.authenticator import Principal
 from jmappushd.core.connections import EndReason
 from jmappushd.core.feed import FeedContext
 from jmappushd.core.hub import Change, Hub, LocalBus
+from jmappushd.core.inflight import InFlightRequests
+from jmappushd.jmap.response import Response, encode_invocation
 from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import Account
 from jmappushd.transports.websocket.conversation import Conversation, ConversationContext
@@ -45,15 +47,16 @@ class Processor:
 
     def __init__(self) -> None:
         self.hold = False
-        self.pending: list[defer.Deferred[Any]] = []
+        self.pending: list[defer.Deferred[Response]] = []
 
-    async def process(self, request: Any, principal: Principal, state: str) -> Any:
+    async def process(self, request: Any, principal: Principal, state: str,
+                      reserve: int = 0) -> Response:
         if self.hold:
-            d: defer.Deferred[Any] = defer.Deferred()
+            d: defer.Deferred[Response] = defer.Deferred()
             self.pending.append(d)
             return await d
-        return {"methodResponses": [["Core/echo", {"who": principal.user_id}, "c1"]],
-                "sessionState": state}
+        return Response([encode_invocation("Core/echo", {"who": principal.user_id}, "c1")],
+                        state)
 
 
 class Store(MemoryStore):
@@ -66,7 +69,8 @@ class Store(MemoryStore):
 
 
 class Env:
-    def __init__(self, max_concurrent: int = 4) -> None:
+    def __init__(self, max_concurrent: int = 4, in_flight: InFlightRequests | None = None
+                 ) -> None:
         self.clock = Clock()
         self.bus = LocalBus()
         self.hub = Hub(Store(), self.bus)
@@ -76,7 +80,8 @@ class Env:
         self.sent = 0
         self.ctx = ConversationContext(
             processor=self.processor, session_state=lambda p: "s0",
-            max_size_request=10_000, max_concurrent=max_concurrent,
+            max_size_request=10_000,
+            in_flight=InFlightRequests(max_concurrent) if in_flight is None else in_flight,
             feeds=FeedContext(self.clock, self.hub, 0.0, push_views()),
             events_sent=self, count_error=self.errors.append)
         self.sink = Sink()
@@ -119,7 +124,7 @@ def test_in_flight_limit_answers_request_error() -> None:
     (error,) = env.sink.messages()
     assert error["@type"] == "RequestError" and error["requestId"] == "r2"
     assert error["limit"] == "maxConcurrentRequests" and env.errors == ["limit"]
-    env.processor.pending[0].callback({"methodResponses": [], "sessionState": "s0"})
+    env.processor.pending[0].callback(Response([], "s0"))
     assert env.sink.messages()[0]["requestId"] == "r1"
 
 
@@ -173,3 +178,21 @@ def test_nothing_is_written_to_a_closed_sink_and_pause_holds_pushes() -> None:
     env.publish({"A": {"Email": "e3"}})
     env.send(REQUEST)
     assert env.sink.frames == []
+
+
+def test_in_flight_limit_is_shared_between_conversations() -> None:
+    """WS-15, issue 11: two sockets of one user share one count (App.inflight), so the
+    second socket's request is refused while the first holds the only slot; a failed
+    request frees its slot too."""
+    shared = InFlightRequests(1)
+    first, second = Env(in_flight=shared), Env(in_flight=shared)
+    first.processor.hold = True
+    first.send(REQUEST)
+    second.send({**REQUEST, "id": "r2"})
+    (error,) = second.sink.messages()
+    assert error["@type"] == "RequestError" and error["limit"] == "maxConcurrentRequests"
+    first.processor.pending[0].errback(RuntimeError("boom"))
+    assert first.sink.messages()[0]["status"] == 500
+    second.send({**REQUEST, "id": "r3"})
+    assert second.sink.messages()[0]["requestId"] == "r3"
+    assert shared.count("u1") == 0

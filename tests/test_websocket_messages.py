@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from jmappushd.jmap.response import Response
 from jmappushd.transports.websocket.messages import (
     BadMessage,
     encode_request_error,
@@ -70,10 +71,11 @@ def test_encodings() -> None:
     """WS-16, WS-19, WS-24: Response has requestId only with an id; RequestError always
     has requestId (null without id) plus the problem details; StateChange carries changed
     and pushState and is valid JSON (the RFC example's missing comma is not copied)."""
-    assert json.loads(encode_response({"methodResponses": []}, None)) == {
-        "@type": "Response", "methodResponses": []}
-    assert json.loads(encode_response({"methodResponses": []}, "R")) == {
-        "@type": "Response", "requestId": "R", "methodResponses": []}
+    empty = Response([], "s0")
+    assert json.loads(encode_response(empty, None)) == {
+        "@type": "Response", "methodResponses": [], "sessionState": "s0"}
+    assert json.loads(encode_response(empty, "R\"")) == {
+        "@type": "Response", "requestId": "R\"", "methodResponses": [], "sessionState": "s0"}
     error = json.loads(encode_request_error({"type": "t", "status": 400}, None))
     assert error == {"@type": "RequestError", "requestId": None, "type": "t", "status": 400}
     assert json.loads(encode_state_change({"A": {"Email": "s"}}, "tok")) == {

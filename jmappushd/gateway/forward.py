@@ -27,6 +27,7 @@ from jmappushd.gateway.upstream import (
     UpstreamUnavailable,
 )
 from jmappushd.jmap import ijson
+from jmappushd.jmap.budget import ResponseBudget
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.jmap.resultref import resolve_references
 
@@ -99,15 +100,15 @@ class RunRequest:
 
 
 def build_run(run: Sequence[Call], responses: Sequence[Invocation], using: Sequence[str],
-              created_ids: dict[str, str]) -> RunRequest | list[Invocation]:
-    """The upstream request for ``run``, or (when settling a reference fails) the error
-    responses the client gets instead, call by call, as for local calls (API-9)."""
+              created_ids: dict[str, str], budget: ResponseBudget) -> RunRequest:
+    """The upstream request for ``run``; references settled here are charged to ``budget``
+    (MethodError/OverBudget when one fails: the run's calls then fail, as local ones do)."""
     answered = {r[2] for r in responses}
     calls: list[list[Any]] = []
     for name, args, call_id in run:
         outside = cross_run_references(args, answered)
         if outside:
-            settled = resolve_references({k: args[k] for k in outside}, responses)
+            settled = resolve_references({k: args[k] for k in outside}, responses, budget)
             args = {k: v for k, v in args.items() if k not in outside} | settled
         calls.append([name, args, call_id])
     request: dict[str, Any] = {"using": list(using), "methodCalls": calls}
@@ -152,15 +153,13 @@ class Forwarder:
     async def run(self, api_url: str, authorization: bytes, run: Sequence[Call],
                   responses: Sequence[Invocation], using: Collection[str],
                   upstream_capabilities: Collection[str],
-                  created_ids: dict[str, str]) -> list[Invocation]:
+                  created_ids: dict[str, str], budget: ResponseBudget) -> list[Invocation]:
         """Forward ``run``; updates ``created_ids`` in place with the upstream's.
 
         Only the capabilities the upstream's session lists go up in ``using`` (the
         daemon's own, such as WebSocket, would be an unknownCapability there)."""
         wanted = sorted(u for u in using if u in upstream_capabilities)
-        built = build_run(run, responses, wanted, created_ids)
-        if isinstance(built, list):
-            return built
+        built = build_run(run, responses, wanted, created_ids, budget)
         try:
             answer = await self._client.post_json(api_url, authorization, built.body)
             out, created = parse_run_answer(answer, built.call_ids, self._client.name)

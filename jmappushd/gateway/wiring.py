@@ -36,6 +36,7 @@ from jmappushd.gateway.upstream import (
     load_ca_policy,
 )
 from jmappushd.gateway.upstream_events import UpstreamEventSource
+from jmappushd.jmap.budget import ResponseBudget
 from jmappushd.jmap.registry import MethodError
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.interface import IStore
@@ -150,7 +151,8 @@ class Gateway:
 
     async def forward(self, principal: Principal, run: Sequence[Call],
                       responses: Sequence[Invocation], using: Collection[str],
-                      created_ids: dict[str, str]) -> list[Invocation]:
+                      created_ids: dict[str, str], budget: ResponseBudget
+                      ) -> list[Invocation]:
         """The request processor's hook for a run of non-local calls (gateway mode).
 
         The client's own credentials go upstream; ``Foo/set`` answers with a ``newState``
@@ -162,7 +164,8 @@ class Gateway:
             raise MethodError("unknownMethod")
         session = identity.session
         out = await self.forwarder.run(session.api_url, identity.authorization, run,
-                                       responses, using, session.capabilities, created_ids)
+                                       responses, using, session.capabilities, created_ids,
+                                       budget)
         for name, args, _ in out:
             if name.endswith("/set") and isinstance(args.get("newState"), str) \
                     and isinstance(args.get("accountId"), str):

@@ -22,6 +22,17 @@ _TITLES: dict[str, str] = {
 }
 
 
+QUOTED_MAX = 60
+"""Characters of client text an error message may quote: enough to recognise it, never
+a way to make an error (or the log line naming it) as large as the request."""
+
+
+def quoted(text: str) -> str:
+    """``text`` as ``repr`` shows it, clipped to :data:`QUOTED_MAX` characters."""
+    shown = repr(text[: QUOTED_MAX + 1])
+    return shown if len(text) <= QUOTED_MAX else shown[: QUOTED_MAX] + "…"
+
+
 class RequestProblem(Exception):
     """A request-level error (RFC 8620 §3.6.1) rendered as RFC 7807 problem details.
 

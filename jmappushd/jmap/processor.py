@@ -1,8 +1,19 @@
 """Running a JMAP Request object to a Response object (RFC 8620 §3.3 to §3.7).
 
 Transport-independent: the HTTP API and the WebSocket both hand an already-parsed JSON
-value to :meth:`RequestProcessor.process` and render what comes back (a Response dict,
-or a :class:`~jmappushd.jmap.problems.RequestProblem` raised before any call ran).
+value to :meth:`RequestProcessor.process` and send what comes back (a
+:class:`~jmappushd.jmap.response.Response` of encoded method responses, or a
+:class:`~jmappushd.jmap.problems.RequestProblem` raised before any call ran).
+
+Every Response is bounded by ``[jmap] max-size-response`` (``jmap.budget``): each
+method response is encoded when its method returns and counted; one that would pass
+the limit, or result references selecting more than is left, fail that call alone
+(``requestTooLarge`` for /get and /set, ``invalidArguments`` otherwise, RFC 8620
+§3.6.2, §5.1, §5.3), and the calls before it keep their results. Error responses
+(a few hundred octets each: client text is quoted briefly) and the createdIds of
+records that exist are always sent, so a Response may pass the limit by those. A
+call failing unexpectedly is ``serverFail``; a request logs at most one bounded
+entry for all of its serverFails.
 """
 
 from __future__ import annotations
@@ -15,7 +26,10 @@ from typing import Any
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
-from jmappushd.jmap.problems import RequestProblem
+from jmappushd.jmap.budget import OverBudget, ResponseBudget, over_budget_error
+from jmappushd.jmap.crashlog import summarise
+from jmappushd.jmap.ijson import dumps
+from jmappushd.jmap.problems import RequestProblem, quoted
 from jmappushd.jmap.registry import (
     CORE_CAPABILITY,
     CallContext,
@@ -24,6 +38,7 @@ from jmappushd.jmap.registry import (
     MethodError,
     MethodRegistry,
 )
+from jmappushd.jmap.response import Response, encode_invocation, envelope_size
 from jmappushd.jmap.resultref import resolve_references
 
 Invocation = list[Any]
@@ -68,9 +83,11 @@ class RequestProcessor:
 
     _forwarder: Forwarder | None = None
 
-    def __init__(self, registry: MethodRegistry, max_calls_in_request: int) -> None:
+    def __init__(self, registry: MethodRegistry, max_calls_in_request: int,
+                 max_size_response: int = 10_000_000) -> None:
         self._registry = registry
         self._max_calls = max_calls_in_request
+        self._max_size_response = max_size_response
 
     def _validate(
         self, request: Any, extra_capabilities: Collection[str] = ()
@@ -97,7 +114,7 @@ class RequestProcessor:
         unknown = sorted(set(using) - self._registry.capabilities() - set(extra_capabilities))
         if unknown:
             raise RequestProblem(
-                "unknownCapability", f"The server does not support {unknown[0]!r}."
+                "unknownCapability", f"The server does not support {quoted(unknown[0])}."
             )
         if len(calls) > self._max_calls:
             raise RequestProblem(
@@ -114,11 +131,14 @@ class RequestProcessor:
         request: Any,
         principal: Any,
         session_state: str,
-    ) -> dict[str, Any]:
-        """Run ``request`` and return the Response object (API-7, API-14).
+        reserve: int = 0,
+    ) -> Response:
+        """Run ``request`` and return the Response (API-7, API-14).
 
         Raises :class:`RequestProblem` for request-level errors; method failures become
-        ``error`` responses and later calls still run (API-9).
+        ``error`` responses and later calls still run (API-9). ``reserve`` is octets the
+        transport adds around the Response (the WebSocket's ``@type`` and
+        ``requestId``), counted against ``max-size-response`` first.
         """
         # Gateway mode: the upstream's capabilities are known too (API-6).
         upstream = getattr(principal, "upstream", None)
@@ -130,41 +150,74 @@ class RequestProcessor:
             created_ids=dict(created_ids or {}),
             using=frozenset(using),
         )
-        responses: list[Invocation] = []
-        index = 0
-        while index < len(calls):
-            name, args, call_id = calls[index]
-            if self._forwarder is not None and self._registry.lookup(name) is None:
-                # Gateway mode: the run of consecutive non-local calls goes upstream as one.
-                end = index
-                while end < len(calls) and self._registry.lookup(calls[end][0]) is None:
-                    end += 1
-                responses.extend(await self._forward(ctx, calls[index:end], responses))
-                index = end
-                continue
-            for out_name, out_args in await self._run_call(ctx, name, args, call_id, responses):
-                responses.append([out_name, out_args, call_id])
-            index += 1
-        response: dict[str, Any] = {
-            "methodResponses": responses,
-            "sessionState": ctx.session_state,
-        }
-        if created_ids is not None:
-            response["createdIds"] = dict(ctx.created_ids)
-        return response
+        budget = ResponseBudget(self._max_size_response,
+                                reserve + envelope_size(session_state, created_ids))
+        responses: list[Invocation] = []  # decoded, for result references
+        encoded: list[bytes] = []
+        crashes: list[tuple[str, str, Exception]] = []
+        try:
+            index = 0
+            while index < len(calls):
+                name, args, call_id = calls[index]
+                if self._forwarder is not None and self._registry.lookup(name) is None:
+                    # Gateway mode: the run of consecutive non-local calls goes upstream
+                    # as one request.
+                    end = index
+                    while end < len(calls) and self._registry.lookup(calls[end][0]) is None:
+                        end += 1
+                    run = await self._forward(ctx, calls[index:end], responses, budget)
+                    index = end
+                else:
+                    local = await self._run_call(ctx, name, args, call_id, responses, budget,
+                                                 crashes)
+                    run = [(n, a, out, call_id) for n, a, out in local]
+                    index += 1
+                for out_name, out_args, out, out_id in run:
+                    responses.append([out_name, out_args, out_id])
+                    encoded.append(out)
+                if created_ids is not None and len(ctx.created_ids) != len(created_ids):
+                    # New creation ids appear in the response's createdIds too (API-13).
+                    budget.charge(len(dumps(ctx.created_ids)) - len(dumps(created_ids)))
+                    created_ids = dict(ctx.created_ids)
+        finally:
+            if crashes:
+                self._log_crashes(crashes)
+        return Response(encoded, ctx.session_state,
+                        None if created_ids is None else dict(ctx.created_ids))
+
+    def _log_crashes(self, crashes: list[tuple[str, str, Exception]]) -> None:
+        """One bounded entry per request, however many of its calls failed."""
+        method, call_id, exc = crashes[0]
+        self.log.error(
+            "{count} method call(s) failed with serverFail; first {method} (call "
+            "{call_id}): {error}", count=len(crashes), method=method[:100],
+            call_id=call_id[:100], error=summarise(exc))
 
     def set_forwarder(self, forwarder: Forwarder | None) -> None:
         """Gateway mode: runs of calls no local handler knows go to ``forwarder``."""
         self._forwarder = forwarder
 
     async def _forward(self, ctx: CallContext, run: list[tuple[str, dict[str, Any], str]],
-                       responses: list[Invocation]) -> list[Invocation]:
+                       responses: list[Invocation], budget: ResponseBudget
+                       ) -> list[tuple[str, dict[str, Any], bytes, str]]:
+        """The upstream's answers to ``run``, encoded and charged like local results; a
+        run whose answers would pass max-size-response fails call by call instead."""
         assert self._forwarder is not None
         try:
-            return await self._forwarder(ctx.principal, run, responses, ctx.using,
-                                         ctx.created_ids)
+            answers = await self._forwarder(ctx.principal, run, responses, ctx.using,
+                                            ctx.created_ids, budget)
+            out = [(str(n), a, encode_invocation(n, a, i), str(i)) for n, a, i in answers]
+            budget.take(sum(len(e) + 1 for _, _, e, _ in out), "The upstream's answers")
+            return out
+        except OverBudget as e:
+            errors = [(call_id, over_budget_error(name, self._max_size_response, e.what)
+                       .to_json()) for name, _, call_id in run]
         except MethodError as e:
-            return [["error", e.to_json(), call_id] for _, _, call_id in run]
+            errors = [(call_id, e.to_json()) for _, _, call_id in run]
+        out_errors = [("error", error, encode_invocation("error", error, call_id), call_id)
+                      for call_id, error in errors]
+        budget.charge(sum(len(e) + 1 for _, _, e, _ in out_errors))
+        return out_errors
 
     def _target(self, ctx: CallContext, name: str) -> Handler | None:
         """The callable for ``name``: its handler, else the gateway fallback, else ``None``."""
@@ -184,31 +237,45 @@ class RequestProcessor:
         args: dict[str, Any],
         call_id: str,
         responses: list[Invocation],
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Run one call; every failure becomes a single ``error`` response."""
+        budget: ResponseBudget,
+        crashes: list[tuple[str, str, Exception]],
+    ) -> list[tuple[str, dict[str, Any], bytes]]:
+        """Run one call and encode what it returns within ``budget``.
+
+        Every failure becomes a single ``error`` response, charged whether or not it
+        fits (a call always gets an answer).
+        """
         try:
             target = self._target(ctx, name)
             if target is None:
                 raise MethodError("unknownMethod")
-            resolved = resolve_references(args, responses)
+            resolved = resolve_references(args, responses, budget)
             result = target(ctx, resolved)
             if inspect.isawaitable(result):
                 result = await result
-            return _normalise(name, result)
+            out = [(n, a, encode_invocation(n, a, call_id)) for n, a in _normalise(name, result)]
+            size = len(out[0][2]) + 1 if len(out) == 1 else sum(len(e) + 1 for _, _, e in out)
+            budget.take(size, "The result of this call")
+            return out
+        except OverBudget as e:
+            error = over_budget_error(name, self._max_size_response, e.what).to_json()
         except MethodError as e:
-            return [("error", e.to_json())]
+            error = e.to_json()
         except CancelledError:
             raise
-        except Exception:
-            self.log.failure(
-                "Method {method} failed (call {call_id})", method=name, call_id=call_id
-            )
-            return [("error", {"type": "serverFail", "description": "Internal server error."})]
+        except Exception as e:
+            crashes.append((name, call_id, e))
+            error = {"type": "serverFail", "description": "Internal server error."}
+        out_error = encode_invocation("error", error, call_id)
+        budget.charge(len(out_error) + 1)
+        return [("error", error, out_error)]
 
 
 Forwarder = Callable[[Any, Sequence[tuple[str, dict[str, Any], str]], Sequence[Invocation],
-                      Collection[str], dict[str, str]], Awaitable[list[Invocation]]]
-"""``(principal, run, responses so far, using, createdIds) -> the run's responses``."""
+                      Collection[str], dict[str, str], ResponseBudget],
+                     Awaitable[list[Invocation]]]
+"""``(principal, run, responses so far, using, createdIds, budget) -> the run's responses``
+(references into earlier responses are charged to ``budget``)."""
 
 
 def _with_name(fallback: Fallback, name: str, ctx: CallContext, args: dict[str, Any]) -> Any:

@@ -18,7 +18,9 @@ CORE_CAPABILITY = "urn:ietf:params:jmap:core"
 Handler = Callable[["CallContext", dict[str, Any]], Awaitable[Any] | Any]
 """A method implementation: ``(ctx, arguments)`` → a response-arguments dict (one
 response named like the method) or a list of ``(name, arguments)`` tuples; may be
-``async``. Failures are signalled by raising :class:`MethodError`."""
+``async``. Failures are signalled by raising :class:`MethodError`. The arguments are
+read-only: values resolved from result references are an earlier response's own
+objects (``jmap.resultref``), and the returned values must be JSON types."""
 
 Fallback = Callable[["CallContext", str, dict[str, Any]], Awaitable[Any] | Any]
 """Receives ``(ctx, method_name, arguments)`` for calls with no registered method."""

@@ -11,6 +11,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
+from jmappushd.jmap.problems import quoted
 from jmappushd.jmap.registry import MethodError
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -29,7 +30,7 @@ def check_allowed_args(args: Mapping[str, Any], allowed: Collection[str]) -> Non
     """Refuse any argument not in ``allowed``, naming it (API-11, C-API-4)."""
     unknown = sorted(key for key in args if key not in allowed)
     if unknown:
-        raise _invalid(f"Unknown argument {unknown[0]!r}.")
+        raise _invalid(f"Unknown argument {quoted(unknown[0])}.")
 
 
 def _is_id_or_ref(value: Any) -> bool:
@@ -79,7 +80,7 @@ def optional_str_list(
     if allowed is not None:
         unknown = [v for v in value if v not in allowed]
         if unknown:
-            raise _invalid(f"{key!r} names unknown value {unknown[0]!r}.")
+            raise _invalid(f"{key!r} names unknown value {quoted(unknown[0])}.")
     return _unique(value)
 
 

@@ -2,7 +2,9 @@
 
 The resource only frames and authenticates; validation and dispatch live in the
 shared :class:`~jmappushd.jmap.processor.RequestProcessor`, which the WebSocket
-transport uses unchanged.
+transport uses unchanged, and so does the bound on the Response's size
+(``max-size-response``). The in-flight count per user is ``App.inflight``, which every
+WebSocket shares.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.web.base import AppResource
 from jmappushd.web.responses import (
+    JSON_CONTENT_TYPE,
     serve_async,
-    write_json,
+    write_body,
     write_problem,
     write_request_problem,
 )
@@ -31,28 +34,6 @@ def is_json_content_type(value: bytes | None) -> bool:
     return media == b"application/json"
 
 
-class ConcurrencyLimiter:
-    """Counts requests in flight per key and refuses those over the limit (API-21)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._in_flight: dict[str, int] = {}
-
-    def acquire(self, key: str) -> bool:
-        count = self._in_flight.get(key, 0)
-        if count >= self.limit:
-            return False
-        self._in_flight[key] = count + 1
-        return True
-
-    def release(self, key: str) -> None:
-        count = self._in_flight.get(key, 0) - 1
-        if count > 0:
-            self._in_flight[key] = count
-        else:
-            self._in_flight.pop(key, None)
-
-
 class APIResource(AppResource):
     """``POST {apiUrl}``."""
 
@@ -60,7 +41,8 @@ class APIResource(AppResource):
 
     def __init__(self, app: App) -> None:
         super().__init__(app)
-        self._limiter = ConcurrencyLimiter(app.config.jmap.max_concurrent_requests)
+        # Shared with every WebSocket: one count per user (API-21, WS-15).
+        self._inflight = app.inflight
 
     def render_POST(self, request: Request) -> Any:
         return serve_async(request, self._handle(request), self.log)
@@ -82,10 +64,10 @@ class APIResource(AppResource):
         except RequestProblem as problem:
             self._problem(request, problem)
             return
-        if not self._limiter.acquire(principal.user_id):
+        if not self._inflight.acquire(principal.user_id):
             self._problem(request, RequestProblem(
                 "limit",
-                f"more than {self._limiter.limit} concurrent requests",
+                f"more than {self._inflight.limit} concurrent requests",
                 limit="maxConcurrentRequests",
             ))
             return
@@ -96,9 +78,9 @@ class APIResource(AppResource):
             self._problem(request, problem)
             return
         finally:
-            self._limiter.release(principal.user_id)
+            self._inflight.release(principal.user_id)
         app.metrics.http_requests.labels("api", "200").inc()
-        write_json(request, 200, response)
+        write_body(request, 200, response.encode(), JSON_CONTENT_TYPE)
 
     def _parse(self, request: Request) -> Any:
         if not is_json_content_type(request.getHeader(b"Content-Type")):

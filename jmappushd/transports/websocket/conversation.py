@@ -21,7 +21,10 @@ from twisted.python.failure import Failure
 from jmappushd.auth.authenticator import Principal
 from jmappushd.core.connections import EndReason
 from jmappushd.core.feed import FeedContext
+from jmappushd.core.inflight import InFlightRequests
+from jmappushd.jmap.crashlog import summarise
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.jmap.response import Response
 from jmappushd.store.records import Account
 from jmappushd.transports.websocket.eager import run_eagerly
 from jmappushd.transports.websocket.frames import text_frame
@@ -30,9 +33,9 @@ from jmappushd.transports.websocket.messages import (
     PUSH_ENABLE,
     BadMessage,
     encode_request_error,
-    encode_response,
     parse_message,
     parse_push_enable,
+    response_head,
 )
 from jmappushd.transports.websocket.push import PushSession
 from jmappushd.web.responses import problem_body
@@ -66,8 +69,8 @@ class Counter(Protocol):
 class Processor(Protocol):
     """The method machinery shared with HTTP (``jmap.processor.RequestProcessor``)."""
 
-    def process(self, request: Any, principal: Any, session_state: str
-                ) -> Coroutine[Any, Any, dict[str, Any]]: ...
+    def process(self, request: Any, principal: Any, session_state: str, reserve: int = 0
+                ) -> Coroutine[Any, Any, Response]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +80,7 @@ class ConversationContext:
     processor: Processor
     session_state: Callable[[Principal], str]
     max_size_request: int
-    max_concurrent: int
+    in_flight: InFlightRequests  # per user, shared with HTTP and every other socket
     feeds: FeedContext
     events_sent: Counter
     count_error: Callable[[str], None]
@@ -86,14 +89,13 @@ class ConversationContext:
 class Conversation:
     """RFC 8887 for one authenticated client, talking to a :class:`FrameSink`."""
 
-    __slots__ = ("_ctx", "_in_flight", "_paused", "_push", "_sink", "principal")
+    __slots__ = ("_ctx", "_paused", "_push", "_sink", "principal")
     log = Logger()
 
     def __init__(self, ctx: ConversationContext, sink: FrameSink, principal: Principal) -> None:
         self._ctx = ctx
         self._sink = sink
         self.principal = principal
-        self._in_flight = 0
         self._paused = False
         self._push: PushSession | None = None
 
@@ -142,34 +144,39 @@ class Conversation:
 
     def _request(self, obj: dict[str, Any], request_id: str | None) -> None:
         ctx = self._ctx
-        if self._in_flight >= ctx.max_concurrent:
-            raise BadMessage(RequestProblem(
-                "limit", f"more than {ctx.max_concurrent} concurrent requests",
-                limit="maxConcurrentRequests"), request_id)  # WS-15
         principal = self.principal
-        self._in_flight += 1
+        user_id = principal.user_id
+        if not ctx.in_flight.acquire(user_id):
+            raise BadMessage(RequestProblem(
+                "limit", f"more than {ctx.in_flight.limit} concurrent requests",
+                limit="maxConcurrentRequests"), request_id)  # WS-15, across all transports
+        head = response_head(request_id)
         try:
             result = run_eagerly(ctx.processor.process(
-                obj, principal, ctx.session_state(principal)))
+                obj, principal, ctx.session_state(principal), len(head)))
         except Exception:
-            self._failed(Failure(), request_id)
+            self._failed(Failure(), user_id, request_id)
             return
         if isinstance(result, defer.Deferred):
-            result.addCallbacks(self._answer, self._failed,
-                                callbackArgs=(request_id,), errbackArgs=(request_id,))
+            result.addCallbacks(self._answer, self._failed, callbackArgs=(user_id, head),
+                                errbackArgs=(user_id, request_id))
         else:
-            self._answer(result, request_id)
+            self._answer(result, user_id, head)
 
-    def _answer(self, response: dict[str, Any], request_id: str | None) -> None:
-        self._in_flight -= 1
-        self._send_text(encode_response(response, request_id))
+    def _answer(self, response: Response, user_id: str, head: bytes) -> None:
+        self._ctx.in_flight.release(user_id)
+        self._send_text(response.encode(head))
 
-    def _failed(self, failure: Failure, request_id: str | None) -> None:
-        self._in_flight -= 1
+    def _failed(self, failure: Failure, user_id: str, request_id: str | None) -> None:
+        self._ctx.in_flight.release(user_id)
         if isinstance(failure.value, RequestProblem):
             self._problem(failure.value, request_id)
             return
-        self.log.failure("WebSocket request crashed", failure)
+        # One bounded line, not a traceback: the processor already contains method
+        # failures, so this is a bug outside them.
+        exc = failure.value
+        self.log.error("WebSocket request crashed: {error}",
+                       error=summarise(exc) if exc is not None else "unknown")
         self._send_text(encode_request_error(problem_body(500, "internal error"), request_id))
 
     def _problem(self, problem: RequestProblem, request_id: str | None) -> None:

@@ -53,7 +53,6 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
         self.throttle_s = ws.ws_throttle_s  # configured in milliseconds
         self.max_per_user = ws.max_connections_per_user
         self.max_size_request = app.config.jmap.max_size_request
-        self.max_concurrent = app.config.jmap.max_concurrent_requests
         self.events_sent = app.metrics.events_sent.labels("websocket")
         cap = HARD_CAP_FACTOR * self.max_size_request
         self.max_frame_payload = cap
@@ -71,7 +70,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
             app.store, "WebSocket")
         self.conversation_context = ConversationContext(
             processor=app.processor, session_state=app.session_state,
-            max_size_request=self.max_size_request, max_concurrent=self.max_concurrent,
+            max_size_request=self.max_size_request, in_flight=app.inflight,
             feeds=FeedContext(app.clock, app.hub, self.throttle_s, push_views()),
             events_sent=self.events_sent, count_error=self.count_error)
         self._pending: tuple[Principal, bytes | None, Request] | None = None

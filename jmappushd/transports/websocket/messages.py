@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jmappushd.jmap.ijson import dumps, loads
+from jmappushd.jmap.ijson import dumps, encode_string, loads
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.jmap.response import Response
 
 WEBSOCKET_CAPABILITY = "urn:ietf:params:jmap:websocket"
 SUBPROTOCOL = "jmap"
@@ -83,11 +84,20 @@ def parse_push_enable(obj: Mapping[str, Any], request_id: str | None) -> PushEna
     return PushEnable(None if types is None else frozenset(types), push_state)
 
 
-def encode_response(response: Mapping[str, Any], request_id: str | None) -> bytes:
-    """A Response; ``requestId`` only when the request had an ``id`` (WS-16)."""
+_RESPONSE_HEAD = b'"@type":"Response",'
+
+
+def response_head(request_id: str | None) -> bytes:
+    """The members a WebSocket puts before a Response's own: ``@type``, then
+    ``requestId`` only when the request had an ``id`` (WS-16)."""
     if request_id is None:
-        return dumps({"@type": "Response", **response})
-    return dumps({"@type": "Response", "requestId": request_id, **response})
+        return _RESPONSE_HEAD
+    return b'%b"requestId":%b,' % (_RESPONSE_HEAD, encode_string(request_id))
+
+
+def encode_response(response: Response, request_id: str | None) -> bytes:
+    """A Response message (WS-16): the processor's method responses, already encoded."""
+    return response.encode(response_head(request_id))
 
 
 def encode_request_error(problem: Mapping[str, Any], request_id: str | None) -> bytes:
