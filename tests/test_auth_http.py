@@ -6,12 +6,14 @@ is the request's client address (``App.clients``). task.Clock, fake threads, no 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer
+import pytest_twisted
+from twisted.internet import defer, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
@@ -28,7 +30,7 @@ from jmappushd.transports.websocket.handshake import HandshakeResource
 from jmappushd.web.discovery import SessionResource
 from tests.auth_fakes import HeldThreads
 from tests.store_backends import counting_ids
-from tests.support import TEST_LOG_N, make_config
+from tests.support import TEST_LOG_N, make_config, start_daemon, stop_daemon
 
 LIMITS = "max-failures = 2\nmax-concurrent-kdf = 1\nmax-queued-kdf = 1\nfailure-window = 60"
 
@@ -111,3 +113,31 @@ def test_a_full_kdf_queue_gets_503_with_retry_after(tmp_path: Path) -> None:
     status, headers, body = response(s.get("session", "guess3", peer="198.51.100.3"))
     assert status == 503 and headers["Retry-After"] == "1" and body["status"] == 503
     assert 'jmappushd_logins_refused_total{reason="busy"} 1.0' in s.app.metrics.render().decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_throttled_attempt_costs_its_connection(tmp_path: Path) -> None:
+    """A 429 says Connection: close and the daemon closes: a throttled flood cannot
+    keep one connection alive for thousands of refusals."""
+    daemon = await start_daemon(make_config(tmp_path, sections={"auth": "max-failures = 1"}))
+    try:
+        await daemon.add_user("alice", "right")
+        port = int(daemon.base.rsplit(":", 1)[1])
+
+        def attempts() -> list[tuple[int, str | None, bool]]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            seen = []
+            for password in ("wrong", "wrong"):
+                token = base64.b64encode(f"alice:{password}".encode()).decode()
+                conn.request("GET", "/jmap/session", headers={"Authorization": f"Basic {token}"})
+                answer = conn.getresponse()
+                answer.read()
+                seen.append((answer.status, answer.getheader("Connection"), answer.will_close))
+            conn.close()
+            return seen
+
+        seen = await threads.deferToThread(attempts)
+        assert seen[0][0] == 401 and not seen[0][2]  # kept alive
+        assert seen[1] == (429, "close", True)
+    finally:
+        await stop_daemon(daemon)

@@ -20,7 +20,7 @@ from twisted.web import http
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from jmappushd.transports.eventsource.stream import close_connection_after
+from jmappushd.web.responses import close_connection_after
 from tests.support import LiveDaemon
 from tests.test_eventsource_resource import Setup, events
 

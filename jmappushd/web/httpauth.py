@@ -23,7 +23,7 @@ from twisted.web.server import Request
 from jmappushd.auth.authenticator import BearerToken, Principal
 from jmappushd.auth.refusals import LoginRefused
 from jmappushd.context import App
-from jmappushd.web.responses import write_problem, write_retry_later
+from jmappushd.web.responses import close_connection_after, write_problem, write_retry_later
 
 
 class MalformedCredentials(ValueError):
@@ -102,5 +102,9 @@ async def authenticate(
                            getattr(failed, "status", 401))
     except LoginRefused as refused:
         app.metrics.logins_refused.labels(refused.reason).inc()
+        if refused.status == 429:
+            # A throttled address pays for its next attempt with a new connection: a
+            # kept-alive flood of refusals would otherwise cost the reactor the most.
+            close_connection_after(request)
         write_retry_later(request, refused.status, refused.detail, refused.retry_after)
     return None

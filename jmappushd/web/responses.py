@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.jmap.ijson import dumps
@@ -65,6 +66,20 @@ def problem_body(
 
 def write_problem(request: Request, status: int, detail: str, **extra: Any) -> None:
     write_body(request, status, dumps(problem_body(status, detail, **extra)), PROBLEM_CONTENT_TYPE)
+
+
+def close_connection_after(request: Request) -> None:
+    """End the connection with this response (``Connection: close``).
+
+    ES-3: with ``closeafter=state`` a client reading the body until the connection closes
+    (sseclient, hence jmapc) would otherwise wait on a kept-alive connection forever; a
+    throttled login costs its sender a new connection. HTTP/1.1 only: HTTP/2 forbids
+    connection headers and ends just its stream.
+    """
+    channel = request.channel
+    if isinstance(channel, http.HTTPChannel):
+        request.setHeader(b"Connection", b"close")
+        channel.persistent = False
 
 
 def write_retry_later(request: Request, status: int, detail: str, retry_after: int) -> None:

@@ -26,7 +26,6 @@ from typing import Protocol
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -41,24 +40,10 @@ from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.store.records import Account
 from jmappushd.transports.eventsource.sse import OPEN_COMMENT, ping_event, state_event
 from jmappushd.web.accesslog import Closed
-from jmappushd.web.responses import is_gone
+from jmappushd.web.responses import close_connection_after, is_gone
 from jmappushd.web.site import log_as_session, stream_ended
 
 StateMap = Mapping[str, Mapping[str, str]]
-
-
-def close_connection_after(request: http.Request) -> None:
-    """ES-3: with ``closeafter=state`` the connection ends with the response.
-
-    The response ends after its first state event, but a client reading the body until
-    the connection closes (sseclient, hence jmapc) would otherwise wait on a kept-alive
-    connection forever; so say ``Connection: close`` and drop it after the last chunk.
-    HTTP/1.1 only: HTTP/2 forbids connection headers and ends just its stream.
-    """
-    channel = request.channel
-    if isinstance(channel, http.HTTPChannel):
-        request.setHeader(b"Connection", b"close")
-        channel.persistent = False
 
 
 class Counter(Protocol):
