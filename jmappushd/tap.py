@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from jmappushd.daemon.service import StateError, build_service, prepare_state
+from jmappushd.gateway.preflight import check_gateway
 from jmappushd.reactor import IDaemonReactor
 
 
@@ -27,6 +28,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config = load_config(self["config"])
+            check_gateway(self.config)
             prepare_state(self.config)
         except (ConfigError, StateError) as exc:
             raise usage.UsageError(str(exc)) from exc

@@ -174,8 +174,9 @@ class Gateway:
         self.states = StateReader(self.reactor, upstream.debounce_s, reader, reader.post,
                                   publish, lambda account: Deferred.fromCoroutine(stored(account)))
         if upstream.changes == "cyrus-notify":
-            self.sources.append(CyrusNotifySource(self.reactor, upstream.notify_socket,
-                                                  self.changed))
+            self.sources.append(CyrusNotifySource(
+                self.reactor, upstream.notify_socket, self.changed,
+                f"{self.config.path}: [upstream] notify-socket"))
         elif upstream.changes == "poll":
             self.sources.append(PollSource(self.reactor, upstream.poll_interval,
                                            hub.watched_accounts, self.changed))
