@@ -6,7 +6,9 @@
   is never removed: start-up stops, promptly, with one line naming ``[upstream]
   notify-socket`` and no traceback.
 * Datagrams that are not Cyrus events (empty, binary, truncated, bad or deeply nested
-  JSON, odd URIs) are dropped without a traceback, and the next real event still works.
+  JSON, odd URIs) are dropped without a traceback, packets naming users the upstream does
+  not know cost one refresh of the reader's session in all, and the next real event still
+  works.
 """
 
 from __future__ import annotations
@@ -155,6 +157,15 @@ async def test_garbage_datagrams_are_dropped_without_a_traceback(cyrus: CyrusSer
             await threads.deferToThread(send_all, cyrus.notify_socket, GARBAGE)
             await wait_for(lambda: protocol.received >= len(GARBAGE), "every datagram")
             assert protocol.dropped == len(GARBAGE)
+            # Well-formed packets naming users the reader does not see: one refresh of
+            # the reader's session for all of them, and nothing kept about them.
+            states = d.service.transport(GatewayService).gateway.states
+            assert states is not None
+            strangers = [cyrus_packet(f"nobody-{i}".encode(), b"{}") for i in range(200)]
+            await threads.deferToThread(send_all, cyrus.notify_socket, strangers)
+            await wait_for(lambda: states.reads >= len(strangers) and states.tracked == 0,
+                           "the strangers' reads")
+            assert states.refreshes == 1
             await delivery_reaches_alice(cyrus, d.base)
         failures = [formatEvent(e) for e in events
                     if e.get("log_failure") is not None or e.get("isError")]
