@@ -17,7 +17,7 @@ from twisted.python import usage
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from jmappushd.daemon.listeners import ListenError, ListenerService
 from jmappushd.daemon.service import StateError, build_service, prepare_state
-from jmappushd.gateway.wiring import gateway_problems
+from jmappushd.gateway.preflight import check_gateway
 from jmappushd.reactor import IDaemonReactor
 
 
@@ -45,13 +45,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config = load_config(self["config"])
+            check_gateway(self.config)
             prepare_state(self.config)
         except (ConfigError, StateError) as exc:
             raise StartupRefused(str(exc)) from None
-        if self.config.upstream.enabled:
-            problems = gateway_problems(self.config)
-            if problems:
-                raise StartupRefused(problems[0])
 
 
 def makeService(options: Any) -> IService:

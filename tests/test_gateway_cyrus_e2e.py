@@ -8,73 +8,23 @@ binding the socket Cyrus's imapd.conf names. Mail is delivered with Cyrus's own
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
-import treq
 
 from jmappushd.gateway.auth import SHADOW_PREFIX
-from tests.cyrus_server import CyrusServer, require_cyrus
-from tests.support import LiveDaemon, basic, make_config, start_daemon, stop_daemon
+from tests.cyrus_server import CyrusServer
+from tests.gateway_support import MAIL, WEBSOCKET, api, cyrus_with_users, gateway, get_json
+from tests.support import basic
 from tests.test_eventsource_live import es_url, open_stream
 from tests.test_websocket_helpers import basic_header, connect
-
-MAIL = "urn:ietf:params:jmap:mail"
-WEBSOCKET = "urn:ietf:params:jmap:websocket"
-THROTTLE_MS = 0
 
 
 @pytest.fixture(scope="module")
 def cyrus() -> Iterator[CyrusServer]:
-    require_cyrus()
-    server = CyrusServer()
-    try:
-        server.start()
-        for name in ("alice", "bob", "reader"):
-            server.add_user(name, f"{name}-pw")
-        server.grant("alice", "reader", "lr")
-        server.grant("bob", "reader", "lr")
-        yield server
-    finally:
-        server.cleanup()
-
-
-def gateway_sections(cyrus: CyrusServer, tmp_path: Path, changes: str = "cyrus-notify",
-                     extra: str = "") -> dict[str, str]:
-    secret = tmp_path / "reader.pw"
-    secret.write_text("reader-pw\n")
-    os.chmod(secret, 0o600)
-    upstream = (f"session-url = {cyrus.session_url}\nchanges = {changes}\n"
-                f"reader-user = reader\nreader-password-file = {secret}\ndebounce = 50\n")
-    if changes == "cyrus-notify":
-        upstream += f"notify-socket = {cyrus.notify_socket}\n"
-    return {"upstream": upstream + extra,
-            "event-source": f"event-source-throttle = {THROTTLE_MS}",
-            "websocket": f"ws-throttle = {THROTTLE_MS}"}
-
-
-@asynccontextmanager
-async def gateway(cyrus: CyrusServer, tmp_path: Path, changes: str = "cyrus-notify",
-                  extra: str = "") -> AsyncIterator[LiveDaemon]:
-    config = make_config(tmp_path, sections=gateway_sections(cyrus, tmp_path, changes, extra))
-    daemon = await start_daemon(config)
-    try:
-        yield daemon
-    finally:
-        await stop_daemon(daemon)
-
-
-async def get_json(url: str, user: str, password: str) -> tuple[int, Any, Any]:
-    response = await treq.get(url, headers=basic(user, password), persistent=False)
-    body = await response.content()
-    kind = (response.headers.getRawHeaders("content-type") or [""])[0]
-    return response.code, response.headers, json.loads(body) if "json" in kind else body
+    yield from cyrus_with_users()
 
 
 @pytest_twisted.ensureDeferred
@@ -147,16 +97,6 @@ async def test_poll_mode_delivers(cyrus: CyrusServer, tmp_path: Path) -> None:
                 changed, _ = await stream.next_state(timeout=5)
         finally:
             stream.close()
-
-
-async def api(d: LiveDaemon, user: str, calls: list[Any], using: list[str] | None = None
-              ) -> tuple[int, Any]:
-    body = {"using": using or ["urn:ietf:params:jmap:core", MAIL], "methodCalls": calls}
-    response = await treq.post(d.base + "/jmap/api/", json=body,
-                               headers={**basic(user, f"{user}-pw"),
-                                        "Content-Type": "application/json"},
-                               persistent=False)
-    return response.code, await response.json()
 
 
 @pytest_twisted.ensureDeferred

@@ -16,7 +16,6 @@ the next one.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Callable
@@ -25,7 +24,11 @@ from urllib.parse import unquote, urlsplit
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-__all__ = ["CyrusNotifyProtocol", "account_of_event", "prepare_socket_path"]
+from jmappushd.jmap import ijson
+from jmappushd.jmap.problems import RequestProblem
+
+__all__ = ["CyrusNotifyProtocol", "NotifySocketError", "account_of_event", "prepare_socket_path",
+           "socket_path_problem"]
 
 MAX_DATAGRAM = 65_536
 
@@ -39,8 +42,9 @@ def account_of_event(packet: bytes) -> str | None:
     if user:
         return _account_name(user)
     try:
-        event = json.loads(fields[-2] or fields[-1])
-    except ValueError:
+        # ijson, not json: absurd nesting is a RecursionError there, a notJSON here.
+        event = ijson.loads(fields[-2] or fields[-1])
+    except RequestProblem:
         return None
     uri = event.get("uri") if isinstance(event, dict) else None
     return _owner_of_uri(uri) if isinstance(uri, str) else None
@@ -53,7 +57,10 @@ def _account_name(user: str) -> str:
 
 def _owner_of_uri(uri: str) -> str | None:
     """``imap://host/user/bob;UIDVALIDITY=1/...`` → ``bob``; shared mailboxes → None."""
-    path = urlsplit(uri).path.lstrip("/")
+    try:
+        path = urlsplit(uri).path.lstrip("/")
+    except ValueError:  # "imap://[..." : an invalid IPv6 host
+        return None
     mailbox = unquote(path.split(";", 1)[0])
     parts = mailbox.split("/")
     if len(parts) >= 2 and parts[0] == "user" and parts[1]:
@@ -61,15 +68,39 @@ def _owner_of_uri(uri: str) -> str | None:
     return None
 
 
-def prepare_socket_path(path: str) -> None:
-    """Remove a stale socket left by a previous run; refuse to remove anything else."""
+class NotifySocketError(OSError):
+    """The socket path cannot be bound: one line for the operator, naming the key."""
+
+
+def socket_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot become the notify socket (None: absent, or a stale socket)."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        return
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            return f"the folder {parent} of {path} does not exist"
+        return None
+    except OSError as e:
+        return f"cannot inspect {path}: {e.strerror or e}"
     if not stat.S_ISSOCK(mode):
-        raise OSError(f"{path} exists and is not a socket; not replacing it")
-    os.unlink(path)
+        return f"{path} exists and is not a socket; not replacing it"
+    return None
+
+
+def prepare_socket_path(path: str, where: str = "[upstream] notify-socket") -> None:
+    """Remove a stale socket left by a previous run; refuse to remove anything else
+    (NotifySocketError, its message starting with ``where``)."""
+    problem = socket_path_problem(path)
+    if problem is not None:
+        raise NotifySocketError(f"{where}: {problem}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise NotifySocketError(f"{where}: cannot remove the stale socket {path}: "
+                                f"{e.strerror or e}") from None
 
 
 class CyrusNotifyProtocol(DatagramProtocol):

@@ -15,11 +15,17 @@ import os
 from collections.abc import Callable, Iterable
 
 from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUNIXDatagram
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from jmappushd.gateway.cyrus_notify import CyrusNotifyProtocol, prepare_socket_path
+from jmappushd.gateway.cyrus_notify import (
+    MAX_DATAGRAM,
+    CyrusNotifyProtocol,
+    NotifySocketError,
+    prepare_socket_path,
+)
 
 __all__ = ["CyrusNotifySource", "PollSource"]
 
@@ -35,18 +41,27 @@ class CyrusNotifySource(Service):
     log = Logger()
 
     def __init__(self, reactor: IReactorUNIXDatagram, path: str,
-                 changed: Callable[[str], None]) -> None:
+                 changed: Callable[[str], None],
+                 where: str = "[upstream] notify-socket") -> None:
+        """``where`` starts every start-up error (the config file and key)."""
         self._reactor = reactor
         self._path = path
+        self._where = where
         self.protocol = CyrusNotifyProtocol(changed)
         self._port: IListeningPort | None = None
 
     def startService(self) -> None:
         """Bind at start; a path that is not a stale socket, or cannot be bound, stops start-up
         with one line naming it."""
-        prepare_socket_path(self._path)
-        self._port = self._reactor.listenUNIXDatagram(self._path, self.protocol,
-                                                      maxPacketSize=65_536, mode=SOCKET_MODE)
+        prepare_socket_path(self._path, self._where)
+        try:
+            self._port = self._reactor.listenUNIXDatagram(
+                self._path, self.protocol, maxPacketSize=MAX_DATAGRAM, mode=SOCKET_MODE)
+        except CannotListenError as e:
+            reason = e.socketError
+            text = reason.strerror if isinstance(reason, OSError) else str(reason)
+            raise NotifySocketError(f"{self._where}: cannot bind {self._path}: {text}"
+                                    ) from None
         os.chmod(self._path, SOCKET_MODE)  # listenUNIXDatagram's mode is subject to umask
         super().startService()
         self.log.info("Listening for Cyrus events on {path}", path=self._path)

@@ -7,17 +7,22 @@ every data type the account has (one request of ``Foo/get`` calls with ``ids: []
 return ``state`` and no objects) and publishes through the hub only the types whose state
 moved since the last read. Events for one account within ``[upstream] debounce`` cost one
 read; a read already running when another event arrives is followed by exactly one more, so
-the last event is never answered by a read that started before it (nothing lost).
+the last event is never answered by a read that started before it (nothing lost). An event
+naming an account the reader's session does not list refreshes that session, at most once
+per REFRESH_INTERVAL for all such accounts, and names it still does not list are forgotten:
+bogus names cost bounded work and no memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from jmappushd.gateway.session import UpstreamSession
 from jmappushd.gateway.upstream import UpstreamRejected, UpstreamResponse, UpstreamUnavailable
@@ -57,6 +62,20 @@ def parse_states(body: bytes, types: tuple[str, ...]) -> dict[str, str]:
 
 RETRY_FIRST = 1.0  # s after an upstream outage, doubling per failed read
 RETRY_MAX = 30.0
+# An account the reader's session does not list (a user granted since the session was
+# read, or a name in a bogus notify packet) refreshes that session, at most once per this
+# many seconds; accounts met meanwhile wait for the next refresh, at most MAX_WAITING of
+# them. Accounts still unknown after a refresh are forgotten, so names that are not
+# accounts cost neither memory nor more than one upstream request per window.
+REFRESH_INTERVAL = 5.0
+MAX_WAITING = 1_000
+
+
+class _Outcome(Enum):
+    DONE = "done"
+    RETRY = "retry"  # the upstream is unavailable: read again later
+    UNKNOWN = "unknown"  # not an account of the reader's (fresh) session: forget it
+    LATER = "later"  # unknown, and the session was refreshed too recently: wait
 
 
 @dataclass
@@ -67,6 +86,7 @@ class _Account:
     retry: float = 0.0
     known: dict[str, str] = field(default_factory=dict)
     seeded: bool = False
+    event_refreshes: int = 0  # session refreshes started before the latest event
 
 
 class StateReader:
@@ -96,11 +116,25 @@ class StateReader:
         self._stored = stored
         self._accounts: dict[str, _Account] = {}
         self._rejected_logged = False
+        self._refreshing: list[Deferred[UpstreamSession]] | None = None
+        self._last_refresh: float | None = None
+        self._started = 0  # session refreshes started so far
+        self._completed = 0  # the number of the last refresh that succeeded
+        self._waiting: set[str] = set()
+        self._waiting_logged = False
         self.reads = 0
+        self.refreshes = 0
+
+    @property
+    def tracked(self) -> int:
+        """How many accounts the reader keeps a record for (known ones, and unknown ones
+        waiting for the next session refresh)."""
+        return len(self._accounts)
 
     def changed(self, account_id: str) -> None:
         """An event says ``account_id`` changed: read its states soon (debounced)."""
         entry = self._accounts.setdefault(account_id, _Account())
+        entry.event_refreshes = self._started
         if entry.reading:
             entry.again = True  # read once more when this read ends: it may predate the event
             return
@@ -114,9 +148,20 @@ class StateReader:
         Deferred.fromCoroutine(self._read(account_id, entry)).addBoth(
             lambda retry: self._done(account_id, entry, retry))
 
-    def _done(self, account_id: str, entry: _Account, retry: object) -> None:
+    def _done(self, account_id: str, entry: _Account, outcome: object) -> None:
         entry.reading = False
-        if retry is True:
+        if outcome is _Outcome.UNKNOWN:
+            if entry.again:  # a newer event: the next read decides with it
+                entry.again = False
+                self.changed(account_id)
+            else:
+                self._forget(account_id, entry)
+            return
+        if outcome is _Outcome.LATER:
+            self._wait_for_refresh(account_id, entry)
+            return
+        self._waiting.discard(account_id)
+        if outcome is _Outcome.RETRY:
             # The upstream is down: the change is not lost, it is read again later.
             entry.retry = min(RETRY_MAX, entry.retry * 2 or RETRY_FIRST)
             if entry.timer is None:
@@ -127,19 +172,80 @@ class StateReader:
         if entry.again:
             entry.again = False
             self.changed(account_id)
+        elif not entry.seeded:
+            self._forget(account_id, entry)  # it holds nothing worth keeping
 
-    async def _read(self, account_id: str, entry: _Account) -> bool:
-        """One read; True when it must be retried (the upstream is unavailable)."""
+    def _forget(self, account_id: str, entry: _Account) -> None:
+        self._waiting.discard(account_id)
+        if self._accounts.get(account_id) is entry and entry.timer is None:
+            del self._accounts[account_id]
+
+    def _wait_for_refresh(self, account_id: str, entry: _Account) -> None:
+        """Read ``account_id`` again once the session may be refreshed (bounded)."""
+        entry.again = False
+        if account_id not in self._waiting and len(self._waiting) >= MAX_WAITING:
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                self.log.warn("Over {limit} unknown upstream accounts named by change events "
+                              "within {interval:g}s; ignoring the rest (logged once)",
+                              limit=MAX_WAITING, interval=REFRESH_INTERVAL)
+            self._forget(account_id, entry)
+            return
+        self._waiting.add(account_id)
+        last = self._last_refresh if self._last_refresh is not None else 0.0
+        delay = max(self._debounce, last + REFRESH_INTERVAL - self._clock.seconds())
+        if entry.timer is None:
+            entry.timer = self._clock.callLater(delay, self._fire, account_id)
+
+    def _refresh_for(self, entry: _Account) -> Deferred[UpstreamSession] | _Outcome:
+        """A reader session fetched after ``entry``'s last event, shared by concurrent
+        reads; or UNKNOWN when one already was (and did not list it); or LATER when the
+        session was refreshed less than REFRESH_INTERVAL ago."""
+        if self._completed > entry.event_refreshes:
+            return _Outcome.UNKNOWN
+        mine: Deferred[UpstreamSession] = Deferred()
+        if self._refreshing is not None and self._started > entry.event_refreshes:
+            self._refreshing.append(mine)
+            return mine
+        now = self._clock.seconds()
+        if self._refreshing is not None or (
+                self._last_refresh is not None and now - self._last_refresh < REFRESH_INTERVAL):
+            return _Outcome.LATER
+        self._last_refresh = now
+        self._refreshing = [mine]
+        self._started += 1
+        self.refreshes += 1
+        number = self._started
+
+        def settle(result: UpstreamSession | Failure) -> None:
+            waiters, self._refreshing = self._refreshing or [], None
+            if not isinstance(result, Failure):
+                self._completed = number
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+
+        self._session(True).addBoth(settle)
+        return mine
+
+    async def _read(self, account_id: str, entry: _Account) -> _Outcome:
+        """One read and what follows from it."""
         self.reads += 1
         try:
             session = await self._session(False)
             types = session.account_types(account_id)
             if not types:
-                session = await self._session(True)  # a user granted since the last read?
+                # A user granted since the session was read?
+                refreshed = self._refresh_for(entry)
+                if isinstance(refreshed, _Outcome):
+                    return refreshed
+                session = await refreshed
                 types = session.account_types(account_id)
             if not types:
                 self.log.debug("No readable account {account} upstream", account=account_id)
-                return False
+                return _Outcome.UNKNOWN
             capabilities = sorted(session.accounts[account_id].get("accountCapabilities", {}))
             body = read_states_request(account_id, types, capabilities)
             response = await self._post(session.api_url, body)
@@ -151,25 +257,25 @@ class StateReader:
             if moved:
                 await self._publish({account_id: moved})
                 entry.known.update(moved)
-            return False
+            return _Outcome.DONE
         except UpstreamUnavailable:
-            return True  # the client's health logged the outage once
+            return _Outcome.RETRY  # the client's health logged the outage once
         except UpstreamRejected as e:
             if not self._rejected_logged:
                 self._rejected_logged = True
                 self.log.error("The upstream refused the reader's credentials ({status}); "
                                "states cannot be read until [upstream] reader-user works",
                                status=e.status)
-            return False
+            return _Outcome.DONE
         except ValueError as e:
             self.log.warn("Upstream state read for {account} was not a JMAP response: {e}",
                           account=account_id, e=e)
-            return False
+            return _Outcome.DONE
         except Exception:
             # The store refused the publish (or its seed read): keep the change, try again.
             self.log.failure("Publishing the upstream states of {account} failed; retrying",
                              account=account_id)
-            return True
+            return _Outcome.RETRY
 
     def stop(self) -> None:
         for entry in self._accounts.values():

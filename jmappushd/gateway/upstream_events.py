@@ -96,9 +96,22 @@ class EventStreamParser:
 
 
 class _StreamReader(Protocol):
-    def __init__(self, parser: EventStreamParser, done: Deferred[None]) -> None:
+    """Feeds the body to the parser; ``done`` fires when the stream ends, and cancelling
+    it closes the connection (else a stopped daemon would leave the upstream's stream
+    open, the connection in use and out of the pool's reach)."""
+
+    def __init__(self, parser: EventStreamParser) -> None:
         self._parser = parser
-        self._done = done
+        self._done: Deferred[None] = Deferred(self._cancelled)
+
+    @property
+    def done(self) -> Deferred[None]:
+        return self._done
+
+    def _cancelled(self, _: Deferred[None]) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -184,9 +197,9 @@ class UpstreamEventSource(Service):
             reactor=reactor)
         if response.code != 200:
             raise ValueError(f"upstream event stream answered {response.code}")
-        done: Deferred[None] = Deferred()
-        response.deliverBody(_StreamReader(self._parser, done))
-        await done
+        reader = _StreamReader(self._parser)
+        response.deliverBody(reader)
+        await reader.done
 
     def _ended(self, result: object) -> None:
         self._current = None

@@ -25,6 +25,7 @@ from jmappushd.auth.authenticator import Principal, PrincipalSource
 from jmappushd.config import Config, ConfigError, UpstreamConfig
 from jmappushd.core.hub import Hub, StateMap
 from jmappushd.gateway.auth import UpstreamChecker, UpstreamRealm, UpstreamSessions
+from jmappushd.gateway.cyrus_notify import socket_path_problem
 from jmappushd.gateway.forward import Call, Forwarder, Invocation
 from jmappushd.gateway.session import UpstreamSession, parse_session
 from jmappushd.gateway.sources import CyrusNotifySource, PollSource
@@ -81,11 +82,14 @@ def gateway_problems(config: Config) -> list[str]:
             load_ca_policy(upstream.ca_file)
         except ValueError as e:
             problems.append(f"{config.path}: [upstream] ca-file: {e}")
-    if upstream.notify_socket:
+    if upstream.notify_socket and upstream.changes == "cyrus-notify":
         folder = os.path.dirname(upstream.notify_socket) or "."
+        problem = socket_path_problem(upstream.notify_socket)
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
             problems.append(f"{config.path}: [upstream] notify-socket: cannot create a socket "
                             f"in {folder} (missing or not writable)")
+        elif problem is not None:
+            problems.append(f"{config.path}: [upstream] notify-socket: {problem}")
     return problems
 
 
@@ -206,8 +210,9 @@ class Gateway:
         self.states = StateReader(self.reactor, upstream.debounce_s, reader, reader.post,
                                   publish, lambda account: Deferred.fromCoroutine(stored(account)))
         if upstream.changes == "cyrus-notify":
-            self.sources.append(CyrusNotifySource(self.reactor, upstream.notify_socket,
-                                                  self.changed))
+            self.sources.append(CyrusNotifySource(
+                self.reactor, upstream.notify_socket, self.changed,
+                f"{self.config.path}: [upstream] notify-socket"))
         elif upstream.changes == "poll":
             self.sources.append(PollSource(self.reactor, upstream.poll_interval,
                                            hub.watched_accounts, self.changed))

@@ -68,7 +68,7 @@ def write_problem(request: Request, status: int, detail: str, **extra: Any) -> N
     write_body(request, status, dumps(problem_body(status, detail, **extra)), PROBLEM_CONTENT_TYPE)
 
 
-def close_connection_after(request: Request) -> None:
+def close_connection_after(request: http.Request) -> None:
     """End the connection with this response (``Connection: close``).
 
     ES-3: with ``closeafter=state`` a client reading the body until the connection closes
