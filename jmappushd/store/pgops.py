@@ -217,17 +217,19 @@ def record_batch(cursor: Cursor, batch: list[tuple[StateRows, str]]) -> list[int
     last = int(row[0])
     first = last - len(batch) + 1
     seqs = list(range(first, last + 1))
-    cursor.executemany(_UPSERT_STATE, [(a, t, s, seq) for seq, (rows, _) in zip(seqs, batch)
+    numbered = list(zip(seqs, batch, strict=True))
+    cursor.executemany(_UPSERT_STATE, [(a, t, s, seq) for seq, (rows, _) in numbered
                                        for a, t, s in rows])
     cursor.executemany("INSERT INTO changes (seq, changed) VALUES (%s, %s)",
-                       [(seq, text) for seq, (_, text) in zip(seqs, batch)])
+                       [(seq, text) for seq, (_, text) in numbered])
     if last // PRUNE_EVERY != (first - 1) // PRUNE_EVERY:
         cursor.execute("DELETE FROM changes WHERE seq <= %s", (last - LOG_KEEP,))
     cursor.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(last)))
     return seqs
 
 
-def changes_after(cursor: Cursor, seq: int, limit: int) -> list[tuple[int, dict[str, dict[str, str]]]]:
+def changes_after(cursor: Cursor, seq: int, limit: int
+                  ) -> list[tuple[int, dict[str, dict[str, str]]]]:
     cursor.execute("SELECT seq, changed FROM changes WHERE seq > %s ORDER BY seq LIMIT %s",
                    (seq, limit))
     return [(int(s), json.loads(text)) for s, text in cursor.fetchall()]
