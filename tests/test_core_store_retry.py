@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from jmappushd.daemon.core import CoreService, StartAbandoned
+from jmappushd.core.signal import StartAbandoned
+from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.service import build_app
 from jmappushd.store import MemoryStore, SchemaTooNew, StoreUnavailable
 from jmappushd.web.admin import build_admin_root

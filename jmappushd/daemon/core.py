@@ -20,16 +20,12 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from jmappushd.context import App
-from jmappushd.core.signal import StartSignal
+from jmappushd.core.signal import StartAbandoned, StartSignal
 from jmappushd.store.records import StoreUnavailable
 from jmappushd.transports.interface import IStarted
 
 RETRY_FIRST = 1.0  # s before the second attempt to open an unreachable store
 RETRY_MAX = 30.0  # s between attempts at most
-
-
-class StartAbandoned(Exception):
-    """The daemon was stopped while the core still waited for its store."""
 
 
 @implementer(IStarted)

@@ -25,8 +25,8 @@ from jmappushd.auth.authenticator import Authenticator, PrincipalSource, ThreadR
 from jmappushd.config import Config
 from jmappushd.context import App
 from jmappushd.core.hub import Hub
-from jmappushd.core.signal import StartSignal
-from jmappushd.daemon.core import CoreService, StartAbandoned
+from jmappushd.core.signal import StartAbandoned, StartSignal
+from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.statedir import (
     StateError,
