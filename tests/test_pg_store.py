@@ -230,3 +230,24 @@ async def test_server_restart_is_survived(own_server: PgServer) -> None:
         assert await store.current_states(["A"]) == {"A": {"Email": "after"}}
     finally:
         await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_runs_queued_calls_first(dsn: str) -> None:
+    """Calls queued when close() is called (more than the pool runs at once) still run and
+    fire in call order; calls after it fail at once with StoreClosed."""
+    from jmappushd.store import StoreClosed
+
+    store = store_on(dsn, pool_size=1)
+    await store.open()
+    fired: list[int] = []
+    calls = [store.record_changes({"A": {"Email": f"s{i}"}}) for i in range(5)]
+    calls += [store.position().addCallback(lambda p: p[1])]
+    for d in calls:
+        d.addCallback(lambda v: fired.append(v) or v)
+    closing = store.close()
+    with pytest.raises(StoreClosed):
+        await store.position()
+    await defer.gatherResults(calls)
+    await closing
+    assert fired == [1, 2, 3, 4, 5, 5]

@@ -198,14 +198,16 @@ class PostgreSQLStore:
         finally:
             self._opening = False
         self._pool = pool
-        self._order = CallOrder(self._run_on_pool, self._pool_size)
+        threads = self._threads
+
+        def run_on_pool(work: Callable[[], T]) -> Deferred[T]:
+            # Bound to this pool: calls queued before close() still run on it.
+            return deferToThreadPool(threads, pool, work)
+
+        self._order = CallOrder(run_on_pool, self._pool_size)
         self.log.info("Opened store {name} (schema version {found} -> {version}, "
                       "{size} connections at most)", name=self.connector.name,
                       found=found, version=version, size=self._pool_size)
-
-    def _run_on_pool(self, work: Callable[[], T]) -> Deferred[T]:
-        assert self._pool is not None
-        return deferToThreadPool(self._threads, self._pool, work)
 
     def close(self) -> Deferred[None]:
         order, pool = self._order, self._pool
