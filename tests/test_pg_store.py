@@ -243,8 +243,12 @@ async def test_close_runs_queued_calls_first(dsn: str) -> None:
     fired: list[int] = []
     calls = [store.record_changes({"A": {"Email": f"s{i}"}}) for i in range(5)]
     calls += [store.position().addCallback(lambda p: p[1])]
+    def note(value: int) -> int:
+        fired.append(value)
+        return value
+
     for d in calls:
-        d.addCallback(lambda v: fired.append(v) or v)
+        d.addCallback(note)
     closing = store.close()
     with pytest.raises(StoreClosed):
         await store.position()
