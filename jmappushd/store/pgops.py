@@ -43,8 +43,9 @@ LOG_KEEP = 100_000
 PRUNE_EVERY = 1_000
 
 _USER_COLUMNS = "id, name, password_hash, primary_account_id, created"
-_UPSERT_STATE = (
-    "INSERT INTO states (account_id, type, state, seq) VALUES (%s, %s, %s, %s) "
+_UPSERT_STATES = (
+    "INSERT INTO states (account_id, type, state, seq) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) "
     "ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, seq = excluded.seq"
 )
 
@@ -217,11 +218,18 @@ def record_batch(cursor: Cursor, batch: list[tuple[StateRows, str]]) -> list[int
     last = int(row[0])
     first = last - len(batch) + 1
     seqs = list(range(first, last + 1))
-    numbered = list(zip(seqs, batch, strict=True))
-    cursor.executemany(_UPSERT_STATE, [(a, t, s, seq) for seq, (rows, _) in numbered
-                                       for a, t, s in rows])
-    cursor.executemany("INSERT INTO changes (seq, changed) VALUES (%s, %s)",
-                       [(seq, text) for seq, (_, text) in numbered])
+    # One statement per table, whatever the batch size: arrays in, unnest() out. An upsert
+    # may touch a row only once per statement, so the batch is merged first (newest wins).
+    newest: dict[tuple[str, str], tuple[str, int]] = {}
+    for seq, (rows, _) in zip(seqs, batch, strict=True):
+        for account_id, type_name, state in rows:
+            newest[(account_id, type_name)] = (state, seq)
+    cursor.execute(_UPSERT_STATES, ([a for a, _ in newest], [t for _, t in newest],
+                                    [s for s, _ in newest.values()],
+                                    [q for _, q in newest.values()]))
+    cursor.execute("INSERT INTO changes (seq, changed) "
+                   "SELECT * FROM unnest(%s::bigint[], %s::text[])",
+                   (seqs, [text for _, text in batch]))
     if last // PRUNE_EVERY != (first - 1) // PRUNE_EVERY:
         cursor.execute("DELETE FROM changes WHERE seq <= %s", (last - LOG_KEEP,))
     cursor.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(last)))
