@@ -158,7 +158,18 @@ def _check_ws_origins(raw: str) -> tuple[str, ...]:
 
 
 # [storage] backend values; jmappushd.store.backends has one factory for each.
-STORAGE_BACKENDS = ("sqlite",)
+STORAGE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _check_dsn(value: str) -> str:
+    """A libpq connection URI or key/value string, parsed as libpq does (never echoed:
+    it may hold a password)."""
+    if not value:
+        return value
+    from jmappushd.store.pgconnect import parse_dsn  # psycopg only when a DSN is set
+
+    parse_dsn(value)
+    return value
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
@@ -232,6 +243,9 @@ class StorageConfig:
 
     backend: str = _opt("sqlite", check=_choice(STORAGE_BACKENDS))
     path: str = _opt(os.path.join(DEFAULT_STATE_DIR, "jmappushd.sqlite3"), is_path=True)
+    dsn: str = _opt("", check=_check_dsn)  # postgresql: libpq URI or key=value string
+    password_file: str = _opt("", is_path=True)  # postgresql: one line, mode 0600
+    pool_size: int = _opt(8, 1, 100)  # postgresql: connections (and threads) per daemon
 
 
 @dataclass(frozen=True)
@@ -477,6 +491,7 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] | None = None)
         if section != "server":
             parts[attr] = _build(cls, section, parser, path, base, derived.get(section, {}))
     _check_upstream(parts["upstream"], path)
+    _check_storage(parts["storage"], path)
     parts["server"], warnings = _cors_alias(parser, path, server, parts["event_source"])
     return Config(path=os.path.abspath(path), warnings=warnings, **parts)
 
@@ -514,6 +529,24 @@ def _check_upstream(upstream: UpstreamConfig, path: str) -> None:
     if upstream.changes in ("cyrus-notify", "poll", "eventsource") and not upstream.reader_user:
         raise ConfigError(f"{path}: [upstream] reader-user: required with changes = "
                           f"{upstream.changes} (the daemon reads states with it)")
+
+
+def _check_storage(storage: StorageConfig, path: str) -> None:
+    """Keys of [storage] that belong to one backend."""
+    if storage.backend != "postgresql":
+        for key in ("dsn", "password_file"):
+            if getattr(storage, key):
+                name = ini_key(StorageConfig, key)
+                raise ConfigError(f"{path}: [storage] {name}: needs backend = postgresql")
+        return
+    if not storage.dsn:
+        raise ConfigError(f"{path}: [storage] dsn: required with backend = postgresql "
+                          "(e.g. postgresql://jmappushd@db.example/jmappushd)")
+    from jmappushd.store.pgconnect import parse_dsn
+
+    if storage.password_file and "password" in parse_dsn(storage.dsn):
+        raise ConfigError(f"{path}: [storage] password-file: the dsn holds a password "
+                          "too; keep it only in the password file")
 
 
 def _state_dir(env: Mapping[str, str]) -> str:

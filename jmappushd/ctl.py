@@ -7,7 +7,8 @@ auth generation.
 ``publish`` goes through the running daemon's admin listener; it first looks in the
 store whether any user can read the account (a warning if not, an error with
 ``--strict``). ``check-config`` reports every reason the daemon would refuse to start,
-one line each, without creating anything.
+one line each, without creating anything (with PostgreSQL: that the DSN connects and
+the schema is not newer than this release). ``migrate`` brings the schema up to date.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from jmappushd.daemon.statedir import (
 )
 from jmappushd.endpointargs import endpoint_arguments
 from jmappushd.gateway.wiring import gateway_problems
-from jmappushd.store.backends import create_store
+from jmappushd.store.backends import check_store, create_store, migrate_store, prepare_store
 from jmappushd.store.interface import IPrincipalStore
-from jmappushd.store.records import AccountInUse, NoSuchUser, UserExists
+from jmappushd.store.records import AccountInUse, NoSuchUser, StoreError, UserExists
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,255}")  # fullmatch: "$" would allow a trailing newline
 _USERNAME = re.compile(r"[^\s:]{1,255}")
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check-config", help="check the config file, its ports, TLS files and "
                    "paths as the daemon would, without creating anything, and exit")
+    sub.add_parser("migrate", help="create or upgrade the store's schema now (the daemon "
+                   "also does it at start)")
 
     user = sub.add_parser("user", help="add, list, remove users or set passwords")
     us = user.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -297,11 +300,36 @@ def check_config(path: str, out: TextIO, err: TextIO) -> None:
     for warning in config.warnings:
         err.write(f"jmappushctl: warning: {warning}\n")
     problems = check_state(config)
+    problems += _store_problems(config)
     if config.upstream.enabled:
         problems += gateway_problems(config)
     if problems:
         raise CtlError(*problems)
     out.write(f"{path}: OK\n")
+
+
+def _store_problems(config: Config) -> list[str]:
+    """A database server's problems (connects? schema not newer?); none for SQLite's file,
+    which check_state covers."""
+    if config.storage.backend == "sqlite":
+        return []
+    try:
+        prepare_store(config.storage)
+    except StoreError as exc:
+        return [f"{config.path}: {exc}"]
+    return [f"{config.path}: {problem}" for problem in check_store(config.storage)]
+
+
+def migrate(config: Config, out: TextIO) -> None:
+    """Create or upgrade the schema and say from which version to which."""
+    try:
+        found, now = migrate_store(config.storage)
+    except StoreError as exc:
+        raise CtlError(str(exc)) from exc
+    if found == now:
+        out.write(f"schema up to date (version {now})\n")
+    else:
+        out.write(f"schema migrated from version {found} to {now}\n")
 
 
 def run(argv: Sequence[str], out: TextIO, stdin: TextIO, err: TextIO | None = None) -> None:
@@ -326,6 +354,9 @@ def run(argv: Sequence[str], out: TextIO, stdin: TextIO, err: TextIO | None = No
         return
     if args.command == "vapid":
         rotate_vapid_key(args, config, out)
+        return
+    if args.command == "migrate":
+        migrate(config, out)
         return
     handlers: dict[str, Callable[[IPrincipalStore], Coroutine[Any, Any, None]]] = {
         "user": lambda store: _user(args, store, out, stdin),
@@ -376,6 +407,8 @@ def _one_line(error: BaseException) -> CtlError:
         return CtlError(f"no such user: {error}")
     if isinstance(error, AccountInUse):
         return CtlError(f"account id already in use: {error}")
+    if isinstance(error, StoreError):
+        return CtlError(str(error))
     return CtlError(f"{type(error).__name__}: {error}")
 
 

@@ -9,6 +9,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from tests.pg_server import PgServer, start_private_server
 from tests.support import LiveDaemon, make_config, start_daemon, stop_daemon
 
 
@@ -18,3 +19,11 @@ def live(tmp_path: Path) -> Iterator[LiveDaemon]:
     daemon = pytest_twisted.blockon(defer.ensureDeferred(start_daemon(make_config(tmp_path))))
     yield daemon
     pytest_twisted.blockon(defer.ensureDeferred(stop_daemon(daemon)))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private PostgreSQL for the whole run, started on first use (tests/pg_server.py)."""
+    server = start_private_server()
+    yield server
+    server.destroy()

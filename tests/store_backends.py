@@ -3,9 +3,11 @@
 Test modules import ``backend_fixture`` and ``store_fixture`` and take the
 fixtures as ``backend`` and ``store``.
 
-A new backend (PostgreSQL) is one more ``Backend`` in ``BACKENDS``: ``make``
-returns a new, unopened store object on the backend's data for this test
-(called again, on the *same* data when ``persists``), ``fresh`` one on new data.
+Each backend is one ``Backend`` in ``BACKENDS``: ``make`` returns a new, unopened
+store object on the backend's data for this test (called again, on the *same* data
+when ``persists``), ``fresh`` one on new data. PostgreSQL's data is a new schema of
+the session's private server (tests/pg_server.py), so it skips (or fails under
+CI=true) where that server cannot run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from jmappushd.store import IStore, MemoryStore, PushSubscription, SQLiteStore
+from jmappushd.store.pgconnect import PgConnector
+from jmappushd.store.postgresql import PostgreSQLStore
+from tests.pg_server import PgServer
 
 T = TypeVar("T")
 Maker = Callable[[IReactorTime | None], IStore]
@@ -55,15 +60,30 @@ def memory_backend(tmp_path: Path) -> Backend:
     return Backend("memory", MemoryStore, MemoryStore, persists=False)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {
-    "sqlite": sqlite_backend,
-    "memory": memory_backend,
+def postgresql_backend(server: PgServer, pool_size: int = 4) -> Backend:
+    def on(schema: str) -> Maker:
+        connector = PgConnector(server.dsn(schema=schema))
+        return lambda clock: PostgreSQLStore(connector, reactor, pool_size=pool_size,
+                                             clock=clock)
+
+    def fresh(clock: IReactorTime | None) -> IStore:
+        return on(server.new_schema())(clock)
+
+    return Backend("postgresql", on(server.new_schema()), fresh, persists=True)
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "sqlite": lambda request, tmp_path: sqlite_backend(tmp_path),
+    "memory": lambda request, tmp_path: memory_backend(tmp_path),
+    # The session's server is started only when a PostgreSQL case runs.
+    "postgresql": lambda request, tmp_path: postgresql_backend(
+        request.getfixturevalue("pg_server")),
 }
 
 
 @pytest.fixture(name="backend", params=sorted(BACKENDS))
 def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](request, tmp_path)
 
 
 @pytest_twisted.async_yield_fixture(name="store")

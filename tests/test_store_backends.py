@@ -32,7 +32,8 @@ def test_unknown_backend_is_a_config_error() -> None:
     """An unknown backend is one line naming the file, the section and the key."""
     with pytest.raises(ConfigError) as info:
         parse_config("[storage]\nbackend = postgres\n", PATH, environ={})
-    assert str(info.value) == f"{PATH}: [storage] backend: must be one of sqlite: 'postgres'"
+    assert str(info.value) == (f"{PATH}: [storage] backend: must be one of sqlite, "
+                               "postgresql: 'postgres'")
 
 
 def test_prepare_store_creates_the_schema_privately(tmp_path: Path) -> None:

@@ -6,6 +6,11 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 
+class StartAbandoned(Exception):
+    """What a start signal fails with when its service was stopped before it could start
+    (the daemon stopped while waiting for its database): not an error to report."""
+
+
 class StartSignal:
     """Fired once (done or failed); every :meth:`wait`, before or after, gets the outcome.
 

@@ -25,7 +25,7 @@ from jmappushd.auth.authenticator import Authenticator, PrincipalSource, ThreadR
 from jmappushd.config import Config
 from jmappushd.context import App
 from jmappushd.core.hub import Hub
-from jmappushd.core.signal import StartSignal
+from jmappushd.core.signal import StartAbandoned, StartSignal
 from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.statedir import (
@@ -174,12 +174,16 @@ class JMAPPushService(MultiService):
         return self._ready.wait()
 
     def _start_failed(self, failure: Failure) -> None:
+        if failure.check(StartAbandoned):
+            self._ready.fire(failure)
+            return  # stopped before the store could be opened: nothing failed
         self.log.failure("jmappushd could not start", failure)
         self._ready.fire(failure)
         self._reactor.stop()
 
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
+        self.core.abandon_start()  # transports waiting for a store that never came stop now
         return defer.ensureDeferred(self._stop_children())
 
     async def _stop_children(self) -> None:

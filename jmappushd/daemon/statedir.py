@@ -70,6 +70,12 @@ def prepare_state(config: Config) -> None:
         raise StateError(f"{ADMIN_FILE} {token_file}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise StateError(f"{ADMIN_FILE} {token_file}: not UTF-8 text") from exc
+    if config.storage.backend != "sqlite":
+        try:
+            prepare_store(config.storage)  # its messages name their [storage] key
+        except StoreError as exc:
+            raise StateError(str(exc)) from exc
+        return
     _make_dir(os.path.dirname(config.storage.path), STORAGE_PATH, config.storage.path)
     try:
         prepare_store(config.storage)
@@ -85,9 +91,11 @@ def check_state(config: Config) -> list[str]:
     """
     problems: list[str] = []
     seen: set[str] = set()
+    sqlite = config.storage.backend == "sqlite"
     dirs = [(config.server.state_dir, STATE_DIR, config.server.state_dir),
-            (os.path.dirname(config.admin.token_file), ADMIN_FILE, config.admin.token_file),
-            (os.path.dirname(config.storage.path), STORAGE_PATH, config.storage.path)]
+            (os.path.dirname(config.admin.token_file), ADMIN_FILE, config.admin.token_file)]
+    if sqlite:
+        dirs.append((os.path.dirname(config.storage.path), STORAGE_PATH, config.storage.path))
     for directory, key, path in dirs:
         problem = _dir_problem(directory)
         if problem is not None and directory not in seen:
@@ -101,7 +109,8 @@ def check_state(config: Config) -> list[str]:
             problems.append(f"{ADMIN_FILE} {exc}")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{ADMIN_FILE} {token_file}: {_reason(exc)}")
-    problems += _file_problems(config.storage.path, STORAGE_PATH)
+    if sqlite:
+        problems += _file_problems(config.storage.path, STORAGE_PATH)
     return problems
 
 

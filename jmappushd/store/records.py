@@ -125,3 +125,8 @@ class PushQuotaExceeded(Exception):
 
 class StoreError(Exception):
     """The configured store cannot be prepared; the message is one line naming it."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (down, refusing, connection lost); retrying later
+    may succeed. The message is one line naming the server, never a password."""

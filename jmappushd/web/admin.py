@@ -16,6 +16,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from jmappushd.context import App
 from jmappushd.jmap.ijson import loads
 from jmappushd.jmap.problems import RequestProblem
+from jmappushd.store.records import StoreClosed, StoreUnavailable
 from jmappushd.versions import daemon_version
 from jmappushd.web.base import AppResource
 from jmappushd.web.responses import serve_async, write_body, write_json, write_problem
@@ -150,7 +151,14 @@ class HealthResource(AppResource):
         return serve_async(request, self._check(request), self.log, 503, "store unavailable")
 
     async def _check(self, request: Request) -> None:
-        _, seq = await self._app.store.position()
+        try:
+            _, seq = await self._app.store.position()
+        except StoreClosed:  # the core still waits for the database (it logs why)
+            write_problem(request, 503, "not ready: the store is not open yet")
+            return
+        except StoreUnavailable as exc:
+            write_problem(request, 503, f"store unavailable: {exc}")
+            return
         write_json(request, 200, {
             "status": "ok", "version": daemon_version(), "seq": seq,
             "listeners": self._app.hub.listener_count,

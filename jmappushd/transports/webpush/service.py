@@ -18,7 +18,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from jmappushd.context import App
-from jmappushd.core.signal import StartSignal
+from jmappushd.core.signal import StartAbandoned, StartSignal
 from jmappushd.jmap.registry import CORE_CAPABILITY, MethodError
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.transports.interface import IStarted, ITransportService
@@ -210,6 +210,8 @@ class WebPushService(Service):
         try:
             await self._core.when_started()
             await self.runtime.start()
+        except StartAbandoned:
+            self.runtime.started.fire(Failure())  # stopped before the store opened
         except Exception:
             self.runtime.start_failed(Failure())
 

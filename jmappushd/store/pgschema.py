@@ -1,0 +1,156 @@
+"""PostgreSQL schema: ordered migrations, applied under one advisory lock.
+
+The version lives in ``jmappushd_schema``: migration ``i`` (0-based) brings the
+database to version ``i + 1``. Each migration runs in the same transaction as its
+version bump (PostgreSQL's DDL is transactional), so a crash leaves a whole
+version. Several daemons starting on a new database at once take the same
+transaction-level advisory lock first, so exactly one creates the schema (and the
+epoch) and the others then find it. Never edit a released migration; append one.
+
+Tables are created unqualified, in the first schema of the connection's
+``search_path`` (set ``options=-csearch_path=...`` in the DSN to use another one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from jmappushd.store.records import SchemaTooNew
+
+# pg_advisory_xact_lock key of the migrations: "jmappush" in ASCII, as a bigint.
+MIGRATION_LOCK = 0x6A6D617070757368
+
+# The epoch is random, so a new database never accepts another's resumption tokens.
+# ``change_seq`` is the one counter row every publishing transaction updates: its row
+# lock, held to the commit, makes the sequence follow commit order (a sequence or
+# bigserial hands numbers out at call time, so a reader could see 2 while 1 is still
+# open and resume past 1 for good). ``changes`` is the ordered log a cluster node
+# reads back after its watermark; ``states`` the newest state per account and type.
+_V1 = """
+CREATE TABLE store_info (
+    id integer PRIMARY KEY CHECK (id = 1),
+    epoch text NOT NULL,
+    auth_generation bigint NOT NULL
+);
+INSERT INTO store_info (id, epoch, auth_generation)
+    VALUES (1, 'e' || substr(md5(gen_random_uuid()::text), 1, 16), 0);
+CREATE TABLE change_seq (
+    id integer PRIMARY KEY CHECK (id = 1),
+    seq bigint NOT NULL
+);
+INSERT INTO change_seq (id, seq) VALUES (1, 0);
+CREATE TABLE changes (
+    seq bigint PRIMARY KEY,
+    changed text NOT NULL,
+    recorded timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE states (
+    account_id text NOT NULL,
+    type text NOT NULL,
+    state text NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (account_id, type)
+);
+CREATE TABLE meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE users (
+    id text PRIMARY KEY,
+    name text NOT NULL CONSTRAINT users_name_key UNIQUE,
+    password_hash text NOT NULL,
+    primary_account_id text NOT NULL CONSTRAINT users_primary_account_id_key UNIQUE,
+    created double precision NOT NULL
+);
+CREATE TABLE grants (
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    account_id text NOT NULL,
+    PRIMARY KEY (user_id, account_id)
+);
+CREATE TABLE tokens (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    digest bytea NOT NULL UNIQUE,
+    label text NOT NULL DEFAULT '',
+    created double precision NOT NULL
+);
+CREATE INDEX tokens_by_user ON tokens (user_id);
+CREATE TABLE push_subscriptions (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    credential_id text NOT NULL,
+    device_client_id text,
+    url text NOT NULL,
+    keys_p256dh text,
+    keys_auth text,
+    verification_code text,
+    verified boolean NOT NULL DEFAULT false,
+    client_verification_code text,
+    expires double precision,
+    types text,
+    vapid_key_id text,
+    created double precision NOT NULL,
+    pending text,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt double precision,
+    failing_since double precision,
+    last_sent_seq bigint NOT NULL DEFAULT 0,
+    dropped integer NOT NULL DEFAULT 0,
+    backoff_until double precision
+);
+CREATE INDEX push_subscriptions_by_user ON push_subscriptions (user_id);
+CREATE INDEX push_subscriptions_by_credential ON push_subscriptions (credential_id);
+"""
+
+# Migration i brings the schema to version i + 1.
+MIGRATIONS: Sequence[str] = (_V1,)
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS jmappushd_schema (
+    id integer PRIMARY KEY CHECK (id = 1),
+    version integer NOT NULL
+)
+"""
+
+
+def _statements(script: str) -> list[str]:
+    # Our migrations hold no ";" inside literals or bodies, so a plain split is exact.
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def read_version(connection: psycopg.Connection[tuple[object, ...]]) -> int:
+    """The database's schema version, 0 for one jmappushd never touched (read only)."""
+    row = connection.execute(
+        "SELECT to_regclass('jmappushd_schema') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    found = connection.execute("SELECT version FROM jmappushd_schema WHERE id = 1").fetchone()
+    return 0 if found is None else int(str(found[0]))
+
+
+def migrate(connection: psycopg.Connection[tuple[object, ...]],
+            migrations: Sequence[str] = MIGRATIONS) -> tuple[int, int]:
+    """Apply missing migrations in one transaction; returns ``(version found, now)``.
+
+    Raises SchemaTooNew (and changes nothing) for a database a newer jmappushd wrote.
+    The connection must be in autocommit mode (no transaction open).
+    """
+    known = len(migrations)
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        connection.execute(_VERSION_TABLE)
+        row = connection.execute(
+            "SELECT version FROM jmappushd_schema WHERE id = 1 FOR UPDATE").fetchone()
+        found = 0 if row is None else int(str(row[0]))
+        if found > known:
+            raise SchemaTooNew(found, known)
+        for version in range(found, known):
+            for statement in _statements(migrations[version]):
+                connection.execute(statement.encode())
+        if found != known:
+            connection.execute(
+                "INSERT INTO jmappushd_schema (id, version) VALUES (1, %s) "
+                "ON CONFLICT (id) DO UPDATE SET version = excluded.version", (known,))
+    return found, known

@@ -1,0 +1,402 @@
+"""The PostgreSQL store: every store interface on one database, shared by many daemons.
+
+SQL runs on a thread pool of ``pool_size`` threads, each call on a pooled
+connection (psycopg 3, blocking, off the reactor); :class:`~jmappushd.store.pgorder.CallOrder`
+keeps the interface's ordering guarantees for this store object while reads run
+side by side. Across store objects (other nodes, ``jmappushctl``) the database
+does the ordering: every publish updates the one ``change_seq`` row, so seqs
+follow commit order and a reader that saw seq N has seen every seq below it.
+
+A connection that fails (server restart, network) is dropped and the call fails
+with StoreUnavailable; the next call connects afresh. A transaction that fails on
+its first statement over an idle pooled connection is retried once on a new
+connection, since nothing of it reached the server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from jmappushd.store import pgops as ops
+from jmappushd.store import pgpushops as pushops
+from jmappushd.store.interface import IStore, StateMap
+from jmappushd.store.pgconnect import PgConnector, one_line
+from jmappushd.store.pgorder import CallOrder
+from jmappushd.store.pgschema import migrate
+from jmappushd.store.records import (
+    Account,
+    PushDelivery,
+    PushSubscription,
+    StoreClosed,
+    StoreUnavailable,
+    TokenRecord,
+    User,
+)
+from jmappushd.store.rules import check_digest, check_kept_keys, check_updatable, flatten, new_id
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+BEGIN_WRITE = b"BEGIN ISOLATION LEVEL READ COMMITTED"
+BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"  # one snapshot per call
+# changes_after answers at most this many entries; the hub asks again from the last.
+CHANGES_AFTER_LIMIT = 10_000
+
+
+class _Connections:
+    """Idle connections, taken and given back by pool threads (thread-safe)."""
+
+    def __init__(self, connector: PgConnector) -> None:
+        self._connector = connector
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def transact(self, begin: bytes, body: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``body(cursor, *args, **kwargs)`` in one transaction (on a pool thread)."""
+
+        def work(cursor: ops.Cursor) -> T:
+            return body(cursor, *args, **kwargs)
+
+        connection, reused = self._take()
+        try:
+            return self._transact(connection, begin, work)
+        except _Stale as stale:
+            failed = stale
+        if reused:
+            try:
+                return self._transact(self._connector.connect(), begin, work)
+            except _Stale as stale:
+                failed = stale
+        raise StoreUnavailable(f"{self._connector.name}: {failed}")
+
+    def _transact(self, connection: Connection, begin: bytes, work: Callable[[ops.Cursor], T]
+                  ) -> T:
+        try:
+            with connection.cursor() as cursor:
+                try:
+                    cursor.execute(begin)
+                except psycopg.OperationalError as exc:
+                    raise _Stale(exc) from None
+                try:
+                    result = work(cursor)
+                    cursor.execute(b"COMMIT")
+                except BaseException:
+                    if not connection.broken:
+                        connection.execute(b"ROLLBACK")
+                    raise
+        except psycopg.OperationalError as exc:
+            connection.close()
+            raise StoreUnavailable(f"{self._connector.name}: {one_line(exc)}") from None
+        except _Stale:
+            connection.close()
+            raise
+        except BaseException:
+            if connection.broken:
+                connection.close()
+            else:
+                self._give(connection)
+            raise
+        self._give(connection)
+        return result
+
+    def _take(self) -> tuple[Connection, bool]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connector.connect(), False
+
+    def _give(self, connection: Connection) -> None:
+        with self._lock:
+            self._idle.append(connection)
+
+    def add(self, connection: Connection) -> None:
+        self._give(connection)
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+
+class _Stale(Exception):
+    """An idle connection failed on BEGIN: nothing was done, a new one may succeed."""
+
+    def __init__(self, error: psycopg.OperationalError) -> None:
+        super().__init__(one_line(error))
+
+
+def _first_open(connections: _Connections, connector: PgConnector) -> tuple[int, int]:
+    """Connect once and migrate: a pool thread's job at open()."""
+    connection = connector.connect()
+    try:
+        versions = migrate(connection)
+    except psycopg.OperationalError as exc:
+        connection.close()
+        raise StoreUnavailable(f"{connector.name}: {one_line(exc)}") from None
+    except BaseException:
+        connection.close()
+        raise
+    connections.add(connection)
+    return versions
+
+
+@implementer(IStore)
+class PostgreSQLStore:
+    """IStore on one PostgreSQL database (its ``search_path`` schema).
+
+    ``reactor`` provides IReactorCore and IReactorFromThreads; ``clock`` stamps
+    ``created`` times and defaults to the reactor. ``pool_size`` bounds both the
+    threads and the connections of this store object.
+    """
+
+    log = Logger()
+
+    def __init__(self, connector: PgConnector, reactor: IReactorCore, *, pool_size: int = 8,
+                 clock: IReactorTime | None = None) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.connector = connector
+        self._reactor = reactor
+        self._threads = IReactorFromThreads(reactor)
+        self._clock = clock if clock is not None else IReactorTime(reactor)
+        self._pool_size = pool_size
+        self._pool: ThreadPool | None = None
+        self._order: CallOrder | None = None
+        self._connections = _Connections(connector)
+        self._opening = False
+
+    # -- lifecycle --
+
+    def open(self) -> Deferred[None]:
+        if self._pool is not None or self._opening:
+            return fail(RuntimeError("store is already open"))
+        self._opening = True
+        pool = ThreadPool(minthreads=0, maxthreads=self._pool_size, name="jmappushd-pg")
+        pool.start()
+        return Deferred.fromCoroutine(self._open(pool))
+
+    async def _open(self, pool: ThreadPool) -> None:
+        try:
+            found, version = await deferToThreadPool(
+                self._threads, pool, _first_open, self._connections, self.connector)
+        except BaseException:
+            pool.stop()
+            raise
+        finally:
+            self._opening = False
+        self._pool = pool
+        threads = self._threads
+
+        def run_on_pool(work: Callable[[], T]) -> Deferred[T]:
+            # Bound to this pool: calls queued before close() still run on it.
+            return deferToThreadPool(threads, pool, work)
+
+        self._order = CallOrder(run_on_pool, self._pool_size)
+        self.log.info("Opened store {name} (schema version {found} -> {version}, "
+                      "{size} connections at most)", name=self.connector.name,
+                      found=found, version=version, size=self._pool_size)
+
+    def close(self) -> Deferred[None]:
+        order, pool = self._order, self._pool
+        self._order = self._pool = None
+        if order is None or pool is None:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._close(order, pool))
+
+    async def _close(self, order: CallOrder, pool: ThreadPool) -> None:
+        await order.drained()  # queued calls still run and fire in order
+        try:
+            await deferToThreadPool(self._threads, pool, self._connections.close_all)
+        finally:
+            pool.stop()
+
+    def _read(self, body: Callable[Concatenate[ops.Cursor, P], T], *args: P.args,
+              **kwargs: P.kwargs) -> Deferred[T]:
+        if self._order is None:
+            return fail(StoreClosed("the store is not open"))
+        connections = self._connections
+        return self._order.read(lambda: connections.transact(BEGIN_READ, body, *args, **kwargs))
+
+    def _write(self, body: Callable[Concatenate[ops.Cursor, P], T], *args: P.args,
+               **kwargs: P.kwargs) -> Deferred[T]:
+        if self._order is None:
+            return fail(StoreClosed("the store is not open"))
+        connections = self._connections
+        return self._order.write(lambda: connections.transact(BEGIN_WRITE, body, *args, **kwargs))
+
+    def _in_turn(self, answer: Callable[[], T]) -> Deferred[T]:
+        """Answer without SQL, but in call order."""
+        if self._order is None:
+            return fail(StoreClosed("the store is not open"))
+        return self._order.answer(answer)
+
+    def _refuse(self, error: Exception) -> Deferred[T]:
+        def refuse() -> T:
+            raise error
+
+        return self._in_turn(refuse)
+
+    # -- users and accounts --
+
+    def add_user(self, name: str, password_hash: str, account_id: str | None = None
+                 ) -> Deferred[User]:
+        user = User(id=new_id("u"), name=name, password_hash=password_hash,
+                    primary_account_id=account_id if account_id is not None else new_id("a"),
+                    created=self._clock.seconds())
+        return self._write(ops.add_user, user)
+
+    def get_user(self, name: str) -> Deferred[User | None]:
+        return self._read(ops.get_user, False, name)
+
+    def get_user_by_id(self, user_id: str) -> Deferred[User | None]:
+        return self._read(ops.get_user, True, user_id)
+
+    def list_users(self) -> Deferred[list[User]]:
+        return self._read(ops.list_users)
+
+    def remove_user(self, name: str) -> Deferred[bool]:
+        return self._write(ops.remove_user, name)
+
+    def set_password(self, name: str, password_hash: str) -> Deferred[None]:
+        return self._write(ops.set_password, name, password_hash)
+
+    def grant(self, name: str, account_id: str) -> Deferred[None]:
+        return self._write(ops.grant, name, account_id)
+
+    def revoke_grant(self, name: str, account_id: str) -> Deferred[bool]:
+        return self._write(ops.revoke_grant, name, account_id)
+
+    def accounts_for_user(self, user_id: str) -> Deferred[list[Account]]:
+        return self._read(ops.accounts_for_user, user_id)
+
+    # -- bearer tokens --
+
+    def create_token(self, name: str, digest: bytes, label: str = "") -> Deferred[TokenRecord]:
+        try:
+            digest = check_digest(digest)
+        except ValueError as error:
+            return self._refuse(error)
+        record = TokenRecord(new_id("t"), "", self._clock.seconds(), label)
+        return self._write(ops.create_token, name, record, digest)
+
+    def find_token(self, digest: bytes) -> Deferred[tuple[TokenRecord, User] | None]:
+        return self._read(ops.find_token, bytes(digest))
+
+    def list_tokens(self, name: str) -> Deferred[list[TokenRecord]]:
+        return self._read(ops.list_tokens, name)
+
+    def revoke_token(self, token_id: str) -> Deferred[bool]:
+        return self._write(ops.revoke_token, token_id)
+
+    def auth_generation(self) -> Deferred[int]:
+        return self._read(ops.auth_generation)
+
+    # -- states and the change log --
+
+    def position(self) -> Deferred[tuple[str, int]]:
+        return self._read(ops.position)
+
+    def record_changes(self, changed: StateMap) -> Deferred[int]:
+        recorded = self.record_changes_batch([changed])
+        return recorded.addCallback(lambda seqs: seqs[0])
+
+    def record_changes_batch(self, batch: Sequence[StateMap]) -> Deferred[list[int]]:
+        try:
+            rows = [flatten(changed) for changed in batch]
+        except (TypeError, ValueError) as error:
+            return self._refuse(error)
+        if not rows:
+            return self._in_turn(list)
+        entries = [(publish, json.dumps(_nested(publish), separators=(",", ":")))
+                   for publish in rows]
+        return self._write(ops.record_batch, entries)
+
+    def changes_after(self, seq: int, limit: int = CHANGES_AFTER_LIMIT
+                      ) -> Deferred[Sequence[tuple[int, StateMap]]]:
+        """The hub's ``ChangeLog``: logged ``(seq, changed)`` after ``seq``, in seq order,
+        at most ``limit`` of them, from one snapshot. Seqs are contiguous (a rolled back
+        publish takes none), except below the pruned horizon."""
+        read: Deferred[Sequence[tuple[int, StateMap]]] = self._read(
+            ops.changes_after, int(seq), max(1, int(limit)))
+        return read
+
+    def changes_since(self, seq: int, account_ids: Collection[str]
+                      ) -> Deferred[dict[str, dict[str, str]]]:
+        return self._states(list(account_ids), int(seq))
+
+    def current_states(self, account_ids: Collection[str]) -> Deferred[dict[str, dict[str, str]]]:
+        return self._states(list(account_ids), None)
+
+    def _states(self, account_ids: list[str], after: int | None
+                ) -> Deferred[dict[str, dict[str, str]]]:
+        if not account_ids:
+            return self._in_turn(dict)
+        return self._read(ops.states, sorted(set(account_ids)), after)
+
+    # -- metadata --
+
+    def get_meta(self, key: str) -> Deferred[str | None]:
+        return self._read(ops.get_meta, key)
+
+    def set_meta(self, key: str, value: str) -> Deferred[None]:
+        return self._write(ops.set_meta, key, value)
+
+    def add_meta(self, key: str, value: str) -> Deferred[str]:
+        return self._write(ops.add_meta, key, value)
+
+    # -- push subscriptions --
+
+    def create_push_subscription(self, subscription: PushSubscription, max_per_user: int
+                                 ) -> Deferred[PushSubscription]:
+        return self._write(pushops.create, subscription, max_per_user)
+
+    def push_subscriptions_for(self, credential_id: str) -> Deferred[list[PushSubscription]]:
+        return self._read(pushops.by_credential, credential_id)
+
+    def all_push_subscriptions(self) -> Deferred[list[PushSubscription]]:
+        return self._read(pushops.all_subscriptions)
+
+    def push_subscription_ids(self) -> Deferred[set[str]]:
+        return self._read(pushops.ids)
+
+    def update_push_subscription(self, sub_id: str, changes: Mapping[str, object]
+                                 ) -> Deferred[bool]:
+        try:
+            check_updatable(changes)
+        except ValueError as error:
+            return self._refuse(error)
+        return self._write(pushops.update, sub_id, dict(changes))
+
+    def save_push_delivery(self, sub_id: str, delivery: PushDelivery) -> Deferred[bool]:
+        return self._write(pushops.save_delivery, sub_id, delivery)
+
+    def delete_push_subscription(self, sub_id: str) -> Deferred[bool]:
+        return self._write(pushops.delete, sub_id)
+
+    def delete_push_subscriptions_except_keys(self, key_ids: Collection[str]
+                                              ) -> Deferred[list[str]]:
+        try:
+            kept = check_kept_keys(key_ids)
+        except ValueError as error:
+            return self._refuse(error)
+        return self._write(pushops.delete_other_keys, kept)
+
+
+def _nested(rows: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    changed: dict[str, dict[str, str]] = {}
+    for account_id, type_name, state in rows:
+        changed.setdefault(account_id, {})[type_name] = state
+    return changed
