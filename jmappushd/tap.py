@@ -9,6 +9,9 @@ directory mistake from ``postOptions`` and a port that cannot be bound from
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from typing import Any, cast
 
 from twisted.application.service import IService
@@ -51,6 +54,19 @@ class Options(usage.Options):
             raise StartupRefused(str(exc)) from None
 
 
+def exit_non_zero_at_exit() -> None:
+    """twistd exits 0 whenever its reactor stops; a start-up that failed after the reactor
+    ran must exit 1 (systemd's Restart=on-failure, scripts): once twistd has returned and
+    the interpreter exits, exit with 1 instead."""
+
+    def exit_one() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    atexit.register(exit_one)
+
+
 def makeService(options: Any) -> IService:
     """The daemon with its ports already bound, or StartupRefused naming the one that is not.
 
@@ -62,6 +78,7 @@ def makeService(options: Any) -> IService:
 
     # The one place the global reactor is used; it provides every interface of the union.
     service = build_service(options.config, cast(IDaemonReactor, reactor))
+    service.on_start_failure = exit_non_zero_at_exit
     try:
         service.privilegedStartService()
     except ListenError as exc:

@@ -184,3 +184,24 @@ def test_a_good_start_logs_the_versions(tmp_path: Path) -> None:
         f"jmappushd {versions.daemon_version()} (Twisted {libraries['Twisted']}, Autobahn "
         f"{libraries['autobahn']}, cryptography {libraries['cryptography']}, "
         f"Python {libraries['Python']})")
+
+
+def test_a_failure_after_the_reactor_runs_is_one_line_and_exits_1(tmp_path: Path) -> None:
+    """A start-up that fails once the reactor runs (here a damaged resumption-token key in
+    the store, found when the hub starts) logs one error line naming it, no traceback, and
+    twistd exits 1 so systemd's Restart=on-failure and scripts see it."""
+    config = standard(tmp_path)
+    result = subprocess.run([str(BIN / "jmappushctl"), "-c", str(config), "user", "add",
+                             "alice", "--password-stdin"], input="pw\n", capture_output=True,
+                            text=True, env=_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    database = tmp_path / "state" / "jmappushd.sqlite3"
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('resumption-token-key', "
+                   "'not a key')")
+    status, lines = twistd(config)  # asserts there is no traceback
+    assert status == 1, lines
+    errors = [line for line in lines if "jmappushd could not start" in line]
+    assert len(errors) == 1 and "resumption-token-key" in errors[0], lines

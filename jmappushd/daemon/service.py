@@ -113,10 +113,17 @@ def build_app(config: Config, clock: IReactorTime, store: IStore,
     return app
 
 
+def one_line(failure: Failure) -> str:
+    """A failure's reason as one bounded line (logs that must not carry a traceback)."""
+    return " ".join(failure.getErrorMessage().split())[:500] or repr(failure.value)[:500]
+
+
 class JMAPPushService(MultiService):
     """The daemon: core, listeners and transports, started in order and stopped in reverse."""
 
     log = Logger()
+    # Called when start-up fails after the reactor runs (twistd: exit non-zero afterwards).
+    on_start_failure: Callable[[], None] | None = None
 
     def __init__(self, app: App, reactor: IDaemonReactor, core: CoreService,
                  listeners: Sequence[ListenerService],
@@ -177,8 +184,11 @@ class JMAPPushService(MultiService):
         if failure.check(StartAbandoned):
             self._ready.fire(failure)
             return  # stopped before the store could be opened: nothing failed
-        self.log.failure("jmappushd could not start", failure)
+        # One line naming the cause (issue 15), no traceback.
+        self.log.error("jmappushd could not start: {reason}", reason=one_line(failure))
         self._ready.fire(failure)
+        if self.on_start_failure is not None:
+            self.on_start_failure()
         self._reactor.stop()
 
     def stopService(self) -> defer.Deferred[None]:

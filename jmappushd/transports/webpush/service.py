@@ -115,7 +115,8 @@ class PushRuntime:
 
     def start_failed(self, failure: Failure) -> None:
         """Log why push could not start; method calls then get serverUnavailable."""
-        self.log.failure("push delivery could not start", failure)
+        reason = " ".join(failure.getErrorMessage().split())[:500] or repr(failure.value)[:500]
+        self.log.error("push delivery could not start: {reason}", reason=reason)
         self.started.fire(failure)
 
     def application_server_key(self) -> str:
