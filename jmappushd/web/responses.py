@@ -13,6 +13,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.jmap.ijson import dumps
 from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
+from jmappushd.store.records import StoreClosed, StoreUnavailable
 
 JSON_CONTENT_TYPE = b"application/json"
 _TITLES = {
@@ -101,9 +102,19 @@ def serve_async(
     detail: str = "internal error",
 ) -> object:
     """Run a resource's coroutine; an unexpected failure is logged and answered
-    ``status`` (if nothing was written yet). Returns NOT_DONE_YET for ``render``."""
+    ``status`` (if nothing was written yet). Returns NOT_DONE_YET for ``render``.
+
+    A store that is not open or not reachable (a database outage, a daemon still waiting
+    for its database) is not the client's problem nor a bug: 503 with ``Retry-After`` and
+    one log line. Anything else is logged with its traceback, once per request.
+    """
 
     def failed(failure: Failure) -> None:
+        if failure.check(StoreUnavailable, StoreClosed):
+            log.warn("{method} {path}: the store is unavailable: {why}", method=request.method,
+                     path=request.path, why=" ".join(failure.getErrorMessage().split())[:300])
+            write_retry_later(request, 503, "the store is unavailable; retry shortly", 5)
+            return
         log.failure("{method} {path} failed", failure,
                     method=request.method, path=request.path)
         write_problem(request, status, detail)
