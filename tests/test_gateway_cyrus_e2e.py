@@ -183,19 +183,33 @@ async def test_changes_made_through_the_gateway_are_pushed_at_once(
 @pytest_twisted.ensureDeferred
 async def test_cyrus_down_is_503_and_push_resumes_after_it(cyrus: CyrusServer, tmp_path: Path
                                                            ) -> None:
+    """Over HTTP a 503 problem naming Cyrus, over the WebSocket a RequestError; both the
+    stream and the socket stay open, and push resumes once Cyrus is back."""
     async with gateway(cyrus, tmp_path) as d:
         stream = await open_stream(es_url(d.base), basic("alice", "alice-pw"))
+        ws = await connect(d.base, basic_header("alice", "alice-pw"))
+        ws.send({"@type": "WebSocketPushEnable", "dataTypes": None})
         try:
             cyrus.stop()
             code, answer = await api(d, "alice", [["Mailbox/get", {"accountId": "alice",
                                                                    "ids": []}, "0"]])
             assert code == 503, answer
             assert "127.0.0.1" in answer["detail"]
+            ws.send({"@type": "Request", "id": "down",
+                     "using": ["urn:ietf:params:jmap:core", MAIL],
+                     "methodCalls": [["Mailbox/get", {"accountId": "alice", "ids": []}, "0"]]})
+            error = await ws.next(timeout=5)
+            assert error["@type"] == "RequestError" and error["requestId"] == "down"
+            assert error["status"] == 503 and "127.0.0.1" in error["detail"]
             cyrus.start()
             cyrus.deliver("alice", "after the outage")
             truth = cyrus.states("alice", "alice")
             changed, _ = await stream.next_state(timeout=5)
             while changed["alice"].get("Email") != truth["Email"]:
                 changed, _ = await stream.next_state(timeout=5)
+            push = await ws.next(timeout=5)
+            while push["changed"]["alice"].get("Email") != truth["Email"]:
+                push = await ws.next(timeout=5)
         finally:
             stream.close()
+            await ws.bye()
