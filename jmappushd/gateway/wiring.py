@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import os
-import stat
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -40,6 +39,7 @@ from jmappushd.gateway.upstream_events import UpstreamEventSource
 from jmappushd.jmap.budget import ResponseBudget
 from jmappushd.jmap.registry import MethodError
 from jmappushd.reactor import IDaemonReactor
+from jmappushd.secretfile import read_secret_line
 from jmappushd.store.interface import IStore
 
 __all__ = ["Gateway", "ReaderSession", "build_gateway", "gateway_problems",
@@ -48,23 +48,10 @@ __all__ = ["Gateway", "ReaderSession", "build_gateway", "gateway_problems",
 
 def read_reader_password(config: UpstreamConfig, path: str) -> str:
     """The reader's password: one line of a file only its owner may read (ConfigError else)."""
-    where = f"{path}: [upstream] reader-password-file"
-    name = config.reader_password_file
     try:
-        info = os.stat(name)
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read {name}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: {name} is not UTF-8 text") from None
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise ConfigError(f"{where}: {name} must not be readable by group or others "
-                          f"(mode {stat.S_IMODE(info.st_mode):04o}; chmod 0600)")
-    lines = text.splitlines()
-    if len(lines) != 1 or not lines[0]:
-        raise ConfigError(f"{where}: {name} must hold the password on one line")
-    return lines[0]
+        return read_secret_line(config.reader_password_file)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [upstream] reader-password-file: {exc}") from None
 
 
 def gateway_problems(config: Config) -> list[str]:

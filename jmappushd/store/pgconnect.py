@@ -9,13 +9,12 @@ replacing it takes effect on the next reconnect without a restart.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Mapping
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from jmappushd.secretfile import read_secret_line
 from jmappushd.store.records import StoreError, StoreUnavailable
 
 # Seconds libpq waits for a server that does not answer, unless the DSN says otherwise:
@@ -39,23 +38,10 @@ def parse_dsn(dsn: str) -> dict[str, str]:
 
 def read_password_file(path: str) -> str:
     """The password: the one line of a file only its owner may read (StoreError else)."""
-    where = f"[storage] password-file {path}"
     try:
-        info = os.stat(path)
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise StoreError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise StoreError(f"{where}: not UTF-8 text") from None
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise StoreError(f"{where}: must not be readable by group or others "
-                         f"(mode {mode:04o}; chmod 0600)")
-    lines = text.splitlines()
-    if len(lines) != 1 or not lines[0]:
-        raise StoreError(f"{where}: must hold the password on one line")
-    return lines[0]
+        return read_secret_line(path)
+    except ValueError as exc:
+        raise StoreError(f"[storage] password-file {exc}") from None
 
 
 def describe(params: Mapping[str, str]) -> str:
