@@ -160,6 +160,8 @@ class GuardedListening:
 
     def __init__(self, reactor: Any, guard: DescriptorGuard,
                  peers: PeerLimit | None) -> None:
+        # Any: a façade for serverFromString, which wants the whole reactor (its stubs
+        # name no interface union); it is the daemon's reactor or a test's MemoryReactor.
         self._reactor = reactor
         self._guard = guard
         self._peers = peers
