@@ -1,7 +1,8 @@
 """The bare proxy baseline: the floor of one Twisted hop in front of a JMAP server.
 
 ``POST /jmap/api/`` passes the body and the ``Authorization`` header to the upstream's
-API URL over a treq keep-alive pool and the answer's status and body back, unread.
+API URL with a bare Agent over a keep-alive pool (no cookies, no gzip: as the daemon's
+upstream client) and the answer's status and body back, unread.
 ``/jmap/ws`` (bare Autobahn, subprotocol ``jmap``) parses each Request message, posts
 its ``using`` and ``methodCalls`` upstream with the handshake's ``Authorization`` and
 sends the answer back as a Response: the JSON work any WebSocket front of an HTTP-only
@@ -21,36 +22,66 @@ from typing import Any
 import treq
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
-JSON = {"Content-Type": "application/json"}
+
+@implementer(IBodyProducer)
+class Body:
+    """A request body written at once."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
-def client(connections: int) -> HTTPClient:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = connections
-    pool.retryAutomatically = False
-    return HTTPClient(Agent(reactor, pool=pool))  # type: ignore[arg-type]
+class Upstream:
+    """POST JSON to one URL over a keep-alive pool."""
+
+    def __init__(self, url: str, connections: int) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = connections
+        pool.retryAutomatically = False
+        self.agent = Agent(reactor, pool=pool)  # type: ignore[arg-type]
+        self.url = url.encode()
+
+    def post(self, body: bytes, authorization: bytes) -> Deferred[Any]:
+        headers = Headers({b"authorization": [authorization],
+                           b"content-type": [b"application/json"]})
+        return self.agent.request(b"POST", self.url, headers, Body(body))
 
 
 class Forward(Resource):
     isLeaf = True
 
-    def __init__(self, http: HTTPClient, upstream: str) -> None:
+    def __init__(self, upstream: Upstream) -> None:
         super().__init__()
-        self.http = http
         self.upstream = upstream
 
     def render_POST(self, request: Request) -> Any:
         assert request.content is not None
-        headers = {**JSON, "Authorization": request.getHeader("authorization") or ""}
-        d = self.http.post(self.upstream, data=request.content.read(), headers=headers)
+        d = self.upstream.post(request.content.read(),
+                               request.getHeader(b"authorization") or b"")
 
         def answer(response: Any) -> Deferred[None]:
             request.setResponseCode(response.code)
@@ -81,8 +112,7 @@ class ProxyProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         message = json.loads(payload)
         body = json.dumps({"using": message["using"], "methodCalls": message["methodCalls"]},
                           separators=(",", ":")).encode()
-        d = self.factory.http.post(self.factory.upstream, data=body,
-                                   headers={**JSON, "Authorization": self.authorization})
+        d = self.factory.upstream.post(body, self.authorization.encode())
         d.addCallback(treq.json_content).addCallback(self.respond, message.get("id"))
         d.addErrback(lambda f: self.sendClose(1011))
 
@@ -94,9 +124,8 @@ class ProxyProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 class ProxyFactory(WebSocketServerFactory):  # type: ignore[misc]
     protocol = ProxyProtocol  # type: ignore[assignment]
 
-    def __init__(self, url: str, http: HTTPClient, upstream: str) -> None:
+    def __init__(self, url: str, upstream: Upstream) -> None:
         super().__init__(url=url, protocols=["jmap"])
-        self.http = http
         self.upstream = upstream
 
 
@@ -106,11 +135,11 @@ def main() -> None:
     p.add_argument("--upstream", required=True, help="the upstream's API URL")
     p.add_argument("--connections", type=int, default=32, help="keep-alive pool size")
     args = p.parse_args()
-    http = client(args.connections)
-    factory = ProxyFactory(f"ws://127.0.0.1:{args.port}/jmap/ws", http, args.upstream)
+    upstream = Upstream(args.upstream, args.connections)
+    factory = ProxyFactory(f"ws://127.0.0.1:{args.port}/jmap/ws", upstream)
     factory.startFactory()
     jmap = Resource()
-    jmap.putChild(b"api", Forward(http, args.upstream))
+    jmap.putChild(b"api", Forward(upstream))
     jmap.putChild(b"ws", WebSocketResource(factory))
     root = Resource()
     root.putChild(b"jmap", jmap)
