@@ -354,7 +354,7 @@ def notify_phase(ctx: Context, cyrus: CyrusServer, out: dict[str, Any]) -> None:
         proxy.start()
         ends = Endpoints(ctx, cyrus, daemon, proxy)
         seconds = ctx.sizes["gateway_seconds"]
-        out["requests"] = measure_requests(ends, seconds, 1 if ctx.smoke else 5)
+        out["requests"] = measure_requests(ends, seconds, ctx.sizes["gateway_slices"])
         out["ratios"] = request_ratios(out["requests"])
         out["changes"]["cyrus-notify"] = change_latency(
             ctx, cyrus, daemon, ctx.sizes["gateway_change_rounds"],

@@ -26,7 +26,8 @@ FULL_SIZES: dict[str, Any] = {
     "webpush_messages": 3_000,
     "webpush_deliveries": 3_000,
     "echo_seconds": 5.0,
-    "gateway_seconds": 5.0,  # per request mode, in 5 slices
+    "gateway_seconds": 5.0,  # per request mode, in gateway_slices slices taken in turns
+    "gateway_slices": 10,
     "gateway_change_rounds": 100,  # cyrus-notify deliveries
     "gateway_poll_rounds": 20,  # poll deliveries, and cyrus-notify at the default debounce
 }
@@ -41,6 +42,7 @@ SMOKE_SIZES: dict[str, Any] = {
     "webpush_deliveries": 30,
     "echo_seconds": 0.3,
     "gateway_seconds": 0.3,
+    "gateway_slices": 1,
     "gateway_change_rounds": 3,
     "gateway_poll_rounds": 2,
 }
