@@ -1,7 +1,8 @@
 """The gateway's HTTP client for the upstream JMAP server: one keep-alive pool, bounded.
 
 Every upstream request goes through :class:`UpstreamClient`: a bare Agent over one
-persistent pool of ``[upstream] max-connections``, TLS verified against the system store or
+persistent pool of ``[upstream] max-connections`` (one endpoint per origin,
+``endpoints.py``), TLS verified against the system store or
 ``ca-file``, no redirects followed, every request (head and body) bounded by
 ``[upstream] timeout`` on the injected clock, and every body bounded in size. Requests carry
 the client's ``Authorization`` and nothing else of anyone's: no cookie jar (the pool serves
@@ -45,6 +46,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from jmappushd.config import UpstreamConfig
+from jmappushd.gateway.endpoints import OriginEndpoints
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.transports.webpush.sender import BytesProducer
 
@@ -183,8 +185,8 @@ class UpstreamClient:
             pool.maxPersistentPerHost = config.max_connections
             pool.retryAutomatically = False  # a POST of JMAP calls must not be sent twice
             policy = tls_policy if tls_policy is not None else load_ca_policy(config.ca_file)
-            agent = Agent(reactor, contextFactory=policy, pool=pool,
-                          connectTimeout=self._timeout)
+            endpoints = OriginEndpoints(reactor, policy, self._timeout)
+            agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
             self._pool = pool
         self._agent = agent
         self._client = HTTPClient(agent, data_to_body_producer=BytesProducer)
