@@ -24,6 +24,7 @@ from benchmarks import (
     bench_capacity,
     bench_echo,
     bench_fanout,
+    bench_gateway,
     bench_throughput,
     bench_webpush,
     report,
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "fanout": bench_fanout.run,
     "throughput": bench_throughput.run,
     "capacity": bench_capacity.run,
+    "gateway": bench_gateway.run,
 }
 
 

@@ -26,6 +26,10 @@ FULL_SIZES: dict[str, Any] = {
     "webpush_messages": 3_000,
     "webpush_deliveries": 3_000,
     "echo_seconds": 5.0,
+    "gateway_seconds": 5.0,  # per request mode, in gateway_slices slices taken in turns
+    "gateway_slices": 10,
+    "gateway_change_rounds": 100,  # cyrus-notify deliveries
+    "gateway_poll_rounds": 20,  # poll deliveries, and cyrus-notify at the default debounce
 }
 SMOKE_SIZES: dict[str, Any] = {
     "capacity": 20,
@@ -37,6 +41,10 @@ SMOKE_SIZES: dict[str, Any] = {
     "webpush_messages": 30,
     "webpush_deliveries": 30,
     "echo_seconds": 0.3,
+    "gateway_seconds": 0.3,
+    "gateway_slices": 1,
+    "gateway_change_rounds": 3,
+    "gateway_poll_rounds": 2,
 }
 ECHO_USER, ECHO_PASSWORD = "echo", "bench-echo-password"
 FAN_USER = "fan"

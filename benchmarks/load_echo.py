@@ -5,7 +5,11 @@ Four modes, each bounded by ``--seconds`` and ``--max-requests``:
 WebSocket, one request at a time; ``http-par`` ``--inflight`` keep-alive
 connections each with one request outstanding (HTTP/1.1 has no multiplexing);
 ``ws-par`` one WebSocket with ``--inflight`` requests outstanding. Prints one
-JSON line: requests, errors, seconds, rate and latency percentiles.
+JSON line: requests, errors, seconds, rate and latency percentiles. ``--request``
+replaces the echo with another JMAP request (a file holding ``using`` and
+``methodCalls``) and ``--expect`` counts an answer without that text as an error
+(the gateway benchmark sends ``Mailbox/get``, where a 200 may carry a method error);
+``--warm`` makes one untimed request per connection before the clock starts.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ ECHO = {"using": ["urn:ietf:params:jmap:core"],
 _clock = time.perf_counter_ns
 
 
-def http_request(host: str, port: int, auth: str, path: str) -> bytes:
-    body = json.dumps(ECHO).encode()
+def http_request(host: str, port: int, auth: str, path: str,
+                 request: dict[str, object] = ECHO) -> bytes:
+    body = json.dumps(request).encode()
     head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {auth}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
@@ -68,12 +73,42 @@ def ws_connect(host: str, port: int, auth: str, path: str) -> socket.socket:
     return sock
 
 
-def ws_message(i: int) -> bytes:
-    return ws_frame(1, json.dumps({"@type": "Request", "id": str(i), **ECHO}).encode())
+def ws_message(i: int, request: dict[str, object] = ECHO) -> bytes:
+    return ws_frame(1, json.dumps({"@type": "Request", "id": str(i), **request}).encode())
+
+
+def warm_ws(sock: socket.socket, request: dict[str, object]) -> None:
+    """One untimed round trip (``--warm``): the server side is set up before the clock."""
+    sock.sendall(ws_message(-1, request))
+    buf = bytearray()
+    while True:
+        data = sock.recv(262144)
+        if not data:
+            raise ConnectionError("closed during the warm-up request")
+        buf += data
+        for opcode, payload in ws_frames(buf):
+            if opcode == 9:
+                sock.sendall(ws_frame(10, payload))
+            elif opcode == 1:
+                return
+
+
+def warm_http(sock: socket.socket, request: bytes) -> None:
+    """One untimed request on a new keep-alive connection (``--warm``): a server that
+    forks a process per connection (Cyrus) has forked it before the clock starts."""
+    sock.sendall(request)
+    buf = bytearray()
+    while http_response(buf) is None:
+        data = sock.recv(262144)
+        if not data:
+            raise ConnectionError("closed during the warm-up request")
+        buf += data
 
 
 def run_ws(args: argparse.Namespace, inflight: int) -> dict[str, object]:
     sock = ws_connect(args.host, args.port, args.auth, args.ws_path)
+    if args.warm:
+        warm_ws(sock, args.request)
     buf = bytearray()
     sent_at: dict[str, int] = {}
     latencies: list[int] = []
@@ -82,7 +117,7 @@ def run_ws(args: argparse.Namespace, inflight: int) -> dict[str, object]:
     start = _clock()
     for _ in range(inflight):
         sent_at[str(sent)] = _clock()
-        sock.sendall(ws_message(sent))
+        sock.sendall(ws_message(sent, args.request))
         sent += 1
     while sent_at:
         data = sock.recv(262144)
@@ -97,14 +132,14 @@ def run_ws(args: argparse.Namespace, inflight: int) -> dict[str, object]:
                 continue
             message = json.loads(payload)
             request_id = message.get("requestId")
-            if message.get("@type") != "Response":
+            if message.get("@type") != "Response" or args.expect not in payload:
                 errors += 1
             t = _clock()
             latencies.append(t - sent_at.pop(str(request_id), t))
             done += 1
             if t < deadline and sent < args.max_requests:
                 sent_at[str(sent)] = _clock()
-                sock.sendall(ws_message(sent))
+                sock.sendall(ws_message(sent, args.request))
                 sent += 1
     elapsed = (_clock() - start) / 1e9
     sock.close()
@@ -112,17 +147,26 @@ def run_ws(args: argparse.Namespace, inflight: int) -> dict[str, object]:
 
 
 def run_http(args: argparse.Namespace, connections: int) -> dict[str, object]:
-    request = http_request(args.host, args.port, args.auth, args.api_path)
+    request = http_request(args.host, args.port, args.auth, args.api_path, args.request)
     ep = select.epoll()
     socks: dict[int, tuple[socket.socket, bytearray]] = {}
     sent_at: dict[int, int] = {}
     latencies: list[int] = []
     errors = done = sent = 0
+    warmed = []
+    for _ in range(connections if args.warm else 0):
+        sock = socket.create_connection((args.host, args.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        warm_http(sock, request)
+        warmed.append(sock)
     deadline = _clock() + int(args.seconds * 1e9)
     start = _clock()
     for _ in range(connections):
-        sock = socket.create_connection((args.host, args.port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if warmed:
+            sock = warmed.pop()
+        else:
+            sock = socket.create_connection((args.host, args.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         socks[sock.fileno()] = (sock, bytearray())
         ep.register(sock.fileno(), select.EPOLLIN)
@@ -142,8 +186,9 @@ def run_http(args: argparse.Namespace, connections: int) -> dict[str, object]:
             complete = http_response(buf)
             if complete is None:
                 continue
+            ok = complete[1] and args.expect in buf[: complete[0]]
             del buf[: complete[0]]
-            errors += 0 if complete[1] else 1
+            errors += 0 if ok else 1
             t = _clock()
             latencies.append(t - sent_at.pop(fd))
             done += 1
@@ -207,7 +252,17 @@ def main() -> None:
     p.add_argument("--api-path", default="/jmap/api/")
     p.add_argument("--ws-path", default="/jmap/ws")
     p.add_argument("--cpus", default="", help="pin this process to these CPUs, e.g. 0")
+    p.add_argument("--request", dest="request_path", default="",
+                   help="a JSON file with the JMAP request to send")
+    p.add_argument("--expect", default="", help="text every answer must contain")
+    p.add_argument("--warm", action="store_true",
+                   help="one untimed request per connection before the clock starts")
     args = p.parse_args()
+    args.request = ECHO
+    if args.request_path:
+        with open(args.request_path, encoding="utf-8") as f:
+            args.request = json.load(f)
+    args.expect = args.expect.encode()
     if args.cpus and args.mode != "raw":
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     if args.mode == "raw":

@@ -83,10 +83,15 @@ def render(results: dict[str, Any], plot: str | None) -> str:
     parts = [heading("Benchmarks", "="), _intro(results), _targets(b), _machine(results),
              _reproduce()]
     sections = (("capacity", _capacity), ("fanout", _fanout), ("throughput", _throughput),
-                ("webpush", _webpush), ("echo", _echo))
+                ("webpush", _webpush), ("echo", _echo), ("gateway", _gateway))
     for name, fn in sections:
         if name in b:
-            parts.append(_error(name, b[name]) if "error" in b[name] else fn(b[name], plot))
+            if "error" in b[name]:
+                parts.append(_error(name, b[name]))
+            elif "skipped" in b[name]:
+                parts.append(_skipped(name, b[name]))
+            else:
+                parts.append(fn(b[name], plot))
     parts.append(_profiles(b))
     if FINDINGS.exists():
         parts.append(FINDINGS.read_text())
@@ -142,6 +147,10 @@ def _reproduce() -> str:
 
 def _error(name: str, result: dict[str, Any]) -> str:
     return heading(f"{name}: not measured") + f"The benchmark failed: ``{result['error']}``\n"
+
+
+def _skipped(name: str, result: dict[str, Any]) -> str:
+    return heading(f"{name}: not measured") + f"Skipped: {result['skipped']}.\n"
 
 
 def _capacity(c: dict[str, Any], plot: str | None) -> str:
@@ -266,6 +275,62 @@ def _echo(e: dict[str, Any], plot: str | None) -> str:
                  f"on one core and {raw['across_cores']:.0f} us across the two cores of this "
                  "VM: cross-core wake-ups, not the daemon, dominate unpinned sequential "
                  "figures.\n")
+    return text
+
+
+GATEWAY_MODES = (
+    ("direct-http-seq", "Cyrus, HTTP, sequential"),
+    ("gw-http-seq", "gateway, HTTP, sequential"),
+    ("proxy-http-seq", "bare proxy, HTTP, sequential"),
+    ("gw-ws-seq", "gateway, one WebSocket, sequential"),
+    ("proxy-ws-seq", "bare proxy, one WebSocket, sequential"),
+    ("direct-http-par", "Cyrus, HTTP, 16 connections"),
+    ("gw-ws-par", "gateway, one WebSocket, 16 in flight"),
+    ("proxy-ws-par", "bare proxy, one WebSocket, 16 in flight"),
+    ("gw-http-par", "gateway, HTTP, 16 connections"),
+    ("proxy-http-par", "bare proxy, HTTP, 16 connections"),
+)
+
+
+def _gateway(g: dict[str, Any], plot: str | None) -> str:
+    """The gateway figures as ratios against Cyrus answering directly in the same run."""
+    req, r = g["requests"], g["ratios"]
+    rows = [(label, req[m]["rate"], req[m]["p50_ms"], req[m]["p99_ms"],
+             req[m]["front_cpu_us_per_request"] or "-", req[m]["cyrus_cpu_us_per_request"],
+             req[m]["errors"]) for m, label in GATEWAY_MODES]
+    text = heading("6. Gateway mode in front of Cyrus") + (
+        f"The daemon in gateway mode in front of a private Cyrus IMAP {g['cyrus']} on "
+        "loopback; ``Mailbox/get`` of every mailbox of one user, Basic on every HTTP "
+        "request, each connection's first request made before the clock starts. \"bare "
+        "proxy\" is the floor of one Twisted hop (``benchmarks/baseline_proxy.py``: bytes "
+        "passed through over a keep-alive Agent, WebSocket requests parsed and re-encoded, "
+        "no session check). CPU columns: the process in front of Cyrus, and Cyrus's own "
+        "processes, per request.\n\n")
+    text += table(("mode", "req/s", "p50 ms", "p99 ms", "front CPU us", "Cyrus CPU us",
+                   "errors"), rows)
+    text += "\n" + table(("ratio", "gateway", "bare proxy", "target"), [
+        ("p50 latency vs direct HTTP, sequential", _times(r["overhead_p50"]),
+         _times(r["bare_proxy_overhead_p50"]), "<= 1.15x"),
+        ("one WebSocket vs direct HTTP, sequential, rate", _times(r["ws_seq_rate"]),
+         _times(req["proxy-ws-seq"]["rate"] / max(1e-9, req["direct-http-seq"]["rate"])),
+         "-"),
+        ("one WebSocket vs direct HTTP, 16 in flight, rate", _times(r["ws16_rate"]),
+         _times(r["bare_proxy_ws16_rate"]), ">= 1.5x"),
+    ])
+    crow = []
+    for name, c in g["changes"].items():
+        lat, start = c["latency_ms"], c["from_deliver_start_ms"]
+        crow.append((name, c["debounce_ms"], lat["n"], lat["p50"], lat["p99"], lat["max"],
+                     start["p50"], start["p99"], c["timeouts"]))
+    text += "\n" + (
+        "Change latency: from Cyrus's ``deliver`` returning (and, as an upper bound, from "
+        "its start: ``runuser`` and ``deliver`` take their own time) to the ``state`` "
+        "event carrying Cyrus's new Email state at an EventSource client; EventSource "
+        f"throttle 0; ``poll`` with poll-interval {g['poll_interval_s']} s and deliveries "
+        "at random phases of it. Cyrus sends its event before ``deliver`` exits, so the "
+        "first figure can be below zero.\n\n")
+    text += table(("changes", "debounce ms", "n", "p50 ms", "p99 ms", "max ms",
+                   "from start p50", "from start p99", "missed"), crow)
     return text
 
 

@@ -186,7 +186,13 @@ class UpstreamChecker:
 
 @implementer(ClearableRealm)
 class UpstreamRealm:
-    """The avatar id of a checked credential → a Principal from its upstream session."""
+    """The avatar id of a checked credential → a Principal from its upstream session.
+
+    The Principal is kept with the session it was built from and reused until the session
+    is fetched again (as the standalone realm keeps its own): every request logs in, and
+    what hangs off a Principal, such as the memoized session ``state`` each response
+    carries, would otherwise be rebuilt from the whole upstream session per request.
+    """
 
     log = Logger()
 
@@ -194,9 +200,11 @@ class UpstreamRealm:
         self._sessions = sessions
         self._store = store
         self._synced: dict[str, tuple[str, frozenset[str]]] = {}
+        self._principals: dict[str, tuple[UpstreamSession, Principal]] = {}
 
     def clear(self) -> None:
         self._synced.clear()
+        self._principals.clear()
 
     def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
         if IPrincipal not in interfaces:
@@ -208,6 +216,9 @@ class UpstreamRealm:
         if found is None:
             raise cred_error.UnauthorizedLogin("checked credentials expired")
         authorization, session = found
+        kept = self._principals.get(key)
+        if kept is not None and kept[0] is session:
+            return IPrincipal, kept[1], _no_logout
         accounts = tuple(
             Account(account_id, str(value.get("name", account_id)),
                     bool(value.get("isPersonal", False)))
@@ -223,6 +234,9 @@ class UpstreamRealm:
             primary_account_id=primary,
             upstream=UpstreamIdentity(authorization, session),
         )
+        if len(self._principals) >= MAX_ENTRIES:
+            self._principals.clear()
+        self._principals[key] = (session, principal)
         return IPrincipal, principal, _no_logout
 
     async def _shadow_user(self, username: str, primary: str, account_ids: frozenset[str]

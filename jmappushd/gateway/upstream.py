@@ -1,9 +1,15 @@
 """The gateway's HTTP client for the upstream JMAP server: one keep-alive pool, bounded.
 
-Every upstream request goes through :class:`UpstreamClient`: a treq client over one
-persistent pool of ``[upstream] max-connections``, TLS verified against the system store or
+Every upstream request goes through :class:`UpstreamClient`: a bare Agent over one
+persistent pool of ``[upstream] max-connections`` (one endpoint per origin,
+``endpoints.py``), TLS verified against the system store or
 ``ca-file``, no redirects followed, every request (head and body) bounded by
-``[upstream] timeout`` on the injected clock, and every body bounded in size. Failures come
+``[upstream] timeout`` on the injected clock, and every body bounded in size. Requests carry
+the client's ``Authorization`` and nothing else of anyone's: no cookie jar (the pool serves
+every user, so a cookie one user's answer set would ride along the next user's request, as
+treq's shared jar did) and no ``Accept-Encoding`` (the upstream is normally on the same
+host or network, where compressing every answer costs CPU on both ends and saves nothing;
+Cyrus gzips a 500-byte Mailbox/get when asked). Failures come
 out as two exceptions only: :class:`UpstreamUnavailable` (connection refused, timeout, TLS
 failure, 5xx, an oversized or garbled answer: the upstream's fault or the network's) and
 :class:`UpstreamRejected` (401/403: the client's credentials, passed on with the upstream's
@@ -15,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from functools import lru_cache
+from typing import cast
 from urllib.parse import urlsplit
 
 import treq
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
@@ -34,15 +42,13 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from jmappushd.config import UpstreamConfig
+from jmappushd.gateway.endpoints import OriginEndpoints
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.transports.webpush.sender import BytesProducer
-
-if TYPE_CHECKING:
-    from treq._types import _ITreqReactor
 
 __all__ = ["UpstreamClient", "UpstreamHealth", "UpstreamRejected", "UpstreamResponse",
            "UpstreamUnavailable", "load_ca_policy"]
@@ -166,27 +172,29 @@ class UpstreamClient:
 
     def __init__(self, reactor: IDaemonReactor, config: UpstreamConfig, max_body: int,
                  tls_policy: IPolicyForHTTPS | None = None,
-                 client: HTTPClient | None = None) -> None:
+                 agent: IAgent | None = None) -> None:
+        """``agent`` replaces the pooled Agent (tests); requests go to it unwrapped."""
         self._clock: IReactorTime = reactor
         self._timeout = config.timeout_s
         self._max_body = max_body
         self.name = _display(config.session_url)
         self.health = UpstreamHealth(reactor, self.name)
         self._pool: HTTPConnectionPool | None = None
-        if client is None:
+        if agent is None:
             pool = HTTPConnectionPool(reactor, persistent=True)
             pool.maxPersistentPerHost = config.max_connections
             pool.retryAutomatically = False  # a POST of JMAP calls must not be sent twice
             policy = tls_policy if tls_policy is not None else load_ca_policy(config.ca_file)
-            agent = Agent(reactor, contextFactory=policy, pool=pool,
-                          connectTimeout=self._timeout)
-            client = HTTPClient(agent, data_to_body_producer=BytesProducer)
+            endpoints = OriginEndpoints(reactor, policy, self._timeout)
+            agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
             self._pool = pool
-        self._client = client
+        self._agent = agent
+        self._client = HTTPClient(agent, data_to_body_producer=BytesProducer)
 
     @property
     def http(self) -> HTTPClient:
-        """The pooled treq client, for long-lived requests (the upstream event stream)."""
+        """A treq client over the same pool, for long-lived requests (the upstream event
+        stream, which only the reader's credentials use)."""
         return self._client
 
     def get(self, url: str, authorization: bytes) -> Deferred[UpstreamResponse]:
@@ -206,12 +214,13 @@ class UpstreamClient:
     async def _send(self, method: bytes, url: str, authorization: bytes, body: bytes | None
                     ) -> UpstreamResponse:
         headers = Headers({b"authorization": [authorization], b"accept": [JSON]})
+        producer = None
         if body is not None:
             headers.setRawHeaders(b"content-type", [JSON])
-        reactor = cast("_ITreqReactor", self._clock)
-        response = await self._client.request(
-            method.decode("ascii"), url, data=body, headers=headers, allow_redirects=False,
-            unbuffered=True, timeout=self._timeout, reactor=reactor)
+            producer = BytesProducer(body)
+        # The Agent follows no redirect; the timeout of _request covers head and body.
+        response: IResponse = await self._agent.request(method, wire_url(url), headers,
+                                                        producer)
         status = int(response.code)
         if status in (401, 403):
             challenges = response.headers.getRawHeaders(b"www-authenticate") or []
@@ -262,6 +271,13 @@ def _timed_out(failure: Failure) -> bool:
         return any(isinstance(r, Failure) and r.check(CancelledError, error.TimeoutError)
                    for r in reasons)
     return False
+
+
+@lru_cache(maxsize=256)
+def wire_url(url: str) -> bytes:
+    """``url`` as the request line needs it (IDNA host, percent-encoded path), computed
+    once per URL: the gateway talks to a handful (the session, the API, each user's)."""
+    return EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
 
 
 def _display(url: str) -> str:
