@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,23 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def running_cyrus(users: Iterable[str], grants: Iterable[tuple[str, str]] = ()
+                  ) -> Iterator[CyrusServer]:
+    """A started Cyrus with ``users`` (password ``<name>-pw``) and ``lr`` grants
+    ``(owner, grantee)``; cleaned up afterwards. Skips (or fails under CI) without Cyrus."""
+    require_cyrus()
+    server = CyrusServer()
+    try:
+        server.start()
+        for name in users:
+            server.add_user(name, f"{name}-pw")
+        for owner, grantee in grants:
+            server.grant(owner, grantee, "lr")
+        yield server
+    finally:
+        server.cleanup()
 
 
 @dataclass

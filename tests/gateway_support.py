@@ -17,7 +17,7 @@ from typing import Any
 
 import treq
 
-from tests.cyrus_server import CyrusServer, require_cyrus
+from tests.cyrus_server import CyrusServer, running_cyrus
 from tests.support import LiveDaemon, basic, make_config, start_daemon, stop_daemon
 
 MAIL = "urn:ietf:params:jmap:mail"
@@ -27,17 +27,7 @@ THROTTLE_MS = 0
 
 def cyrus_with_users() -> Iterator[CyrusServer]:
     """A running Cyrus with alice, bob and the reader (``lr`` on both); cleaned up after."""
-    require_cyrus()
-    server = CyrusServer()
-    try:
-        server.start()
-        for name in ("alice", "bob", "reader"):
-            server.add_user(name, f"{name}-pw")
-        server.grant("alice", "reader", "lr")
-        server.grant("bob", "reader", "lr")
-        yield server
-    finally:
-        server.cleanup()
+    yield from running_cyrus(("alice", "bob", "reader"), (("alice", "reader"), ("bob", "reader")))
 
 
 def reader_secret(tmp_path: Path, password: str = "reader-pw") -> Path:

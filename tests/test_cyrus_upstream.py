@@ -14,22 +14,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cyrus_server import CyrusServer, require_cyrus
+from tests.cyrus_server import CyrusServer, running_cyrus
 
 
 @pytest.fixture(scope="module")
 def cyrus() -> Iterator[CyrusServer]:
-    require_cyrus()
-    server = CyrusServer()
-    try:
-        server.start()
-        server.add_user("alice", "alice-pw")
-        server.add_user("bob", "bob-pw")
-        server.add_user("reader", "reader-pw")
-        server.grant("alice", "reader", "lr")
-        yield server
-    finally:
-        server.cleanup()
+    yield from running_cyrus(("alice", "bob", "reader"), (("alice", "reader"),))
 
 
 @pytest.fixture

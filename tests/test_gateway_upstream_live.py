@@ -14,20 +14,13 @@ import pytest_twisted
 from jmappushd.config import UpstreamConfig
 from jmappushd.gateway.session import parse_session
 from jmappushd.gateway.upstream import UpstreamClient, UpstreamRejected, UpstreamUnavailable
-from tests.cyrus_server import CyrusServer, require_cyrus
+from tests.cyrus_server import CyrusServer, running_cyrus
 from tests.support import free_port, live_reactor
 
 
 @pytest.fixture(scope="module")
 def cyrus() -> Iterator[CyrusServer]:
-    require_cyrus()
-    server = CyrusServer()
-    try:
-        server.start()
-        server.add_user("alice", "alice-pw")
-        yield server
-    finally:
-        server.cleanup()
+    yield from running_cyrus(("alice",))
 
 
 def basic(user: str, password: str) -> bytes:
