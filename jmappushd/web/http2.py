@@ -258,14 +258,15 @@ def take_over(channel: Any, timers: TimerWheel, head_timeout: float) -> JMAPH2Co
     """Replace an HTTP/1.1 channel that negotiated h2 by an HTTP/2 connection on its
     transport (what Twisted's ``_GenericHTTPChannelProtocol`` does), and return it."""
     transport = channel.transport
+    idle = channel.timeOut  # before setTimeout(None) below clears it
     producer = channel._networkProducer
     producer.unregisterProducer()
     channel.setTimeout(None)
-    conn = JMAPH2Connection(channel.clock, timers, head_timeout, channel.timeOut)
+    conn = JMAPH2Connection(channel.clock, timers, head_timeout, idle)
     conn.requestFactory = channel.requestFactory  # type: ignore[attr-defined]
     conn.site = channel.site
     conn.factory = channel.factory
-    conn.timeOut = channel.timeOut
+    conn.timeOut = idle
     conn.callLater = channel.clock.callLater  # type: ignore[method-assign]
     conn.makeConnection(transport)
     producer.registerProducer(conn, True)
