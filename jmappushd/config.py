@@ -227,6 +227,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = _opt((), check=_check_networks)  # may set X-Forwarded-For
     cors_origins: tuple[str, ...] = _opt((), check=_check_cors_origins)  # every JMAP endpoint
     demo_page: bool = False  # the live demo page at /demo/ (development only)
+    http2: bool = True  # offer HTTP/2 through ALPN on ssl: listeners
 
 
 @dataclass(frozen=True)

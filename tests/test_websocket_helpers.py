@@ -132,8 +132,8 @@ def bearer_header(token: str) -> dict[str, str]:
 
 async def connect(base: str, headers: Mapping[str, str] | None = None,
                   protocols: Iterable[str] = ("jmap",), query: str = "",
-                  trust_pem: bytes | None = None) -> Client:
-    """Open a WebSocket to ``base``/jmap/ws with a real Autobahn client (wss:// when
+                  trust_pem: bytes | None = None, path: str = "/jmap/ws") -> Client:
+    """Open a WebSocket to ``base`` + ``path`` with a real Autobahn client (wss:// when
     ``trust_pem``, the server certificate to trust, is given)."""
     from twisted.internet import reactor, ssl
     from twisted.internet.endpoints import SSL4ClientEndpoint
@@ -141,7 +141,7 @@ async def connect(base: str, headers: Mapping[str, str] | None = None,
     parts = urlsplit(base)
     assert parts.hostname is not None and parts.port is not None
     scheme = "ws" if trust_pem is None else "wss"
-    url = f"{scheme}://{parts.netloc}/jmap/ws{query}"
+    url = f"{scheme}://{parts.netloc}{path}{query}"
     factory = WebSocketClientFactory(url, protocols=list(protocols), headers=dict(headers or {}),
                                      reactor=reactor)
     factory.protocol = Client

@@ -232,10 +232,12 @@ def build_service(config: Config, reactor: IDaemonReactor,
         build_root(app, {b"eventsource": eventsource.resource, b"ws": websocket.resource},
                    demo.resource if demo is not None else None),
         max_body=config.jmap.max_size_request, name="jmap", access_log=access_log,
-        clients=app.clients, header_timeout=header_timeout, timers=app.wheel, reactor=reactor)
+        clients=app.clients, header_timeout=header_timeout, timers=app.wheel,
+        http2=config.server.http2, reactor=reactor)
     admin_site = JMAPSite(build_admin_root(app, webpush.runtime), max_body=ADMIN_MAX_BODY,
                           name="admin", access_log=access_log, clients=app.clients,
-                          header_timeout=header_timeout, timers=app.wheel, reactor=reactor)
+                          header_timeout=header_timeout, timers=app.wheel,
+                          http2=config.server.http2, reactor=reactor)
     # One spare descriptor for all listeners; the per-address limit is the public one's.
     guard = DescriptorGuard(reactor)
     per_address = config.server.max_connections_per_address

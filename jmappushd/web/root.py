@@ -1,7 +1,8 @@
 """Assembling the JMAP resource tree in one place.
 
 Every JMAP endpoint (``/.well-known/jmap`` and everything under ``/jmap`` but the
-WebSocket handshake, which checks Origin itself) sits behind one
+WebSocket handshake, which checks Origin itself and is also reachable at
+``/.well-known/jmap``, RFC 8307) sits behind one
 :class:`~jmappushd.web.cors.CorsGate` built from ``[server] cors-origins``. The demo
 page, when configured, is mounted at ``/demo`` outside it: it is same-origin only.
 """
@@ -22,6 +23,7 @@ from jmappushd.web.discovery import (
     SessionResource,
     WellKnownRedirect,
 )
+from jmappushd.web.wellknown import WellKnownDirectory
 
 #: The child of ``/jmap`` that is not behind the CORS gate (RFC 6455 Origin check).
 WEBSOCKET_CHILD = b"ws"
@@ -44,13 +46,16 @@ def build_root(app: App, jmap_children: Mapping[bytes, IResource] | None = None,
     root = Directory()
     well_known = Directory()
     well_known.putChild(b"jmap", WellKnownRedirect(app.urls.session))
-    root.putChild(b".well-known", CorsGate(cors, well_known))
+    children = jmap_children or {}
+    # RFC 8307: the WebSocket handshake is also accepted at /.well-known/jmap.
+    root.putChild(b".well-known", WellKnownDirectory(CorsGate(cors, well_known),
+                                                     children.get(WEBSOCKET_CHILD)))
     jmap = Directory()
     jmap.putChild(b"session", SessionResource(app))
     jmap.putChild(b"api", APIResource(app))
     jmap.putChild(b"upload", NotSupportedResource(app, "upload", b"POST"))
     jmap.putChild(b"download", NotSupportedResource(app, "download", b"GET"))
-    for name, child in (jmap_children or {}).items():
+    for name, child in children.items():
         jmap.putChild(name, child)
     root.putChild(b"jmap", CorsGate(cors, jmap, exempt=(WEBSOCKET_CHILD,)))
     if demo is not None:

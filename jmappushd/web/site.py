@@ -33,6 +33,7 @@ from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
 from jmappushd.net._fastpath import raw_transport
 from jmappushd.net.headertimeout import Phase, RequestDeadline
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
+from jmappushd.web import http2 as h2web
 from jmappushd.web.accesslog import AccessLog, Closed, SessionEntry
 from jmappushd.web.clientaddr import ClientAddresses
 from jmappushd.web.responses import problem_body
@@ -84,6 +85,9 @@ class LimitedRequest(Request):
             limit="maxSizeRequest",
         )
         body = dumps(problem.to_json())
+        if h2web.is_h2_stream(self.channel):  # no transport: an HTTP/2 response
+            h2web.answer_early(self, 400, {b"Content-Type": PROBLEM_CONTENT_TYPE}, body)
+            return
         head = (
             b"HTTP/1.1 400 Bad Request\r\n"
             b"Content-Type: " + PROBLEM_CONTENT_TYPE + b"\r\n"
@@ -107,8 +111,10 @@ class JMAPChannel(http.HTTPChannel):
 
     log = Logger()
     clock: IReactorTime
-    site: Site
+    site: JMAPSite
     deadline: RequestDeadline | None = None
+    h2: h2web.JMAPH2Connection | None = None  # took the transport over (ALPN h2)
+    _negotiated = False
     _abort: WheelTimer | None = None
     _lost = False
 
@@ -117,6 +123,15 @@ class JMAPChannel(http.HTTPChannel):
         return self.clock.callLater(period, func)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.dataReceived(data)
+            return
+        if not self._negotiated:
+            self._negotiated = True
+            if self.site.http2 and h2web.negotiated_h2(self.transport):
+                self.h2 = self._become_h2()
+                self.h2.dataReceived(data)
+                return
         if self._abort is not None:
             return  # timed out: nothing more is read from this connection
         if self.deadline is not None and self.line_mode and data:
@@ -133,7 +148,19 @@ class JMAPChannel(http.HTTPChannel):
             self.deadline.cancel()
         super().allContentReceived()
 
+    def _become_h2(self) -> h2web.JMAPH2Connection:
+        """ALPN chose HTTP/2: an HTTP/2 connection takes the transport over; its own
+        deadlines replace this channel's (see :mod:`jmappushd.web.http2`)."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        return h2web.take_over(self, self.site.timers, self.site.header_timeout)
+
     def connectionLost(self, reason: Failure = _DONE) -> None:
+        if self.h2 is not None:
+            self._lost = True
+            self.h2.connectionLost(reason)
+            return
         self._lost = True
         if self.deadline is not None:
             self.deadline.cancel()
@@ -146,6 +173,9 @@ class JMAPChannel(http.HTTPChannel):
         """The site stops: close now if no request is under way, else after it."""
         if self._lost or self.transport is None:
             return  # gone, or handed over (a WebSocket owns the transport now)
+        if self.h2 is not None:
+            self.h2.close_when_idle()
+            return
         self.persistent = False
         if not self.requests:
             self.loseConnection()
@@ -158,9 +188,7 @@ class JMAPChannel(http.HTTPChannel):
         self.log.debug("closing a connection from {peer}: the request {phase} took longer "
                        "than {limit} s", peer=transport.getPeer(), phase=phase.value,
                        limit=limit)
-        body = dumps(problem_body(
-            408, f"the request {phase.value} did not arrive within {limit:g} s",
-            title="Request Timeout"))
+        _, body = request_timeout_body(phase.value, limit)
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\n"
             b"Content-Type: " + PROBLEM_CONTENT_TYPE + b"\r\n"
@@ -172,18 +200,29 @@ class JMAPChannel(http.HTTPChannel):
         self.loseConnection()
 
 
+def request_timeout_body(phase: str, limit: float) -> tuple[dict[bytes, bytes], bytes]:
+    """The headers and body of the 408 for a request whose ``phase`` was too slow."""
+    body = dumps(problem_body(
+        408, f"the request {phase} did not arrive within {limit:g} s",
+        title="Request Timeout"))
+    return {b"Content-Type": PROBLEM_CONTENT_TYPE}, body
+
+
 class JMAPSite(Site):
     """A Site with a per-site body limit, slow-request deadlines and a structured access log.
 
     ``header_timeout`` (seconds, 0 = none) bounds how long a request's headers may take;
     its body may take the idle timeout (``timeout``, Twisted's 60 s by default) as a
     whole. The deadlines go on ``timers`` (the daemon's wheel; one of the site's own
-    on ``reactor`` otherwise). Each connection is an HTTP/1.1 :class:`JMAPChannel`.
+    on ``reactor`` otherwise). Each connection is a :class:`JMAPChannel`; with ``http2``
+    (and Twisted's HTTP/2 server usable), TLS connections offer ``h2`` through ALPN and
+    one that picks it is served by :mod:`jmappushd.web.http2`.
     """
 
     def __init__(self, resource: IResource, max_body: int, name: str, access_log: bool = True,
                  clients: ClientAddresses | None = None, header_timeout: float = 0,
-                 timers: TimerWheel | None = None, **kwargs: Any) -> None:
+                 timers: TimerWheel | None = None, http2: bool = False,
+                 **kwargs: Any) -> None:
         self.accesslog = AccessLog(name, clients or ClientAddresses(), access_log)
         request_class = type("LimitedRequest", (LimitedRequest,),
                              {"max_body": max_body, "accesslog": self.accesslog})
@@ -192,9 +231,14 @@ class JMAPSite(Site):
         self.name = name
         self.noisy = False
         self.header_timeout = header_timeout
+        self.http2 = http2 and h2web.check()
         self.timers = timers if timers is not None else TimerWheel(self.reactor)
         # Open connections, so that none outlives the site (nor its idle timer).
         self._channels: weakref.WeakSet[JMAPChannel] = weakref.WeakSet()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN (IProtocolNegotiationFactory): h2 only when configured and usable."""
+        return [h2web.ALPN_H2, b"http/1.1"] if self.http2 else [b"http/1.1"]
 
     def stopFactory(self) -> None:
         """The last port stopped: keep-alive connections close (after their request)."""
