@@ -9,9 +9,10 @@ and a duplicate or late one costs at most a read that finds nothing.
 
 A change published on this node is announced to the local hub at once, as the
 in-process bus does; when its own notification comes back the watermark is
-already past it, so it is neither read nor delivered again. (The store hands out
-results in call order, so a read called after the publish is answered after the
-publish was announced; the hub skips what it has already received.)
+already past it, so it is not delivered again. (A notification may arrive before
+the commit's answer and cost a read; the store hands out results in call order, so
+that read is answered after the publish was announced, and the hub skips what it
+has already received.)
 
 A node behind the pruned horizon of the log (down longer than the log keeps)
 cannot read the changes it missed one by one; the states table still holds the

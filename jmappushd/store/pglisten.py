@@ -15,6 +15,7 @@ from the watermark.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -59,12 +60,22 @@ def _payload_seq(payload: str) -> int | None:
 
 @implementer(IReadDescriptor)
 class _Socket:
-    """The LISTEN connection's socket as the reactor sees it."""
+    """The LISTEN connection's socket as the reactor sees it.
+
+    The reactor watches a duplicate of libpq's descriptor: libpq closes its own the
+    moment it sees the connection end, and a closed descriptor could no longer be
+    taken out of epoll (or, reused by the next socket, would be watched for us).
+    """
 
     def __init__(self, watcher: ListenWatcher, connection: Connection) -> None:
         self._watcher = watcher
         self.connection = connection
-        self._fileno = connection.pgconn.socket
+        self._fileno = os.dup(connection.pgconn.socket)
+
+    def close(self) -> None:
+        if self._fileno != -1:
+            os.close(self._fileno)
+            self._fileno = -1
 
     def fileno(self) -> int:
         return self._fileno
@@ -184,4 +195,5 @@ class ListenWatcher:
         if socket is None:
             return
         self._fds.removeReader(socket)
+        socket.close()
         self._in_thread(socket.connection.close)
