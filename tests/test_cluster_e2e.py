@@ -26,6 +26,7 @@ from tests.test_eventsource_live import SSEClient, es_url, open_stream
 from tests.test_pg_e2e import health, pg_daemon
 from tests.test_websocket_helpers import basic_header, connect, echo
 
+
 def nodes(tmp_path: Path, server: PgServer, dbname: str, count: int = 3) -> list[DaemonProcess]:
     made = []
     for n in range(count):
