@@ -24,8 +24,9 @@ from twisted.python.threadpool import ThreadPool
 from jmappushd.auth.authenticator import Authenticator, PrincipalSource, ThreadRunner
 from jmappushd.config import Config
 from jmappushd.context import App
-from jmappushd.core.hub import Hub
+from jmappushd.core.hub import Hub, IBus
 from jmappushd.core.signal import StartAbandoned, StartSignal
+from jmappushd.daemon.cluster import cluster_bus, cluster_service
 from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.statedir import (
@@ -46,6 +47,7 @@ from jmappushd.net.reserve import DescriptorGuard
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.backends import create_store
 from jmappushd.store.interface import IStore
+from jmappushd.store.postgresql import PostgreSQLStore
 from jmappushd.transports.eventsource.service import EventSourceService
 from jmappushd.transports.interface import ITransportService
 from jmappushd.transports.webpush.service import WebPushService
@@ -89,15 +91,16 @@ def build_registry() -> MethodRegistry:
 
 
 def build_app(config: Config, clock: IReactorTime, store: IStore,
-              run_in_thread: ThreadRunner, principals: PrincipalSource | None = None) -> App:
+              run_in_thread: ThreadRunner, principals: PrincipalSource | None = None,
+              bus: IBus | None = None) -> App:
     """Create every shared object; nothing is started yet. ``principals`` replaces the
-    store's users (gateway mode)."""
+    store's users (gateway mode); ``bus`` the in-process bus (cluster mode)."""
     registry = build_registry()
     app = App(
         config=config,
         clock=clock,
         store=store,
-        hub=Hub(store),
+        hub=Hub(store, bus),
         auth=Authenticator(store, clock, run_in_thread, config.auth.cache_ttl,
                            limits=config.auth, principals=principals),
         registry=registry,
@@ -212,8 +215,11 @@ def build_service(config: Config, reactor: IDaemonReactor,
         store = create_store(config.storage, reactor)
     gateway = build_gateway(config, reactor, store) if config.upstream.enabled else None
     kdf_pool = kdf_thread_pool(config)
+    # Cluster mode: every node on the database reads the shared change log (docs/cluster.rst).
+    shared = store if isinstance(store, PostgreSQLStore) else None
+    bus = cluster_bus(shared, reactor) if shared is not None else None
     app = build_app(config, reactor, store, thread_runner(reactor, kdf_pool),
-                    gateway.principals if gateway is not None else None)
+                    gateway.principals if gateway is not None else None, bus)
     core = CoreService(app, kdf_pool)
     eventsource = EventSourceService(app, reactor)
     websocket = WebSocketService(app, reactor)
@@ -223,6 +229,8 @@ def build_service(config: Config, reactor: IDaemonReactor,
         gateway.attach(app.hub)
         app.processor.set_forwarder(gateway.forward)
         transports.insert(0, GatewayService(gateway, core))  # stops last, before the core
+    if bus is not None and shared is not None:
+        transports.insert(0, cluster_service(bus, app.hub, shared, reactor, core))
     demo = DemoService(app, reactor, core) if config.server.demo_page else None
     if demo is not None:
         transports.append(demo)

@@ -243,6 +243,18 @@ def changes_after(cursor: Cursor, seq: int, limit: int
     return [(int(s), json.loads(text)) for s, text in cursor.fetchall()]
 
 
+def states_changed(cursor: Cursor, after: int, upto: int) -> dict[str, dict[str, str]]:
+    """The newest state of every (account, type) whose last change has a seq in
+    ``(after, upto]``, across all accounts: what a node behind the pruned log horizon
+    missed there (a pair changed again later is in the log above ``upto``)."""
+    cursor.execute("SELECT account_id, type, state FROM states WHERE seq > %s AND seq <= %s",
+                   (after, upto))
+    result: dict[str, dict[str, str]] = {}
+    for account_id, type_name, state in cursor.fetchall():
+        result.setdefault(account_id, {})[type_name] = state
+    return result
+
+
 def states(cursor: Cursor, account_ids: Sequence[str], after: int | None
            ) -> dict[str, dict[str, str]]:
     if after is None:

@@ -333,6 +333,11 @@ class PostgreSQLStore:
             ops.changes_after, int(seq), max(1, int(limit)))
         return read
 
+    def states_changed(self, after: int, upto: int) -> Deferred[dict[str, dict[str, str]]]:
+        """Every account's newest states last changed in ``(after, upto]`` (one snapshot):
+        the cluster bus's heal for a watermark below the pruned log horizon."""
+        return self._read(ops.states_changed, int(after), int(upto))
+
     def changes_since(self, seq: int, account_ids: Collection[str]
                       ) -> Deferred[dict[str, dict[str, str]]]:
         return self._states(list(account_ids), int(seq))
