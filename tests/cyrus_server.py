@@ -21,6 +21,7 @@ import imaplib
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -40,7 +41,7 @@ from tests.support import free_port
 
 LIBEXEC = Path("/usr/lib/cyrus/bin")
 SASLPASSWD = "/usr/sbin/saslpasswd2"
-ADMIN, ADMIN_PASSWORD = "cyrus", "cyrus-admin-pw"
+ADMIN = "cyrus"
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
 
 
@@ -108,6 +109,7 @@ class CyrusServer:
         # Not under pytest's tmp_path: that is 0700 root, and the cyrus user must get in.
         self.root = Path(tempfile.mkdtemp(prefix="jmappushd-cyrus-", dir="/tmp"))
         self.conf = self.root / "imapd.conf"
+        self.admin_password = secrets.token_hex(12)  # per server: proves which one answers
         self.notify_socket = self.root / "notify.sock"
 
     @property
@@ -159,7 +161,7 @@ class CyrusServer:
             f'  lmtpunix cmd="lmtpd -C {c}" listen="{confdir}/socket/lmtp" prefork=0\n'
             "}\n"
             "EVENTS {\n}\n")
-        self._saslpasswd(ADMIN, ADMIN_PASSWORD)
+        self._saslpasswd(ADMIN, self.admin_password)
         self._chown()
         subprocess.run(
             ["runuser", "-u", "cyrus", "--", str(LIBEXEC / "master"), "-C", c,
@@ -174,8 +176,15 @@ class CyrusServer:
                 with socket.create_connection(("127.0.0.1", self.http_port), timeout=1):
                     pass
                 with socket.create_connection(("127.0.0.1", self.imap_port), timeout=1) as s:
-                    if s.recv(64).startswith(b"* OK"):
-                        return
+                    greeted = s.recv(64).startswith(b"* OK")
+                if greeted:
+                    # Ours, not another Cyrus that took a port free_port() handed out
+                    # to both: only this one knows this admin password.
+                    self._admin().logout()
+                    return
+            except imaplib.IMAP4.error:
+                raise AssertionError(f"another server answers on 127.0.0.1:{self.imap_port} "
+                                     "(a port race with another Cyrus)") from None
             except OSError:
                 pass
             if time.monotonic() > deadline:
@@ -223,7 +232,7 @@ class CyrusServer:
 
     def _admin(self) -> imaplib.IMAP4:
         imap = imaplib.IMAP4("127.0.0.1", self.imap_port)
-        imap.login(ADMIN, ADMIN_PASSWORD)
+        imap.login(ADMIN, self.admin_password)
         return imap
 
     def add_user(self, name: str, password: str) -> None:

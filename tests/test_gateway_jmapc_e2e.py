@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import requests
-from jmapc import Client, EmailQueryFilterCondition
+from jmapc import Client, Comparator
 from jmapc.methods import EmailQuery, EmailQueryResponse, MailboxGet, MailboxGetResponse
 from twisted.internet import threads
 
@@ -56,7 +56,7 @@ def tls_gateway_config(cyrus: CyrusServer, tmp_path: Path) -> tuple[str, Path, s
 
 
 def with_jmapc(host: str) -> tuple[list[Any], list[tuple[bytes, bytes]]]:
-    """Mailbox/get then Email/query in the inbox, as jmapc does them; returns jmapc's
+    """Mailbox/get (finding the inbox) then Email/query, as jmapc does them; returns jmapc's
     parsed answers and each raw (request body, response body) that crossed the wire."""
     client = Client.create_with_password(host, "alice", "alice-pw")
     wire: list[tuple[bytes, bytes]] = []
@@ -72,7 +72,11 @@ def with_jmapc(host: str) -> tuple[list[Any], list[tuple[bytes, bytes]]]:
     assert isinstance(mailboxes, MailboxGetResponse), mailboxes
     inbox = next(m for m in mailboxes.data if m.role == "inbox")
     assert inbox.id is not None
-    query = client.request(EmailQuery(filter=EmailQueryFilterCondition(in_mailbox=inbox.id)))
+    # No inMailbox filter: Cyrus 3.6 sometimes refuses a fresh inbox's id there
+    # (invalidArguments filter/inMailbox, also when asked directly), depending on which
+    # users were created before; the query itself is what goes through the gateway.
+    query = client.request(EmailQuery(sort=[Comparator(property="receivedAt",
+                                                         is_ascending=False)]))
     assert isinstance(query, EmailQueryResponse), query
     return [mailboxes, query], wire
 
@@ -96,7 +100,7 @@ async def test_jmapc_over_https_gets_what_cyrus_answers(
     assert isinstance(mailboxes, MailboxGetResponse)
     assert isinstance(query, EmailQueryResponse)
     assert mailboxes.account_id == "alice"
-    assert query.ids, "the delivered message is in alice's inbox"
+    assert query.ids, "the delivered message is found"
     assert len(wire) == 2
     for request_body, response_body in wire:
         sent = json.loads(request_body)
