@@ -179,8 +179,13 @@ class CyrusServer:
                     greeted = s.recv(64).startswith(b"* OK")
                 if greeted:
                     # Ours, not another Cyrus that took a port free_port() handed out
-                    # to both: only this one knows this admin password.
+                    # to both: only this one knows this admin password (IMAP and HTTP).
                     self._admin().logout()
+                    self.users.setdefault(ADMIN, self.admin_password)
+                    status, _ = self._http(ADMIN, self.session_url)
+                    if status != 200:
+                        raise AssertionError(f"another server answers on 127.0.0.1:"
+                                             f"{self.http_port} ({status}; a port race)")
                     return
             except imaplib.IMAP4.error:
                 raise AssertionError(f"another server answers on 127.0.0.1:{self.imap_port} "
