@@ -222,7 +222,8 @@ def build_service(config: Config, reactor: IDaemonReactor,
     if gateway is not None:
         gateway.attach(app.hub)
         app.processor.set_forwarder(gateway.forward)
-        transports.insert(0, GatewayService(gateway, core))  # stops last, before the core
+        transports.insert(0, GatewayService(  # stops last, before the core
+            gateway, core, (eventsource.registry, websocket.factory.registry)))
     demo = DemoService(app, reactor, core) if config.server.demo_page else None
     if demo is not None:
         transports.append(demo)
