@@ -252,6 +252,13 @@ class CyrusServer:
         finally:
             imap.logout()
 
+    def set_password(self, name: str, password: str) -> None:
+        """A new password for ``name`` in the sasldb, as an admin would set it; Cyrus's
+        next login check reads it (no restart)."""
+        self._saslpasswd(name, password)
+        self._chown()
+        self.users[name] = password
+
     def grant(self, owner: str, grantee: str, rights: str = "lr") -> None:
         """``sam user/<owner> <grantee> <rights>`` as cyradm would."""
         imap = self._admin()

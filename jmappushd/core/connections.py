@@ -5,13 +5,15 @@ separate per-user limits, so separate counts). It applies the one policy of
 :mod:`jmappushd.core.revalidation` to every member when the authenticator says
 credentials may have changed (``Authenticator.on_invalidate``): each user with
 live members is looked up once, and each member is ended or made to follow its
-user's new grants through the tiny :class:`Member` interface.
+user's new grants through the tiny :class:`Member` interface. Gateway mode's upstream
+re-check (``gateway/revalidate.py``) watches members join (:meth:`~ConnectionRegistry.on_join`)
+and ends those of a refused credential (:meth:`~ConnectionRegistry.end_where`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from twisted.internet import defer
@@ -80,6 +82,7 @@ class ConnectionRegistry(Generic[M]):
         self._revalidating = False
         self._again = False
         self._drained: list[defer.Deferred[None]] = []
+        self._on_join: list[Callable[[M], None]] = []
 
     @property
     def count(self) -> int:
@@ -112,6 +115,19 @@ class ConnectionRegistry(Generic[M]):
         if member not in entry.members:
             entry.members[member] = None
             self._count += 1
+            for callback in self._on_join:
+                callback(member)
+
+    def on_join(self, callback: Callable[[M], None]) -> None:
+        """Call ``callback`` with each member as it joins (a timer that runs only while
+        there are members starts this way)."""
+        self._on_join.append(callback)
+
+    def end_where(self, predicate: Callable[[M], bool], reason: EndReason) -> int:
+        """End every live member ``predicate`` picks; how many that was."""
+        picked = [m for m in self.members() if predicate(m)]
+        self._end(picked, reason)
+        return len(picked)
 
     def remember_password(self, member: M) -> None:
         """Look the user's password fingerprint up in the background, if not yet known

@@ -228,7 +228,8 @@ def build_service(config: Config, reactor: IDaemonReactor,
     if gateway is not None:
         gateway.attach(app.hub)
         app.processor.set_forwarder(gateway.forward)
-        transports.insert(0, GatewayService(gateway, core))  # stops last, before the core
+        transports.insert(0, GatewayService(  # stops last, before the core
+            gateway, core, (eventsource.registry, websocket.factory.registry)))
     if bus is not None and shared is not None:
         transports.insert(0, cluster_service(bus, app.hub, shared, reactor, core))
     demo = DemoService(app, reactor, core) if config.server.demo_page else None

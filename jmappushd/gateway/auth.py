@@ -125,6 +125,17 @@ class UpstreamSessions:
         if entry is not None and entry.expires > self._clock.seconds():
             self._entries.move_to_end(key)
             return defer.succeed(key)
+        return self._fetch_shared(key, authorization)
+
+    def refresh(self, authorization: bytes) -> Deferred[str]:
+        """Ask the upstream again whatever the cache holds (a live connection's credential
+        re-checked); the answer replaces the cached one. A check in flight is shared."""
+        return self._fetch_shared(self.key(authorization), authorization)
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def _fetch_shared(self, key: str, authorization: bytes) -> Deferred[str]:
         mine: Deferred[str] = Deferred()
         waiting = self._waiting.get(key)
         if waiting is not None:
@@ -146,6 +157,7 @@ class UpstreamSessions:
         try:
             answer = await self._client.get(self._session_url, authorization)
         except UpstreamRejected as e:
+            self.forget(key)  # an expired entry of a credential now refused goes too
             raise UpstreamLoginRejected(e.status, e.challenges) from None
         except UpstreamUnavailable as e:
             raise UpstreamUnavailableLogin(e.reason, 5) from None
@@ -210,6 +222,18 @@ class UpstreamRealm:
         if IPrincipal not in interfaces:
             raise NotImplementedError("only IPrincipal avatars exist")
         return Deferred.fromCoroutine(self._principal(str(avatarId)))
+
+    def forget(self, key: str) -> None:
+        """The upstream refused this credential: drop its Principal (and Authorization)."""
+        self._principals.pop(key, None)
+
+    def principal(self, key: str) -> Deferred[Principal]:
+        """The Principal of a checked credential, from its cached session (the shadow
+        user's grants brought in step with that session's accounts on the way)."""
+        async def build() -> Principal:
+            _, principal, _ = await self._principal(key)
+            return principal
+        return Deferred.fromCoroutine(build())
 
     async def _principal(self, key: str) -> tuple[Any, Principal, Any]:
         found = self._sessions.entry(key)

@@ -3,7 +3,8 @@
 :func:`build_gateway` returns a :class:`Gateway`: the upstream client, the principal source
 the authenticator uses instead of the store's users, the forwarder the request processor
 hands non-local calls to, the state reader and the change source chosen by ``changes``
-(a Twisted service, started and stopped with the daemon). Nothing here talks to the
+(a Twisted service, started and stopped with the daemon), and the re-check of live
+connections' credentials (:meth:`Gateway.revalidator`). Nothing here talks to the
 upstream at build or start time: an upstream that is down when the daemon starts costs a
 logged outage and 503s, not a failed start.
 """
@@ -26,6 +27,7 @@ from jmappushd.core.hub import Hub, StateMap
 from jmappushd.gateway.auth import UpstreamChecker, UpstreamRealm, UpstreamSessions
 from jmappushd.gateway.cyrus_notify import socket_path_problem
 from jmappushd.gateway.forward import Call, Forwarder, Invocation
+from jmappushd.gateway.revalidate import LiveConnections, Revalidator, revalidation_period
 from jmappushd.gateway.session import UpstreamSession, parse_session
 from jmappushd.gateway.sources import CyrusNotifySource, PollSource
 from jmappushd.gateway.states import StateReader
@@ -129,6 +131,7 @@ class Gateway:
     sessions: UpstreamSessions
     principals: PrincipalSource
     forwarder: Forwarder
+    realm: UpstreamRealm
     reader: ReaderSession | None = None
     states: StateReader | None = None
     sources: list[Service] = field(default_factory=list)
@@ -174,6 +177,12 @@ class Gateway:
             lambda f: self.log.failure("Publishing a change made through the gateway failed",
                                        f))
 
+    def revalidator(self, connections: Sequence[LiveConnections]) -> Revalidator:
+        """The upstream re-check of ``connections``' credentials (a child service)."""
+        return Revalidator(self.reactor, self.sessions, self.realm,
+                           lambda: self.client.health.up,
+                           revalidation_period(self.config.auth.cache_ttl), connections)
+
     def attach(self, hub: Hub) -> None:
         """The reader's state reads and the change source, publishing through ``hub``."""
         self.hub = hub
@@ -217,5 +226,7 @@ def build_gateway(config: Config, reactor: IDaemonReactor, store: IStore) -> Gat
     max_body = max(config.jmap.max_size_request, config.jmap.max_size_response)
     client = UpstreamClient(reactor, upstream, max_body=max_body)
     sessions = UpstreamSessions(client, upstream.session_url, reactor, config.auth.cache_ttl)
-    principals = PrincipalSource(UpstreamRealm(sessions, store), (UpstreamChecker(sessions),))
-    return Gateway(config, reactor, store, client, sessions, principals, Forwarder(client))
+    realm = UpstreamRealm(sessions, store)
+    principals = PrincipalSource(realm, (UpstreamChecker(sessions),))
+    return Gateway(config, reactor, store, client, sessions, principals, Forwarder(client),
+                   realm)

@@ -184,6 +184,7 @@ class EventSourceResource(Resource):
             self.context, request, user_id=principal.user_id,
             credential_id=principal.credential_id, account_ids=principal.account_ids,
             types=params.types, interval=params.ping, close_after=params.close_after,
+            upstream=principal.upstream,
         )
         self.registry.add(stream, password_fp)
         stream.open()

@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from jmappushd.auth.authenticator import UpstreamIdentity
 from jmappushd.core.connections import EndReason
 from jmappushd.core.feed import Feed, FeedContext
 from jmappushd.core.hub import Hub
@@ -72,16 +73,20 @@ class EventStream(Feed):
     """
 
     __slots__ = ("_last_write", "_ping", "close_after", "credential_id", "interval",
-                 "request")
+                 "request", "upstream")
     _ctx: StreamContext
     log = Logger()
 
     def __init__(self, ctx: StreamContext, request: Request, *, user_id: str,
                  credential_id: str, account_ids: frozenset[str], types: Types,
-                 interval: int, close_after: bool) -> None:
+                 interval: int, close_after: bool,
+                 upstream: UpstreamIdentity | None = None) -> None:
         super().__init__(ctx, account_ids, types, user_id=user_id)
         self.request = request
         self.credential_id = credential_id
+        # Gateway mode: the login's upstream identity (shared with its Principal), which
+        # the upstream re-check matches streams to their credential by.
+        self.upstream = upstream
         self.interval = interval
         self.close_after = close_after
         self._ping: WheelTimer | None = None

@@ -29,7 +29,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jmappushd.auth.authenticator import Principal
+from jmappushd.auth.authenticator import Principal, UpstreamIdentity
 from jmappushd.core.connections import EndReason
 from jmappushd.net import _fastpath
 from jmappushd.net.sendnow import send_now
@@ -107,6 +107,11 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
     def account_ids(self) -> frozenset[str]:
         assert self.conversation is not None
         return self.conversation.account_ids
+
+    @property
+    def upstream(self) -> UpstreamIdentity | None:
+        """Gateway mode: the login's upstream identity (its credential's re-check)."""
+        return None if self.conversation is None else self.conversation.principal.upstream
 
     def end(self, reason: EndReason) -> None:
         """Shutdown (1001) or revoked credentials (1008, C-WS-5)."""
