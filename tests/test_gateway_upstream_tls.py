@@ -83,7 +83,13 @@ def test_identical_checks_share_one_upstream_request_and_are_cached() -> None:
     assert len(keys) == 1
     assert sessions.check(auth).result in keys and len(client.requests) == 1  # cached
     clock.advance(61)
+    (key,) = keys
+    assert sessions.entry(key) is not None
+    evicted: list[str] = []
+    sessions.on_evict(evicted.append)
     sessions.check(auth)
     assert len(client.requests) == 2  # the cache entry expired
+    # ... and went, with the Authorization it held, before the new answer came.
+    assert sessions.entry(key) is None and evicted == [key]
     other = sessions.check(authorization_of(UsernamePassword(b"alice", b"other")))
     assert len(client.requests) == 3 and not other.called

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,20 +112,39 @@ class UpstreamSessions:
         self._clock = clock
         self._ttl = ttl
         self._secret = secrets.token_bytes(32)
+        # In fetch order, which is expiry order (one ttl for all): the oldest go first.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._waiting: dict[str, list[Deferred[str]]] = {}
+        self._evicted: list[Callable[[str], None]] = []
         self.fetches = 0
+
+    def on_evict(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(key)`` when an entry expires or is pushed out (the realm then
+        drops its Principal, so no Authorization outlives its cache lifetime)."""
+        self._evicted.append(callback)
+
+    def _evict(self, key: str) -> None:
+        self._entries.pop(key, None)
+        for callback in self._evicted:
+            callback(key)
+
+    def _evict_expired(self) -> None:
+        now = self._clock.seconds()
+        while self._entries:
+            key, oldest = next(iter(self._entries.items()))
+            if oldest.expires > now:
+                return
+            self._evict(key)
 
     def key(self, authorization: bytes) -> str:
         return hmac.new(self._secret, authorization, hashlib.sha256).hexdigest()
 
     def check(self, authorization: bytes) -> Deferred[str]:
         """The avatar id for ``authorization`` (a key of this cache), or a login failure."""
+        self._evict_expired()
         key = self.key(authorization)
-        entry = self._entries.get(key)
-        if entry is not None and entry.expires > self._clock.seconds():
-            self._entries.move_to_end(key)
-            return defer.succeed(key)
+        if key in self._entries:
+            return defer.succeed(key)  # not expired: _evict_expired would have taken it
         return self._fetch_shared(key, authorization)
 
     def refresh(self, authorization: bytes) -> Deferred[str]:
@@ -133,7 +153,7 @@ class UpstreamSessions:
         return self._fetch_shared(self.key(authorization), authorization)
 
     def forget(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self._evict(key)
 
     def _fetch_shared(self, key: str, authorization: bytes) -> Deferred[str]:
         mine: Deferred[str] = Deferred()
@@ -168,11 +188,12 @@ class UpstreamSessions:
             session = parse_session(answer.body, self._session_url, self._client.name)
         except UpstreamUnavailable as e:
             raise UpstreamUnavailableLogin(e.reason, 5) from None
+        self._entries.pop(key, None)  # re-inserted last: its new expiry is the latest
         self._entries[key] = _Entry(self._clock.seconds() + max(self._ttl, 0.0), authorization,
                                     session)
-        self._entries.move_to_end(key)
         while len(self._entries) > MAX_ENTRIES:
-            self._entries.popitem(last=False)
+            self._evict(next(iter(self._entries)))
+        self._evict_expired()
         return key
 
     def entry(self, key: str) -> tuple[bytes, UpstreamSession] | None:
@@ -213,6 +234,7 @@ class UpstreamRealm:
         self._store = store
         self._synced: dict[str, tuple[str, frozenset[str]]] = {}
         self._principals: dict[str, tuple[UpstreamSession, Principal]] = {}
+        sessions.on_evict(self.forget)
 
     def clear(self) -> None:
         self._synced.clear()
@@ -224,7 +246,8 @@ class UpstreamRealm:
         return Deferred.fromCoroutine(self._principal(str(avatarId)))
 
     def forget(self, key: str) -> None:
-        """The upstream refused this credential: drop its Principal (and Authorization)."""
+        """The credential was refused or its cache entry ended: drop its Principal (and
+        the Authorization it holds)."""
         self._principals.pop(key, None)
 
     def principal(self, key: str) -> Deferred[Principal]:
