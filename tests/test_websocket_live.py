@@ -97,6 +97,7 @@ async def test_handshake_selects_jmap(live: LiveDaemon) -> None:
     client = await connect(live.base, basic_header("alice"), protocols=("chat", "jmap"))
     assert client.selected == "jmap"
     (server,) = live.service.transport(WebSocketService).factory.connections
+    assert isinstance(server, JMAPWebSocketProtocol)  # an HTTP/1.1 upgrade, not h2
     # it, not twisted.web, is the producer now
     assert getattr(server.transport, "producer", None) is server
     await client.bye()

@@ -19,6 +19,16 @@ changed against Twisted's own :class:`H2Connection`:
   and only that stream ends.
 * When the site stops, an idle connection gets GOAWAY(NO_ERROR) and closes; a busy
   one after its last stream.
+* RFC 8441 (with ``extended_connect``, when :func:`jmappushd.web.h2connect.check`
+  passed): ``SETTINGS_ENABLE_CONNECT_PROTOCOL = 1``; an extended CONNECT with
+  ``:protocol websocket`` is handed to the resource at HEADERS (it never ends its
+  request), and its DATA goes to the :class:`~jmappushd.web.h2connect.Tunnel` the
+  resource opens. Any other CONNECT (none, or another ``:protocol``, or one not
+  invited) is answered on its stream at once, headers only: 405 without
+  ``:protocol``, 501 for another protocol, 400 when the setting was not sent. Each
+  CONNECT stream is reset with NO_ERROR once our side of it is complete, so a client
+  that never ends its side holds no stream slot. The connection's receive window is
+  the sum of its streams' (one stream that stops reading does not stall the others).
 """
 
 from __future__ import annotations
@@ -29,25 +39,35 @@ from typing import Any
 
 import h2.errors
 import h2.exceptions
+import h2.settings
+import priority  # type: ignore[import-untyped]
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web._http2 import _END_STREAM_SENTINEL as _END_STREAM
 from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web.http import Request
 
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
+from jmappushd.web import h2connect
 
 log = Logger()
 
 ALPN_H2 = b"h2"
 MAX_CONCURRENT_STREAMS = 100
 """Streams one connection may have open at once (h2's default, advertised as is)."""
+_STREAM_WINDOW = 65_535
+"""Each stream's receive window (RFC 9113's initial value, which we do not change)."""
 
 #: What this module reads or overrides of Twisted's HTTP/2 server.
 _CONNECTION_NEEDS = ("_requestReceived", "_requestEnded", "_requestDataReceived",
                      "_requestAborted", "_requestDone", "_tryToWriteControlData",
+                     "_sendPrioritisedData", "_handleWindowUpdate",
                      "_streamCleanupCallbacks", "timeoutConnection")
 _STREAM_NEEDS = ("_conn", "_request", "streamID")
+_INSTANCE_NEEDS = ("conn", "streams", "priority", "_outboundStreamQueues",
+                   "_sendingDeferred", "_consumerBlocked")
 
 _checked: bool | None = None
 
@@ -79,7 +99,7 @@ def _probe() -> bool:
     except Exception:
         return False
     return (isinstance(getattr(probe, "_streamCleanupCallbacks", None), dict)
-            and hasattr(probe, "conn") and hasattr(probe, "streams")
+            and all(hasattr(probe, name) for name in _INSTANCE_NEEDS)
             and all(hasattr(stream, name) for name in _STREAM_NEEDS))
 
 
@@ -126,9 +146,24 @@ def answer_early(request: Request, code: int, headers: dict[bytes, bytes], body:
 class JMAPH2Connection(H2Connection):
     """Twisted's HTTP/2 connection with the daemon's timeouts and early answers."""
 
+    requestFactory: Callable[..., Request]  # set by take_over, as Twisted's channel does
+
     def __init__(self, reactor: IReactorTime, timers: TimerWheel, head_timeout: float,
-                 body_timeout: float | None) -> None:
+                 body_timeout: float | None, extended_connect: bool = False) -> None:
         super().__init__(reactor=reactor)
+        self._extended_connect = extended_connect
+        if extended_connect:  # in the first SETTINGS frame, never 0 before it (8441 §3)
+            local = self.conn.local_settings
+            codes = h2.settings.SettingCodes
+            values = {codes(code): local[code] for code in local}
+            values[codes.ENABLE_CONNECT_PROTOCOL] = 1
+            self.conn.local_settings = h2.settings.Settings(client=False,
+                                                            initial_values=values)
+        self._tunnels: dict[int, h2connect.Tunnel] = {}
+        # CONNECT streams handed to the resource, not yet tunnels: the DATA they hold
+        self._connects: dict[int, list[tuple[bytes, int]]] = {}
+        self._connects_ended: set[int] = set()
+        self._lost = False
         self._timers = timers
         self._head_timeout = head_timeout
         self._body_timeout = body_timeout
@@ -144,10 +179,22 @@ class JMAPH2Connection(H2Connection):
     def connectionMade(self) -> None:
         self._idle_timeout = self.timeOut
         super().connectionMade()
+        self.conn.increment_flow_control_window(
+            (MAX_CONCURRENT_STREAMS - 1) * _STREAM_WINDOW)
+        self._tryToWriteControlData()
         if self._head_timeout > 0:
             self._head = self._timers.call_later(self._head_timeout, self._head_expired)
 
     def _requestReceived(self, event: Any) -> None:
+        method = protocol = None
+        for name, value in event.headers:
+            if name == b":method":
+                method = value
+            elif name == b":protocol":
+                protocol = value
+        if method == b"CONNECT":
+            self._connect_received(event, protocol)
+            return
         if not self.streams:
             self.setTimeout(None)  # a stream lives as long as it needs
         if not self._first_request_seen:
@@ -162,15 +209,29 @@ class JMAPH2Connection(H2Connection):
             pending()
 
     def _requestDataReceived(self, event: Any) -> None:
-        if event.stream_id in self.streams:
+        stream_id = event.stream_id
+        tunnel = self._tunnels.get(stream_id)
+        if tunnel is not None:
+            tunnel.received(event.data, event.flow_controlled_length)
+        elif stream_id in self._connects:  # held until the resource opens the tunnel
+            self._connects[stream_id].append((event.data, event.flow_controlled_length))
+        elif stream_id in self.streams:
             super()._requestDataReceived(event)
         else:  # answered early and reset: only the connection window matters
             self.conn.acknowledge_received_data(event.flow_controlled_length,
                                                 event.stream_id)
 
     def _requestEnded(self, event: Any) -> None:
-        self._cancel_body(event.stream_id)
-        if event.stream_id in self.streams:
+        stream_id = event.stream_id
+        tunnel = self._tunnels.get(stream_id)
+        if tunnel is not None:
+            tunnel.ended()
+            return
+        if stream_id in self._connects:  # a CONNECT's request was handed over already
+            self._connects_ended.add(stream_id)
+            return
+        self._cancel_body(stream_id)
+        if stream_id in self.streams:
             super()._requestEnded(event)
 
     def _requestAborted(self, event: Any) -> None:
@@ -180,6 +241,13 @@ class JMAPH2Connection(H2Connection):
     def _requestDone(self, streamID: int) -> None:
         self._cancel_body(streamID)
         super()._requestDone(streamID)
+        tunnel = self._tunnels.pop(streamID, None)
+        if tunnel is not None:
+            tunnel.gone()
+        held = self._connects.pop(streamID, None)
+        self._connects_ended.discard(streamID)
+        if held:
+            self.release_window(streamID, sum(length for _, length in held))
         if not self.streams:
             if self._closing:
                 self._goaway()
@@ -188,12 +256,116 @@ class JMAPH2Connection(H2Connection):
 
     def connectionLost(self, reason: Failure,  # type: ignore[override]
                        _cancelTimeouts: bool = True) -> None:
+        self._lost = True
         self._cancel_head()
         for timer in self._bodies.values():
             timer.cancel()
         self._bodies.clear()
         self._registered.clear()
         super().connectionLost(reason, _cancelTimeouts)
+
+    # -- flow control: no busy loop on a spent window --
+
+    def _sendPrioritisedData(self, *args: Any) -> None:
+        """Twisted leaves a stream whose window is spent, but whose queue is not empty,
+        unblocked in the priority tree, so its send loop spins on ``callLater(0)`` until
+        the client opens the window (measured: 100 % CPU, and ``Clock.advance`` never
+        returns). Such streams are blocked here; a WINDOW_UPDATE wakes them."""
+        for stream_id, queue in self._outboundStreamQueues.items():
+            if (queue and queue[0] is not _END_STREAM
+                    and self.conn.local_flow_control_window(stream_id) <= 0):
+                self.priority.block(stream_id)
+        super()._sendPrioritisedData(*args)
+
+    def _handleWindowUpdate(self, event: Any) -> None:
+        super()._handleWindowUpdate(event)
+        waiting, self._sendingDeferred = self._sendingDeferred, None
+        if waiting is not None:  # the loop sleeps: a stream may be sendable again
+            waiting.callback(event.stream_id)
+
+    # -- RFC 8441 --
+
+    def _connect_received(self, event: Any, protocol: bytes | None) -> None:
+        """HEADERS of a CONNECT: an invited WebSocket goes to the resource now; the rest
+        is refused on its stream."""
+        stream_id = event.stream_id
+        if not self._first_request_seen:
+            self._first_request_seen = True
+            self._cancel_head()
+        refusal = (405 if protocol is None else 400 if not self._extended_connect
+                   else 501 if protocol != h2connect.WEBSOCKET else None)
+        if refusal is not None:
+            self._refuse_connect(stream_id, refusal)
+            return
+        if not self.streams:
+            self.setTimeout(None)
+        plain = self.requestFactory
+        self.requestFactory = h2connect.connect_request_factory(plain)
+        try:
+            super()._requestReceived(event)
+        finally:
+            self.requestFactory = plain
+        stream = self.streams[stream_id]
+        request = stream._request
+        h2connect.mark_connect(request, protocol)
+        self._connects[stream_id] = []
+        cleanup = self._streamCleanupCallbacks[stream_id]
+        cleanup.addCallback(lambda _: self.reset_finished(stream_id))
+        request.requestReceived(stream.command, stream.path, b"HTTP/2")
+
+    def _refuse_connect(self, stream_id: int, code: int) -> None:
+        log.debug("refused an HTTP/2 CONNECT with {code}", code=code)
+        with contextlib.suppress(priority.MissingStreamError):
+            self.priority.remove_stream(stream_id)  # a PRIORITY frame may have added it
+        try:
+            self.conn.send_headers(stream_id, [(b":status", str(code).encode())],
+                                   end_stream=True)
+        except h2.exceptions.ProtocolError:
+            return
+        self.reset_finished(stream_id)
+
+    def attach_tunnel(self, tunnel: h2connect.Tunnel) -> None:
+        """The resource accepted a CONNECT: the stream's DATA goes to ``tunnel`` now."""
+        stream_id = tunnel.stream_id
+        self._tunnels[stream_id] = tunnel
+        for data, length in self._connects.pop(stream_id, ()):
+            tunnel.received(data, length)
+        if stream_id in self._connects_ended:
+            self._connects_ended.discard(stream_id)
+            tunnel.ended()
+        if self._consumerBlocked is not None:
+            tunnel.block("tcp")
+
+    def release_window(self, stream_id: int, length: int) -> None:
+        """Give back flow-control credit for DATA that will never be read."""
+        if self._lost:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.acknowledge_received_data(length, stream_id)
+        self._tryToWriteControlData()
+
+    def abort_stream(self, stream_id: int) -> None:
+        """RST_STREAM(CANCEL) and forget the stream (a tunnel whose peer went silent)."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        if not self._tryToWriteControlData():
+            return  # the connection is gone, and its streams with it
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.connectionLost(Failure(ConnectionAborted("stream reset")))
+            self._requestDone(stream_id)
+
+    def pauseProducing(self) -> None:
+        """TCP is blocked: the tunnels hold what can wait (their streams' queues would
+        only grow)."""
+        super().pauseProducing()
+        for tunnel in list(self._tunnels.values()):
+            tunnel.block("tcp")
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        for tunnel in list(self._tunnels.values()):
+            tunnel.unblock("tcp")
 
     # -- what answer_early needs --
 
@@ -202,6 +374,8 @@ class JMAPH2Connection(H2Connection):
 
     def reset_finished(self, stream_id: int) -> None:
         """Our response is complete: tell the client to stop sending its body."""
+        if self._lost:
+            return
         try:
             self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -256,14 +430,16 @@ class JMAPH2Connection(H2Connection):
 
 def take_over(channel: Any, timers: TimerWheel, head_timeout: float) -> JMAPH2Connection:
     """Replace an HTTP/1.1 channel that negotiated h2 by an HTTP/2 connection on its
-    transport (what Twisted's ``_GenericHTTPChannelProtocol`` does), and return it."""
+    transport (what Twisted's ``_GenericHTTPChannelProtocol`` does), and return it.
+    RFC 8441 is offered whenever :func:`jmappushd.web.h2connect.check` passes."""
     transport = channel.transport
     idle = channel.timeOut  # before setTimeout(None) below clears it
     producer = channel._networkProducer
     producer.unregisterProducer()
     channel.setTimeout(None)
-    conn = JMAPH2Connection(channel.clock, timers, head_timeout, idle)
-    conn.requestFactory = channel.requestFactory  # type: ignore[attr-defined]
+    conn = JMAPH2Connection(channel.clock, timers, head_timeout, idle,
+                            extended_connect=h2connect.check())
+    conn.requestFactory = channel.requestFactory
     conn.site = channel.site
     conn.factory = channel.factory
     conn.timeOut = idle

@@ -24,6 +24,7 @@ from jmappushd.context import App
 from jmappushd.core.connections import ConnectionRegistry
 from jmappushd.core.feed import FeedContext
 from jmappushd.transports.websocket.conversation import Conversation, ConversationContext
+from jmappushd.transports.websocket.h2session import H2WebSocket
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.transports.websocket.protocol import JMAPWebSocketProtocol
 from jmappushd.transports.websocket.push import push_views
@@ -66,8 +67,9 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=0,
             allowNullOrigin=True,  # Origin is checked by the handshake resource (WS-21)
         )
-        self.registry: ConnectionRegistry[JMAPWebSocketProtocol] = ConnectionRegistry(
-            app.store, "WebSocket")
+        # HTTP/1.1 upgrades and HTTP/2 streams (RFC 8441) share the per-user limit.
+        self.registry: ConnectionRegistry[JMAPWebSocketProtocol | H2WebSocket] = (
+            ConnectionRegistry(app.store, "WebSocket"))
         self.conversation_context = ConversationContext(
             processor=app.processor, session_state=app.session_state,
             max_size_request=self.max_size_request, in_flight=app.inflight,
@@ -82,7 +84,7 @@ class JMAPWebSocketFactory(WebSocketServerFactory):
         return self.registry.closing
 
     @property
-    def connections(self) -> list[JMAPWebSocketProtocol]:
+    def connections(self) -> list[JMAPWebSocketProtocol | H2WebSocket]:
         return self.registry.members()
 
     def connections_of(self, user_id: str) -> int:
