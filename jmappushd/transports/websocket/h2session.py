@@ -27,7 +27,7 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
-from jmappushd.auth.authenticator import Principal
+from jmappushd.auth.authenticator import Principal, UpstreamIdentity
 from jmappushd.core.connections import EndReason
 from jmappushd.net.timerwheel import WheelTimer
 from jmappushd.store.records import Account
@@ -113,6 +113,11 @@ class H2WebSocket:
     @property
     def account_ids(self) -> frozenset[str]:
         return self.conversation.account_ids
+
+    @property
+    def upstream(self) -> UpstreamIdentity | None:
+        """Gateway mode: the login's upstream identity (its credential's re-check)."""
+        return self.conversation.principal.upstream
 
     def end(self, reason: EndReason) -> None:
         """Shutdown (1001) or revoked credentials (1008, C-WS-5)."""
