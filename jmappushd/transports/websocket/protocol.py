@@ -42,6 +42,7 @@ from jmappushd.transports.websocket.conversation import (
     Conversation,
 )
 from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME
+from jmappushd.transports.websocket.heartbeat import heartbeat_step
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.web.accesslog import Closed, SessionEntry
 
@@ -285,17 +286,16 @@ class JMAPWebSocketProtocol(WebSocketServerProtocol):
             self.dropConnection(abort=True)
             return
         factory = self.factory
-        now = factory.clock.seconds()
-        deadline = self._last_rx + factory.client_timeout
-        if now >= deadline:
+        beat = heartbeat_step(factory.clock.seconds(), self._last_rx, self._next_ping,
+                              factory.client_timeout, factory.heartbeat)
+        if beat.timed_out:
             self._closed_by = "timeout"
             self.close(CLOSE_GOING_AWAY, "no traffic from the client")
             return
-        if now >= self._next_ping:
+        if beat.ping:
             self.sendData(PING_FRAME)
-            self._next_ping = now + factory.heartbeat
-        self._timer = factory.app.wheel.call_later(min(self._next_ping, deadline) - now,
-                                                   self._tick)
+        self._next_ping = beat.next_ping
+        self._timer = factory.app.wheel.call_later(beat.delay, self._tick)
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
