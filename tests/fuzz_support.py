@@ -51,7 +51,7 @@ from jmappushd.web.api import APIResource
 from tests.push_fakes import FakeTransport
 from tests.sse_parser import EventParser
 from tests.support import TEST_LOG_N, log_into
-from tests.test_websocket_helpers import server_frames
+from tests.test_websocket_conversation import Sink
 
 # -- profiles -----------------------------------------------------------------------
 
@@ -103,27 +103,6 @@ class HttpAnswer:
     def header(self, name: str) -> str | None:
         values = self.headers.get(name.lower())
         return values[0] if values else None
-
-
-class Sink:
-    """The WebSocket side a Conversation writes to: whole frames and closes."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.closed: list[tuple[int, str]] = []
-        self.writable = True
-
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed.append((code, reason))
-        self.writable = False
-
-    def messages(self) -> list[Any]:
-        out = [json.loads(p) for f in self.frames for op, p in server_frames(f) if op == 1]
-        self.frames.clear()
-        return out
 
 
 def fuzz_config(**jmap: Any) -> Config:

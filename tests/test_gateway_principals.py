@@ -25,6 +25,7 @@ from jmappushd.gateway.auth import UpstreamRealm, UpstreamSessions
 from jmappushd.gateway.upstream import UpstreamClient
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.memory import MemoryStore
+from tests.store_backends import fired
 
 MAIL = "urn:ietf:params:jmap:mail"
 SESSION_URL = "http://upstream.test/jmap/"
@@ -77,14 +78,7 @@ class Upstream:
         assert isinstance(principal, Principal)
         return principal
 
-    @staticmethod
-    def result(d: Deferred[Any]) -> Any:
-        found: list[Any] = []
-        d.addBoth(found.append)
-        assert found, "the Deferred did not fire"
-        if hasattr(found[0], "raiseException"):
-            found[0].raiseException()
-        return found[0]
+    result = staticmethod(fired)  # the Deferred has fired: its result, or its failure raised
 
 
 def test_logins_within_the_session_ttl_share_one_principal() -> None:

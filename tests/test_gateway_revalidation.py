@@ -38,6 +38,7 @@ from jmappushd.gateway.upstream import UpstreamClient
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import Account
+from tests.store_backends import fired
 from tests.support import log_into, no_threads
 
 MAIL = "urn:ietf:params:jmap:mail"
@@ -182,14 +183,7 @@ class World:
         self.reactor.advance(self.revalidator.period)
         self.agent.flush()
 
-    @staticmethod
-    def result(d: Deferred[Any]) -> Any:
-        found: list[Any] = []
-        d.addBoth(found.append)
-        assert found, "the Deferred did not fire"
-        if hasattr(found[0], "raiseException"):
-            found[0].raiseException()
-        return found[0]
+    result = staticmethod(fired)  # the Deferred has fired: its result, or its failure raised
 
 
 def test_the_period_is_the_cache_ttl_within_one_to_thirty_seconds() -> None:
@@ -282,6 +276,7 @@ def test_changed_accounts_move_the_grants_and_every_connection_follows() -> None
     world.upstream.accounts["alice"] = ["alice", "bob"]
     world.pass_due()
     shadow = world.result(world.store.get_user(SHADOW_PREFIX + "alice"))
+    assert shadow is not None
     granted = world.result(world.store.accounts_for_user(shadow.id))
     assert {a.id for a in granted} == {"alice", "bob"}
     world.generation_check()
