@@ -402,6 +402,21 @@ class UpstreamConfig:
         return self.debounce / 1000
 
 
+def _check_node_name(value: str) -> str:
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}", value):
+        raise ValueError("must be 1-100 letters, digits or . _ : @ - (starting with a letter "
+                         "or digit), or empty for the host name plus the listen port")
+    return value
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """[cluster]: this node's name and its push delivery leases (PostgreSQL only)."""
+
+    node_name: str = _opt("", check=_check_node_name)  # "" = host name + first listen port
+    lease_time: float = _opt(30.0, 3, 3600)  # s a dead node's push buckets wait for a taker
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """[log]: what the daemon logs besides warnings and errors (twistd routes the lines)."""
@@ -424,6 +439,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     log: LogConfig = field(default_factory=LogConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # One line each, naming file, section and key: what is accepted but should change
     # (deprecated keys). The daemon logs them at start; check-config prints them.
     warnings: tuple[str, ...] = ()
@@ -441,6 +457,7 @@ SECTIONS: Mapping[str, tuple[str, type[Any]]] = {
     "websocket": ("websocket", WebSocketConfig),
     "log": ("log", LogConfig),
     "upstream": ("upstream", UpstreamConfig),
+    "cluster": ("cluster", ClusterConfig),
 }
 
 # Keys whose INI name is not simply the field name with "_" -> "-".
