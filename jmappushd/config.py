@@ -510,6 +510,7 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] | None = None)
             parts[attr] = _build(cls, section, parser, path, base, derived.get(section, {}))
     _check_upstream(parts["upstream"], path)
     _check_storage(parts["storage"], path)
+    _check_cluster(parts["cluster"], parts["push"], parts["storage"], path)
     parts["server"], warnings = _cors_alias(parser, path, server, parts["event_source"])
     return Config(path=os.path.abspath(path), warnings=warnings, **parts)
 
@@ -565,6 +566,20 @@ def _check_storage(storage: StorageConfig, path: str) -> None:
     if storage.password_file and "password" in parse_dsn(storage.dsn):
         raise ConfigError(f"{path}: [storage] password-file: the dsn holds a password "
                           "too; keep it only in the password file")
+
+
+def _check_cluster(cluster: ClusterConfig, push: PushConfig, storage: StorageConfig,
+                   path: str) -> None:
+    """A POST starts only under a lease with push-timeout left, and renewals come every
+    lease-time / 3, so the lease must outlast one and a half push timeouts (twice, with
+    room for a late renewal); otherwise no node could ever deliver."""
+    if storage.backend != "postgresql":
+        return
+    if cluster.lease_time < 2 * push.push_timeout_s:
+        raise ConfigError(
+            f"{path}: [cluster] lease-time: {cluster.lease_time:g} s is less than twice "
+            f"[push] push-timeout ({push.push_timeout_s:g} s): a node must hold a lease "
+            "longer than a Web Push POST can take")
 
 
 def _state_dir(env: Mapping[str, str]) -> str:

@@ -123,6 +123,15 @@ class Metrics:
         ObservedCounter("jmappushd_kdf_shared",
                         "Password checks answered by a concurrent identical check", shared, r)
 
+    def track_leases(self, held: Callable[[], int], live_nodes: Callable[[], int]) -> None:
+        """Export cluster mode's push delivery leases (read at scrape time)."""
+        r = self.registry
+        Gauge("jmappushd_push_buckets_held",
+              "Push subscription buckets this node delivers (of 256)",
+              registry=r).set_function(held)
+        Gauge("jmappushd_cluster_nodes", "Live nodes at this node's last lease renewal",
+              registry=r).set_function(live_nodes)
+
     def track_listeners(self, kind: str, count: Callable[[], int]) -> None:
         """Export a live listener count computed at scrape time."""
         self.listeners.labels(kind).set_function(count)

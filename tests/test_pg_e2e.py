@@ -57,8 +57,8 @@ async def test_ctl_login_publish_and_resume_across_a_restart(tmp_path: Path,
     the change made while the daemon was down (ES-10)."""
     d = pg_daemon(tmp_path, pg_server, pg_server.new_database())
     assert d.ctl("check-config").stdout.endswith(": OK\n")
-    assert d.ctl("migrate").stdout == "schema migrated from version 0 to 1\n"
-    assert d.ctl("migrate").stdout == "schema up to date (version 1)\n"
+    assert d.ctl("migrate").stdout == "schema migrated from version 0 to 2\n"
+    assert d.ctl("migrate").stdout == "schema up to date (version 2)\n"
     d.ctl("user", "add", "alice", "--password-stdin", "--account-id", "acc1",
           stdin="s3cret\n")
     d.ctl("account", "grant", "alice", "shared1")

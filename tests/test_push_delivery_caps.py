@@ -187,8 +187,9 @@ class Abandoned:
         self.logged: list[LogEvent] = []
         assert len(h.transport.calls) == 1 and self.slots.waiting == 1
 
-    async def _persist(self, sub: SubState) -> None:
+    async def _persist(self, sub: SubState) -> bool:
         self.saved.append(sub.id)
+        return True
 
     def close(self, *order: int) -> None:
         """Close the coroutines in this order, noting every failure logged meanwhile."""

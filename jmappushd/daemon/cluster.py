@@ -11,15 +11,21 @@ its tick.
 
 from __future__ import annotations
 
+import os
+import socket
+
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorFDSet
 from zope.interface import implementer
 
+from jmappushd.config import Config
 from jmappushd.core.hub import Hub
+from jmappushd.endpointargs import endpoint_arguments
 from jmappushd.core.logbus import LogBus
 from jmappushd.reactor import IDaemonReactor
-from jmappushd.store.pglisten import ListenWatcher
+from jmappushd.store.pglisten import Channel, ListenWatcher
+from jmappushd.store.pgpushops import PUSH_CHANNEL
 from jmappushd.store.postgresql import PostgreSQLStore
 from jmappushd.transports.interface import IStarted, ITransportService
 
@@ -61,7 +67,23 @@ def cluster_bus(store: PostgreSQLStore, reactor: IDaemonReactor) -> LogBus:
 
 
 def cluster_service(bus: LogBus, hub: Hub, store: PostgreSQLStore, reactor: IDaemonReactor,
-                    core: IStarted) -> ClusterService:
+                    core: IStarted, push: Channel | None = None) -> ClusterService:
+    """``push``: where push subscription changes go (the lease keeper), if anywhere."""
     bus.attach(hub)
-    watcher = ListenWatcher(store.connector, reactor, IReactorFDSet(reactor), bus.wake)
+    others = {PUSH_CHANNEL: push} if push is not None else None
+    watcher = ListenWatcher(store.connector, reactor, IReactorFDSet(reactor), bus.wake,
+                            others=others)
     return ClusterService(bus, watcher, core)
+
+
+def node_name(config: Config) -> str:
+    """``[cluster] node-name``, else the host name and the first listen port (or pid)."""
+    if config.cluster.node_name:
+        return config.cluster.node_name
+    host = socket.gethostname().split(".")[0] or "node"
+    for description in config.server.listen:
+        args, kwargs = endpoint_arguments(description)
+        port = kwargs.get("port") or (args[1] if len(args) > 1 else "")
+        if port.isdigit():
+            return f"{host}:{port}"
+    return f"{host}:{os.getpid()}"

@@ -26,7 +26,7 @@ from jmappushd.config import Config
 from jmappushd.context import App
 from jmappushd.core.hub import Hub, IBus
 from jmappushd.core.signal import StartAbandoned, StartSignal
-from jmappushd.daemon.cluster import cluster_bus, cluster_service
+from jmappushd.daemon.cluster import cluster_bus, cluster_service, node_name
 from jmappushd.daemon.core import CoreService
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.statedir import (
@@ -50,6 +50,7 @@ from jmappushd.store.interface import IStore
 from jmappushd.store.postgresql import PostgreSQLStore
 from jmappushd.transports.eventsource.service import EventSourceService
 from jmappushd.transports.interface import ITransportService
+from jmappushd.transports.webpush.leases import LeaseKeeper
 from jmappushd.transports.webpush.service import WebPushService
 from jmappushd.transports.websocket.service import WebSocketService
 from jmappushd.versions import daemon_version, library_versions
@@ -223,7 +224,12 @@ def build_service(config: Config, reactor: IDaemonReactor,
     core = CoreService(app, kdf_pool)
     eventsource = EventSourceService(app, reactor)
     websocket = WebSocketService(app, reactor)
-    webpush = WebPushService(app, reactor, core)
+    # Cluster mode: each push subscription is delivered by the node holding its bucket.
+    leases = LeaseKeeper(shared, reactor, node_name(config), config.cluster.lease_time,
+                         config.push.push_timeout_s) if shared is not None else None
+    if leases is not None:
+        app.metrics.track_leases(lambda: len(leases.held), lambda: leases.live_nodes)
+    webpush = WebPushService(app, reactor, core, leases=leases)
     transports: list[ITransportService] = [eventsource, websocket, webpush]
     if gateway is not None:
         gateway.attach(app.hub)
@@ -231,7 +237,7 @@ def build_service(config: Config, reactor: IDaemonReactor,
         transports.insert(0, GatewayService(  # stops last, before the core
             gateway, core, (eventsource.registry, websocket.factory.registry)))
     if bus is not None and shared is not None:
-        transports.insert(0, cluster_service(bus, app.hub, shared, reactor, core))
+        transports.insert(0, cluster_service(bus, app.hub, shared, reactor, core, leases))
     demo = DemoService(app, reactor, core) if config.server.demo_page else None
     if demo is not None:
         transports.append(demo)

@@ -1,6 +1,7 @@
 """The LISTEN connection: PostgreSQL's notifications as wake-ups, watched on the reactor.
 
-One connection per daemon LISTENs on ``jmappushd_changes``. Connecting (and the
+One connection per daemon LISTENs on ``jmappushd_changes`` (and on the channels of
+any other :class:`Channel`, such as push subscription changes). Connecting (and the
 LISTEN) blocks, so it runs on a thread; afterwards the connection's socket is an
 ``IReadDescriptor`` of the reactor: when it is readable, ``consume_input()`` takes
 what arrived (libpq's socket is non-blocking) and ``notifies()`` hands over the
@@ -16,8 +17,8 @@ from the watermark.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import pq, sql
@@ -40,11 +41,20 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 Wake = Callable[[int | None], None]
 
 
-def _open(connector: PgConnector, channel: str) -> Connection:
+class Channel(Protocol):
+    """Another channel's listener: its notifications' payloads, and each (re)connect."""
+
+    def touched(self, payload: str) -> None: ...
+
+    def reconnected(self) -> None: ...
+
+
+def _open(connector: PgConnector, channels: list[str]) -> Connection:
     """Connect and LISTEN (blocking: on a thread)."""
     connection = connector.connect(autocommit=True)
     try:
-        connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        for channel in channels:
+            connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
     except psycopg.Error as exc:
         connection.close()
         raise OSError(one_line(exc)) from None
@@ -96,8 +106,10 @@ class ListenWatcher:
     log = Logger()
 
     def __init__(self, connector: PgConnector, reactor: IDaemonReactor, fds: IReactorFDSet,
-                 on_wake: Wake, channel: str = CHANGES_CHANNEL) -> None:
+                 on_wake: Wake, channel: str = CHANGES_CHANNEL,
+                 others: Mapping[str, Channel] | None = None) -> None:
         """``fds`` is ``reactor`` itself in the daemon (which socket to watch)."""
+        self._others = dict(others or {})
         self._connector = connector
         self._reactor = reactor
         self._fds = fds
@@ -132,7 +144,7 @@ class ListenWatcher:
 
     def _connect(self) -> None:
         self._retry = None
-        d = self._in_thread(_open, self._connector, self._channel)
+        d = self._in_thread(_open, self._connector, [self._channel, *self._others])
         d.addCallbacks(self._connected, self._failed)
 
     def _connected(self, connection: Connection) -> None:
@@ -147,6 +159,8 @@ class ListenWatcher:
             self._outage = False
             self.log.info("listening for changes on {name} again", name=self._connector.name)
         self._on_wake(None)  # what was notified while not listening is read from the log
+        for other in self._others.values():
+            other.reconnected()
 
     def _failed(self, failure: Failure) -> None:
         self._outage_begins(failure.getErrorMessage())
@@ -173,6 +187,10 @@ class ListenWatcher:
         highest = 0
         woken = unknown = False
         while (notify := pgconn.notifies()) is not None:
+            other = self._others.get(notify.relname.decode("utf-8", "replace"))
+            if other is not None:
+                other.touched(notify.extra.decode("utf-8", "replace"))
+                continue
             woken = True
             seq = _payload_seq(notify.extra.decode("utf-8", "replace"))
             if seq is None:

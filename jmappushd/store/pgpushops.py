@@ -16,6 +16,11 @@ from jmappushd.store.pgops import Cursor
 from jmappushd.store.records import NoSuchUser, PushDelivery, PushQuotaExceeded, PushSubscription
 from jmappushd.store.rules import check_kept_keys, check_updatable
 
+# The channel a transaction that creates, changes or deletes a push subscription
+# notifies with its id: the owner of its bucket (cluster mode) reloads it. A wake-up,
+# never the data; a node that missed some reloads its buckets when it reconnects.
+PUSH_CHANNEL = "jmappushd_push"
+
 _COLUMNS = (
     "id, user_id, credential_id, device_client_id, url, keys_p256dh, keys_auth, "
     "verification_code, verified, client_verification_code, expires, types, vapid_key_id, "
@@ -67,7 +72,12 @@ def create(cursor: Cursor, sub: PushSubscription, max_per_user: int) -> PushSubs
          sub.client_verification_code, sub.expires, _types_text(sub.types), sub.vapid_key_id,
          sub.created, json.dumps(d.pending) if d.pending else None, d.attempts,
          d.next_attempt, d.failing_since, d.last_sent_seq, d.dropped, d.backoff_until))
+    _touched(cursor, sub.id)
     return sub
+
+
+def _touched(cursor: Cursor, sub_id: str) -> None:
+    cursor.execute("SELECT pg_notify(%s, %s)", (PUSH_CHANNEL, sub_id))
 
 
 def by_credential(cursor: Cursor, credential_id: str) -> list[PushSubscription]:
@@ -98,7 +108,10 @@ def update(cursor: Cursor, sub_id: str, changes: Mapping[str, Any]) -> bool:
     assignments = ", ".join(f"{k} = %s" for k in changes)  # keys checked against UPDATABLE
     cursor.execute(f"UPDATE push_subscriptions SET {assignments} WHERE id = %s",  # noqa: S608
                    (*values, sub_id))
-    return cursor.rowcount > 0
+    if cursor.rowcount == 0:
+        return False
+    _touched(cursor, sub_id)
+    return True
 
 
 def save_delivery(cursor: Cursor, sub_id: str, d: PushDelivery) -> bool:
@@ -113,7 +126,10 @@ def save_delivery(cursor: Cursor, sub_id: str, d: PushDelivery) -> bool:
 
 def delete(cursor: Cursor, sub_id: str) -> bool:
     cursor.execute("DELETE FROM push_subscriptions WHERE id = %s", (sub_id,))
-    return cursor.rowcount > 0
+    if cursor.rowcount == 0:
+        return False
+    _touched(cursor, sub_id)
+    return True
 
 
 def delete_other_keys(cursor: Cursor, key_ids: list[str]) -> list[str]:

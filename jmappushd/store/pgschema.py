@@ -104,8 +104,23 @@ CREATE INDEX push_subscriptions_by_user ON push_subscriptions (user_id);
 CREATE INDEX push_subscriptions_by_credential ON push_subscriptions (credential_id);
 """
 
+# Push delivery leases (cluster mode, see pgleases): one row per bucket, free at first
+# ('-infinity' has expired for everyone), and one heartbeat row per live node.
+_V2_LEASES = """
+CREATE TABLE push_leases (
+    bucket smallint PRIMARY KEY CHECK (bucket BETWEEN 0 AND 255),
+    owner text,
+    expires timestamptz NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO push_leases (bucket) SELECT generate_series(0, 255);
+CREATE TABLE cluster_nodes (
+    name text PRIMARY KEY,
+    expires timestamptz NOT NULL
+)
+"""
+
 # Migration i brings the schema to version i + 1.
-MIGRATIONS: Sequence[str] = (_V1,)
+MIGRATIONS: Sequence[str] = (_V1, _V2_LEASES)
 
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS jmappushd_schema (

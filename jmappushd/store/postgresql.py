@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from jmappushd.store import pgleases as leases
 from jmappushd.store import pgops as ops
 from jmappushd.store import pgpushops as pushops
 from jmappushd.store.interface import IStore, StateMap
@@ -398,6 +399,30 @@ class PostgreSQLStore:
         except ValueError as error:
             return self._refuse(error)
         return self._write(pushops.delete_other_keys, kept)
+
+    # -- push delivery leases (cluster mode; see pgleases) --
+
+    def renew_leases(self, node: str, lease_time: float) -> Deferred[leases.Renewal]:
+        """Heartbeat, renew, and take expired buckets up to this node's fair share."""
+        return self._write(leases.renew, node, lease_time)
+
+    def release_leases(self, node: str, buckets: Collection[int]) -> Deferred[int]:
+        return self._write(leases.release, node, sorted(buckets))
+
+    def leave_cluster(self, node: str) -> Deferred[None]:
+        return self._write(leases.leave, node)
+
+    def push_subscriptions_in(self, buckets: Collection[int]
+                              ) -> Deferred[list[PushSubscription]]:
+        return self._read(leases.subscriptions_in, sorted(buckets))
+
+    def get_push_subscription(self, sub_id: str) -> Deferred[PushSubscription | None]:
+        return self._read(leases.subscription, sub_id)
+
+    def save_push_delivery_fenced(self, node: str, sub_id: str, delivery: PushDelivery,
+                                  margin: float) -> Deferred[leases.Fenced]:
+        """Record an attempt only while ``node`` still holds its bucket (the fence)."""
+        return self._write(leases.save_delivery_fenced, node, sub_id, delivery, margin)
 
 
 def _nested(rows: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, str]]:

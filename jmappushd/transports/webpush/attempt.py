@@ -4,7 +4,8 @@
 for a slot of the :class:`~.slots.SlotLimiter` first, and only then reads the owed
 state, so changes merged while it waited go out in this POST. It is counted and
 recorded (attempt number, next due time) before the POST, so a crash never grants an
-extra attempt. Whatever happens, the slot is released (``with slot``: not when the
+extra attempt; a record refused (cluster mode: the bucket is another node's now, or
+its lease could not be checked) means no POST and no attempt counted. Whatever happens, the slot is released (``with slot``: not when the
 coroutine is finalized instead, see :mod:`~.slots`); any exception but cancellation
 (the payload split, the store, a bug) is logged, counted as an ``error`` outcome and
 reported as a failed attempt, so the normal retry policy applies.
@@ -39,7 +40,7 @@ class Attempts:
 
     def __init__(self, clock: IReactorTime, config: PushConfig, sender: Sender,
                  slots: SlotLimiter, metrics: Metrics,
-                 persist: Callable[[SubState], Awaitable[None]],
+                 persist: Callable[[SubState], Awaitable[bool]],
                  stopping: Callable[[], bool]) -> None:
         self._clock = clock
         self._config = config
@@ -82,7 +83,9 @@ class Attempts:
         if unfit:
             self.log.warn("subscription {sub_id}: {count} states too large to push",
                           sub_id=sub.id, count=unfit)
-        await self._persist(sub)
+        if not await self._persist(sub):
+            sub.attempts -= 1  # nothing is sent (another node's now, or no lease check)
+            return None
         topic = payload.topic_for(sub.id) if len(parts) == 1 else None
         result = Result(Outcome.DELIVERED)
         for body, states in parts:

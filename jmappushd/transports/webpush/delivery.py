@@ -20,6 +20,13 @@ Durability: before every POST the attempt is recorded with the owed state and th
 change sequence number it covers; results are recorded too. Changes merged after
 the last record are found again at start with ``changes_since(last_sent_seq)``. So a
 crash loses no change and never grants an extra attempt.
+
+Ownership (:mod:`~.ownership`): only subscriptions this node delivers are tracked.
+Alone, that is all of them; in cluster mode, those of the buckets it holds leases on
+(:mod:`~.leases`), which hands buckets over with :meth:`DeliveryService.acquire` and
+:meth:`DeliveryService.release`. The record before a POST is then also the lease check:
+no record, no POST. A node taking a bucket over loads the rows as the last owner
+recorded them, so the attempt budget and the last delivered position carry over.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from jmappushd.store.interface import IStore
 from jmappushd.store.records import PushSubscription
 from jmappushd.transports.webpush import payload
 from jmappushd.transports.webpush.attempt import EXPIRED, Attempts
+from jmappushd.transports.webpush.ownership import Everything, Ownership, Saved
 from jmappushd.transports.webpush.policy import DEFAULT_RATE_LIMIT_DELAY, Outcome, backoff_delay
 from jmappushd.transports.webpush.schedule import Scheduler
 from jmappushd.transports.webpush.sender import Result, Sender
@@ -55,8 +63,10 @@ class DeliveryService:
 
     def __init__(self, store: IStore, hub: Hub, clock: IReactorTime, config: PushConfig,
                  sender: Sender, metrics: Metrics, slots: SlotLimiter | None = None,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 ownership: Ownership | None = None) -> None:
         self._store = store
+        self._ownership: Ownership = ownership if ownership is not None else Everything(store)
         self._hub = hub
         self._clock = clock
         self._config = config
@@ -67,7 +77,7 @@ class DeliveryService:
         self._schedule: Scheduler[SubState] = Scheduler(
             clock, config.push_retry_interval_s, self._maybe_send_due, self._deadline)
         self._verifications: set[defer.Deferred[None]] = set()
-        self._writes: set[defer.Deferred[None]] = set()  # persists and deletes under way
+        self._writes: set[defer.Deferred[object]] = set()  # persists and deletes under way
         self._attempts = Attempts(
             clock, config, sender,
             slots or SlotLimiter(config.max_in_flight, config.max_in_flight_per_origin),
@@ -111,6 +121,60 @@ class DeliveryService:
             if not sub.gone:
                 await self._recover(sub)
 
+    # -- cluster mode: buckets handed over by the lease keeper --
+
+    async def acquire(self, records: list[PushSubscription]) -> None:
+        """Start delivering subscriptions this node now owns, from their stored state:
+        retries keep their count and due time; changes since ``last_sent_seq`` merge in."""
+        if not self._started or self._stopping:
+            return
+        fresh = [sub for record in records if record.id not in self._subs
+                 and (sub := self._track(record)) is not None]
+        for sub in fresh:
+            if sub.verified and not self._stopping:
+                await self._listeners.activate(sub, self.stopping)
+        for sub in fresh:
+            if sub.verified and not sub.gone and not self._stopping:
+                await self._recover(sub)
+
+    async def release(self, owned: Callable[[str], bool], drain: bool) -> list[str]:
+        """Stop delivering every subscription ``owned`` says no to; returns their ids.
+
+        ``drain`` (a bucket handed back while still held): POSTs in flight finish and
+        their outcome is recorded before this returns, so the next owner starts from
+        it. Without (the lease is lost already): they are cancelled at once; the next
+        owner may repeat the newest state, never an older one."""
+        leaving = [sub for sub in self._subs.values() if not owned(sub.id)]
+        for sub in leaving:
+            sub.leaving = True
+            self._listeners.discard(sub)  # no new offers; what is owed stays recorded
+            self._schedule.discard(sub)
+        if drain:
+            in_flight = [sub.request for sub in leaving if sub.request is not None]
+            if in_flight:
+                await defer.DeferredList(in_flight, consumeErrors=True)
+            while self._writes:
+                await defer.DeferredList(list(self._writes), consumeErrors=True)
+            for sub in leaving:
+                if sub.dirty and not sub.gone:
+                    await self._persist(sub)
+        for sub in leaving:
+            if self._subs.get(sub.id) is sub:
+                self._remove(sub)
+        return [sub.id for sub in leaving]
+
+    async def reload(self, sub_id: str, record: PushSubscription | None) -> None:
+        """The store says ``sub_id`` changed (created, updated or deleted on any node)."""
+        sub = self._subs.get(sub_id)
+        if record is None:
+            if sub is not None:
+                self.log.info("subscription {sub_id} was destroyed elsewhere", sub_id=sub_id)
+                self._remove(sub)
+        elif sub is not None:
+            await self.updated(record)
+        elif self._ownership.owns(sub_id):
+            await self.acquire([record])
+
     async def stop(self) -> None:
         """Stop the timers, cancel in-flight and waiting POSTs, record what is still owed.
 
@@ -139,14 +203,21 @@ class DeliveryService:
     def count(self, verified: bool) -> int:
         return sum(1 for s in self._subs.values() if s.verified == verified)
 
+    def tracked(self) -> list[str]:
+        """The ids of the subscriptions this node delivers."""
+        return list(self._subs)
+
     def get(self, sub_id: str) -> SubState | None:
         return self._subs.get(sub_id)
 
     # -- changes from the methods layer --
 
     def created(self, record: PushSubscription) -> None:
-        """A new subscription: send its one PushVerification now (PS-13, C-PS-9)."""
-        sub = self._track(record)
+        """A new subscription: send its one PushVerification now (PS-13, C-PS-9).
+
+        The node that created it sends it; it tracks the subscription only if it
+        delivers it (cluster mode: the bucket's owner learns of it from the store)."""
+        sub = self._track(record) if self._ownership.owns(record.id) else self._state(record)
         if sub is None:
             return
         body = payload.verification(record.id, record.verification_code)
@@ -198,13 +269,18 @@ class DeliveryService:
 
     # -- tracking --
 
-    def _track(self, record: PushSubscription) -> SubState | None:
+    def _state(self, record: PushSubscription) -> SubState | None:
         try:
-            sub = SubState(self, record)
+            return SubState(self, record)
         except ValueError:
             self.log.warn("subscription {sub_id} has unusable keys; destroying it",
                           sub_id=record.id)
             self._write(self._delete(record.id))
+            return None
+
+    def _track(self, record: PushSubscription) -> SubState | None:
+        sub = self._state(record)
+        if sub is None:
             return None
         self._subs[sub.id] = sub
         self._listeners.add(sub)
@@ -318,6 +394,8 @@ class DeliveryService:
 
     def _send(self, sub: SubState) -> None:
         """Start the subscription's next POST; it may first wait for a slot, busy."""
+        if sub.leaving:
+            return  # handed to another node: it sends what is owed
         sub.busy = True
         self._schedule.discard(sub)
         d = defer.ensureDeferred(self._deliver(sub))
@@ -334,7 +412,10 @@ class DeliveryService:
             sub.request = None
         if sub.gone or self._stopping:
             return
-        if result == EXPIRED:
+        if result is None:  # not recorded, so not sent: try again when due
+            if not sub.leaving and sub.next_attempt is not None:
+                self._schedule.add(sub)
+        elif result == EXPIRED:
             self._destroy(sub, "expired")
         elif isinstance(result, Result):
             self._settle(sub, result)
@@ -436,7 +517,7 @@ class DeliveryService:
     def _persist_later(self, sub: SubState) -> None:
         self._write(self._persist(sub))
 
-    def _write(self, work: Coroutine[defer.Deferred[object], object, None]) -> None:
+    def _write(self, work: Coroutine[defer.Deferred[object], object, object]) -> None:
         """Run a store write nobody waits for; ``stop`` waits for it, so none outlives it."""
         d = defer.ensureDeferred(work)
         self._writes.add(d)
@@ -446,17 +527,28 @@ class DeliveryService:
     async def _delete(self, sub_id: str) -> None:
         await self._store.delete_push_subscription(sub_id)
 
-    async def _persist(self, sub: SubState) -> None:
+    async def _persist(self, sub: SubState) -> bool:
+        """Record the delivery state; False if a POST must not follow (not this node's,
+        or its lease could not be checked)."""
         if sub.gone:
-            return
+            return False
         sub.dirty = False
         try:
-            await self._store.save_push_delivery(sub.id, sub.snapshot())
+            saved = await self._ownership.save(sub.id, sub.snapshot())
         except defer.CancelledError:
             sub.dirty = True  # stopping: stop() records it again
+            return False
         except Exception:
             sub.dirty = True
             self.log.failure("could not record the delivery state of {sub_id}", sub_id=sub.id)
+            return True  # one daemon: the POST goes out; a crash costs one extra attempt
+        if saved is Saved.NOT_HELD:
+            self._ownership.lost(sub.id)
+            return False
+        if saved is Saved.UNSURE:
+            sub.dirty = True
+            return False
+        return True
 
     def _log_failure(self, failure: Any) -> None:
         if not failure.check(defer.CancelledError):

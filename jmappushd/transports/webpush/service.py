@@ -31,6 +31,7 @@ from jmappushd.transports.webpush.keys import (
     load_previous_key,
     store_new_key,
 )
+from jmappushd.transports.webpush.leases import LeaseKeeper
 from jmappushd.transports.webpush.limits import CreationRateLimiter
 from jmappushd.transports.webpush.methods import PushSubscriptionMethods
 from jmappushd.transports.webpush.sender import (
@@ -49,13 +50,16 @@ class PushRuntime:
     log = Logger()
 
     def __init__(self, app: App, transport: PushTransport,
-                 pool: HTTPConnectionPool | None = None) -> None:
+                 pool: HTTPConnectionPool | None = None,
+                 leases: LeaseKeeper | None = None) -> None:
+        """``leases``: cluster mode, where this node delivers only the buckets it holds."""
         config = app.config.push
         self.app = app
+        self.leases = leases
         self.keyring = KeyRing(app.clock, config.vapid_subject)
         self.sender = Sender(transport, self.keyring, app.clock, config, app.metrics)
         self.delivery = DeliveryService(app.store, app.hub, app.clock, config, self.sender,
-                                        app.metrics)
+                                        app.metrics, ownership=leases)
         self.limiter = CreationRateLimiter(app.clock, config.create_rate)
         self.methods = PushSubscriptionMethods(app.config, app.clock, app.store, app.hub,
                                                self.delivery, self.keyring, self.limiter,
@@ -102,12 +106,15 @@ class PushRuntime:
         stale = await store.delete_push_subscriptions_except_keys(self.keyring.key_ids)
         if stale:
             self.log.info("destroyed {count} subscriptions of an old VAPID key", count=len(stale))
-        records = await store.all_push_subscriptions()
+        # Cluster mode: the lease keeper hands this node its buckets' subscriptions.
+        records = [] if self.leases is not None else await store.all_push_subscriptions()
         if not self._stopped:
             await self.delivery.start(records)
         if self._stopped:
             self._stopped_before_start()
             return
+        if self.leases is not None:
+            self.leases.start(self.delivery)
         self.started.fire()
 
     def _stopped_before_start(self) -> None:
@@ -174,7 +181,11 @@ class PushRuntime:
         :meth:`begin_stop`; method calls still waiting get serverUnavailable."""
         self.begin_stop()
         self._cancel_transition()
+        if self.leases is not None:
+            self.leases.begin_stop()
         await self.delivery.stop()
+        if self.leases is not None:
+            await self.leases.stop()  # after delivery recorded what is owed
         if self._pool is not None:
             await self._pool.closeCachedConnections()
         self._stopped_before_start()  # no-op once start has finished
@@ -193,12 +204,13 @@ class WebPushService(Service):
     name = "webpush"
 
     def __init__(self, app: App, reactor: IDaemonReactor, core: IStarted,
-                 tls_policy: IPolicyForHTTPS | None = None) -> None:
+                 tls_policy: IPolicyForHTTPS | None = None,
+                 leases: LeaseKeeper | None = None) -> None:
         config = app.config.push
         client, pool = build_http_client(reactor, config.allow_private_urls,
                                          config.push_timeout_s, tls_policy)
         self.runtime = PushRuntime(app, TreqTransport(client, reactor, config.push_timeout_s),
-                                   pool)
+                                   pool, leases)
         self.runtime.register()
         self._core = core
         self._starting: defer.Deferred[None] | None = None

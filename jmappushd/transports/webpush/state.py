@@ -60,7 +60,7 @@ class SubState:
 
     __slots__ = (
         "accounts", "attempts", "backoff_until", "busy", "created", "credential_id", "dirty",
-        "dropped", "expires", "failing_since", "gone", "hub_sub", "id", "key_id", "keys",
+        "dropped", "expires", "failing_since", "gone", "hub_sub", "id", "key_id", "keys", "leaving",
         "next_attempt", "not_before", "owed", "owner", "request", "seq", "types", "url",
         "user_id", "verified",
     )
@@ -92,6 +92,7 @@ class SubState:
         self.request: Deferred[None] | None = None
         self.hub_sub: HubSubscription | None = None
         self.gone = False
+        self.leaving = False  # cluster mode: being handed to another node, sends nothing
         self.dirty = False
 
     def change_published(self, change: Change) -> None:
