@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 
 from jmappushd.store.pgleases import BUCKETS, Fenced, Renewal, bucket_of
 from jmappushd.store.records import PushDelivery, PushSubscription, StoreUnavailable
@@ -108,6 +109,11 @@ class Cluster:
         if grant is not None:
             self.leases.grant = frozenset(grant)
         self.h.clock.advance(LEASE / 3)
+
+
+def renewal_timers(c: Cluster) -> list[IDelayedCall]:
+    return [t for t in c.h.clock.getDelayedCalls()
+            if getattr(t, "func", None) == c.keeper._tick]
 
 
 def test_only_held_buckets_are_delivered() -> None:
@@ -248,12 +254,12 @@ def test_renewal_timing_one_timer_and_waking_at_another_nodes_expiry() -> None:
     the keeper wakes just after it to take the buckets over."""
     c = Cluster()
     c.start({1})
-    timers = [t for t in c.h.clock.getDelayedCalls() if t.func == c.keeper._tick]
+    timers = renewal_timers(c)
     assert len(timers) == 1
     assert timers[0].getTime() - c.h.clock.seconds() == LEASE / 3
     c.leases.next_expiry = 2.0
     c.renew()
-    [timer] = [t for t in c.h.clock.getDelayedCalls() if t.func == c.keeper._tick]
+    [timer] = renewal_timers(c)
     assert abs(timer.getTime() - c.h.clock.seconds() - 2.05) < 1e-9
 
 
@@ -292,7 +298,7 @@ def test_stop_records_what_is_owed_then_hands_every_bucket_back() -> None:
     stopped = defer.ensureDeferred(c.keeper.stop())
     assert stopped.called and c.leases.left
     assert c.h.store.last_saved(sub_id).pending == {"A": {"Email": "s1"}}
-    assert [t for t in c.h.clock.getDelayedCalls() if t.func == c.keeper._tick] == []
+    assert renewal_timers(c) == []
 
 
 def test_ids_spread_over_every_bucket() -> None:

@@ -21,8 +21,8 @@ from zope.interface import implementer
 
 from jmappushd.config import Config
 from jmappushd.core.hub import Hub
-from jmappushd.endpointargs import endpoint_arguments
 from jmappushd.core.logbus import LogBus
+from jmappushd.endpointargs import endpoint_arguments
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.store.pglisten import Channel, ListenWatcher
 from jmappushd.store.pgpushops import PUSH_CHANNEL

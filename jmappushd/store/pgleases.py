@@ -27,7 +27,7 @@ from collections.abc import Collection
 from typing import NamedTuple
 
 from jmappushd.store.pgops import Cursor
-from jmappushd.store.pgpushops import PUSH_CHANNEL, _SELECT, _record
+from jmappushd.store.pgpushops import _SELECT, _record
 from jmappushd.store.records import PushDelivery, PushSubscription
 
 BUCKETS = 256

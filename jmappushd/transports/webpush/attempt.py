@@ -5,7 +5,8 @@ for a slot of the :class:`~.slots.SlotLimiter` first, and only then reads the ow
 state, so changes merged while it waited go out in this POST. It is counted and
 recorded (attempt number, next due time) before the POST, so a crash never grants an
 extra attempt; a record refused (cluster mode: the bucket is another node's now, or
-its lease could not be checked) means no POST and no attempt counted. Whatever happens, the slot is released (``with slot``: not when the
+its lease could not be checked) means no POST and no attempt counted. Whatever
+happens, the slot is released (``with slot``: not when the
 coroutine is finalized instead, see :mod:`~.slots`); any exception but cancellation
 (the payload split, the store, a bug) is logged, counted as an ``error`` outcome and
 reported as a failed attempt, so the normal retry policy applies.

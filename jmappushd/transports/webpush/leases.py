@@ -25,6 +25,7 @@ reconnect and every few minutes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Coroutine
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -276,7 +277,7 @@ class LeaseKeeper:
             try:
                 await self._store.release_leases(self.node, gained)
             except Exception:
-                pass  # they expire by themselves
+                self.log.debug("releasing them failed too: they expire by themselves")
             return
         await self._delivery.acquire(records)
         self.log.info("took {count} push buckets ({subs} subscriptions); {held} held, "
@@ -332,9 +333,8 @@ class LeaseKeeper:
                                   "next resync picks it up", sub_id=sub_id,
                                   reason=_reason(Failure(exc)))
                     continue
-                delivery = self._delivery
-                if delivery is not None and bucket_of(sub_id) in self._held:
-                    await self._locked(lambda: delivery.reload(sub_id, record))
+                if self._delivery is not None and bucket_of(sub_id) in self._held:
+                    await self._locked(partial(self._delivery.reload, sub_id, record))
         finally:
             self._reloading = False
 
