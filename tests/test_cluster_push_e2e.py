@@ -25,6 +25,7 @@ from tests.daemon_process import DaemonProcess
 from tests.pg_server import ROLE_PASSWORD, PgServer
 from tests.push_receiver import ReceiverServer
 from tests.test_cluster_e2e import eventually, start_all, stop_all
+from tests.test_pg_e2e import health
 from tests.test_push_e2e import create_and_verify, publish
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
@@ -127,8 +128,14 @@ async def test_each_subscription_is_delivered_by_exactly_one_node(
             await publish(d, {"acc1": {"Email": f"s{i}"}})
             received = await service.wait_count("/sub", i + 2, timeout=20)
             assert received[-1].message["changed"] == {"acc1": {"Email": f"s{i}"}}
-        posts = [await threads.deferToThread(state_posts, d) for d in daemons]
-        assert posts == [6.0 if f"node{n}" == owner else 0.0 for n in range(3)]
+        # The receiver records a POST before the sender counts its answer: poll.
+        want = [6.0 if f"node{n}" == owner else 0.0 for n in range(3)]
+        await eventually(lambda: [state_posts(d) for d in daemons] == want,
+                         f"StateChange POSTs per node to be {want}", timeout=10)
+        shown = [(await threads.deferToThread(health, d.admin))[1]["cluster"] for d in daemons]
+        assert [c["node"] for c in shown] == ["node0", "node1", "node2"]
+        assert sum(c["pushBuckets"] for c in shown) == 256
+        assert all(c["liveNodes"] == 3 and c["leasesRenewed"] for c in shown)
         assert len(service.on("/sub")) == 7  # one verification, six StateChanges
     finally:
         await finish(daemons, receiver)

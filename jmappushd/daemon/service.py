@@ -249,7 +249,9 @@ def build_service(config: Config, reactor: IDaemonReactor,
         max_body=config.jmap.max_size_request, name="jmap", access_log=access_log,
         clients=app.clients, header_timeout=header_timeout, timers=app.wheel,
         http2=config.server.http2, reactor=reactor)
-    admin_site = JMAPSite(build_admin_root(app, webpush.runtime), max_body=ADMIN_MAX_BODY,
+    admin_root = build_admin_root(app, webpush.runtime,
+                                  leases.health if leases is not None else None)
+    admin_site = JMAPSite(admin_root, max_body=ADMIN_MAX_BODY,
                           name="admin", access_log=access_log, clients=app.clients,
                           header_timeout=header_timeout, timers=app.wheel,
                           http2=config.server.http2, reactor=reactor)

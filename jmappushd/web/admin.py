@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.web.resource import Resource
@@ -145,7 +146,13 @@ class RotateVapidKeyResource(AppResource):
 
 class HealthResource(AppResource):
     """``GET /health``: 200 when the store answers, 503 otherwise; with the daemon's version,
-    so a monitor sees which release answers."""
+    so a monitor sees which release answers, and in cluster mode this node's name and
+    push buckets (``cluster``)."""
+
+    def __init__(self, app: App, cluster: Callable[[], Mapping[str, object]] | None = None
+                 ) -> None:
+        super().__init__(app)
+        self._cluster = cluster
 
     def render_GET(self, request: Request) -> Any:
         return serve_async(request, self._check(request), self.log, 503, "store unavailable")
@@ -159,10 +166,13 @@ class HealthResource(AppResource):
         except StoreUnavailable as exc:
             write_problem(request, 503, f"store unavailable: {exc}")
             return
-        write_json(request, 200, {
+        body: dict[str, object] = {
             "status": "ok", "version": daemon_version(), "seq": seq,
             "listeners": self._app.hub.listener_count,
-        })
+        }
+        if self._cluster is not None:
+            body["cluster"] = dict(self._cluster())
+        write_json(request, 200, body)
 
 
 class MetricsResource(AppResource):
@@ -174,11 +184,13 @@ class MetricsResource(AppResource):
         return NOT_DONE_YET
 
 
-def build_admin_root(app: App, push: KeyRotation | None) -> Resource:
-    """The admin tree; ``push`` is None when the daemon runs without Web Push."""
+def build_admin_root(app: App, push: KeyRotation | None,
+                     cluster: Callable[[], Mapping[str, object]] | None = None) -> Resource:
+    """The admin tree; ``push`` is None when the daemon runs without Web Push, ``cluster``
+    what /health says of the node in cluster mode."""
     root = Resource()
     root.putChild(b"publish", PublishResource(app))
-    root.putChild(b"health", HealthResource(app))
+    root.putChild(b"health", HealthResource(app, cluster))
     root.putChild(b"metrics", MetricsResource(app))
     vapid = Resource()
     vapid.putChild(b"rotate", RotateVapidKeyResource(app, push))

@@ -113,6 +113,12 @@ class LeaseKeeper:
     def live_nodes(self) -> int:
         return self._live
 
+    def health(self) -> dict[str, object]:
+        """What ``/health`` shows of this node in cluster mode."""
+        return {"node": self.node, "pushBuckets": len(self._held),
+                "draining": len(self._draining), "liveNodes": self._live,
+                "leasesRenewed": not self._outage}
+
     # -- Ownership --
 
     def owns(self, sub_id: str) -> bool:
