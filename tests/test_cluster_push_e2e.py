@@ -63,7 +63,8 @@ def owners(server: PgServer, dbname: str) -> dict[str, int]:
         rows = connection.execute(
             "SELECT owner, count(*) FROM push_leases WHERE expires > clock_timestamp() "
             "GROUP BY owner").fetchall()
-    return {str(owner): int(count) for owner, count in rows if owner is not None}
+    return {str(owner).rsplit("/", 1)[0]: int(count) for owner, count in rows
+            if owner is not None}
 
 
 def owner_of(server: PgServer, dbname: str, sub_id: str) -> str | None:
@@ -71,7 +72,7 @@ def owner_of(server: PgServer, dbname: str, sub_id: str) -> str | None:
         row = connection.execute(
             "SELECT owner FROM push_leases WHERE bucket = %s AND expires > clock_timestamp()",
             (bucket_of(sub_id),)).fetchone()
-    return None if row is None else str(row[0])
+    return None if row is None else str(row[0]).rsplit("/", 1)[0]  # node/incarnation
 
 
 def balanced(server: PgServer, dbname: str, names: set[str]) -> bool:

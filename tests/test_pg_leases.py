@@ -189,3 +189,17 @@ async def test_buckets_load_their_subscriptions_and_leaving_frees_everything(
     await a.leave_cluster("a")
     after = await b.renew_leases("b", LEASE)
     assert after.live_nodes == 1 and len(after.held) == BUCKETS
+
+
+@pytest_twisted.ensureDeferred
+async def test_owners_are_incarnations_and_namesakes_are_counted(
+        stores: list[PostgreSQLStore]) -> None:
+    """Two daemons given one node name are two owners (``name/incarnation``): they share
+    buckets out like any two nodes and each sees the other as a namesake to warn of."""
+    a, b, _ = stores
+    await a.renew_leases("mail1/aaaa", LEASE)
+    first = await b.renew_leases("mail1/bbbb", LEASE)
+    again = await a.renew_leases("mail1/aaaa", LEASE)
+    assert first.namesakes == again.namesakes == 1 and again.live_nodes == 2
+    assert first.held == frozenset() and len(again.excess) == 128
+    assert (await a.renew_leases("mail10/cccc", LEASE)).namesakes == 0

@@ -48,10 +48,13 @@ class Renewal(NamedTuple):
     excess: frozenset[int]  # held above the fair share: hand back once drained
     live_nodes: int  # nodes with an unexpired heartbeat, this one included
     next_expiry: float | None  # s until the soonest other node's bucket lease expires
+    namesakes: int = 0  # other live owners with the same node name (a misconfiguration)
 
 
 def renew(cursor: Cursor, node: str, lease_time: float) -> Renewal:
-    """Heartbeat, renew this node's leases and take expired buckets up to its share."""
+    """Heartbeat, renew this node's leases and take expired buckets up to its share.
+
+    ``node`` is the owner key ``name/incarnation``; owners sharing a name are counted."""
     cursor.execute(
         "INSERT INTO cluster_nodes (name, expires) "
         "VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "
@@ -80,12 +83,18 @@ def renew(cursor: Cursor, node: str, lease_time: float) -> Renewal:
                 "WHERE bucket = ANY(%s)", (node, lease_time, taken))
             held.update(taken)
     excess = frozenset(sorted(held)[share:]) if len(held) > share else frozenset()
+    name = node.rsplit("/", 1)[0]
+    cursor.execute("SELECT count(*) FROM cluster_nodes WHERE expires > clock_timestamp() "
+                   "AND name <> %s AND left(name, %s) = %s",
+                   (node, len(name) + 1, name + "/"))
+    row = cursor.fetchone()
+    namesakes = int(row[0]) if row is not None else 0
     cursor.execute(
         "SELECT extract(epoch FROM min(expires) - clock_timestamp()) FROM push_leases "
         "WHERE owner IS DISTINCT FROM %s AND expires > clock_timestamp()", (node,))
     soonest = cursor.fetchone()
     next_expiry = None if soonest is None or soonest[0] is None else max(0.0, float(soonest[0]))
-    return Renewal(frozenset(held), excess, live, next_expiry)
+    return Renewal(frozenset(held), excess, live, next_expiry, namesakes)
 
 
 def release(cursor: Cursor, node: str, buckets: Collection[int]) -> int:

@@ -24,6 +24,7 @@ reconnect and every few minutes.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from functools import partial
 from typing import Any, Protocol
@@ -81,9 +82,16 @@ class LeaseKeeper:
     log = Logger()
 
     def __init__(self, store: LeaseStore, clock: IReactorTime, node: str, lease_time: float,
-                 margin: float) -> None:
-        """``margin``: the lease time a POST needs left to start (the push timeout)."""
+                 margin: float, incarnation: str | None = None) -> None:
+        """``margin``: the lease time a POST needs left to start (the push timeout).
+
+        Leases are held by ``node/incarnation``, random per process: two daemons given
+        the same node name (or a node restarted before its old leases expired) never
+        share a lease, and a paused process that wakes after a takeover is fenced off
+        even though its name is the same."""
         self.node = node
+        self.owner = f"{node}/{incarnation or secrets.token_hex(4)}"
+        self._namesakes_warned = False
         self._store = store
         self._clock = clock
         self._lease_time = lease_time
@@ -115,7 +123,7 @@ class LeaseKeeper:
 
     def health(self) -> dict[str, object]:
         """What ``/health`` shows of this node in cluster mode."""
-        return {"node": self.node, "pushBuckets": len(self._held),
+        return {"node": self.node, "owner": self.owner, "pushBuckets": len(self._held),
                 "draining": len(self._draining), "liveNodes": self._live,
                 "leasesRenewed": not self._outage}
 
@@ -128,7 +136,7 @@ class LeaseKeeper:
         bucket = bucket_of(sub_id)
         if bucket not in self._held and bucket not in self._draining:
             return defer.succeed(Saved.NOT_HELD)
-        d = self._store.save_push_delivery_fenced(self.node, sub_id, delivery, self._margin)
+        d = self._store.save_push_delivery_fenced(self.owner, sub_id, delivery, self._margin)
 
         def answer(fenced: Fenced) -> Saved:
             return Saved.SAVED if fenced.saved else Saved.GONE if fenced.held \
@@ -178,7 +186,7 @@ class LeaseKeeper:
         await self._lock.acquire()
         try:
             if self._held or self._draining:
-                await self._store.leave_cluster(self.node)
+                await self._store.leave_cluster(self.owner)
                 self.log.info("handed {count} push buckets back", count=len(self._held))
         except Exception as exc:
             self.log.warn("could not hand the push buckets back ({reason}); other nodes "
@@ -223,12 +231,18 @@ class LeaseKeeper:
             return
         sent = self._clock.seconds()
         try:
-            renewal = await self._store.renew_leases(self.node, self._lease_time)
+            renewal = await self._store.renew_leases(self.owner, self._lease_time)
         except Exception as exc:
             await self._renewal_failed(_reason(Failure(exc)))
             return
         if not self._running:
             return
+        if renewal.namesakes and not self._namesakes_warned:
+            self._namesakes_warned = True
+            self.log.warn("{count} other live daemon(s) use the node name {node}: give each "
+                          "node its own [cluster] node-name (deliveries stay correct; the "
+                          "logs and /health cannot tell them apart)",
+                          count=renewal.namesakes, node=self.node)
         if self._outage:
             self._outage = False
             self.log.info("push leases renewed again ({count} buckets)", count=len(renewal.held))
@@ -281,7 +295,7 @@ class LeaseKeeper:
                           "back", count=len(gained), reason=_reason(Failure(exc)))
             self._held = self._held - gained
             try:
-                await self._store.release_leases(self.node, gained)
+                await self._store.release_leases(self.owner, gained)
             except Exception:
                 self.log.debug("releasing them failed too: they expire by themselves")
             return
@@ -300,7 +314,7 @@ class LeaseKeeper:
             if self._delivery is not None:
                 await self._delivery.release(lambda sub_id: bucket_of(sub_id) not in excess,
                                              drain=True)
-            await self._store.release_leases(self.node, excess)
+            await self._store.release_leases(self.owner, excess)
             self.log.info("handed {count} push buckets back (fair share of {live} nodes)",
                           count=len(excess), live=self._live)
         except Exception as exc:
