@@ -101,7 +101,7 @@ class Recorder:
 
 async def node(shared: SharedLog, clock: task.Clock, **kwargs: int) -> tuple[Hub, LogBus, Recorder]:
     bus = LogBus(shared, clock, **kwargs)
-    hub = Hub(shared, bus)  # type: ignore[arg-type]
+    hub = Hub(shared, bus, keys=shared.store)  # type: ignore[arg-type]
     bus.attach(hub)
     await hub.start()
     recorder = Recorder()
@@ -249,3 +249,25 @@ async def test_behind_the_pruned_horizon_the_missed_states_arrive_merged() -> No
     assert on_b.changes[0].changed == {"A": {"Email": "s2"}}
     assert on_b.changes[1].changed == {"A": {"Mailbox": "m4"}}
     assert b.last_seq == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_from_a_node_ahead_reads_up_to_it_and_resumes_with_a_delta() -> None:
+    """A client's token from node A names a seq node B has not read yet (its wake-up is
+    still on the way): B's catch-up reads the log up to it first and answers a delta
+    (``known``), not a full resync; a token past the end of the log still resyncs."""
+    shared, clock = SharedLog(), task.Clock()
+    await shared.open()
+    a, _bus_a, _ = await node(shared, clock)
+    b, _bus_b, on_b = await node(shared, clock)
+    await a.publish({"A": {"Email": "s1"}})
+    token = a.tokens.seal("u1", a.last_seq)
+    await a.publish({"A": {"Mailbox": "m1"}})
+    assert b.last_seq == 0
+    states, now_token, known = await b.catch_up(token, ["A"], "u1")
+    assert known and states == {"A": {"Mailbox": "m1"}}
+    assert b.last_seq == 2 and b.tokens.open("u1", now_token) == 2
+    assert on_b.seqs == [1, 2]  # what the read found went live too
+    future = a.tokens.seal("u1", 99)
+    states, _, known = await b.catch_up(future, ["A"], "u1")
+    assert not known and states == {"A": {"Email": "s1", "Mailbox": "m1"}}

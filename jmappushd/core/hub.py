@@ -90,6 +90,10 @@ class IBus(Interface):
     def set_receiver(receiver: Callable[[Change], None]) -> None:
         """Register the local hub's entry point for announced changes."""
 
+    def reach(seq: int) -> defer.Deferred[None]:
+        """Try to bring this node up to ``seq`` now (a token another node sealed there);
+        fires when done trying, whether or not it got there (bounded work)."""
+
 
 @implementer(IBus)
 class LocalBus:
@@ -104,6 +108,9 @@ class LocalBus:
 
     def set_receiver(self, receiver: Callable[[Change], None]) -> None:
         self._receiver = receiver
+
+    def reach(self, seq: int) -> defer.Deferred[None]:
+        return defer.succeed(None)  # one node: nothing is recorded that it has not seen
 
 
 def restrict(
@@ -396,12 +403,16 @@ class Hub:
         so asking again and again shows nothing about other accounts' changes.
         """
         await self._wait_started()
-        as_of = self.last_seq
         tokens = self.tokens
-        now_token = tokens.seal(owner, as_of)
         seq = tokens.open(owner, token)
+        if seq is not None and seq > self.last_seq:
+            # Sealed by another node that is ahead (cluster mode): read up to it first,
+            # so the client gets a delta rather than a resync.
+            await self._bus.reach(seq)
+        as_of = self.last_seq
+        now_token = tokens.seal(owner, as_of)
         if seq is not None and seq > as_of:
-            seq = None  # a position this store never reached
+            seq = None  # a position this node has not reached (or this store never did)
         if seq is None:
             return await self._store.current_states(account_ids), now_token, False
         if seq >= as_of:

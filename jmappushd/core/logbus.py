@@ -168,6 +168,29 @@ class LogBus:
         if not reading.called:  # a source answering at once has finished already
             self._reading = reading
 
+    def reach(self, seq: int) -> defer.Deferred[None]:
+        """Read the log now when ``seq`` is past the watermark (a token sealed by a node
+        that is ahead); fires after at most two reads (one under way, one more)."""
+        return defer.Deferred.fromCoroutine(self._reach(seq))
+
+    async def _reach(self, seq: int) -> None:
+        for _ in range(2):
+            hub = self._hub
+            if hub is None or hub.last_seq >= seq:
+                return
+            self.wake(seq)
+            reading = self._reading
+            if reading is None:
+                return  # the read finished at once (or could not start)
+            done: defer.Deferred[None] = defer.Deferred()
+
+            def finished(result: object, done: defer.Deferred[None] = done) -> object:
+                done.callback(None)
+                return result  # the read's own outcome stays with it
+
+            reading.addBoth(finished)
+            await done
+
     async def _read_all(self, hub: WatermarkHub) -> None:
         try:
             while True:
