@@ -303,3 +303,16 @@ def test_stop_records_what_is_owed_then_hands_every_bucket_back() -> None:
 
 def test_ids_spread_over_every_bucket() -> None:
     assert {bucket_of(f"x{i}") for i in range(4000)} == set(range(BUCKETS))
+
+
+def test_a_row_destroyed_unnoticed_gets_no_post() -> None:
+    """The row went (a key rotation on another node, its notice lost): the fenced record
+    finds nothing to update, so nothing is POSTed and the subscription is forgotten."""
+    c = Cluster()
+    [sub_id] = ids_in(14)
+    c.h.record(sub_id)
+    c.start({14})
+    defer.ensureDeferred(c.h.store.delete_push_subscription(sub_id))
+    c.h.publish({"A": {"Email": "s1"}})
+    assert c.h.transport.calls == []
+    assert c.h.delivery.tracked() == []

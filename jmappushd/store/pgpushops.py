@@ -138,4 +138,7 @@ def delete_other_keys(cursor: Cursor, key_ids: list[str]) -> list[str]:
     cursor.execute("DELETE FROM push_subscriptions "
                    "WHERE vapid_key_id IS NULL OR NOT (vapid_key_id = ANY(%s)) RETURNING id",
                    (kept,))
-    return sorted(row[0] for row in cursor.fetchall())
+    gone = sorted(row[0] for row in cursor.fetchall())
+    for sub_id in gone:
+        _touched(cursor, sub_id)
+    return gone

@@ -545,6 +545,11 @@ class DeliveryService:
         if saved is Saved.NOT_HELD:
             self._ownership.lost(sub.id)
             return False
+        if saved is Saved.GONE:  # destroyed meanwhile (another node, a key rotation)
+            if self._subs.get(sub.id) is sub:
+                self.log.info("subscription {sub_id} was destroyed elsewhere", sub_id=sub.id)
+                self._remove(sub)
+            return False
         if saved is Saved.UNSURE:
             sub.dirty = True
             return False
