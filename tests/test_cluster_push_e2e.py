@@ -75,6 +75,15 @@ def owner_of(server: PgServer, dbname: str, sub_id: str) -> str | None:
     return None if row is None else str(row[0]).rsplit("/", 1)[0]  # node/incarnation
 
 
+def split_by_owner(server: PgServer, dbname: str, daemons: list[DaemonProcess], sub_id: str
+                   ) -> tuple[str, DaemonProcess, list[DaemonProcess]]:
+    """The name of the node delivering ``sub_id``, that node, and the others."""
+    owner = owner_of(server, dbname, sub_id)
+    assert owner is not None
+    node = daemons[int(owner.removeprefix("node"))]
+    return owner, node, [d for d in daemons if d is not node]
+
+
 def balanced(server: PgServer, dbname: str, names: set[str]) -> bool:
     held = owners(server, dbname)
     share = -(-256 // len(names))
@@ -153,10 +162,7 @@ async def test_sigkill_of_the_owner_mid_retry_another_node_delivers_once(
     service = receiver.service
     try:
         sub_id = await create_and_verify(daemons[0], receiver)
-        owner = owner_of(pg_server, dbname, sub_id)
-        assert owner is not None
-        victim = daemons[int(owner.removeprefix("node"))]
-        others = [d for d in daemons if d is not victim]
+        owner, victim, others = split_by_owner(pg_server, dbname, daemons, sub_id)
         service.default = (500, {})
         await publish(others[0], {"acc1": {"Email": "s1"}})
         await service.wait_count("/sub", 2, timeout=20)  # the first attempt failed
@@ -194,10 +200,7 @@ async def test_a_node_stopped_cleanly_hands_its_buckets_over_at_once(
     service = receiver.service
     try:
         sub_id = await create_and_verify(daemons[2], receiver)
-        owner = owner_of(pg_server, dbname, sub_id)
-        assert owner is not None
-        leaving = daemons[int(owner.removeprefix("node"))]
-        staying = [d for d in daemons if d is not leaving]
+        owner, leaving, staying = split_by_owner(pg_server, dbname, daemons, sub_id)
         await threads.deferToThread(leaving.stop)
         assert owner not in owners(pg_server, dbname)
         names = {f"node{daemons.index(d)}" for d in staying}
