@@ -23,9 +23,11 @@ changed against Twisted's own :class:`H2Connection`:
   passed): ``SETTINGS_ENABLE_CONNECT_PROTOCOL = 1``; an extended CONNECT with
   ``:protocol websocket`` is handed to the resource at HEADERS (it never ends its
   request), and its DATA goes to the :class:`~jmappushd.web.h2connect.Tunnel` the
-  resource opens. Any other CONNECT (none, or another ``:protocol``, or one not
-  invited) is answered on its stream at once, headers only: 405 without
-  ``:protocol``, 501 for another protocol, 400 when the setting was not sent. Each
+  resource opens (a resource that is no WebSocket endpoint answers 405 with its
+  ``Allow``, an unknown path 404: :func:`~jmappushd.web.h2connect.connect_refused_by`).
+  Any other CONNECT (none, or another ``:protocol``, or one not invited) is answered
+  on its stream at once, headers only: 405 without ``:protocol``, 501 for another
+  protocol, 400 when the setting was not sent. Each
   CONNECT stream is reset with NO_ERROR once our side of it is complete, so a client
   that never ends its side holds no stream slot. The connection's receive window is
   the sum of its streams' (one stream that stops reading does not stall the others).
