@@ -291,7 +291,7 @@ def test_frames_queued_together_leave_in_one_turn() -> None:
             turns.append(delay)
         return schedule(delay, f, *args, **kwargs)
 
-    clock.callLater = counting  # type: ignore[method-assign]
+    clock.callLater = counting  # type: ignore[method-assign,assignment]
     for request in streams.open:
         request.write(b"data: x\n\n")
     for _ in range(10):
