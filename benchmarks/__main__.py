@@ -3,6 +3,7 @@
     python -m benchmarks                      # the full suite (about 15-25 minutes)
     python -m benchmarks --smoke              # tiny sizes, seconds; writes to the work dir
     python -m benchmarks --only echo,fanout   # some benchmarks only
+    python -m benchmarks --only http2         # on request only: docs/benchmarks-http2.json
 
 Each benchmark is independent: one that fails is recorded with its error and the
 others still run. Everything runs on loopback, bounded in count and time.
@@ -25,6 +26,7 @@ from benchmarks import (
     bench_echo,
     bench_fanout,
     bench_gateway,
+    bench_http2,
     bench_throughput,
     bench_webpush,
     report,
@@ -39,7 +41,11 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "throughput": bench_throughput.run,
     "capacity": bench_capacity.run,
     "gateway": bench_gateway.run,
+    "http2": bench_http2.run,
 }
+ON_REQUEST = {"http2": "benchmarks-http2.json"}
+"""Run only when named in ``--only``; their results go to their own file, not to
+benchmarks.json/rst (their section in docs/benchmarks.rst is written by hand)."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.render:
         return render_only(Path(args.render), Path(args.out_dir or ROOT / "docs"))
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
+    names = ([n.strip() for n in args.only.split(",") if n.strip()]
+             or [n for n in BENCHMARKS if n not in ON_REQUEST])
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         sys.stderr.write(f"unknown benchmark(s): {', '.join(unknown)}\n")
@@ -103,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     results["notes"] = ctx.notes
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if all(n in ON_REQUEST for n in names):
+        for name in names:
+            own = results | {"benchmarks": {name: results["benchmarks"][name]}}
+            (out_dir / ON_REQUEST[name]).write_text(json.dumps(own, indent=1, default=str)
+                                                    + "\n")
+        log(f"results in {out_dir} after {results['wall_seconds']}s")
+        return 1 if any("error" in r for r in results["benchmarks"].values()) else 0
     (out_dir / "benchmarks.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     plot = report.plot_latency(results, out_dir / "latency.png")
     (out_dir / "benchmarks.rst").write_text(report.render(results, plot))

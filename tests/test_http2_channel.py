@@ -21,7 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from jmappushd.web.http2 import JMAPH2Connection
+from jmappushd.web.http2 import FRAMES_PER_TURN, JMAPH2Connection
 from jmappushd.web.site import JMAPChannel, JMAPSite
 
 MAX_BODY = 100
@@ -271,3 +271,35 @@ def test_http2_off_keeps_http11_even_if_alpn_said_h2() -> None:
     channel.dataReceived(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
     assert channel.h2 is None
     assert transport.value().startswith(b"HTTP/1.1 200")
+
+
+def test_frames_queued_together_leave_in_one_turn() -> None:
+    """Frames queued in one reactor iteration leave in the next one together, at most
+    FRAMES_PER_TURN per iteration: Twisted sent one frame per iteration (a callLater(0)
+    after each), so 16 WebSocket answers were 16 polls, TLS records and TCP sends.
+    Frames, order and content are unchanged; nothing is left scheduled after."""
+    clock = Clock()
+    streams = Streams()
+    peer = Peer(clock, make_site(clock, streams))
+    ids = [peer.request("GET", "/stream") for _ in range(FRAMES_PER_TURN + 6)]
+    assert len(streams.open) == len(ids)
+    turns: list[float] = []
+    schedule = clock.callLater
+
+    def counting(delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        if delay == 0 and getattr(f, "__name__", "") == "_sendPrioritisedData":
+            turns.append(delay)
+        return schedule(delay, f, *args, **kwargs)
+
+    clock.callLater = counting  # type: ignore[method-assign,assignment]
+    for request in streams.open:
+        request.write(b"data: x\n\n")
+    for _ in range(10):
+        clock.advance(0)
+    events = peer.conn.receive_data(peer.transport.value())
+    data = [(e.stream_id, e.data) for e in events if isinstance(e, h2.events.DataReceived)]
+    assert data == [(sid, b"data: x\n\n") for sid in ids]
+    # the first write wakes the loop: one frame and a turn; that turn sends 64 and
+    # schedules one more for the last 5 (Twisted: one turn per frame, 70)
+    assert len(turns) == 2
+    assert not clock.getDelayedCalls()

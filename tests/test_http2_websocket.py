@@ -440,3 +440,35 @@ def test_close_frame_payload_is_well_formed(hh: H2Harness) -> None:
             raw.append(event.data)
     frame = raw[-1]
     assert frame[0] == 0x88 and struct.unpack("!H", frame[2:4])[0] == 1001
+
+
+def test_which_resources_refuse_an_extended_connect() -> None:
+    """A resource without CONNECT among its declared methods (``cors_methods``), or with
+    only ``render_<METHOD>``s and no ``render_CONNECT``, refuses it with those methods;
+    one with its own ``render`` and no declaration (the handshake, the JSON 404) decides
+    itself."""
+
+    class Declared(Resource):
+        cors_methods = (b"POST",)
+
+        def render(self, request: object) -> bytes:
+            return b""
+
+    class Dispatching(Resource):
+        def render_GET(self, request: object) -> bytes:
+            return b""
+
+        render_HEAD = render_GET
+
+    class Tunnelling(Dispatching):
+        def render_CONNECT(self, request: object) -> bytes:
+            return b""
+
+    class Own(Resource):
+        def render(self, request: object) -> bytes:
+            return b""
+
+    assert h2connect.connect_refused_by(Declared()) == (b"POST",)
+    assert h2connect.connect_refused_by(Dispatching()) == (b"GET", b"HEAD")
+    assert h2connect.connect_refused_by(Tunnelling()) is None
+    assert h2connect.connect_refused_by(Own()) is None

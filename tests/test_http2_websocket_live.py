@@ -2,7 +2,8 @@
 ``ssl:`` listener, and an ``h2`` + ``wsproto`` client over a real TLS socket (ALPN h2),
 run in a thread while the reactor serves.
 
-Checklist: H2WS-1, H2WS-2, WS-4, WS-5, WS-18, WS-19, C-WS-1, and the per-user limit.
+Checklist: H2WS-1, H2WS-2, WS-4, WS-5, WS-18, WS-19, C-WS-1, and the per-user limit; an
+extended CONNECT only opens a WebSocket at a WebSocket URL.
 """
 
 from __future__ import annotations
@@ -136,17 +137,19 @@ class H2Client:
     # -- requests --
 
     def connect(self, headers: dict[str, str], path: str = "/jmap/ws",
-                protocols: str | None = "jmap") -> int:
+                protocols: str | None = "jmap", protocol: str | None = "websocket") -> int:
+        """An extended CONNECT (``protocol`` None: a plain CONNECT, authority only)."""
         sid: int = self.conn.get_next_available_stream_id()
         extra = {"sec-websocket-version": "13", **headers}
         if protocols is not None:
             extra["sec-websocket-protocol"] = protocols
-        self.conn.send_headers(sid, [
-            (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-            (":path", path), (":authority", "127.0.0.1"), *extra.items()])
+        pseudo = [(":method", "CONNECT"), (":authority", "127.0.0.1")]
+        if protocol is not None:
+            pseudo += [(":protocol", protocol), (":scheme", "https"), (":path", path)]
+        self.conn.send_headers(sid, [*pseudo, *extra.items()])
         self._send()
         self.wait(lambda: sid in self.status, "the CONNECT's answer")
-        if self.status[sid] == 200:
+        if self.status[sid] == 200 and protocol == "websocket":
             self.ws[sid] = Connection(ConnectionType.CLIENT)
         return sid
 
@@ -275,5 +278,42 @@ async def test_multiplexed_websockets_and_eventsource(tmp_path: Path) -> None:
                 account: {"Email": "m2"}}
             await in_thread(c.wait, lambda: b"m2" in c.body.get(es, b""), "the 2nd ES event")
             assert len(c.texts.get(one, [])) == 2
+        finally:
+            await in_thread(c.close)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_elsewhere_is_refused(tmp_path: Path) -> None:
+    """H2WS-2's converse on the real resource tree: an extended CONNECT (with credentials
+    and the jmap subprotocol) to the API, session, EventSource or upload URL is a 405
+    problem with the resource's ``Allow`` (not Twisted's 501 page), to an unknown path
+    a 404 problem; another ``:protocol`` is 501 and a plain CONNECT 405. Each refusal
+    ends its stream, opens no session, and the connection then opens a WebSocket."""
+    async with tls_daemon(tmp_path) as (d, cert, port):
+        await d.add_user("alice")
+        auth = basic_header("alice")
+        c: H2Client = await in_thread(H2Client, port, cert)
+        try:
+            cases = [("/jmap/api/", 405, b"POST"), ("/jmap/session", 405, b"GET"),
+                     ("/jmap/eventsource/?types=*&closeafter=no&ping=0", 405, b"GET"),
+                     ("/jmap/upload/A/", 405, b"POST"), ("/nonexistent", 404, None),
+                     ("/", 404, None)]
+            for path, status, allow in cases:
+                sid = await in_thread(c.connect, auth, path)
+                await in_thread(c.wait, lambda s=sid: s in c.ended, f"the end of {path}")
+                assert (path, c.status[sid]) == (path, status)
+                assert c.headers[sid].get(b"allow") == allow
+                assert c.headers[sid][b"content-type"] == b"application/problem+json"
+                assert json.loads(c.body[sid])["status"] == status
+            other = await in_thread(c.connect, auth, "/jmap/ws", "jmap", "webtransport")
+            plain = await in_thread(c.connect, auth, "/jmap/ws", "jmap", None)
+            await in_thread(c.wait, lambda: {other, plain} <= c.ended, "the refusals' end")
+            assert (c.status[other], c.status[plain]) == (501, 405)
+            factory = d.service.transport(WebSocketService).factory
+            assert not factory.connections
+            sid = await in_thread(c.connect, auth)
+            assert c.status[sid] == 200
+            c.send_json(sid, echo())
+            assert (await in_thread(c.next_text, sid))["@type"] == "Response"
         finally:
             await in_thread(c.close)

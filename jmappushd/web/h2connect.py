@@ -16,6 +16,9 @@ and from then on carries the stream's DATA both ways as bytes:
 * :meth:`Tunnel.finish` ends the stream (END_STREAM, the TCP FIN of RFC 8441 §4),
   :meth:`Tunnel.abort` resets it (RST_STREAM CANCEL, the TCP RST), and a client's
   RST_STREAM or the connection's end reaches the handler as ``tunnel_closed``.
+
+An extended CONNECT that traverses to a resource which is no WebSocket endpoint (the
+API, the session) is answered 405 with that resource's ``Allow`` before it renders.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.http import Request
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request as ServerRequest
 from zope.interface import implementer
+
+from jmappushd.web.responses import write_problem
 
 if TYPE_CHECKING:
     from jmappushd.web.http2 import JMAPH2Connection
@@ -92,8 +98,39 @@ def _connect_class(base: type[Request]) -> type[Request]:
         def gotLength(self: Request, length: int | None) -> None:
             base.gotLength(self, 0 if length is None else length)
 
-        cls = _tunnel_classes[base] = type(base.__name__, (base,), {"gotLength": gotLength})
+        def render(self: ServerRequest, resource: IResource) -> None:
+            allowed = connect_refused_by(resource)
+            if allowed is None:
+                base.render(self, resource)  # type: ignore[attr-defined]
+                return
+            self.setHeader(b"Allow", b", ".join(allowed))
+            write_problem(self, 405, "this resource is not a WebSocket endpoint; "
+                          "an extended CONNECT opens one only at the JMAP WebSocket URL")
+
+        cls = _tunnel_classes[base] = type(base.__name__, (base,),
+                                           {"gotLength": gotLength, "render": render})
     return cls
+
+
+def connect_refused_by(resource: IResource) -> tuple[bytes, ...] | None:
+    """The methods ``resource`` allows when it does not take an extended CONNECT, or None
+    when it decides itself (the WebSocket handshake; the JSON 404 of an unknown path).
+
+    Twisted would answer a CONNECT to a resource without ``render_CONNECT`` with a 501
+    HTML page ("Huh?"), which says the server lacks the method; it lacks it only here,
+    so the answer is 405 with ``Allow`` (RFC 9110 §15.5.6): the methods the resource
+    declares in ``cors_methods`` (what the CORS gate reads too; our resources with their
+    own ``render`` declare them), else those it has a ``render_<METHOD>`` for.
+    """
+    declared = getattr(resource, "cors_methods", None)
+    if declared is not None:
+        return None if b"CONNECT" in declared else tuple(bytes(m) for m in declared)
+    if type(resource).render is not Resource.render:  # it answers every method itself
+        return None
+    if getattr(resource, "render_CONNECT", None) is not None:
+        return None
+    return tuple(sorted(name[7:].encode("ascii") for name in dir(resource)
+                        if name.startswith("render_") and name[7:].isupper()))
 
 
 @implementer(IPushProducer)
