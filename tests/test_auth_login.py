@@ -164,3 +164,67 @@ def test_no_address_means_no_address_lock(client: str | None) -> None:
         s.clock.advance(PENALTY_MAX)  # past 3 failures alice's failures are delayed
         assert s.outcome(d).check(UnauthorizedLogin)
     assert isinstance(s.outcome(s.login("alice", "right", client=client)), Principal)
+
+
+class CountingStore(MemoryStore):
+    """The memory store, counting the lookups a login makes."""
+
+    reads = 0
+
+    def get_user(self, name: str) -> defer.Deferred[Any]:
+        self.reads += 1
+        return super().get_user(name)
+
+    def get_user_by_id(self, user_id: str) -> defer.Deferred[Any]:
+        self.reads += 1
+        return super().get_user_by_id(user_id)
+
+    def find_token(self, digest: bytes) -> defer.Deferred[Any]:
+        self.reads += 1
+        return super().find_token(digest)
+
+
+def same(a: Any, b: Any) -> bool:
+    return (a.user_id, a.credential_id, a.account_ids) == (b.user_id, b.credential_id,
+                                                             b.account_ids)
+
+
+def test_a_remembered_login_is_answered_from_the_caches_alike() -> None:
+    """Issue 16 (the API path): a login both caches remember is answered without the
+    portal, with the same principal, no store read and no KDF; a wrong password for a
+    cached user still runs the full check; invalidation sends the next login back to
+    the store; a bearer token takes the same short way once it is cached."""
+    s = Setup()
+    store = CountingStore()
+    store.open()
+    store.add_user("alice", hash_password("right", TEST_LOG_N), "A")
+    store.create_token("alice", token_digest(TOKEN))
+    s.auth = Authenticator(store, s.clock, s.threads, 60,
+                           limits=AuthConfig(max_concurrent_kdf=2, max_failures=3))
+    portal_logins: list[object] = []
+    through_portal = s.auth.portal.login
+
+    def counted(*args: Any) -> Any:
+        portal_logins.append(args)
+        return through_portal(*args)
+
+    s.auth.portal.login = counted  # type: ignore[method-assign,assignment]
+    first = s.outcome(s.login("alice", "right"))
+    reads, kdfs = store.reads, s.threads.calls
+    again = defer.ensureDeferred(s.auth.login(UsernamePassword(b"alice", b"right"), "192.0.2.1"))
+    assert again.called and again.result is first  # the realm's cached principal
+    assert len(portal_logins) == 1  # the second took the short way
+    assert (store.reads, s.threads.calls) == (reads, kdfs)
+    assert s.outcome(s.login("alice", "wrong")).check(UnauthorizedLogin)
+    assert s.threads.calls == kdfs + 1
+    s.auth.invalidate()
+    reads = store.reads
+    fresh = s.outcome(s.login("alice", "right"))
+    assert fresh is not first and same(fresh, first)
+    assert store.reads > reads
+    token = s.outcome(defer.ensureDeferred(s.auth.login(BearerToken(TOKEN), None)))
+    reads = store.reads
+    cached = defer.ensureDeferred(s.auth.login(BearerToken(TOKEN), None))
+    assert cached.called and cached.result is token and store.reads == reads
+    s.clock.advance(61)  # past cache-ttl: both caches expire, the store is asked again
+    assert same(s.outcome(s.login("alice", "right")), first) and store.reads > reads

@@ -227,6 +227,13 @@ class JMAPRealm:
     def clear(self) -> None:
         self._cache.clear()
 
+    def cached(self, avatar_id: str) -> Principal | None:
+        """The principal of ``avatar_id`` if it is cached and fresh (no store read)."""
+        cached = self._cache.get(avatar_id)
+        if cached is not None and cached[0] > self._clock.seconds():
+            return cached[1]
+        return None
+
     def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
         if IPrincipal not in interfaces:
             raise NotImplementedError("only IPrincipal avatars exist")
@@ -309,8 +316,10 @@ class Authenticator:
         self.failures = FailureThrottle(clock, limits.max_failures, limits.failure_window)
         checkers: list[ICredentialsChecker] = [PasswordChecker(store, self._cache, self.kdf),
                                                BearerTokenChecker(store, self._cache)]
+        self._local: JMAPRealm | None = self._realm
         if principals is not None:
             self._realm, checkers = principals.realm, list(principals.checkers)
+            self._local = None
         self.portal = Portal(self._realm)
         for checker in checkers:
             self.portal.registerChecker(checker)
@@ -329,10 +338,19 @@ class Authenticator:
         the address is throttled (429) or the KDF queue is full (503).
         """
         if not IUsernamePassword.providedBy(credentials):
+            if IBearerToken.providedBy(credentials):
+                known = self._known(self._cache.key("bearer", str(credentials.token)))
+                if known is not None:
+                    return known
             return await self._login(credentials)
         username = _as_text(credentials.username)
-        attempt = self._cache.key("attempt", username, _as_text(credentials.password))
+        # The checker's cache key doubles as the throttle's name for this attempt.
+        attempt = self._cache.key("basic", username, _as_text(credentials.password))
         self.failures.admit(client, attempt)
+        known = self._known(attempt)
+        if known is not None:
+            self.failures.succeeded(client, attempt)
+            return known
         try:
             principal = await self._login(credentials)
         except cred_error.UnauthorizedLogin:
@@ -345,6 +363,15 @@ class Authenticator:
             raise
         self.failures.succeeded(client, attempt)
         return principal
+
+    def _known(self, key: bytes) -> Principal | None:
+        """A login both caches remember, answered without the portal's Deferreds (the
+        same checks, already made within ``cache-ttl``). Only with the store's own
+        checkers and realm: gateway mode's come from the upstream and keep the portal."""
+        if self._local is None:
+            return None
+        avatar_id = self._cache.get(key)
+        return None if avatar_id is None else self._local.cached(avatar_id)
 
     async def _login(self, credentials: ICredentials) -> Principal:
         _, avatar, _ = await self.portal.login(credentials, None, IPrincipal)

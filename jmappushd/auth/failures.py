@@ -19,6 +19,7 @@ addresses or names costs bounded memory. Time comes from the injected clock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -47,6 +48,12 @@ def address_key(client: str | None) -> str | None:
     the transport has no address (a Unix socket), which is not counted."""
     if not client or client == "-":
         return None
+    return _address_key(client)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_key(client: str) -> str:
+    """Parsing an address costs more than the rest of a cached login: remembered."""
     try:
         addr = ipaddress.ip_address(client)
     except ValueError:

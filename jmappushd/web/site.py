@@ -226,6 +226,9 @@ class JMAPSite(Site):
         self.accesslog = AccessLog(name, clients or ClientAddresses(), access_log)
         request_class = type("LimitedRequest", (LimitedRequest,),
                              {"max_body": max_body, "accesslog": self.accesslog})
+        # No endpoint takes HTML form posts: without this Twisted parses every POST's
+        # Content-Type with the email package (the largest cost of an API request).
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, requestFactory=request_class, **kwargs)
         self.displayTracebacks = False
         self.name = name
