@@ -38,9 +38,9 @@ def sharing(tmp_path: Path, server: PgServer, dbname: str, port: int, name: str
     return d
 
 
-def session_requests(d: DaemonProcess) -> int:
-    """How many ``/jmap/session`` requests this node answered (its own /metrics)."""
-    with urllib.request.urlopen(d.admin + "/metrics", timeout=10) as response:
+def session_requests(admin: str) -> int:
+    """How many ``/jmap/session`` requests the node answered (its own /metrics at admin)."""
+    with urllib.request.urlopen(admin + "/metrics", timeout=10) as response:
         text = response.read().decode()
     pattern = r'^jmappushd_http_requests_total\{endpoint="session",status="\d+"\} (\S+)$'
     return sum(int(float(n)) for n in re.findall(pattern, text, re.MULTILINE))
@@ -69,7 +69,7 @@ def test_two_nodes_share_one_port(tmp_path: Path, pg_server: PgServer) -> None:
         b.start()
         try:
             connect_many(a.base, CONNECTIONS)
-            served = session_requests(a), session_requests(b)
+            served = session_requests(a.admin), session_requests(b.admin)
             assert sum(served) == CONNECTIONS
             assert min(served) > 0, f"one node served every connection: {served}"
 
@@ -81,8 +81,8 @@ def test_two_nodes_share_one_port(tmp_path: Path, pg_server: PgServer) -> None:
                              "Address already in use"]
         finally:
             assert b.stop() in (0, -15)  # twistd re-raises SIGTERM after a clean stop
-        before = session_requests(a)
+        before = session_requests(a.admin)
         connect_many(a.base, CONNECTIONS // 4)
-        assert session_requests(a) == before + CONNECTIONS // 4
+        assert session_requests(a.admin) == before + CONNECTIONS // 4
     finally:
         assert a.stop() in (0, -15)
