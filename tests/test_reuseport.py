@@ -21,11 +21,15 @@ import pytest_twisted
 from twisted.internet import threads
 from twisted.internet.address import IPv6Address
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.internet.interfaces import (
+    IProtocolNegotiationFactory,
+    IStreamServerEndpointStringParser,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from jmappushd import ctl
 from jmappushd.config import ConfigError, parse_config
@@ -312,24 +316,37 @@ class Hello(Protocol):
         self.transport.loseConnection()
 
 
-def tls_read(port: int, cert_pem: bytes) -> bytes:
+@implementer(IProtocolNegotiationFactory)
+class HelloFactory(Factory):
+    """Offers ALPN as the daemon's JMAPSite does (HTTP/2 on TLS listeners)."""
+
+    protocol = Hello
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"h2", b"http/1.1"]
+
+
+def tls_read(port: int, cert_pem: bytes) -> tuple[str | None, bytes]:
+    """The protocol ALPN picked and what the server wrote, over a verified TLS connection."""
     context = ssl.create_default_context(cadata=cert_pem.decode())
+    context.set_alpn_protocols(["h2", "http/1.1"])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
         data = b""
         while chunk := tls.recv(64):
             data += chunk
-        return data
+        return tls.selected_alpn_protocol(), data
 
 
 @pytest_twisted.ensureDeferred
 async def test_tls_over_a_shared_port(tmp_path: Path) -> None:
-    """``reuseport:ssl:`` on the real reactor: a TLS handshake against the certificate, the
-    protocol's bytes through the TLS wrapper on a SO_REUSEPORT guarded port."""
+    """``reuseport:ssl:`` on the real reactor: a TLS handshake against the certificate,
+    ALPN offering h2 as on ``ssl:`` (so HTTP/2 works), the protocol's bytes through the TLS
+    wrapper on a SO_REUSEPORT guarded port."""
     key, cert, pem = self_signed(tmp_path)
     listener = ListenerService(
         live_reactor(), f"reuseport:ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-        Factory.forProtocol(Hello))
+        HelloFactory())
     listener.privilegedStartService()
     try:
         port = listener.port
@@ -337,6 +354,6 @@ async def test_tls_over_a_shared_port(tmp_path: Path) -> None:
         assert port.factory is not None
         assert isinstance(port.factory.buildProtocol(None), TLSMemoryBIOProtocol)
         number = port.getHost().port
-        assert await threads.deferToThread(tls_read, number, pem) == b"hello"
+        assert await threads.deferToThread(tls_read, number, pem) == ("h2", b"hello")
     finally:
         await listener.stopService()
