@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
+from jmappushd.endpointargs import REUSEPORT, unwrap
 from jmappushd.tlsfiles import check_ssl_endpoint
 
 if TYPE_CHECKING:
@@ -52,11 +53,15 @@ def _check_endpoint(text: str) -> str:
 
     The key and certificate of an ``ssl:`` endpoint are checked first for a precise reason,
     and listening on the MemoryReactor shows the port the daemon would bind (Twisted
-    itself takes ``tcp:80800`` and fails only in ``bind()``).
+    itself takes ``tcp:80800`` and fails only in ``bind()``). A ``reuseport:`` endpoint
+    gets the checks of the one it wraps; its parser checks port and interface itself, and
+    it is never listened on here, since that would bind a real socket.
     """
-    if text.split(":", 1)[0] == "ssl":
+    scheme = text.split(":", 1)[0]
+    wrapped = unwrap(text)
+    if wrapped.split(":", 1)[0] == "ssl":
         try:
-            check_ssl_endpoint(text)
+            check_ssl_endpoint(wrapped)
         except ValueError as e:
             raise ValueError(f"{text!r}: {e}") from None
     reactor = MemoryReactor()
@@ -65,12 +70,12 @@ def _check_endpoint(text: str) -> str:
     except (IndexError, KeyError):
         # systemd: endpoints look their descriptor up at parse time; outside socket activation
         # (e.g. checking the config by hand) there is none, and listening reports it later.
-        if text.split(":", 1)[0] != "systemd":
+        if scheme != "systemd":
             raise ValueError(f"bad endpoint {text!r}") from None
         return text
     except Exception as e:
         raise ValueError(f"bad endpoint {text!r}: {e}") from None
-    if text.split(":", 1)[0] != "systemd":
+    if scheme not in ("systemd", REUSEPORT):
         # Never "listen" on an adopted descriptor: Twisted closes the inherited socket once
         # it has adopted it, and the daemon would then have no socket to serve on.
         _check_listening_ports(reactor, endpoint, text)
@@ -511,6 +516,7 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] | None = None)
     _check_upstream(parts["upstream"], path)
     _check_storage(parts["storage"], path)
     _check_cluster(parts["cluster"], parts["push"], parts["storage"], path)
+    _check_node_name_given(server, parts["storage"], parts["cluster"], path)
     parts["server"], warnings = _cors_alias(parser, path, server, parts["event_source"])
     return Config(path=os.path.abspath(path), warnings=warnings, **parts)
 
@@ -580,6 +586,14 @@ def _check_cluster(cluster: ClusterConfig, push: PushConfig, storage: StorageCon
             f"{path}: [cluster] lease-time: {cluster.lease_time:g} s is less than twice "
             f"[push] push-timeout ({push.push_timeout_s:g} s): a node must hold a lease "
             "longer than a Web Push POST can take")
+def _check_node_name_given(server: ServerConfig, storage: StorageConfig,
+                           cluster: ClusterConfig, path: str) -> None:
+    """Nodes sharing a port (``reuseport:``) would share the default node name."""
+    shared = any(e.split(":", 1)[0] == REUSEPORT for e in server.listen)
+    if shared and storage.backend == "postgresql" and not cluster.node_name:
+        raise ConfigError(f"{path}: [cluster] node-name: required when [server] listen has a "
+                          f"{REUSEPORT}: endpoint (the default, host name and first listen "
+                          "port, would be the same on every node sharing it)")
 
 
 def _state_dir(env: Mapping[str, str]) -> str:

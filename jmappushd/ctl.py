@@ -36,7 +36,7 @@ from jmappushd.daemon.statedir import (
     load_or_create_admin_token,
     prepare_state,
 )
-from jmappushd.endpointargs import endpoint_arguments
+from jmappushd.endpointargs import endpoint_arguments, unwrap
 from jmappushd.gateway.wiring import gateway_problems
 from jmappushd.store.backends import check_store, create_store, migrate_store, prepare_store
 from jmappushd.store.interface import IPrincipalStore
@@ -193,9 +193,10 @@ async def _account(args: argparse.Namespace, store: IPrincipalStore, out: TextIO
 
 
 def admin_url(config: Config) -> str:
-    """Derive ``http://host:port`` from the first tcp endpoint in ``[admin] listen``."""
+    """Derive ``http://host:port`` from the first tcp endpoint in ``[admin] listen``
+    (``reuseport:tcp:...`` included)."""
     for description in config.admin.listen:
-        args, options = endpoint_arguments(description)
+        args, options = endpoint_arguments(unwrap(description))
         port = args[1] if len(args) >= 2 else options.get("port")
         if args[0] in ("tcp", "tcp6") and port is not None:
             host = options.get("interface", "127.0.0.1")

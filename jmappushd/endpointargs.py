@@ -1,7 +1,8 @@
 """The arguments of a Twisted endpoint string, split the way ``serverFromString`` splits them.
 
 The config check needs the file names of ``ssl:`` endpoints and ``jmappushctl`` the port of
-the admin listener; Twisted keeps its parser private, so this is the same small grammar:
+the admin listener, both also inside a ``reuseport:`` endpoint (which wraps another one and
+passes it on, re-escaped); Twisted keeps its parser private, so this is the same small grammar:
 ``:`` separates arguments, the first ``=`` in one makes it a keyword argument, and a
 backslash escapes the next character (``interface=\\:\\:1``).
 """
@@ -35,3 +36,28 @@ def _segments(description: str) -> list[list[str]]:
         else:
             current[-1] += char
     return segments
+
+
+def endpoint_description(args: list[str], kwargs: dict[str, str]) -> str:
+    """The inverse of :func:`endpoint_arguments`: ``(["tcp", "80"], {"interface": "::1"})``
+    → ``"tcp:80:interface=\\:\\:1"``, escaped so that Twisted splits it back the same way."""
+    parts = [_escape(a) for a in args]
+    parts += [f"{_escape(k)}={_escape(v)}" for k, v in kwargs.items()]
+    return ":".join(parts)
+
+
+REUSEPORT = "reuseport"
+"""The prefix of :mod:`jmappushd.net.reuseport`'s endpoints, which wrap another one."""
+
+
+def unwrap(description: str) -> str:
+    """The endpoint a ``reuseport:`` endpoint wraps (``reuseport:tcp:80`` → ``tcp:80``);
+    any other description unchanged."""
+    args, kwargs = endpoint_arguments(description)
+    if args[0] != REUSEPORT:
+        return description
+    return endpoint_description(args[1:], kwargs)
+
+
+def _escape(text: str) -> str:
+    return "".join("\\" + c if c in ":=\\" else c for c in text)

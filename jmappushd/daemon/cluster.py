@@ -83,7 +83,7 @@ def node_name(config: Config) -> str:
     host = socket.gethostname().split(".")[0] or "node"
     for description in config.server.listen:
         args, kwargs = endpoint_arguments(description)
-        port = kwargs.get("port") or (args[1] if len(args) > 1 else "")
+        port = kwargs.get("port") or next((a for a in args[1:] if a.isdigit()), "")
         if port.isdigit():
             return f"{host}:{port}"
     return f"{host}:{os.getpid()}"
