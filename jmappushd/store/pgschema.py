@@ -104,8 +104,20 @@ CREATE INDEX push_subscriptions_by_user ON push_subscriptions (user_id);
 CREATE INDEX push_subscriptions_by_credential ON push_subscriptions (credential_id);
 """
 
+# The push subscription creation rate shared by every node (issue 13): one row per
+# creation in the last window (``[push] create-rate`` per minute), read and pruned by
+# user under the user's row lock, swept by time.
+_V2 = """
+CREATE TABLE push_creations (
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    at double precision NOT NULL
+);
+CREATE INDEX push_creations_by_user ON push_creations (user_id, at);
+CREATE INDEX push_creations_by_time ON push_creations (at)
+"""
+
 # Migration i brings the schema to version i + 1.
-MIGRATIONS: Sequence[str] = (_V1,)
+MIGRATIONS: Sequence[str] = (_V1, _V2)
 
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS jmappushd_schema (
