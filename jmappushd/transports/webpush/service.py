@@ -194,6 +194,7 @@ class PushRuntime:
 
     async def _finish_transition(self, key_id: str) -> None:
         gone = await self._destroy_other_keys()
+        self.delivery.invalidated()  # another node's timer may have destroyed them first
         await forget_previous_key(self.app.store)
         self.log.info("VAPID key {key_id} retired; {count} subscriptions destroyed",
                       key_id=key_id, count=len(gone))
