@@ -16,9 +16,9 @@ from twisted.internet import threads
 
 from tests.daemon_process import DaemonProcess
 from tests.pg_server import PgServer
-from tests.support import basic
 from tests.test_cluster_e2e import eventually, start_all, stop_all
 from tests.test_pg_e2e import pg_daemon
+from tests.test_websocket_helpers import basic_header
 
 CORE = "urn:ietf:params:jmap:core"
 VAPID = "urn:ietf:params:jmap:webpush-vapid"
@@ -43,7 +43,7 @@ def two_nodes(tmp_path: Path, server: PgServer) -> list[DaemonProcess]:
 
 def session(d: DaemonProcess) -> dict[str, Any]:
     request = urllib.request.Request(d.base + "/jmap/session",
-                                     headers=dict(basic("alice", "pw")))
+                                     headers=basic_header("alice", "pw"))
     with urllib.request.urlopen(request, timeout=10) as response:
         return dict(json.loads(response.read()))
 
@@ -55,7 +55,7 @@ def create(d: DaemonProcess, count: int) -> dict[str, Any]:
     body = json.dumps({"using": [CORE], "methodCalls": [
         ["PushSubscription/set", {"create": objects}, "0"]]}).encode()
     request = urllib.request.Request(d.base + "/jmap/api/", data=body, method="POST", headers={
-        **basic("alice", "pw"), "Content-Type": "application/json"})
+        **basic_header("alice", "pw"), "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         [[name, out, _]] = json.loads(response.read())["methodResponses"]
     assert name == "PushSubscription/set", out

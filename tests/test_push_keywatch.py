@@ -4,12 +4,13 @@ and one Clock stand for two daemons on one database."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from jmappushd.auth.authenticator import Principal
 from jmappushd.config import Config
@@ -103,13 +104,24 @@ def test_transition_period_is_followed_and_ends_on_every_node() -> None:
     assert b.delivery.get("S1") is None and "S1" not in h.store.subs
 
 
-def test_an_unchanged_key_costs_one_read_and_changes_nothing() -> None:
-    """Idle: one poll timer per node, the session and the ring untouched."""
-    h, a, b = two_nodes()
+def test_an_unchanged_key_costs_one_read_and_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle: one poll timer and one metadata read per node and interval; the session and
+    the ring untouched."""
+    h, _, b = two_nodes()
     generation = b.app.registry.generation
     signer = b.keyring.signer(h.key.key_id)
+    reads: list[str] = []
+    get_meta = h.store.get_meta
+
+    def counted(key: str) -> Deferred[str | None]:
+        reads.append(key)
+        return get_meta(key)
+
+    monkeypatch.setattr(h.store, "get_meta", counted)
     for _ in range(5):
         h.clock.advance(KEY_POLL_INTERVAL)
+    assert reads == [META_KEY] * 10
     assert b.app.registry.generation == generation
     assert b.keyring.signer(h.key.key_id) is signer  # its cached tokens kept
     watches = [c for c in h.clock.getDelayedCalls() if "KeyWatcher" in repr(c)]
@@ -148,7 +160,7 @@ def test_a_failing_read_is_logged_once_and_retried() -> None:
         return outcome
 
     watcher = KeyWatcher(clock, follow, interval=2.0)
-    watcher.log = Logger(observer=events.append)
+    watcher.log = Logger(observer=cast(ILogObserver, events.append))
     watcher.start()
     clock.advance(2.0)
     clock.advance(2.0)
@@ -177,7 +189,7 @@ def test_stop_waits_for_a_poll_under_way() -> None:
 
 def test_runtime_stop_stops_the_watcher() -> None:
     """After the runtime stops no poll is left on the clock and a late key is ignored."""
-    h, a, b = two_nodes()
+    _, a, b = two_nodes()
     defer.ensureDeferred(b.stop())
     assert not b.keywatch.running
     defer.ensureDeferred(a.rotate_key())

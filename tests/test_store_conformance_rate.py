@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
 
 from jmappushd.store import CreationRate, IStore, PushQuotaExceeded, PushRateLimited
 from jmappushd.store.pgconnect import PgConnector
@@ -90,13 +91,25 @@ async def test_without_a_rate_nothing_is_limited(store: IStore) -> None:
 async def test_refusal_keeps_its_turn(store: IStore) -> None:
     """Call order (interface (a)): a rate refusal fires in its turn among other calls."""
     alice = await store.add_user("alice", "h")
-    calls = [store.create_push_subscription(
-        subscription(f"S{n}", alice.id, "t", created=100.0 + n), 10, RATE) for n in range(3)]
-    calls.append(store.push_subscription_ids())
-    results = await defer.DeferredList(calls, consumeErrors=True)
-    assert [ok for ok, _ in results] == [True, True, False, True]
-    assert results[2][1].check(PushRateLimited)
-    assert results[3][1] == {"S0", "S1"}
+    order: list[str] = []
+
+    async def create(n: int) -> None:
+        try:
+            await store.create_push_subscription(
+                subscription(f"S{n}", alice.id, "t", created=100.0 + n), 10, RATE)
+        except PushRateLimited:
+            order.append(f"S{n}:limited")
+        else:
+            order.append(f"S{n}")
+
+    async def ids() -> None:
+        order.append(f"ids={sorted(await store.push_subscription_ids())}")
+
+    # Each coroutine makes its store call at once, so the calls are made in this order.
+    calls = [defer.ensureDeferred(create(n)) for n in range(3)]
+    calls.append(defer.ensureDeferred(ids()))
+    await defer.gatherResults(calls)
+    assert order == ["S0", "S1", "S2:limited", "ids=['S0', 'S1']"]
 
 
 def test_memory_windows_stay_bounded() -> None:
@@ -150,7 +163,7 @@ async def test_postgresql_counts_every_node(
     stored = [n for n, (ok, _) in enumerate(results) if ok]
     refused = [value for ok, value in results if not ok]
     assert len(stored) == 5 and len(refused) == 7
-    assert all(f.check(PushRateLimited) for f in refused)
+    assert all(isinstance(f, Failure) and f.check(PushRateLimited) for f in refused)
     assert len(await b.push_subscription_ids()) == 5
 
 
