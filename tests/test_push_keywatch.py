@@ -128,6 +128,18 @@ def test_an_unchanged_key_costs_one_read_and_changes_nothing(
     assert len(watches) == 2  # one per node
 
 
+def test_the_same_key_spelt_differently_is_not_a_rotation() -> None:
+    """A stored key with a trailing newline (written by hand) is the same key: the ring and
+    its signers stay, the session does not change."""
+    h, _, b = two_nodes()
+    h.store.set_meta(META_KEY, h.key.to_private_string() + "\n")
+    signer = b.keyring.signer(h.key.key_id)
+    generation = b.app.registry.generation
+    h.clock.advance(KEY_POLL_INTERVAL)
+    assert b.keyring.signer(h.key.key_id) is signer
+    assert b.app.registry.generation == generation
+
+
 def test_own_rotation_racing_a_poll_is_not_followed_back() -> None:
     """A poll whose read answered the old key while this node rotated: the lock keeps them
     apart, so the node keeps its new key (no flip back to the old one)."""

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from jmappushd.store.interface import IMetadataStore
 from jmappushd.transports.webpush.keys import META_KEY, KeyRing
+from jmappushd.transports.webpush.vapid import VapidKey
 
 __all__ = ["KEY_POLL_INTERVAL", "KeyWatcher", "stored_key_differs"]
 
@@ -28,9 +29,15 @@ KEY_POLL_INTERVAL = 2.0  # seconds: a rotation reaches every node within about t
 
 
 async def stored_key_differs(store: IMetadataStore, keyring: KeyRing) -> bool:
-    """Whether the store's current key is another than the ring's (a rotation elsewhere)."""
+    """Whether the store's current key is another than the ring's (a rotation elsewhere).
+
+    The text is compared first (the usual answer, no key maths); a different spelling
+    of the same key (written by hand) is parsed and is not a rotation. An unusable
+    stored key raises ValueError, logged by the watcher."""
     text = await store.get_meta(META_KEY)
-    return bool(text) and text != keyring.current.to_private_string()
+    if not text or text == keyring.current.to_private_string():
+        return False
+    return VapidKey.from_private_string(text).key_id != keyring.current.key_id
 
 
 class KeyWatcher:
