@@ -8,10 +8,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
-from twisted.internet.task import Clock
 
 from jmappushd.transports.webpush import payload
-from jmappushd.transports.webpush.limits import CreationRateLimiter
 from jmappushd.transports.webpush.policy import MAX_RETRY_AFTER, Outcome, classify, retry_after
 
 
@@ -111,30 +109,6 @@ def test_retry_after_seconds_and_dates() -> None:
     assert retry_after("soon", now) is None
     assert retry_after("-5", now) is None
     assert retry_after("99999999999", now) == MAX_RETRY_AFTER
-
-
-def test_creation_rate_limiter_slides() -> None:
-    """PS-19: at most N creations per user per minute; the window slides; users are apart."""
-    clock = Clock()
-    limiter = CreationRateLimiter(clock, 2)
-    assert limiter.allow("u1") and limiter.allow("u1")
-    assert not limiter.allow("u1")
-    assert limiter.allow("u2")
-    clock.advance(59)
-    assert not limiter.allow("u1")
-    clock.advance(1)
-    assert limiter.allow("u1")
-
-
-def test_creation_rate_limiter_memory_is_bounded() -> None:
-    """Users whose creations left the window are forgotten when the table is full."""
-    clock = Clock()
-    limiter = CreationRateLimiter(clock, 1, max_users=3)
-    for user in ("a", "b", "c"):
-        limiter.allow(user)
-    clock.advance(61)
-    assert limiter.allow("d")
-    assert len(limiter._recent) == 1
 
 
 def test_request_headers_match_twisted_headers_and_refuse_control_characters() -> None:

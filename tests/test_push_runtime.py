@@ -97,7 +97,8 @@ def test_stop_closes_the_pool_and_leaves_no_timers() -> None:
     h.record("S1")
     runtime, pool = runtime_on(h)
     defer.ensureDeferred(runtime.start())
-    assert len(h.clock.getDelayedCalls()) == 1  # the subscription's expiry deadline
+    # The subscription's expiry deadline and the VAPID key watcher's poll (issue 13).
+    assert len(h.clock.getDelayedCalls()) == 2
     defer.ensureDeferred(runtime.stop())
     assert pool.closed
     assert h.clock.getDelayedCalls() == []

@@ -17,9 +17,11 @@ from jmappushd.store.memory import MemoryStore
 from jmappushd.store.records import (
     Account,
     AccountInUse,
+    CreationRate,
     NoSuchUser,
     PushDelivery,
     PushQuotaExceeded,
+    PushRateLimited,
     PushSubscription,
     SchemaTooNew,
     StoreClosed,
@@ -34,6 +36,7 @@ from jmappushd.store.sqlite import SQLiteStore
 __all__ = [
     "Account",
     "AccountInUse",
+    "CreationRate",
     "IMetadataStore",
     "IPrincipalStore",
     "IPushStore",
@@ -44,6 +47,7 @@ __all__ = [
     "NoSuchUser",
     "PushDelivery",
     "PushQuotaExceeded",
+    "PushRateLimited",
     "PushSubscription",
     "SQLiteStore",
     "SchemaTooNew",

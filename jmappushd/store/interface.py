@@ -35,7 +35,14 @@ from collections.abc import Collection, Mapping, Sequence
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from jmappushd.store.records import Account, PushDelivery, PushSubscription, TokenRecord, User
+from jmappushd.store.records import (
+    Account,
+    CreationRate,
+    PushDelivery,
+    PushSubscription,
+    TokenRecord,
+    User,
+)
 
 # account id -> type name -> state string
 StateMap = Mapping[str, Mapping[str, str]]
@@ -151,10 +158,17 @@ class IPushStore(Interface):
     """
 
     def create_push_subscription(
-        subscription: PushSubscription, max_per_user: int
+        subscription: PushSubscription, max_per_user: int, rate: CreationRate | None = None
     ) -> Deferred[PushSubscription]:
         """Store a new subscription (its id already set); fails with PushQuotaExceeded when
-        the user (all credentials together) already has ``max_per_user`` (PS-19)."""
+        the user (all credentials together) already has ``max_per_user`` (PS-19).
+
+        With ``rate``, it first fails with PushRateLimited (nothing stored or counted) if
+        the user's creations in the ``rate.window`` seconds up to ``subscription.created``
+        number ``rate.limit``; a stored one counts. PostgreSQL counts every store object
+        on the database (every node of a cluster); SQLite and memory count this store
+        object's creations only (one daemon creates there) and forget them on restart.
+        """
 
     def push_subscriptions_for(credential_id: str) -> Deferred[list[PushSubscription]]:
         """The subscriptions created with this credential, oldest first (PS-7)."""

@@ -23,6 +23,7 @@ from jmappushd.store.interface import IStore, StateMap
 from jmappushd.store.memorydata import MemoryData
 from jmappushd.store.records import (
     Account,
+    CreationRate,
     PushDelivery,
     PushSubscription,
     StoreClosed,
@@ -204,9 +205,10 @@ class MemoryStore:
     # -- push subscriptions --
 
     def create_push_subscription(
-        self, subscription: PushSubscription, max_per_user: int
+        self, subscription: PushSubscription, max_per_user: int,
+        rate: CreationRate | None = None
     ) -> Deferred[PushSubscription]:
-        return self._call(lambda: self._data.add_subscription(subscription, max_per_user))
+        return self._call(lambda: self._data.add_subscription(subscription, max_per_user, rate))
 
     def push_subscriptions_for(self, credential_id: str) -> Deferred[list[PushSubscription]]:
         return self._call(lambda: [s for s in self._data.subscriptions()

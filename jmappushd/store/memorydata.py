@@ -11,9 +11,11 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jmappushd.store.ratewindow import CreationWindows
 from jmappushd.store.records import (
     Account,
     AccountInUse,
+    CreationRate,
     NoSuchUser,
     PushDelivery,
     PushQuotaExceeded,
@@ -48,6 +50,7 @@ class MemoryData:
         self.state_rows: dict[tuple[str, str], tuple[str, int]] = {}  # -> (state, seq)
         self.meta: dict[str, str] = {}
         self.subs: dict[str, PushSubscription] = {}
+        self.creations = CreationWindows()
 
     def _bump(self) -> None:
         self.auth_generation += 1
@@ -166,7 +169,10 @@ class MemoryData:
 
     # -- push subscriptions --
 
-    def add_subscription(self, sub: PushSubscription, max_per_user: int) -> PushSubscription:
+    def add_subscription(self, sub: PushSubscription, max_per_user: int,
+                         rate: CreationRate | None = None) -> PushSubscription:
+        if rate is not None:
+            self.creations.check(sub.user_id, sub.created, rate)
         if sum(1 for s in self.subs.values() if s.user_id == sub.user_id) >= max_per_user:
             raise PushQuotaExceeded(max_per_user)
         if self.user_by_id(sub.user_id) is None:
@@ -176,6 +182,8 @@ class MemoryData:
         types = None if sub.types is None else tuple(sub.types)
         self.subs[sub.id] = dataclasses.replace(sub, types=types,
                                                 delivery=_copy_delivery(sub.delivery))
+        if rate is not None:
+            self.creations.count(sub.user_id, sub.created, rate)
         return sub
 
     def subscriptions(self) -> list[PushSubscription]:

@@ -1,8 +1,12 @@
 """SQL for push subscriptions in PostgreSQL: transaction bodies that each take a cursor.
 
-The per-user quota (PS-19) is enforced for every daemon on the database at once:
-a creation first locks its user's row, so two nodes creating for one user count
-one after the other. A deleted row's URL and keys stay in the table's pages until
+The per-user quota and creation rate (PS-19) are enforced for every daemon on the
+database at once: a creation first locks its user's row, so two nodes creating for
+one user count one after the other. The rate's sliding window is the
+``push_creations`` table: one row per creation, the user's rows older than the window
+deleted by their next creation, and up to :data:`SWEEP_ROWS` old rows of anybody
+(not locked by another creation) swept by every creation, so the table holds about
+the last window's creations. A deleted row's URL and keys stay in the table's pages until
 VACUUM reuses them (PostgreSQL has no ``secure_delete``); autovacuum does that.
 """
 
@@ -13,7 +17,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jmappushd.store.pgops import Cursor
-from jmappushd.store.records import NoSuchUser, PushDelivery, PushQuotaExceeded, PushSubscription
+from jmappushd.store.records import (
+    CreationRate,
+    NoSuchUser,
+    PushDelivery,
+    PushQuotaExceeded,
+    PushRateLimited,
+    PushSubscription,
+)
 from jmappushd.store.rules import check_kept_keys, check_updatable
 
 # The channel a transaction that creates, changes or deletes a push subscription
@@ -29,6 +40,7 @@ _COLUMNS = (
 )
 _SELECT = f"SELECT {_COLUMNS} FROM push_subscriptions"  # noqa: S608 - constant text
 _ORDER = " ORDER BY created, id COLLATE \"C\""
+SWEEP_ROWS = 100
 
 
 def _types_text(types: Sequence[str] | None) -> str | None:
@@ -54,11 +66,15 @@ def _record(row: Sequence[Any]) -> PushSubscription:
     )
 
 
-def create(cursor: Cursor, sub: PushSubscription, max_per_user: int) -> PushSubscription:
-    """Insert ``sub`` unless its user already has ``max_per_user`` (PS-19, all credentials)."""
+def create(cursor: Cursor, sub: PushSubscription, max_per_user: int,
+           rate: CreationRate | None = None) -> PushSubscription:
+    """Insert ``sub`` unless its user already has ``max_per_user`` (PS-19, all credentials)
+    or, with ``rate``, made ``rate.limit`` creations in the window before ``sub.created``."""
     cursor.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (sub.user_id,))
     if cursor.fetchone() is None:
         raise NoSuchUser(sub.user_id)
+    if rate is not None:
+        _check_rate(cursor, sub.user_id, sub.created, rate)
     cursor.execute("SELECT count(*) FROM push_subscriptions WHERE user_id = %s", (sub.user_id,))
     row = cursor.fetchone()
     if row is not None and int(row[0]) >= max_per_user:
@@ -72,12 +88,31 @@ def create(cursor: Cursor, sub: PushSubscription, max_per_user: int) -> PushSubs
          sub.client_verification_code, sub.expires, _types_text(sub.types), sub.vapid_key_id,
          sub.created, json.dumps(d.pending) if d.pending else None, d.attempts,
          d.next_attempt, d.failing_since, d.last_sent_seq, d.dropped, d.backoff_until))
+    if rate is not None:
+        cursor.execute("INSERT INTO push_creations (user_id, at) VALUES (%s, %s)",
+                       (sub.user_id, sub.created))
     _touched(cursor, sub.id)
     return sub
 
 
 def _touched(cursor: Cursor, sub_id: str) -> None:
     cursor.execute("SELECT pg_notify(%s, %s)", (PUSH_CHANNEL, sub_id))
+
+
+def _check_rate(cursor: Cursor, user_id: str, now: float, rate: CreationRate) -> None:
+    """Under the user's row lock: prune the window, refuse a full one (nothing counted)."""
+    cutoff = now - rate.window
+    cursor.execute("DELETE FROM push_creations WHERE user_id = %s AND at <= %s",
+                   (user_id, cutoff))
+    # Other users' old rows: a bounded batch, skipping rows a creation holds, so no wait.
+    cursor.execute(
+        "DELETE FROM push_creations WHERE ctid = ANY(ARRAY("
+        "SELECT ctid FROM push_creations WHERE at <= %s LIMIT %s FOR UPDATE SKIP LOCKED))",
+        (cutoff, SWEEP_ROWS))
+    cursor.execute("SELECT count(*) FROM push_creations WHERE user_id = %s", (user_id,))
+    row = cursor.fetchone()
+    if row is not None and int(row[0]) >= rate.limit:
+        raise PushRateLimited(rate)
 
 
 def by_credential(cursor: Cursor, credential_id: str) -> list[PushSubscription]:

@@ -119,8 +119,20 @@ CREATE TABLE cluster_nodes (
 )
 """
 
+# The push subscription creation rate shared by every node (issue 13): one row per
+# creation in the last window (``[push] create-rate`` per minute), read and pruned by
+# user under the user's row lock, swept by time.
+_V3 = """
+CREATE TABLE push_creations (
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    at double precision NOT NULL
+);
+CREATE INDEX push_creations_by_user ON push_creations (user_id, at);
+CREATE INDEX push_creations_by_time ON push_creations (at)
+"""
+
 # Migration i brings the schema to version i + 1.
-MIGRATIONS: Sequence[str] = (_V1, _V2_LEASES)
+MIGRATIONS: Sequence[str] = (_V1, _V2_LEASES, _V3)
 
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS jmappushd_schema (

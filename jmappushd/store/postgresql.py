@@ -37,6 +37,7 @@ from jmappushd.store.pgorder import CallOrder
 from jmappushd.store.pgschema import migrate
 from jmappushd.store.records import (
     Account,
+    CreationRate,
     PushDelivery,
     PushSubscription,
     StoreClosed,
@@ -365,9 +366,10 @@ class PostgreSQLStore:
 
     # -- push subscriptions --
 
-    def create_push_subscription(self, subscription: PushSubscription, max_per_user: int
+    def create_push_subscription(self, subscription: PushSubscription, max_per_user: int,
+                                 rate: CreationRate | None = None
                                  ) -> Deferred[PushSubscription]:
-        return self._write(pushops.create, subscription, max_per_user)
+        return self._write(pushops.create, subscription, max_per_user, rate)
 
     def push_subscriptions_for(self, credential_id: str) -> Deferred[list[PushSubscription]]:
         return self._read(pushops.by_credential, credential_id)

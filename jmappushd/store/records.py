@@ -130,3 +130,20 @@ class StoreError(Exception):
 class StoreUnavailable(StoreError):
     """The database cannot be reached now (down, refusing, connection lost); retrying later
     may succeed. The message is one line naming the server, never a password."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreationRate:
+    """At most ``limit`` push subscription creations per user in any ``window`` seconds."""
+
+    limit: int
+    window: float = 60.0
+
+
+class PushRateLimited(Exception):
+    """The user created ``limit`` push subscriptions within the last ``window`` seconds."""
+
+    def __init__(self, rate: CreationRate) -> None:
+        super().__init__(f"at most {rate.limit} push subscriptions per {rate.window:g} s")
+        self.limit = rate.limit
+        self.window = rate.window

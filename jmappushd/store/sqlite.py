@@ -31,8 +31,10 @@ from zope.interface import implementer
 from jmappushd.store import pushops
 from jmappushd.store import sqlops as ops
 from jmappushd.store.interface import IStore, StateMap
+from jmappushd.store.ratewindow import CreationWindows
 from jmappushd.store.records import (
     Account,
+    CreationRate,
     PushDelivery,
     PushSubscription,
     StoreClosed,
@@ -108,6 +110,8 @@ class SQLiteStore:
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._pool: adbapi.ConnectionPool | None = None
+        # Touched only on the one SQL thread, inside the creating transaction.
+        self._creations = CreationWindows()
 
     # -- lifecycle --
 
@@ -304,9 +308,21 @@ class SQLiteStore:
     # -- push subscriptions --
 
     def create_push_subscription(
-        self, subscription: PushSubscription, max_per_user: int
+        self, subscription: PushSubscription, max_per_user: int,
+        rate: CreationRate | None = None
     ) -> Deferred[PushSubscription]:
-        return self._run(ops.BEGIN_WRITE, pushops.create, subscription, max_per_user)
+        return self._run(ops.BEGIN_WRITE, self._create_counted, subscription, max_per_user,
+                         rate)
+
+    def _create_counted(self, cursor: Cursor, sub: PushSubscription, max_per_user: int,
+                        rate: CreationRate | None) -> PushSubscription:
+        """One daemon creates on a SQLite file, so the rate window is this object's."""
+        if rate is not None:
+            self._creations.check(sub.user_id, sub.created, rate)
+        pushops.create(cursor, sub, max_per_user)
+        if rate is not None:
+            self._creations.count(sub.user_id, sub.created, rate)
+        return sub
 
     def push_subscriptions_for(self, credential_id: str) -> Deferred[list[PushSubscription]]:
         return self._run(ops.BEGIN_READ, pushops.by_credential, credential_id)

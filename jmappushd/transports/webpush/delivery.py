@@ -32,7 +32,7 @@ recorded them, so the attempt budget and the last delivered position carry over.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -239,6 +239,14 @@ class DeliveryService:
             sub.verified = True
             sub.seq = max(sub.seq, record.delivery.last_sent_seq)
             await self._listeners.activate(sub, self.stopping)
+
+    def forget_other_keys(self, key_ids: Collection[str]) -> None:
+        """Stop delivering subscriptions of VAPID keys the ring no longer holds: they
+        were destroyed with their key (here, or by another node's rotation)."""
+        for sub in [s for s in self._subs.values() if s.key_id not in key_ids]:
+            self.log.info("subscription {sub_id} ended with VAPID key {key_id}",
+                          sub_id=sub.id, key_id=sub.key_id)
+            self._remove(sub)
 
     def forget(self, sub_id: str) -> None:
         """The subscription was destroyed through the API (or elsewhere): stop at once."""

@@ -28,10 +28,10 @@ from jmappushd.jmap.standard import (
     set_request_parts,
 )
 from jmappushd.store.interface import IStore
-from jmappushd.store.records import PushQuotaExceeded, PushSubscription
+from jmappushd.store.records import PushQuotaExceeded, PushRateLimited, PushSubscription
 from jmappushd.transports.webpush.delivery import DeliveryService
 from jmappushd.transports.webpush.keys import KeyRing
-from jmappushd.transports.webpush.limits import CreationRateLimiter
+from jmappushd.transports.webpush.limits import creation_rate
 from jmappushd.transports.webpush.validate import (
     PROPERTIES,
     SetFailure,
@@ -79,7 +79,7 @@ class PushSubscriptionMethods:
     log = Logger()
 
     def __init__(self, config: Config, clock: IReactorTime, store: IStore, hub: Hub,
-                 delivery: DeliveryService, keyring: KeyRing, limiter: CreationRateLimiter,
+                 delivery: DeliveryService, keyring: KeyRing,
                  ready: Callable[[], Awaitable[None]]) -> None:
         self._config = config
         self._clock = clock
@@ -87,7 +87,7 @@ class PushSubscriptionMethods:
         self._hub = hub
         self._delivery = delivery
         self._keyring = keyring
-        self._limiter = limiter
+        self._rate = creation_rate(config.push)
         self._ready = ready
 
     def _now(self) -> float:
@@ -153,9 +153,6 @@ class PushSubscriptionMethods:
     async def _create(self, principal: Principal, obj: dict[str, Any]) -> PushSubscription:
         push = self._config.push
         request = validate_create(obj, self._now(), push)
-        if not self._limiter.allow(principal.user_id):
-            raise SetFailure("rateLimit", f"at most {self._limiter.limit} push subscriptions "
-                             "may be created per minute (push create-rate)")
         record = PushSubscription(
             id="S" + secrets.token_urlsafe(18),
             user_id=principal.user_id,
@@ -173,7 +170,10 @@ class PushSubscriptionMethods:
             created=self._now(),
         )
         try:
-            await self._store.create_push_subscription(record, push.push_max_total)
+            await self._store.create_push_subscription(record, push.push_max_total, self._rate)
+        except PushRateLimited as exc:
+            raise SetFailure("rateLimit", f"at most {exc.limit} push subscriptions may be "
+                             "created per minute (push create-rate)") from None
         except PushQuotaExceeded as exc:
             raise SetFailure("overQuota", f"push-max-total: at most {exc.limit} push "
                              "subscriptions per user") from None

@@ -31,8 +31,8 @@ from jmappushd.transports.webpush.keys import (
     load_previous_key,
     store_new_key,
 )
+from jmappushd.transports.webpush.keywatch import KeyWatcher, stored_key_differs
 from jmappushd.transports.webpush.leases import LeaseKeeper
-from jmappushd.transports.webpush.limits import CreationRateLimiter
 from jmappushd.transports.webpush.methods import PushSubscriptionMethods
 from jmappushd.transports.webpush.sender import (
     PushTransport,
@@ -60,14 +60,15 @@ class PushRuntime:
         self.sender = Sender(transport, self.keyring, app.clock, config, app.metrics)
         self.delivery = DeliveryService(app.store, app.hub, app.clock, config, self.sender,
                                         app.metrics, ownership=leases)
-        self.limiter = CreationRateLimiter(app.clock, config.create_rate)
         self.methods = PushSubscriptionMethods(app.config, app.clock, app.store, app.hub,
-                                               self.delivery, self.keyring, self.limiter,
-                                               self.wait_started)
+                                               self.delivery, self.keyring, self.wait_started)
         self._pool = pool
         self.started = StartSignal()  # fails if start failed or was stopped (see stop)
         self._stopped = False
         self._transition: IDelayedCall | None = None
+        # A rotation here and one followed from the store never interleave.
+        self._keys_lock = defer.DeferredLock()
+        self.keywatch = KeyWatcher(app.clock, self.follow_rotation)
 
     def register(self) -> None:
         """Add the methods (core, RFC 8620 §7.2) to the shared registry."""
@@ -94,15 +95,7 @@ class PushRuntime:
             self._stopped_before_start()
             return
         store = self.app.store
-        key = await load_or_create_key(store)
-        self.keyring.set_current(key)
-        previous = await load_previous_key(store)
-        if previous is not None and previous[1] > self.app.clock.seconds():
-            self.keyring.keep(previous[0])  # a rotation's transition is still running
-            self._schedule_transition_end(previous[0].key_id, previous[1])
-        elif previous is not None:
-            await forget_previous_key(store)
-        self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
+        await self._load_keys()
         stale = await store.delete_push_subscriptions_except_keys(self.keyring.key_ids)
         if stale:
             self.log.info("destroyed {count} subscriptions of an old VAPID key", count=len(stale))
@@ -116,6 +109,40 @@ class PushRuntime:
         if self.leases is not None:
             self.leases.start(self.delivery)
         self.started.fire()
+        self.keywatch.start()
+
+    async def _load_keys(self) -> None:
+        """The store's key (created on first start) and a running transition's previous
+        key into the ring, its timer and the session (at start and when following)."""
+        store = self.app.store
+        key = await load_or_create_key(store)
+        previous = await load_previous_key(store)
+        self._cancel_transition()
+        self.keyring.set_current(key)
+        if previous is not None and previous[1] > self.app.clock.seconds():
+            if previous[0].key_id != key.key_id:
+                self.keyring.keep(previous[0])  # a rotation's transition is still running
+                self._schedule_transition_end(previous[0].key_id, previous[1])
+        elif previous is not None:
+            await forget_previous_key(store)
+        self.app.registry.add_capability(VAPID_CAPABILITY, self.keyring.capability())
+
+    async def follow_rotation(self) -> bool:
+        """Adopt a key another node rotated to (issue 13); False if the store's is ours.
+
+        The ring, the transition and the session follow the store; subscriptions of
+        keys no longer held are destroyed (the rotating node did so already, this makes
+        sure) and delivery forgets every one the store no longer has."""
+        async with self._keys_lock:
+            if self._stopped or not await stored_key_differs(self.app.store, self.keyring):
+                return False
+            old = self.keyring.current.key_id
+            await self._load_keys()
+            await self._destroy_other_keys()
+        self.delivery.forget_other_keys(self.keyring.key_ids)  # destroyed with their key
+        self.log.info("followed a VAPID key rotation from {old} to {key_id}",
+                      old=old, key_id=self.keyring.current.key_id)
+        return True
 
     def _stopped_before_start(self) -> None:
         self.started.fire(Failure(defer.CancelledError("push stopped during start-up")))
@@ -134,6 +161,10 @@ class PushRuntime:
         """New VAPID key (SES-16). Old-key subscriptions are destroyed at once, or, with
         ``vapid-rotation-transition``, keep the old key until the period ends (C-V-2,
         VAPID-13). Returns the ids destroyed now."""
+        async with self._keys_lock:
+            return await self._rotate_key()
+
+    async def _rotate_key(self) -> list[str]:
         transition = self.app.config.push.vapid_rotation_transition
         old = self.keyring.current
         until = self.app.clock.seconds() + transition if transition > 0 else 0.0
@@ -170,6 +201,7 @@ class PushRuntime:
 
     async def _finish_transition(self, key_id: str) -> None:
         gone = await self._destroy_other_keys()
+        self.delivery.forget_other_keys(self.keyring.key_ids)  # also if another node did
         await forget_previous_key(self.app.store)
         self.log.info("VAPID key {key_id} retired; {count} subscriptions destroyed",
                       key_id=key_id, count=len(gone))
@@ -180,6 +212,7 @@ class PushRuntime:
         A start under way is the caller's to wait for (:class:`WebPushService`) after
         :meth:`begin_stop`; method calls still waiting get serverUnavailable."""
         self.begin_stop()
+        await self.keywatch.stop()
         self._cancel_transition()
         if self.leases is not None:
             self.leases.begin_stop()
