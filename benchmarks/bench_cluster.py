@@ -132,23 +132,29 @@ class Database:
     def postmaster(self) -> int:
         return int((self.server.data / "postmaster.pid").read_text().split()[0])
 
-    def cpu(self) -> float:
-        """CPU of the postmaster and every process it started (backends, writers)."""
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds of the postmaster and every process it started, by kind: client
+        backends (the nodes' connections), autovacuum, and the rest (WAL writer,
+        checkpointer, background writer, the postmaster)."""
+        from tests.pg_server import ROLE
+
         root = self.postmaster()
-        total = cpu_ns(root)
+        out = {"backends": 0.0, "autovacuum": 0.0, "other": cpu_ns(root) / 1e9}
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
             try:
                 stat = Path(f"/proc/{name}/stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) != root:
+                    continue
+                title = Path(f"/proc/{name}/cmdline").read_bytes().decode(errors="replace")
+                used = cpu_ns(int(name)) / 1e9
             except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == root:
-                try:
-                    total += cpu_ns(int(name))
-                except OSError:
-                    continue  # a backend that has just ended
-        return total / 1e9
+                continue  # a process that has just ended
+            kind = ("backends" if title.startswith(f"postgres: {ROLE} ") else
+                    "autovacuum" if "autovacuum" in title else "other")
+            out[kind] += used
+        return out
 
     def counters(self) -> dict[str, int]:
         """Statements and rows of the cluster's database so far, from pg_stat_statements
@@ -198,10 +204,8 @@ class Setup:
 
     def __init__(self, ctx: Context, db: Database) -> None:
         self.ctx = ctx
-        storage = {"storage": db.storage()}
-        self.single = Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag="cluster-single")
-        self.nodes = [Daemon(ctx.workdir, ctx.workdir / f"cluster-{n}-state",
-                             SECTIONS | storage, tag=f"cluster-{n}") for n in ("a", "b")]
+        self._storage = {"storage": db.storage()}
+        self.single, self.nodes = self._daemons()
         n = sizes(ctx)["accounts"]
         self.single_users = ctx.users(n)
         self.pg_users = make_users(ctx, self.nodes[0].config_path, n, "cbench")
@@ -216,6 +220,18 @@ class Setup:
         fan = ctx.workdir / "cluster-fan-auth.txt"
         fan.write_text(f"Bearer {self.pg_fan['token']}\n")
         self.files["pg-fan"] = str(fan)
+
+    def _daemons(self) -> tuple[Daemon, list[Daemon]]:
+        ctx = self.ctx
+        single = Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag="cluster-single")
+        nodes = [Daemon(ctx.workdir, ctx.workdir / f"cluster-{n}-state",
+                        SECTIONS | self._storage, tag=f"cluster-{n}") for n in ("a", "b")]
+        return single, nodes
+
+    def renew(self) -> None:
+        """Stop the three daemons and make new ones (new ports, the same state), unstarted."""
+        self.stop([d for d in (self.single, *self.nodes) if d.proc.process is not None])
+        self.single, self.nodes = self._daemons()
 
     def start(self, which: Sequence[Daemon]) -> None:
         for daemon in which:
@@ -234,7 +250,7 @@ def _publish_run(setup: Setup, db: Database, mode: str, watcher: Child, batch: i
     watcher.send(cmd="reset")
     watcher.expect("reset", 60)
     cpu0, b0 = cpu_ns(target.pid), cpu_ns(reader.pid)
-    s0, c0 = (0.0, {}) if single else (db.cpu(), db.counters())
+    s0, c0 = ({}, {}) if single else (db.cpu(), db.counters())
     sent = bench_throughput.publish(target, setup.files["single" if single else "pg"], batch,
                                     rounds)
     watcher.expect("final", 120)
@@ -246,7 +262,9 @@ def _publish_run(setup: Setup, db: Database, mode: str, watcher: Child, batch: i
     if not single:
         counters = db.counters()
         delta = {k: counters[k] - c0[k] for k in counters}
-        out |= {"server_us": (db.cpu() - s0) / changes * 1e6,
+        s1 = db.cpu()
+        kinds = {k: (s1[k] - s0[k]) / changes * 1e6 for k in s1}
+        out |= {"server_us": sum(kinds.values()), "server_us_by_kind": kinds,
                 "reader_us": (cpu_ns(reader.pid) - b0) / changes / 1e3,
                 "per_publish": {k: v / sent["publishes"] for k, v in delta.items()}}
     out["total_us"] = out["daemon_us"] + out.get("server_us", 0.0)
@@ -295,6 +313,7 @@ def _publish_summary(runs: list[dict[str, Any]], batches: list[int]) -> dict[str
             "sqlite_us": [r["total_us"] for r in mine if r["mode"] == "sqlite"],
             "pg_daemon_us": [r["daemon_us"] for r in pg],
             "pg_server_us": [r["server_us"] for r in pg],
+            "pg_server_us_by_kind": [r["server_us_by_kind"] for r in pg],
             "pg_reader_us": [r["reader_us"] for r in pg],
             "per_publish": pg[-1]["per_publish"],
         }
@@ -421,6 +440,9 @@ def capacity(setup: Setup, db: Database) -> dict[str, Any]:
     ctx, n = setup.ctx, sizes(setup.ctx)["capacity"]
     window = sizes(ctx)["idle_window"]
     out: dict[str, Any] = {"n_per_kind_per_node": n}
+    # Fresh processes: a heap that held the fan-out's listeners would absorb new ones.
+    setup.renew()
+    setup.start([setup.single])
     single, children, src = _hold([setup.single], ctx, n, setup.files["single-fan"], 2)
     try:
         single["idle_cpu"] = idle_cpu(setup.single.pid, window)
@@ -429,6 +451,7 @@ def capacity(setup: Setup, db: Database) -> dict[str, Any]:
         stop_all(children)
     out["single"] = single
     setup.stop([setup.single])
+    setup.start(setup.nodes)
     cluster, children, _ = _hold(setup.nodes, ctx, n, setup.files["pg-fan"], src)
     try:
         db.reset_statements()
@@ -473,8 +496,7 @@ def run(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"sizes": s, "postgresql": _pg_version(db)}
     try:
         setup = Setup(ctx, db)
-        everyone = [setup.single, *setup.nodes]
-        setup.start(everyone)
+        setup.start([setup.single, *setup.nodes])
         try:
             out["db_connections_idle"] = db.connections()
             _phase(out, "publish", lambda: publish_path(setup, db))
@@ -484,7 +506,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 out["fanout"][str(n)] = deliveries(setup, n, s["fanout_rounds"][n])
             _phase(out, "capacity", lambda: capacity(setup, db))
         finally:
-            setup.stop([d for d in everyone if d.proc.process is not None])
+            setup.stop([d for d in (setup.single, *setup.nodes) if d.proc.process is not None])
     finally:
         db.close()
     out["targets"] = _targets(out, ctx)
