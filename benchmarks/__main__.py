@@ -4,6 +4,8 @@
     python -m benchmarks --smoke              # tiny sizes, seconds; writes to the work dir
     python -m benchmarks --only echo,fanout   # some benchmarks only
     python -m benchmarks --only http2         # on request only: docs/benchmarks-http2.json
+    python -m benchmarks --only cluster       # cluster mode on a private PostgreSQL:
+                                              # docs/benchmarks-cluster.json only
 
 Each benchmark is independent: one that fails is recorded with its error and the
 others still run. Everything runs on loopback, bounded in count and time.
@@ -23,6 +25,7 @@ from typing import Any
 
 from benchmarks import (
     bench_capacity,
+    bench_cluster,
     bench_echo,
     bench_fanout,
     bench_gateway,
@@ -42,10 +45,12 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "capacity": bench_capacity.run,
     "gateway": bench_gateway.run,
     "http2": bench_http2.run,
+    "cluster": bench_cluster.run,
 }
-ON_REQUEST = {"http2": "benchmarks-http2.json"}
-"""Run only when named in ``--only``; their results go to their own file, not to
-benchmarks.json/rst (their section in docs/benchmarks.rst is written by hand)."""
+# Run only when named in ``--only``: they need more than the daemon (cluster: a private
+# PostgreSQL) and their results go to their own file, not to benchmarks.json/rst (their
+# section in docs/benchmarks.rst is written by hand).
+ON_REQUEST = {"http2": "benchmarks-http2.json", "cluster": "benchmarks-cluster.json"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else (workdir if args.smoke else ROOT / "docs")
     started = time.monotonic()
     needed = max(ctx.sizes["capacity"] if "capacity" in names else 0,
-                 ctx.sizes["throughput_accounts"] if "throughput" in names else 0, 1)
+                 ctx.sizes["throughput_accounts"] if "throughput" in names else 0,
+                 bench_cluster.accounts_needed(ctx) if "cluster" in names else 0, 1)
     log(f"work dir {workdir}; preparing {needed} users")
     ctx.prepare(needed)
     results: dict[str, Any] = {

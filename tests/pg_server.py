@@ -69,6 +69,8 @@ class PgServer:
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="jmappushd-pg-")))
     port: int = field(default_factory=free_port)
+    # More ``postgres -c`` settings (the benchmarks load pg_stat_statements this way).
+    options: str = ""
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -99,6 +101,8 @@ class PgServer:
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=300")
+        if self.options:
+            options += " " + self.options
         argv = [str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_path),
                 "-o", options, "start"]
         subprocess.run(_as_owner([*argv, "-w" if wait else "-W"]), check=True,

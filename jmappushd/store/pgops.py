@@ -43,11 +43,25 @@ LOG_KEEP = 100_000
 PRUNE_EVERY = 1_000
 
 _USER_COLUMNS = "id, name, password_hash, primary_account_id, created"
-_UPSERT_STATES = (
-    "INSERT INTO states (account_id, type, state, seq) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) "
-    "ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, seq = excluded.seq"
-)
+# A publish batch in one statement. ``c`` takes the counter row's lock and the batch's
+# seqs; ``o`` is a publish's 1-based place in the batch. The arrays go in binary (%b):
+# psycopg escapes every element of a text-format array in Python, which cost more than
+# the rest of the daemon's side of the statement. The DELETE runs only for the publish
+# that crosses a multiple of PRUNE_EVERY (its guard is evaluated once, not per row),
+# and the notification is one per batch, never per change.
+_RECORD = """
+WITH c AS (UPDATE change_seq SET seq = seq + %(n)s WHERE id = 1 RETURNING seq),
+s AS (INSERT INTO states (account_id, type, state, seq)
+      SELECT u.a, u.t, u.s, c.seq - %(n)s + u.o
+      FROM c, unnest(%(a)b::text[], %(t)b::text[], %(s)b::text[], %(o)b::bigint[])
+           AS u(a, t, s, o)
+      ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, seq = excluded.seq),
+l AS (INSERT INTO changes (seq, changed)
+      SELECT c.seq - %(n)s + u.o, u.x FROM c, unnest(%(x)b::text[]) WITH ORDINALITY AS u(x, o)),
+p AS (DELETE FROM changes WHERE seq <= (SELECT seq FROM c) - %(keep)s
+      AND (SELECT seq FROM c) / %(every)s <> ((SELECT seq FROM c) - %(n)s) / %(every)s)
+SELECT c.seq, pg_notify(%(channel)s, c.seq::text) FROM c
+"""
 
 
 def _bump_auth(cursor: Cursor) -> None:
@@ -205,35 +219,34 @@ def position(cursor: Cursor) -> tuple[str, int]:
 
 
 def record_batch(cursor: Cursor, batch: list[tuple[StateRows, str]]) -> list[int]:
-    """Record publishes (rows and their JSON) under the next seqs, in one transaction.
+    """Record publishes (rows and their JSON) under the next seqs: one statement, one
+    round trip between the store's BEGIN and COMMIT, whatever the batch size.
 
-    The counter row is updated first: its lock is held until this transaction ends, so
-    a concurrent publisher (another node, ``jmappushctl``) waits here and its seqs
-    follow ours, in commit order.
+    The counter row is updated first (every other part reads its new value): its lock
+    is held until this transaction ends, so a concurrent publisher (another node,
+    ``jmappushctl``) waits there and its seqs follow ours, in commit order.
     """
-    cursor.execute("UPDATE change_seq SET seq = seq + %s WHERE id = 1 RETURNING seq",
-                   (len(batch),))
+    n = len(batch)
+    if n == 1:
+        # One publish names each (account, type) once: its rows go as they are.
+        rows, _ = batch[0]
+        accounts, types, states_ = (list(column) for column in zip(*rows, strict=True))
+        offsets = [1] * len(rows)
+    else:
+        # An upsert may touch a row only once per statement: newest wins.
+        newest: dict[tuple[str, str], tuple[str, int]] = {}
+        for offset, (rows, _) in enumerate(batch, 1):
+            for account_id, type_name, state in rows:
+                newest[(account_id, type_name)] = (state, offset)
+        accounts, types = [a for a, _ in newest], [t for _, t in newest]
+        states_, offsets = [s for s, _ in newest.values()], [o for _, o in newest.values()]
+    cursor.execute(_RECORD, {"n": n, "a": accounts, "t": types, "s": states_, "o": offsets,
+                             "x": [text for _, text in batch], "keep": LOG_KEEP,
+                             "every": PRUNE_EVERY, "channel": CHANGES_CHANNEL})
     row = cursor.fetchone()
     assert row is not None
     last = int(row[0])
-    first = last - len(batch) + 1
-    seqs = list(range(first, last + 1))
-    # One statement per table, whatever the batch size: arrays in, unnest() out. An upsert
-    # may touch a row only once per statement, so the batch is merged first (newest wins).
-    newest: dict[tuple[str, str], tuple[str, int]] = {}
-    for seq, (rows, _) in zip(seqs, batch, strict=True):
-        for account_id, type_name, state in rows:
-            newest[(account_id, type_name)] = (state, seq)
-    cursor.execute(_UPSERT_STATES, ([a for a, _ in newest], [t for _, t in newest],
-                                    [s for s, _ in newest.values()],
-                                    [q for _, q in newest.values()]))
-    cursor.execute("INSERT INTO changes (seq, changed) "
-                   "SELECT * FROM unnest(%s::bigint[], %s::text[])",
-                   (seqs, [text for _, text in batch]))
-    if last // PRUNE_EVERY != (first - 1) // PRUNE_EVERY:
-        cursor.execute("DELETE FROM changes WHERE seq <= %s", (last - LOG_KEEP,))
-    cursor.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, str(last)))
-    return seqs
+    return list(range(last - n + 1, last + 1))
 
 
 def changes_after(cursor: Cursor, seq: int, limit: int
