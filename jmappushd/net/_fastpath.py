@@ -3,14 +3,15 @@
 The hot paths measured in ``docs/benchmarks.rst`` skip a library's general code by
 reading what it keeps privately: Twisted's TCP write queue (``send_now``), the
 chunked state of a ``Request`` (EventSource events), the dict inside ``Headers``
-(Web Push requests), CPython's C JSON encoder (``ijson.dumps``) and Autobahn's
-frame parser state (the WebSocket frame fast path). Each is a flag here, on when the
+(Web Push requests), CPython's C JSON encoder (``ijson.dumps``), Autobahn's
+frame parser state (the WebSocket frame fast path) and wsproto's (the same fast path
+for a WebSocket over HTTP/2). Each is a flag here, on when the
 installed library still has what it reads. :func:`check` (called once at start-up)
 re-verifies the *behaviour* each one reproduces against the library's own public
 code; a path that no longer matches is switched off, so its callers use the public
 API (``transport.write``, ``Request.write``, ``Headers(...)``, ``JSONEncoder``,
-Autobahn's ``dataReceived``), and is logged once. The upper bounds in ``setup.cfg``
-keep upgrades deliberate; this check keeps them safe.
+Autobahn's ``dataReceived``, wsproto's ``receive_data``), and is logged once. The
+upper bounds in ``setup.cfg`` keep upgrades deliberate; this check keeps them safe.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ C_ENCODER = getattr(_json_encoder, "c_make_encoder", None) is not None
 WS_FRAMES = True
 """Whole small client frames may be parsed from the TCP chunk and Autobahn's state read;
 set by :func:`check` (Autobahn is only imported there)."""
+
+WSPROTO_FRAMES = True
+"""Whole small client frames may be parsed from an HTTP/2 DATA payload when wsproto's
+parser state reads as between frames; set by :func:`check`."""
 
 _warned: set[str] = set()
 
@@ -164,6 +169,25 @@ def ws_discard_rest(proto: WebSocketServerProtocol) -> None:
     proto.failedByMe = True
 
 
+# -- wsproto: the frame parser's state (WebSocket over HTTP/2) --
+
+
+def wsproto_between_frames(ws: Any) -> bool:
+    """True when the open wsproto ``Connection`` ``ws`` holds nothing: no event not yet
+    taken, no byte of a partly received frame, no fragmented message open.
+
+    Only then may a whole frame be parsed outside wsproto: its ``FrameDecoder`` keeps a
+    partial header or payload in ``header``/``buffer``, its ``MessageDecoder`` the
+    opcode (and UTF-8 state) of a fragmented message in ``opcode``.
+    """
+    if not WSPROTO_FRAMES:
+        return False
+    proto = ws._proto
+    decoder = proto._frame_decoder
+    return bool(decoder.header is None and not decoder.buffer.buffer
+                and proto._message_decoder.opcode is None and not ws._events)
+
+
 # -- CPython json: the C encoder --
 
 
@@ -190,16 +214,18 @@ def check() -> list[str]:
     Call once at start-up: each path whose library no longer behaves as it reproduces
     is turned off (its callers then use the public API) and logged once.
     """
-    global TCP_SEND, CHUNK_WRITE, RAW_HEADERS, C_ENCODER, WS_FRAMES
+    global TCP_SEND, CHUNK_WRITE, RAW_HEADERS, C_ENCODER, WS_FRAMES, WSPROTO_FRAMES
     # Each probe runs the fast path itself, so every path is on while they run.
-    TCP_SEND = CHUNK_WRITE = RAW_HEADERS = C_ENCODER = WS_FRAMES = True
+    TCP_SEND = CHUNK_WRITE = RAW_HEADERS = C_ENCODER = WS_FRAMES = WSPROTO_FRAMES = True
     TCP_SEND = _passes(_probe_tcp_send)
     CHUNK_WRITE = _passes(_probe_chunk_write)
     RAW_HEADERS = _passes(_probe_headers)
     C_ENCODER = _passes(_probe_c_encoder)
     WS_FRAMES = _passes(_probe_ws_frames)
+    WSPROTO_FRAMES = _passes(_probe_wsproto_frames)
     flags = {"tcp-send": TCP_SEND, "chunk-write": CHUNK_WRITE, "raw-headers": RAW_HEADERS,
-             "c-json-encoder": C_ENCODER, "websocket-frames": WS_FRAMES}
+             "c-json-encoder": C_ENCODER, "websocket-frames": WS_FRAMES,
+             "wsproto-frames": WSPROTO_FRAMES}
     missing = [name for name, on in flags.items() if not on]
     for name in missing:
         if name not in _warned:
@@ -311,6 +337,34 @@ def _probe_ws_frames() -> bool:
     ws_count_sent(proto, 3)
     counted = proto.trafficStats.outgoingOctetsWireLevel == before + 3
     return opened and inside and ws_between_frames(proto) and got == [b"ok"] and counted
+
+
+def _probe_wsproto_frames() -> bool:
+    """wsproto's parser state reads as the HTTP/2 WebSocket fast path expects it to.
+
+    A server ``Connection`` is fed a masked text frame in two parts (idle before, not
+    idle inside, idle after, the message whole), then the first frame of a fragmented
+    message (not idle until its last frame has passed).
+    """
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    ws = Connection(ConnectionType.SERVER)
+    frame = b"\x81\x82\x00\x00\x00\x00ok"  # masked "ok" with a zero key
+    idle = wsproto_between_frames(ws)
+    ws.receive_data(frame[:5])
+    partial = list(ws.events())
+    inside = not wsproto_between_frames(ws)
+    ws.receive_data(frame[5:])
+    got = [e.data for e in ws.events() if isinstance(e, TextMessage) and e.message_finished]
+    after = wsproto_between_frames(ws)
+    ws.receive_data(b"\x01\x81\x00\x00\x00\x00o")  # not final
+    list(ws.events())
+    fragmented = not wsproto_between_frames(ws)
+    ws.receive_data(b"\x80\x81\x00\x00\x00\x00k")  # its final continuation
+    list(ws.events())
+    return (idle and not partial and inside and got == ["ok"] and after and fragmented
+            and wsproto_between_frames(ws))
 
 
 _PROBE_HANDSHAKE = (

@@ -159,10 +159,13 @@ class Tunnel:
         return not self.closed and not self.request.finished
 
     def write(self, data: bytes) -> None:
-        """Queue bytes as DATA on the stream (flow-controlled, prioritised)."""
+        """Send bytes as DATA on the stream: at once when nothing is queued before them
+        and the windows allow (:meth:`~jmappushd.web.http2.JMAPH2Connection.send_now`),
+        else through the stream's queue (flow-controlled, prioritised)."""
         if self.writable:
             self.sent += len(data)
-            self._stream.write(data)
+            if not self._conn.send_now(self.stream_id, data):
+                self._stream.write(data)
 
     def finish(self) -> None:
         """End our side (END_STREAM after what is queued); the stream then closes."""
@@ -204,7 +207,7 @@ class Tunnel:
         if data:
             self._handler.tunnel_data(data)
         if not self.closed:
-            self._conn.openStreamWindow(self.stream_id, flow_length)
+            self._conn.open_window(self.stream_id, flow_length)
 
     def ended(self) -> None:
         """The client's END_STREAM, after whatever it sent before."""

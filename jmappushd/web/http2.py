@@ -69,7 +69,8 @@ _CONNECTION_NEEDS = ("_requestReceived", "_requestEnded", "_requestDataReceived"
                      "_streamCleanupCallbacks", "timeoutConnection")
 _STREAM_NEEDS = ("_conn", "_request", "streamID")
 _INSTANCE_NEEDS = ("conn", "streams", "priority", "_outboundStreamQueues",
-                   "_sendingDeferred", "_consumerBlocked", "_reactor")
+                   "_sendingDeferred", "_consumerBlocked", "_reactor",
+                   "_bufferedControlFrames", "_stillProducing")
 
 _checked: bool | None = None
 
@@ -208,6 +209,58 @@ class JMAPH2Connection(H2Connection):
         self._bodies: dict[int, WheelTimer] = {}
         self._registered: dict[int, list[Callable[[], None]]] = {}
         self._closing = False
+        self._reading = False
+
+    # -- one transport write per read --
+
+    def dataReceived(self, data: bytes) -> None:
+        """Twisted's, with what the events' handlers send directly (:meth:`send_now`) and
+        the receive windows they reopen left in ``h2``'s buffer until Twisted's own
+        ``_tryToWriteControlData`` after the last event: one write for the whole read."""
+        self._reading = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._reading = False
+
+    def send_now(self, stream_id: int, data: bytes) -> bool:
+        """Frame ``data`` as one DATA frame on ``stream_id`` now, bypassing Twisted's
+        per-stream queue and priority loop, when nothing can come before it: the stream
+        has nothing queued, the frame fits the stream's and the connection's window and
+        the peer's maximum frame size, and the transport is not blocked. False: the
+        caller queues it (the loop then sends it, in order, under flow control).
+
+        The frame goes out with the read being handled (:meth:`dataReceived`) or at
+        once; the stream's producer is paused when its window is spent, as Twisted's
+        loop does."""
+        if (self._lost or not self._stillProducing or self._consumerBlocked is not None
+                or self._bufferedControlFrames):
+            return False
+        queue = self._outboundStreamQueues.get(stream_id)
+        if queue is None or queue:
+            return False
+        conn = self.conn
+        try:
+            window = conn.local_flow_control_window(stream_id)
+            if len(data) > window or len(data) > conn.max_outbound_frame_size:
+                return False
+            conn.send_data(stream_id, data)
+        except h2.exceptions.ProtocolError:
+            return False  # closed by the peer meanwhile: the queue's path drops it
+        if not self._reading:
+            self._tryToWriteControlData()
+        if window - len(data) <= 0:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.flowControlBlocked()
+        return True
+
+    def open_window(self, stream_id: int, length: int) -> None:
+        """Acknowledge ``length`` octets of DATA read on ``stream_id`` (``h2`` sends the
+        WINDOW_UPDATE once half the window is used), written with the read."""
+        self.conn.acknowledge_received_data(length, stream_id)
+        if not self._reading:
+            self._tryToWriteControlData()
 
     # -- idle timeout only while idle --
 
