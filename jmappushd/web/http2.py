@@ -51,6 +51,7 @@ from twisted.web._http2 import _END_STREAM_SENTINEL as _END_STREAM
 from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web.http import Request
 
+from jmappushd.net import _fastpath
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.web import h2connect
 
@@ -219,9 +220,35 @@ class JMAPH2Connection(H2Connection):
         ``_tryToWriteControlData`` after the last event: one write for the whole read."""
         self._reading = True
         try:
+            if self._tunnels:
+                data = self._take_tunnel_data(data)
+                if not data:
+                    if not self._lost:
+                        self._tryToWriteControlData()
+                    return
             super().dataReceived(data)
         finally:
             self._reading = False
+
+    def _take_tunnel_data(self, data: bytes) -> bytes:
+        """Deliver the plain DATA frames for tunnels at the start of ``data`` without
+        ``h2``'s frame objects and state machines (:func:`_fastpath.h2_take_data` keeps
+        its windows exactly); return the rest, from the first other frame, for ``h2``.
+
+        A WebSocket client's requests are such frames, one per TLS record; through
+        ``h2`` each cost more than the JMAP work of a ``Core/echo``."""
+        taken, pos = _fastpath.h2_take_data(self.conn, data, self._tunnels)
+        if not taken:
+            return data
+        self.resetTimeout()
+        tunnels = self._tunnels
+        for stream_id, payload in taken:
+            tunnel = tunnels.get(stream_id)
+            if tunnel is not None:
+                tunnel.received(payload, len(payload))
+            elif not self._lost:  # reset by an earlier frame's handler: window only
+                self.conn.acknowledge_received_data(len(payload), stream_id)
+        return data[pos:]
 
     def send_now(self, stream_id: int, data: bytes) -> bool:
         """Frame ``data`` as one DATA frame on ``stream_id`` now, bypassing Twisted's
@@ -244,7 +271,8 @@ class JMAPH2Connection(H2Connection):
             window = conn.local_flow_control_window(stream_id)
             if len(data) > window or len(data) > conn.max_outbound_frame_size:
                 return False
-            conn.send_data(stream_id, data)
+            if not _fastpath.h2_send_data(conn, stream_id, data):
+                conn.send_data(stream_id, data)
         except h2.exceptions.ProtocolError:
             return False  # closed by the peer meanwhile: the queue's path drops it
         if not self._reading:
