@@ -465,8 +465,8 @@ def _probe_wsproto_frames() -> bool:
 
 def h2_pair(server_window: int = 65_535) -> tuple[Any, Any, int]:
     """A client and a server ``H2Connection`` past their preface and SETTINGS exchange,
-    with stream 1 open (a CONNECT's HEADERS) and everything flushed between them; also
-    the differential tests' fixture."""
+    with stream 1 open both ways (request HEADERS, a 200) and everything flushed
+    between them; also the differential tests' fixture."""
     import h2.config
     import h2.connection
 
@@ -478,9 +478,11 @@ def h2_pair(server_window: int = 65_535) -> tuple[Any, Any, int]:
         server.increment_flow_control_window(server_window - 65_535)
     client.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":path", "/"),
                             (":authority", "probe")])
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200")])  # the tunnel's answer: DATA may follow
     for _ in range(3):
-        server.receive_data(client.data_to_send())
         client.receive_data(server.data_to_send())
+        server.receive_data(client.data_to_send())
     return client, server, 1
 
 
