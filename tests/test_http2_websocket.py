@@ -511,3 +511,29 @@ def test_a_client_that_does_not_read_its_answers_is_stopped_by_flow_control(
             break
         ws.pump()
     assert [m["requestId"] for m in messages(ws.events)] == [f"r{n}" for n in range(sent)]
+
+
+def test_a_blocked_transport_queues_frames_in_order(hh: H2Harness) -> None:
+    """While TCP is blocked (the TLS transport paused the connection) nothing is framed
+    directly: frames wait in the stream's queue, pushes are held and the client's
+    requests are not read; on resume everything leaves in order."""
+    peer = hh.peer()
+    ws = hh.open(peer)
+    (session,) = hh.h.factory.connections
+    assert isinstance(session, H2WebSocket) and session._tunnel is not None
+    conn = session._tunnel._conn
+    conn.pauseProducing()
+    before = peer.transport.value()
+    session.send_frame(b"\x81\x05first")
+    session.send_frame(b"\x81\x06second")
+    assert len(conn._outboundStreamQueues[ws.stream_id]) == 2
+    assert conn.conn.data_to_send() == b""  # nothing framed past the queue
+    peer.conn.send_data(ws.stream_id, ws.ws.send(TextMessage(json.dumps(echo(rid="q")))))
+    peer.channel.dataReceived(peer.conn.data_to_send())
+    hh.clock.advance(0)
+    assert peer.transport.value() == before  # no answer, no DATA while blocked
+    conn.resumeProducing()
+    events = ws.pump()
+    texts = [e.data for e in events if isinstance(e, TextMessage)]
+    assert texts[:2] == ["first", "second"]
+    assert json.loads(texts[2])["requestId"] == "q"

@@ -10,9 +10,10 @@ and from then on carries the stream's DATA both ways as bytes:
 * inbound DATA goes to the :class:`TunnelHandler` and is acknowledged (the stream's
   window reopened) only once delivered, so a handler that pauses reading stops the
   client after one window (64 KiB), while other streams go on;
-* outbound bytes go through Twisted's per-stream queue, priority tree and flow
-  control; the handler is paused while the stream's window is spent or the TCP
-  connection is blocked;
+* outbound bytes are framed at once when nothing is queued on the stream and both
+  windows allow (:meth:`~jmappushd.web.http2.JMAPH2Connection.send_now`), else they
+  go through Twisted's per-stream queue, priority tree and flow control; the handler
+  is paused while the stream's window is spent or the TCP connection is blocked;
 * :meth:`Tunnel.finish` ends the stream (END_STREAM, the TCP FIN of RFC 8441 §4),
   :meth:`Tunnel.abort` resets it (RST_STREAM CANCEL, the TCP RST), and a client's
   RST_STREAM or the connection's end reaches the handler as ``tunnel_closed``.

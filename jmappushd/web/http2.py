@@ -27,7 +27,10 @@ changed against Twisted's own :class:`H2Connection`:
   ``Allow``, an unknown path 404: :func:`~jmappushd.web.h2connect.connect_refused_by`).
   Any other CONNECT (none, or another ``:protocol``, or one not invited) is answered
   on its stream at once, headers only: 405 without ``:protocol``, 501 for another
-  protocol, 400 when the setting was not sent. Each
+  protocol, 400 when the setting was not sent. A tunnel's plain DATA frames skip
+  ``h2``'s state machines and Twisted's send queue when nothing can come before them
+  (:meth:`JMAPH2Connection.send_now`, :func:`jmappushd.net._fastpath.h2_take_data`),
+  and what one read produces leaves in one transport write. Each
   CONNECT stream is reset with NO_ERROR once our side of it is complete, so a client
   that never ends its side holds no stream slot. The connection's receive window is
   the sum of its streams' (one stream that stops reading does not stall the others).
