@@ -261,8 +261,9 @@ class JMAPH2Connection(H2Connection):
         caller queues it (the loop then sends it, in order, under flow control).
 
         The frame goes out with the read being handled (:meth:`dataReceived`) or at
-        once; the stream's producer is paused when its window is spent, as Twisted's
-        loop does."""
+        once, possibly ahead of other streams' queued frames (priority signals are only
+        advice, RFC 9113 §5.3); the stream's producer is paused when its window is
+        spent, as Twisted's loop does."""
         if (self._lost or not self._stillProducing or self._consumerBlocked is not None
                 or self._bufferedControlFrames):
             return False
