@@ -5,7 +5,11 @@
 websocket``) on a TLS connection (ALPN h2), the WebSocket frames as DATA on that
 stream. Both send the same masked client frames (``load_clients.ws_frame``) and
 parse the server's frames the same way, so the client differs only by the HTTP/2
-framing around them (the ``h2`` library). One untimed request first; then
+framing around them. The ``h2`` library opens the connection and the stream; from
+then on DATA frames are made and read by hand (:class:`DataFramer`, with both flow
+control windows kept), as the HTTP/1.1 client makes its requests by hand, so the
+client's own cost does not hide the daemon's (``--h2-library`` keeps the library for
+every frame, as runs before 2026-12-02 13:00 did). One untimed request first; then
 ``--inflight`` requests outstanding (1: sequential) for ``--seconds``. Prints one
 JSON line: requests, errors, seconds, rate, p50/p99, and this process's CPU time
 per request (what the client itself cost).
@@ -23,12 +27,96 @@ from typing import Any
 
 import h2.connection
 import h2.events
+import h2.settings
 
 from benchmarks.load_clients import ws_frame, ws_frames
 from benchmarks.load_echo import summary, ws_message
 from benchmarks.load_h2_tls import client_context, h2_client, send_all, tls_connect
 
 _clock = time.perf_counter_ns
+
+
+class DataFramer:
+    """Steady-state HTTP/2 for one stream by hand: DATA out within the send windows,
+    DATA in acknowledged (WINDOW_UPDATE for stream and connection once half a window is
+    read, as ``h2`` does), WINDOW_UPDATE, PING and SETTINGS answered; anything that ends
+    the stream or connection (RST_STREAM, GOAWAY, END_STREAM) ends it."""
+
+    def __init__(self, sock: Any, conn: h2.connection.H2Connection, sid: int) -> None:
+        self.sock = sock
+        self.sid = sid
+        self.sid_bytes = sid.to_bytes(4, "big")
+        self.send_conn = conn.outbound_flow_control_window
+        self.send_stream = conn.streams[sid].outbound_flow_control_window
+        self.max_frame = conn.max_outbound_frame_size
+        self.recv_window = conn.local_settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE]
+        self.unacked_conn = self.unacked_stream = 0
+        self.buf = bytearray()
+        self.out: list[bytes] = []
+        self.pending = b""  # the stream's DATA read while waiting for a window
+
+    def send(self, data: bytes) -> None:
+        while min(self.send_conn, self.send_stream) < len(data):
+            self.pending += self.receive(self.sock.recv(262144))
+        self.send_conn -= len(data)
+        self.send_stream -= len(data)
+        send_all(self.sock, len(data).to_bytes(3, "big") + b"\x00\x00" + self.sid_bytes
+                 + data)
+
+    def receive(self, raw: bytes) -> bytes:
+        """The stream's DATA in ``raw`` (and what was buffered), answering what needs it."""
+        if not raw:
+            raise ConnectionError("the server closed the connection")
+        buf = self.buf
+        buf += raw
+        out = b""
+        pos = 0
+        while len(buf) - pos >= 9:
+            n = int.from_bytes(buf[pos:pos + 3], "big")
+            if len(buf) - pos < 9 + n:
+                break
+            kind, flags = buf[pos + 3], buf[pos + 4]
+            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFF_FFFF
+            body = bytes(buf[pos + 9:pos + 9 + n])
+            pos += 9 + n
+            if kind == 0:  # DATA
+                if flags & 0x8:
+                    body = body[1:len(body) - body[0]]
+                self.unacked_conn += n
+                if sid == self.sid:
+                    self.unacked_stream += n
+                    out += body
+                if flags & 0x1 and sid == self.sid:
+                    raise ConnectionError("the server ended the stream")
+            elif kind == 8:  # WINDOW_UPDATE
+                increment = int.from_bytes(body[:4], "big") & 0x7FFF_FFFF
+                if sid == 0:
+                    self.send_conn += increment
+                elif sid == self.sid:
+                    self.send_stream += increment
+            elif kind == 6 and not flags & 0x1:  # PING: answer it
+                self.out.append(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00" + body)
+            elif kind == 4 and not flags & 0x1:  # SETTINGS: acknowledge (none change here)
+                self.out.append(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+            elif kind == 7 or (kind == 3 and sid == self.sid):  # GOAWAY, RST_STREAM
+                raise ConnectionError("the server reset the stream or connection")
+        del buf[:pos]
+        self._acknowledge()
+        if self.out:
+            send_all(self.sock, b"".join(self.out))
+            self.out.clear()
+        return out
+
+    def _acknowledge(self) -> None:
+        half = self.recv_window // 2
+        if self.unacked_stream >= half:
+            self.out.append(b"\x00\x00\x04\x08\x00" + self.sid_bytes
+                            + self.unacked_stream.to_bytes(4, "big"))
+            self.unacked_stream = 0
+        if self.unacked_conn >= half:
+            self.out.append(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00"
+                            + self.unacked_conn.to_bytes(4, "big"))
+            self.unacked_conn = 0
 
 
 class Socket:
@@ -39,6 +127,7 @@ class Socket:
         self.sock = tls_connect(client_context(args.cafile, alpn), alpn, args.host,
                                 args.port)
         self.h2: h2.connection.H2Connection | None = None
+        self.framer: DataFramer | None = None
         self.sid = 0
         if args.proto == "h2":
             self._open_h2(args)
@@ -86,9 +175,13 @@ class Socket:
             send_all(self.sock, conn.data_to_send())
         if status != b"200":
             raise ConnectionError(f"extended CONNECT refused: {status!r}")
+        if not args.h2_library:
+            self.framer = DataFramer(self.sock, conn, self.sid)
 
     def send(self, frame: bytes) -> None:
-        if self.h2 is None:
+        if self.framer is not None:
+            self.framer.send(frame)
+        elif self.h2 is None:
             send_all(self.sock, frame)
         else:
             self.h2.send_data(self.sid, frame)
@@ -99,8 +192,19 @@ class Socket:
         if self.early:
             data, self.early = self.early, b""
             return data
+        if self.framer is not None and self.framer.pending:
+            data, self.framer.pending = self.framer.pending, b""
+            return data
         while True:
             raw = self.sock.recv(262144)
+            if self.framer is not None:
+                try:
+                    out = self.framer.receive(raw)
+                except ConnectionError:
+                    return b""
+                if out:
+                    return out
+                continue
             if not raw or self.h2 is None:
                 return raw
             out = b""
@@ -184,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--auth", required=True, help="the Authorization header value")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--inflight", type=int, default=1)
+    p.add_argument("--h2-library", action="store_true",
+                   help="frame every DATA frame with the h2 library (the older client)")
     args = p.parse_args(argv)
     result = run(args)
     sys.stdout.write(json.dumps({"type": "result", "proto": args.proto,

@@ -238,6 +238,25 @@ def test_a_changed_autobahn_switches_the_frame_fast_path_off(
     assert [e["path"] for e in logged] == ["websocket-frames"]
 
 
+def test_a_changed_wsproto_switches_the_h2_frame_fast_path_off(
+        monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]) -> None:
+    """A wsproto whose frame decoder no longer keeps its partial header where the fast
+    path reads it fails the check; the HTTP/2 WebSocket then feeds wsproto everything
+    (tests/test_http2_frames_differential.py compares both)."""
+    from wsproto.frame_protocol import FrameDecoder
+
+    real_init = FrameDecoder.__init__
+
+    def renamed(self: FrameDecoder, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        del self.header
+
+    monkeypatch.setattr(FrameDecoder, "__init__", renamed)
+    assert _fastpath.check() == ["wsproto-frames"]
+    assert not _fastpath.WSPROTO_FRAMES
+    assert [e["path"] for e in logged] == ["wsproto-frames"]
+
+
 def test_a_raising_probe_counts_as_failed() -> None:
     """A probe that raises (a changed signature) switches its path off instead of
     stopping the daemon's start-up."""

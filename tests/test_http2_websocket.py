@@ -472,3 +472,68 @@ def test_which_resources_refuse_an_extended_connect() -> None:
     assert h2connect.connect_refused_by(Dispatching()) == (b"GET", b"HEAD")
     assert h2connect.connect_refused_by(Tunnelling()) is None
     assert h2connect.connect_refused_by(Own()) is None
+
+
+def test_a_client_that_does_not_read_its_answers_is_stopped_by_flow_control(
+        hh: H2Harness) -> None:
+    """Both directions of h2 flow control with the direct DATA path: a client that sends
+    requests but never opens the stream's window gets at most one window of answers,
+    then its requests are no longer read (nor acknowledged), so it can send at most one
+    window of them; memory stays bounded. Once it reads, every request is answered, in
+    order."""
+    peer = hh.peer()
+    ws = hh.open(peer)
+    sid = ws.stream_id
+    window = peer.conn.local_settings.initial_window_size
+    sent = 0
+    for n in range(5000):
+        data = ws.ws.send(TextMessage(json.dumps(echo(rid=f"r{n}"))))
+        if peer.conn.local_flow_control_window(sid) < len(data):
+            break  # the server stopped reading: our window to it is spent
+        peer.conn.send_data(sid, data)
+        sent += 1
+        ws.pump(ack=False)
+    else:
+        raise AssertionError("the client was never stopped")
+    got = sum(e.flow_controlled_length for e in peer.events
+              if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+    assert window - 300 < got <= window
+    answered = len(messages(ws.events))
+    assert answered < sent
+    (session,) = hh.h.factory.connections
+    assert isinstance(session, H2WebSocket) and session._tunnel is not None
+    assert sum(n for _, n in session._tunnel._early) <= window  # what it holds unread
+    for event in peer.events:  # now it reads what it got, and each pump what follows
+        if isinstance(event, h2.events.DataReceived) and event.stream_id == sid:
+            peer.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+    for _ in range(200):
+        if len(messages(ws.events)) == sent:
+            break
+        ws.pump()
+    assert [m["requestId"] for m in messages(ws.events)] == [f"r{n}" for n in range(sent)]
+
+
+def test_a_blocked_transport_queues_frames_in_order(hh: H2Harness) -> None:
+    """While TCP is blocked (the TLS transport paused the connection) nothing is framed
+    directly: frames wait in the stream's queue, pushes are held and the client's
+    requests are not read; on resume everything leaves in order."""
+    peer = hh.peer()
+    ws = hh.open(peer)
+    (session,) = hh.h.factory.connections
+    assert isinstance(session, H2WebSocket) and session._tunnel is not None
+    conn = session._tunnel._conn
+    conn.pauseProducing()
+    before = peer.transport.value()
+    session.send_frame(b"\x81\x05first")
+    session.send_frame(b"\x81\x06second")
+    assert len(conn._outboundStreamQueues[ws.stream_id]) == 2
+    assert conn.conn.data_to_send() == b""  # nothing framed past the queue
+    peer.conn.send_data(ws.stream_id, ws.ws.send(TextMessage(json.dumps(echo(rid="q")))))
+    peer.channel.dataReceived(peer.conn.data_to_send())
+    hh.clock.advance(0)
+    assert peer.transport.value() == before  # no answer, no DATA while blocked
+    conn.resumeProducing()
+    events = ws.pump()
+    texts = [e.data for e in events if isinstance(e, TextMessage)]
+    assert texts[:2] == ["first", "second"]
+    assert json.loads(texts[2])["requestId"] == "q"

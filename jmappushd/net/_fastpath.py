@@ -3,20 +3,24 @@
 The hot paths measured in ``docs/benchmarks.rst`` skip a library's general code by
 reading what it keeps privately: Twisted's TCP write queue (``send_now``), the
 chunked state of a ``Request`` (EventSource events), the dict inside ``Headers``
-(Web Push requests), CPython's C JSON encoder (``ijson.dumps``) and Autobahn's
-frame parser state (the WebSocket frame fast path). Each is a flag here, on when the
+(Web Push requests), CPython's C JSON encoder (``ijson.dumps``), Autobahn's
+frame parser state (the WebSocket frame fast path), wsproto's (the same fast path
+for a WebSocket over HTTP/2) and the ``h2`` library's buffers and flow-control
+windows (the DATA frames of such a WebSocket). Each is a flag here, on when the
 installed library still has what it reads. :func:`check` (called once at start-up)
 re-verifies the *behaviour* each one reproduces against the library's own public
 code; a path that no longer matches is switched off, so its callers use the public
 API (``transport.write``, ``Request.write``, ``Headers(...)``, ``JSONEncoder``,
-Autobahn's ``dataReceived``), and is logged once. The upper bounds in ``setup.cfg``
-keep upgrades deliberate; this check keeps them safe.
+Autobahn's ``dataReceived``, wsproto's ``receive_data``, h2's ``send_data`` and
+``receive_data``), and is logged once. The
+upper bounds in ``setup.cfg`` keep upgrades deliberate; this check keeps them safe.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import struct
 from collections.abc import Callable
 from json import encoder as _json_encoder
 from typing import TYPE_CHECKING, Any
@@ -51,6 +55,14 @@ C_ENCODER = getattr(_json_encoder, "c_make_encoder", None) is not None
 WS_FRAMES = True
 """Whole small client frames may be parsed from the TCP chunk and Autobahn's state read;
 set by :func:`check` (Autobahn is only imported there)."""
+
+WSPROTO_FRAMES = True
+"""Whole small client frames may be parsed from an HTTP/2 DATA payload when wsproto's
+parser state reads as between frames; set by :func:`check`."""
+
+H2_DATA = True
+"""Plain DATA frames of an RFC 8441 tunnel may be framed and parsed outside ``h2``'s
+state machines (its windows and buffers kept exactly); set by :func:`check`."""
 
 _warned: set[str] = set()
 
@@ -164,6 +176,112 @@ def ws_discard_rest(proto: WebSocketServerProtocol) -> None:
     proto.failedByMe = True
 
 
+# -- wsproto: the frame parser's state (WebSocket over HTTP/2) --
+
+
+def wsproto_between_frames(ws: Any) -> bool:
+    """True when the open wsproto ``Connection`` ``ws`` holds nothing: no event not yet
+    taken, no byte of a partly received frame, no fragmented message open.
+
+    Only then may a whole frame be parsed outside wsproto: its ``FrameDecoder`` keeps a
+    partial header or payload in ``header``/``buffer``, its ``MessageDecoder`` the
+    opcode (and UTF-8 state) of a fragmented message in ``opcode``.
+    """
+    if not WSPROTO_FRAMES:
+        return False
+    proto = ws._proto
+    decoder = proto._frame_decoder
+    return bool(decoder.header is None and not decoder.buffer.buffer
+                and proto._message_decoder.opcode is None and not ws._events)
+
+
+# -- h2: plain DATA frames on open streams --
+
+_DATA_HEAD = struct.Struct(">BHBBL")
+"""A DATA frame header: 24-bit length (high octet, low 16 bits), type 0, flags, id."""
+
+
+def h2_send_data(conn: Any, stream_id: int, data: bytes) -> bool:
+    """Append one DATA frame (no flags, no padding) carrying ``data`` to ``h2``'s output
+    as ``H2Connection.send_data(stream_id, data)`` does, or return False (then call it).
+
+    Reproduces, for a non-empty frame within both windows and the peer's frame size on
+    a stream that is open for sending: no state change (SEND_DATA keeps the connection
+    in SERVER_OPEN and the stream in OPEN or HALF_CLOSED_REMOTE), both outbound windows
+    reduced by the length, the serialised frame appended to ``_data_to_send``; what it
+    skips is the state machines' lookups, the frame object and the debug log lines.
+    """
+    if not H2_DATA:
+        return False
+    from h2.connection import ConnectionState
+    from h2.stream import StreamState
+
+    n = len(data)
+    stream = conn.streams.get(stream_id)
+    if (stream is None or not n or conn.state_machine.state is not ConnectionState.SERVER_OPEN
+            or stream.state_machine.state not in (StreamState.OPEN,
+                                                  StreamState.HALF_CLOSED_REMOTE)
+            or n > conn.max_outbound_frame_size or n > conn.outbound_flow_control_window
+            or n > stream.outbound_flow_control_window):
+        return False
+    out = conn._data_to_send
+    out += _DATA_HEAD.pack(n >> 16, n & 0xFFFF, 0, 0, stream_id)
+    out += data
+    stream.outbound_flow_control_window -= n
+    conn.outbound_flow_control_window -= n
+    return True
+
+
+def h2_take_data(conn: Any, data: bytes, tunnels: Any) -> tuple[list[tuple[int, bytes]], int]:
+    """The plain DATA frames at the start of ``data`` for streams in ``tunnels``, taken
+    as ``H2Connection.receive_data`` would take them, and where the rest begins (for
+    ``receive_data``); nothing when ``h2`` holds a partial frame, preamble or header
+    block, or the connection is not open.
+
+    Reproduces ``receive_data`` for a whole DATA frame without flags (no END_STREAM,
+    no padding) and with the reserved bit clear, within the maximum frame size and both
+    receive windows, on an open stream whose headers arrived and which declared no
+    content length: both inbound window managers shrink by the length, the stream
+    counts the octets, and the event would be a ``DataReceived`` with that payload and
+    that flow-controlled length. Anything else (another frame type or flag, a window
+    overrun, a closed stream, a partial frame) stops the take, and ``h2`` gets the rest,
+    so its errors stay its own.
+    """
+    taken: list[tuple[int, bytes]] = []
+    if not H2_DATA:
+        return taken, 0
+    from h2.connection import ConnectionState
+    from h2.stream import StreamState
+
+    buffer = conn.incoming_buffer
+    if (buffer._data or buffer._preamble_len or buffer._headers_buffer
+            or conn.state_machine.state is not ConnectionState.SERVER_OPEN):
+        return taken, 0
+    pos, size = 0, len(data)
+    limit = conn.max_inbound_frame_size
+    window = conn._inbound_flow_control_window_manager
+    streams = conn.streams
+    while size - pos >= 9:
+        high, low, kind, flags, stream_id = _DATA_HEAD.unpack_from(data, pos)
+        n = high << 16 | low
+        end = pos + 9 + n
+        if (kind or flags or not n or n > limit or end > size or stream_id not in tunnels
+                or n > window.current_window_size):
+            break
+        stream = streams.get(stream_id)
+        if (stream is None or stream.state_machine.state is not StreamState.OPEN
+                or not stream.state_machine.headers_received
+                or stream._expected_content_length is not None
+                or n > stream._inbound_window_manager.current_window_size):
+            break
+        window.current_window_size -= n
+        stream._inbound_window_manager.current_window_size -= n
+        stream._actual_content_length += n
+        taken.append((stream_id, data[pos + 9 : end]))
+        pos = end
+    return taken, pos
+
+
 # -- CPython json: the C encoder --
 
 
@@ -190,16 +308,20 @@ def check() -> list[str]:
     Call once at start-up: each path whose library no longer behaves as it reproduces
     is turned off (its callers then use the public API) and logged once.
     """
-    global TCP_SEND, CHUNK_WRITE, RAW_HEADERS, C_ENCODER, WS_FRAMES
+    global TCP_SEND, CHUNK_WRITE, RAW_HEADERS, C_ENCODER, WS_FRAMES, WSPROTO_FRAMES, H2_DATA
     # Each probe runs the fast path itself, so every path is on while they run.
-    TCP_SEND = CHUNK_WRITE = RAW_HEADERS = C_ENCODER = WS_FRAMES = True
+    TCP_SEND = CHUNK_WRITE = RAW_HEADERS = C_ENCODER = WS_FRAMES = WSPROTO_FRAMES = True
+    H2_DATA = True
     TCP_SEND = _passes(_probe_tcp_send)
     CHUNK_WRITE = _passes(_probe_chunk_write)
     RAW_HEADERS = _passes(_probe_headers)
     C_ENCODER = _passes(_probe_c_encoder)
     WS_FRAMES = _passes(_probe_ws_frames)
+    WSPROTO_FRAMES = _passes(_probe_wsproto_frames)
+    H2_DATA = _passes(_probe_h2_data)
     flags = {"tcp-send": TCP_SEND, "chunk-write": CHUNK_WRITE, "raw-headers": RAW_HEADERS,
-             "c-json-encoder": C_ENCODER, "websocket-frames": WS_FRAMES}
+             "c-json-encoder": C_ENCODER, "websocket-frames": WS_FRAMES,
+             "wsproto-frames": WSPROTO_FRAMES, "h2-data": H2_DATA}
     missing = [name for name, on in flags.items() if not on]
     for name in missing:
         if name not in _warned:
@@ -311,6 +433,98 @@ def _probe_ws_frames() -> bool:
     ws_count_sent(proto, 3)
     counted = proto.trafficStats.outgoingOctetsWireLevel == before + 3
     return opened and inside and ws_between_frames(proto) and got == [b"ok"] and counted
+
+
+def _probe_wsproto_frames() -> bool:
+    """wsproto's parser state reads as the HTTP/2 WebSocket fast path expects it to.
+
+    A server ``Connection`` is fed a masked text frame in two parts (idle before, not
+    idle inside, idle after, the message whole), then the first frame of a fragmented
+    message (not idle until its last frame has passed).
+    """
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    ws = Connection(ConnectionType.SERVER)
+    frame = b"\x81\x82\x00\x00\x00\x00ok"  # masked "ok" with a zero key
+    idle = wsproto_between_frames(ws)
+    ws.receive_data(frame[:5])
+    partial = list(ws.events())
+    inside = not wsproto_between_frames(ws)
+    ws.receive_data(frame[5:])
+    got = [e.data for e in ws.events() if isinstance(e, TextMessage) and e.message_finished]
+    after = wsproto_between_frames(ws)
+    ws.receive_data(b"\x01\x81\x00\x00\x00\x00o")  # not final
+    list(ws.events())
+    fragmented = not wsproto_between_frames(ws)
+    ws.receive_data(b"\x80\x81\x00\x00\x00\x00k")  # its final continuation
+    list(ws.events())
+    return (idle and not partial and inside and got == ["ok"] and after and fragmented
+            and wsproto_between_frames(ws))
+
+
+def h2_pair(server_window: int = 65_535) -> tuple[Any, Any, int]:
+    """A client and a server ``H2Connection`` past their preface and SETTINGS exchange,
+    with stream 1 open both ways (request HEADERS, a 200) and everything flushed
+    between them; also the differential tests' fixture."""
+    import h2.config
+    import h2.connection
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    if server_window != 65_535:
+        server.increment_flow_control_window(server_window - 65_535)
+    client.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":path", "/"),
+                            (":authority", "probe")])
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(":status", "200")])  # the tunnel's answer: DATA may follow
+    for _ in range(3):
+        client.receive_data(server.data_to_send())
+        server.receive_data(client.data_to_send())
+    return client, server, 1
+
+
+def h2_state(conn: Any, stream_id: int) -> tuple[Any, ...]:
+    """Everything of ``conn`` that DATA frames on ``stream_id`` change."""
+    stream = conn.streams[stream_id]
+    return (conn.state_machine.state, stream.state_machine.state,
+            conn.outbound_flow_control_window, stream.outbound_flow_control_window,
+            conn._inbound_flow_control_window_manager.current_window_size,
+            stream._inbound_window_manager.current_window_size,
+            stream._actual_content_length, bytes(conn._data_to_send))
+
+
+def _probe_h2_data() -> bool:
+    """Both DATA paths leave an ``h2`` connection as its own ``send_data`` and
+    ``receive_data`` do: the same bytes out, the same windows and counts, the same
+    payloads in; and they decline what is not theirs (a flag, a partial frame)."""
+    import h2.events
+
+    payloads = [b"x", b"hello" * 40]
+    ours, theirs = h2_pair(), h2_pair()
+    for (_, server, sid), fast in ((ours, True), (theirs, False)):
+        for data in payloads:
+            if fast:
+                if not h2_send_data(server, sid, data):
+                    return False
+            else:
+                server.send_data(sid, data)
+    if h2_state(ours[1], 1) != h2_state(theirs[1], 1):
+        return False
+    client, server, sid = h2_pair()
+    for data in payloads:
+        client.send_data(sid, data)
+    wire = client.data_to_send()
+    twin = h2_pair()[1]
+    events = [(e.stream_id, e.data) for e in twin.receive_data(wire)
+              if isinstance(e, h2.events.DataReceived)]
+    taken, pos = h2_take_data(server, wire + wire[:5], {sid})
+    client.send_data(sid, b"end", end_stream=True)
+    flagged, at = h2_take_data(server, client.data_to_send(), {sid})
+    return (taken == events and pos == len(wire) and h2_state(server, 1) == h2_state(twin, 1)
+            and not flagged and at == 0)
 
 
 _PROBE_HANDSHAKE = (

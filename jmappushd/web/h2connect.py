@@ -10,9 +10,10 @@ and from then on carries the stream's DATA both ways as bytes:
 * inbound DATA goes to the :class:`TunnelHandler` and is acknowledged (the stream's
   window reopened) only once delivered, so a handler that pauses reading stops the
   client after one window (64 KiB), while other streams go on;
-* outbound bytes go through Twisted's per-stream queue, priority tree and flow
-  control; the handler is paused while the stream's window is spent or the TCP
-  connection is blocked;
+* outbound bytes are framed at once when nothing is queued on the stream and both
+  windows allow (:meth:`~jmappushd.web.http2.JMAPH2Connection.send_now`), else they
+  go through Twisted's per-stream queue, priority tree and flow control; the handler
+  is paused while the stream's window is spent or the TCP connection is blocked;
 * :meth:`Tunnel.finish` ends the stream (END_STREAM, the TCP FIN of RFC 8441 §4),
   :meth:`Tunnel.abort` resets it (RST_STREAM CANCEL, the TCP RST), and a client's
   RST_STREAM or the connection's end reaches the handler as ``tunnel_closed``.
@@ -159,10 +160,13 @@ class Tunnel:
         return not self.closed and not self.request.finished
 
     def write(self, data: bytes) -> None:
-        """Queue bytes as DATA on the stream (flow-controlled, prioritised)."""
+        """Send bytes as DATA on the stream: at once when nothing is queued before them
+        and the windows allow (:meth:`~jmappushd.web.http2.JMAPH2Connection.send_now`),
+        else through the stream's queue (flow-controlled, prioritised)."""
         if self.writable:
             self.sent += len(data)
-            self._stream.write(data)
+            if not self._conn.send_now(self.stream_id, data):
+                self._stream.write(data)
 
     def finish(self) -> None:
         """End our side (END_STREAM after what is queued); the stream then closes."""
@@ -204,7 +208,7 @@ class Tunnel:
         if data:
             self._handler.tunnel_data(data)
         if not self.closed:
-            self._conn.openStreamWindow(self.stream_id, flow_length)
+            self._conn.open_window(self.stream_id, flow_length)
 
     def ended(self) -> None:
         """The client's END_STREAM, after whatever it sent before."""

@@ -27,7 +27,10 @@ changed against Twisted's own :class:`H2Connection`:
   ``Allow``, an unknown path 404: :func:`~jmappushd.web.h2connect.connect_refused_by`).
   Any other CONNECT (none, or another ``:protocol``, or one not invited) is answered
   on its stream at once, headers only: 405 without ``:protocol``, 501 for another
-  protocol, 400 when the setting was not sent. Each
+  protocol, 400 when the setting was not sent. A tunnel's plain DATA frames skip
+  ``h2``'s state machines and Twisted's send queue when nothing can come before them
+  (:meth:`JMAPH2Connection.send_now`, :func:`jmappushd.net._fastpath.h2_take_data`),
+  and what one read produces leaves in one transport write. Each
   CONNECT stream is reset with NO_ERROR once our side of it is complete, so a client
   that never ends its side holds no stream slot. The connection's receive window is
   the sum of its streams' (one stream that stops reading does not stall the others).
@@ -51,6 +54,7 @@ from twisted.web._http2 import _END_STREAM_SENTINEL as _END_STREAM
 from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web.http import Request
 
+from jmappushd.net import _fastpath
 from jmappushd.net.timerwheel import TimerWheel, WheelTimer
 from jmappushd.web import h2connect
 
@@ -69,7 +73,8 @@ _CONNECTION_NEEDS = ("_requestReceived", "_requestEnded", "_requestDataReceived"
                      "_streamCleanupCallbacks", "timeoutConnection")
 _STREAM_NEEDS = ("_conn", "_request", "streamID")
 _INSTANCE_NEEDS = ("conn", "streams", "priority", "_outboundStreamQueues",
-                   "_sendingDeferred", "_consumerBlocked", "_reactor")
+                   "_sendingDeferred", "_consumerBlocked", "_reactor",
+                   "_bufferedControlFrames", "_stillProducing")
 
 _checked: bool | None = None
 
@@ -208,6 +213,86 @@ class JMAPH2Connection(H2Connection):
         self._bodies: dict[int, WheelTimer] = {}
         self._registered: dict[int, list[Callable[[], None]]] = {}
         self._closing = False
+        self._reading = False
+
+    # -- one transport write per read --
+
+    def dataReceived(self, data: bytes) -> None:
+        """Twisted's, with what the events' handlers send directly (:meth:`send_now`) and
+        the receive windows they reopen left in ``h2``'s buffer until Twisted's own
+        ``_tryToWriteControlData`` after the last event: one write for the whole read."""
+        self._reading = True
+        try:
+            if self._tunnels:
+                data = self._take_tunnel_data(data)
+                if not data:
+                    if not self._lost:
+                        self._tryToWriteControlData()
+                    return
+            super().dataReceived(data)
+        finally:
+            self._reading = False
+
+    def _take_tunnel_data(self, data: bytes) -> bytes:
+        """Deliver the plain DATA frames for tunnels at the start of ``data`` without
+        ``h2``'s frame objects and state machines (:func:`_fastpath.h2_take_data` keeps
+        its windows exactly); return the rest, from the first other frame, for ``h2``.
+
+        A WebSocket client's requests are such frames, one per TLS record; through
+        ``h2`` each cost more than the JMAP work of a ``Core/echo``."""
+        taken, pos = _fastpath.h2_take_data(self.conn, data, self._tunnels)
+        if not taken:
+            return data
+        self.resetTimeout()
+        tunnels = self._tunnels
+        for stream_id, payload in taken:
+            tunnel = tunnels.get(stream_id)
+            if tunnel is not None:
+                tunnel.received(payload, len(payload))
+            elif not self._lost:  # reset by an earlier frame's handler: window only
+                self.conn.acknowledge_received_data(len(payload), stream_id)
+        return data[pos:]
+
+    def send_now(self, stream_id: int, data: bytes) -> bool:
+        """Frame ``data`` as one DATA frame on ``stream_id`` now, bypassing Twisted's
+        per-stream queue and priority loop, when nothing can come before it: the stream
+        has nothing queued, the frame fits the stream's and the connection's window and
+        the peer's maximum frame size, and the transport is not blocked. False: the
+        caller queues it (the loop then sends it, in order, under flow control).
+
+        The frame goes out with the read being handled (:meth:`dataReceived`) or at
+        once, possibly ahead of other streams' queued frames (priority signals are only
+        advice, RFC 9113 §5.3); the stream's producer is paused when its window is
+        spent, as Twisted's loop does."""
+        if (self._lost or not self._stillProducing or self._consumerBlocked is not None
+                or self._bufferedControlFrames):
+            return False
+        queue = self._outboundStreamQueues.get(stream_id)
+        if queue is None or queue:
+            return False
+        conn = self.conn
+        try:
+            window = conn.local_flow_control_window(stream_id)
+            if len(data) > window or len(data) > conn.max_outbound_frame_size:
+                return False
+            if not _fastpath.h2_send_data(conn, stream_id, data):
+                conn.send_data(stream_id, data)
+        except h2.exceptions.ProtocolError:
+            return False  # closed by the peer meanwhile: the queue's path drops it
+        if not self._reading:
+            self._tryToWriteControlData()
+        if window - len(data) <= 0:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.flowControlBlocked()
+        return True
+
+    def open_window(self, stream_id: int, length: int) -> None:
+        """Acknowledge ``length`` octets of DATA read on ``stream_id`` (``h2`` sends the
+        WINDOW_UPDATE once half the window is used), written with the read."""
+        self.conn.acknowledge_received_data(length, stream_id)
+        if not self._reading:
+            self._tryToWriteControlData()
 
     # -- idle timeout only while idle --
 

@@ -4,8 +4,10 @@ The same :class:`~jmappushd.transports.websocket.conversation.Conversation` as o
 an HTTP/1.1 upgrade (``protocol.py``); this class is its frame sink and registry
 member on a :class:`~jmappushd.web.h2connect.Tunnel`, and owns the wire as the
 Autobahn adapter does: RFC 6455 frames are parsed by wsproto's post-handshake
-connection (masking required, UTF-8 checked, control frames, close codes), our
-frames are the prebuilt ones of ``frames.py``; one timer on the app's wheel sends the
+connection (masking required, UTF-8 checked, control frames, close codes), except
+whole small masked text frames and pongs, taken straight from the DATA payload as
+``protocol.py`` takes them from the TCP chunk (:meth:`H2WebSocket._take_whole_frames`);
+our frames are the prebuilt ones of ``frames.py``; one timer on the app's wheel sends the
 heartbeat ping, enforces ``ws-client-timeout`` and bounds our closing handshake.
 Messages above the factory's hard cap close with 1009, binary ones with 1003.
 
@@ -29,6 +31,7 @@ from wsproto.utilities import LocalProtocolError
 
 from jmappushd.auth.authenticator import Principal, UpstreamIdentity
 from jmappushd.core.connections import EndReason
+from jmappushd.net import _fastpath
 from jmappushd.net.timerwheel import WheelTimer
 from jmappushd.store.records import Account
 from jmappushd.transports.websocket.conversation import (
@@ -36,7 +39,7 @@ from jmappushd.transports.websocket.conversation import (
     CLOSE_UNSUPPORTED_DATA,
     Conversation,
 )
-from jmappushd.transports.websocket.frames import PING_FRAME
+from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME
 from jmappushd.transports.websocket.heartbeat import heartbeat_step
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.web.accesslog import Closed, SessionEntry
@@ -166,6 +169,15 @@ class H2WebSocket:
         ws = self._ws
         if ws.state not in (_OPEN, ConnectionState.LOCAL_CLOSING):
             return  # after the client's Close nothing more counts
+        if ws.state is _OPEN and _fastpath.wsproto_between_frames(ws):
+            data = self._take_whole_frames(data)
+            if not data:
+                return
+            if ws.state is not _OPEN:
+                # A message closed the session: wsproto gets the rest unread, as when
+                # it had parsed the whole payload and we stopped at that message.
+                ws.receive_data(data)
+                return
         ws.receive_data(data)
         for event in ws.events():
             if isinstance(event, TextMessage):
@@ -180,6 +192,54 @@ class H2WebSocket:
                 return
             if ws.state is not _OPEN:
                 return
+
+    def _take_whole_frames(self, data: bytes) -> bytes:
+        """Handle the common frames here; return the rest, from the first other one, for
+        wsproto (which must be between frames: :func:`_fastpath.wsproto_between_frames`).
+
+        Whole, final, masked text frames within the message cap (unmasked per RFC 6455
+        §5.3, checked as UTF-8 per §8.1) go to the conversation, whole masked pongs of
+        at most 125 octets are dropped (wsproto's Pong event is ignored too). Anything
+        else (fragments, pings, close, binary, reserved bits, unmasked, oversized,
+        incomplete or non-minimally encoded frames, 64-bit lengths, invalid UTF-8) is
+        left to wsproto with everything after it, so the answer never depends on how
+        the client's bytes were split into DATA frames
+        (tests/test_http2_frames_differential.py)."""
+        pos, size = 0, len(data)
+        cap = self._factory.max_frame_payload
+        ws = self._ws
+        conversation = self.conversation
+        while size - pos >= 6 and ws.state is _OPEN:
+            first, second = data[pos], data[pos + 1]
+            if second < 0x80 or (first != FIN_TEXT and first != FIN_PONG):
+                break
+            length = second & 0x7F
+            key_at = pos + 2
+            if length == 126:
+                if size - pos < 8 or first == FIN_PONG:
+                    break  # a control frame > 125 octets: wsproto closes 1002 (§5.5)
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                if length < 126:
+                    break  # not the minimal length encoding: wsproto closes 1002 (§5.2)
+                key_at = pos + 4
+            elif length == 127:
+                break
+            end = key_at + 4 + length
+            if end > size or length > cap:
+                break
+            if first == FIN_PONG:
+                pos = end
+                continue
+            key = data[key_at : key_at + 4] * (length // 4 + 1)
+            payload = (int.from_bytes(data[key_at + 4 : end], "big")
+                       ^ int.from_bytes(key[:length], "big")).to_bytes(length, "big")
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break  # wsproto closes with 1007
+            pos = end
+            conversation.message(payload)
+        return data[pos:] if pos else data
 
     def _text(self, data: str, finished: bool) -> None:
         if self._ws.state is not _OPEN:

@@ -12,6 +12,11 @@ answer the same codes as HTTP/2 responses (plus ``sec-websocket-version: 13``,
 which Autobahn checks over HTTP/1.1); an accepted one gets ``:status 200`` and its
 stream runs the session (``h2session``). A plain GET over HTTP/2 gets 405
 (``Allow: CONNECT``): it cannot upgrade.
+
+The resource is a leaf, so Twisted hands it every path below its own too
+(``/jmap/ws/extra``, and ``/.well-known/jmap/x`` through the well-known directory);
+only the exact path is the endpoint, anything below it is the JSON 404 of an unknown
+path, over either protocol.
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ class HandshakeResource(Resource):
         self._origins = frozenset(app.config.websocket.allowed_origins)
 
     def render(self, request: Request) -> Any:
+        if request.postpath:  # below the endpoint (even a bare trailing "/")
+            write_problem(request, 404, "no such resource")
+            self._count(request)
+            return NOT_DONE_YET
         refused = self._refused_h2 if is_h2_stream(request.channel) else self._refused
         if refused(request):
             self._count(request)
