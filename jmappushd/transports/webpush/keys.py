@@ -26,13 +26,19 @@ log = Logger()
 
 
 async def load_or_create_key(store: IStore) -> VapidKey:
-    """Load the persisted key, or create and persist one on first start."""
+    """Load the persisted key, or create and persist one on first start.
+
+    Created with ``add_meta``: of several daemons starting at once on a new store, one
+    key wins and all of them use it (with a plain write each would sign with its own
+    until the key watcher noticed, and destroy what it had created meanwhile)."""
     text = await store.get_meta(META_KEY)
     if text:
         return VapidKey.from_private_string(text)
-    key = VapidKey.generate()
-    await store.set_meta(META_KEY, key.to_private_string())
-    log.info("created VAPID key {key_id}", key_id=key.key_id)
+    made = VapidKey.generate().to_private_string()
+    stored = await store.add_meta(META_KEY, made)
+    key = VapidKey.from_private_string(stored)
+    if stored == made:
+        log.info("created VAPID key {key_id}", key_id=key.key_id)
     return key
 
 
