@@ -39,7 +39,7 @@ from jmappushd.transports.websocket.conversation import (
     CLOSE_UNSUPPORTED_DATA,
     Conversation,
 )
-from jmappushd.transports.websocket.frames import FIN_PONG, FIN_TEXT, PING_FRAME
+from jmappushd.transports.websocket.frames import PING_FRAME, take_simple
 from jmappushd.transports.websocket.heartbeat import heartbeat_step
 from jmappushd.transports.websocket.messages import SUBPROTOCOL
 from jmappushd.web.accesslog import Closed, SessionEntry
@@ -210,35 +210,12 @@ class H2WebSocket:
         ws = self._ws
         conversation = self.conversation
         while size - pos >= 6 and ws.state is _OPEN:
-            first, second = data[pos], data[pos + 1]
-            if second < 0x80 or (first != FIN_TEXT and first != FIN_PONG):
+            taken = take_simple(data, pos, cap)
+            if taken is None:
                 break
-            length = second & 0x7F
-            key_at = pos + 2
-            if length == 126:
-                if size - pos < 8 or first == FIN_PONG:
-                    break  # a control frame > 125 octets: wsproto closes 1002 (§5.5)
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                if length < 126:
-                    break  # not the minimal length encoding: wsproto closes 1002 (§5.2)
-                key_at = pos + 4
-            elif length == 127:
-                break
-            end = key_at + 4 + length
-            if end > size or length > cap:
-                break
-            if first == FIN_PONG:
-                pos = end
-                continue
-            key = data[key_at : key_at + 4] * (length // 4 + 1)
-            payload = (int.from_bytes(data[key_at + 4 : end], "big")
-                       ^ int.from_bytes(key[:length], "big")).to_bytes(length, "big")
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                break  # wsproto closes with 1007
-            pos = end
-            conversation.message(payload)
+            pos, payload = taken
+            if payload is not None:
+                conversation.message(payload)
         return data[pos:] if pos else data
 
     def _text(self, data: str, finished: bool) -> None:
