@@ -81,6 +81,24 @@ def ws_frames(buf: bytearray) -> list[tuple[int, bytes]]:
     return out
 
 
+
+class StdinCommands:
+    """The lines a parent writes to a load generator's stdin, read without blocking."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        os.set_blocking(self.fd, False)
+        self._pending = b""
+
+    def read(self) -> list[str] | None:
+        """The whole lines that arrived; None once the parent closed stdin."""
+        data = os.read(self.fd, 65536)
+        if not data:
+            return None
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        return [line.decode() for line in lines]
+
 class Conn:
     __slots__ = ("buf", "final", "index", "sock", "state")
 
@@ -294,23 +312,19 @@ class Load:
                 "finals": self.finals, "pings": self.pings, "last_rx": self.last_rx}
 
     def run(self) -> None:
-        stdin = sys.stdin.fileno()
-        os.set_blocking(stdin, False)
-        self.ep.register(stdin, _IN)
-        pending_line = b""
+        stdin = StdinCommands()
+        self.ep.register(stdin.fd, _IN)
         deadline = time.monotonic() + self.args.max_seconds
         self.start_more()
         while not self.stop and time.monotonic() < deadline:
             for fd, mask in self.ep.poll(1.0):
-                if fd == stdin:
-                    data = os.read(stdin, 65536)
-                    if not data:
+                if fd == stdin.fd:
+                    lines = stdin.read()
+                    if lines is None:
                         self.stop = True
                         break
-                    pending_line += data
-                    *lines, pending_line = pending_line.split(b"\n")
                     for line in lines:
-                        self.command(line.decode())
+                        self.command(line)
                     continue
                 conn = self.conns.get(fd)
                 if conn is None:

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import select
 import ssl
-import sys
 import time
 from typing import Any
 
@@ -31,7 +29,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-from benchmarks.load_clients import _MARK, emit
+from benchmarks.load_clients import _MARK, StdinCommands, emit
 from benchmarks.load_h2_tls import (
     client_context,
     h2_client,
@@ -233,21 +231,17 @@ class Load:
     def run(self) -> None:
         deadline = time.monotonic() + self.args.max_seconds
         self.open_all()
-        stdin = sys.stdin.fileno()
-        os.set_blocking(stdin, False)
-        self.ep.register(stdin, select.EPOLLIN)
-        pending_line = b""
+        stdin = StdinCommands()
+        self.ep.register(stdin.fd, select.EPOLLIN)
         while not self.stop and time.monotonic() < deadline:
             for fd, _mask in self.ep.poll(1.0):
-                if fd == stdin:
-                    data = os.read(stdin, 65536)
-                    if not data:
+                if fd == stdin.fd:
+                    lines = stdin.read()
+                    if lines is None:
                         self.stop = True
                         break
-                    pending_line += data
-                    *lines, pending_line = pending_line.split(b"\n")
                     for line in lines:
-                        self.command(line.decode())
+                        self.command(line)
                     continue
                 conn = self.conns.get(fd)
                 if conn is not None:
