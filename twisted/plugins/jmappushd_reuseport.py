@@ -4,9 +4,11 @@ Kept tiny: Twisted imports every plugin module of this folder when it meets an e
 type it does not know, so the implementation is imported only when one is parsed.
 """
 
-from typing import Any
-
-from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -17,11 +19,12 @@ class ReusePortParser:
 
     prefix = "reuseport"
 
-    def parseStreamServer(self, reactor: Any, *args: str, **kwargs: str
+    def parseStreamServer(self, reactor: IReactorCore, *args: object, **kwargs: object
                           ) -> IStreamServerEndpoint:
         from jmappushd.net.reuseport import parse
 
-        return parse(reactor, args, kwargs)
+        # Twisted's string grammar hands over text only.
+        return parse(reactor, [str(a) for a in args], {k: str(v) for k, v in kwargs.items()})
 
 
 reuseport = ReusePortParser()
