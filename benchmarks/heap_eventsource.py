@@ -138,8 +138,15 @@ def traced(server: Server, snap_dir: Path) -> Server:
     target = ["twistd", *argv[1:]] if argv[0].endswith("twistd") else argv[2:]
     wrapped = [PYTHON, "-X", f"tracemalloc={FRAMES}", "-m", "benchmarks.heap_eventsource",
                "serve", "--snap-dir", str(snap_dir), "--", *target]
-    server.proc = ServerProcess(wrapped, server.proc.log_path, server.proc.marker)
+    server.proc = _TracedProcess(wrapped, server.proc.log_path, server.proc.marker)
     return server
+
+
+class _TracedProcess(ServerProcess):
+    """Starting under tracemalloc takes several times longer (more on a busy machine)."""
+
+    def start(self, timeout: float = 240.0) -> None:
+        super().start(timeout)
 
 
 def snapshot(server: Server, snap_dir: Path, index: int) -> tuple[Path, Path]:
