@@ -35,8 +35,10 @@ import linecache
 import os
 import runpy
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -134,19 +136,16 @@ def serve(snap_dir: str, target: list[str]) -> None:
 
 def traced(server: Server, snap_dir: Path) -> Server:
     """The same server, started through :func:`serve` under tracemalloc."""
-    argv = server.proc.argv
+    proc = server.proc
+    argv = proc.argv
     target = ["twistd", *argv[1:]] if argv[0].endswith("twistd") else argv[2:]
     wrapped = [PYTHON, "-X", f"tracemalloc={FRAMES}", "-m", "benchmarks.heap_eventsource",
                "serve", "--snap-dir", str(snap_dir), "--", *target]
-    server.proc = _TracedProcess(wrapped, server.proc.log_path, server.proc.marker)
+    # Starting under tracemalloc takes several times longer (more on a busy machine).
+    server.proc = _ProcessAt(wrapped, proc.log_path, proc.marker)
+    server.proc.root = getattr(proc, "root", None)
+    server.proc.start_timeout = 240.0
     return server
-
-
-class _TracedProcess(ServerProcess):
-    """Starting under tracemalloc takes several times longer (more on a busy machine)."""
-
-    def start(self, timeout: float = 240.0) -> None:
-        super().start(timeout)
 
 
 def snapshot(server: Server, snap_dir: Path, index: int) -> tuple[Path, Path]:
@@ -321,11 +320,58 @@ def analyse(before: tuple[Path, Path], after: tuple[Path, Path], streams: int, t
 # -- the run --
 
 
-def run(ctx: Context, streams: int | None = None, rounds: int = 2, top: int = 30
-        ) -> dict[str, Any]:
-    """RSS rounds interleaved, then one traced run of each server; ratios daemon / bare."""
+def export_tree(ref: str, into: Path) -> Path:
+    """The daemon's code (``jmappushd``, ``twisted/plugins``) at ``ref`` of this repository,
+    exported into ``into`` (``git archive``): a daemon to compare with."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "jmappushd", "twisted"],
+                             capture_output=True, check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True, timeout=120)
+    return into
+
+
+class _ProcessAt(ServerProcess):
+    """A server process that imports jmappushd from ``root`` (an exported older tree,
+    holding only ``jmappushd`` and ``twisted/plugins``) and the rest, benchmarks
+    included, from this checkout; ``root`` None: everything from this checkout."""
+
+    root: Path | None = None
+    start_timeout = 60.0
+
+    def start(self, timeout: float = 0.0) -> None:
+        first = self.root or ROOT
+        env = dict(os.environ)
+        env.pop("STATE_DIRECTORY", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys((str(first), str(ROOT))))
+        # ``python -m`` puts its working directory first on sys.path.
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, env=env, cwd=first)
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self._ready.wait(timeout or self.start_timeout) or not self._seen:
+            self.kill()
+            raise RuntimeError(f"{self.argv[:3]} from {first} did not become ready")
+
+
+def _at(server: Server, root: Path | None, name: str) -> Server:
+    if root is not None:
+        proc = server.proc
+        server.proc = _ProcessAt(proc.argv, proc.log_path, proc.marker)
+        server.proc.root = root
+        server.name = name
+    return server
+
+
+def run(ctx: Context, streams: int | None = None, rounds: int = 2, top: int = 30,
+        before: str = "") -> dict[str, Any]:
+    """RSS rounds interleaved, then one traced run of each server; ratios daemon / bare.
+
+    With ``before`` (a git ref), the daemon of that commit runs too, in every round and
+    traced, so a change is measured against its own starting point in the same run.
+    """
     n = streams if streams is not None else (40 if ctx.smoke else 10_000)
     auth = ctx.fan_auth_file()
+    old_root = export_tree(before, ctx.workdir / "before-tree") if before else None
 
     def bare(tag: str) -> Server:
         return Baseline(ctx.workdir, tag=tag)
@@ -333,41 +379,54 @@ def run(ctx: Context, streams: int | None = None, rounds: int = 2, top: int = 30
     def daemon(tag: str) -> Server:
         return Daemon(ctx.workdir, ctx.state_dir, LIMITS, tag=tag)
 
+    def old(tag: str) -> Server:
+        server = Daemon(ctx.workdir, ctx.state_dir, LIMITS, tag=tag)
+        return _at(server, old_root, "jmappushd-before")
+
+    makers = [bare, daemon] + ([old] if old_root is not None else [])
     rss: list[dict[str, Any]] = []
     for i in range(rounds):
-        order = (bare, daemon) if i % 2 == 0 else (daemon, bare)
+        order = makers if i % 2 == 0 else makers[::-1]
         pair: dict[str, Any] = {}
         for make in order:
             server = make(f"heap-rss-{make.__name__}-{i}")
             pair[server.name] = measure(server, ctx, n, auth)
-        pair["ratio"] = (pair["jmappushd"]["bytes_per_stream"]
-                         / max(1.0, pair["baseline"]["bytes_per_stream"]))
+        base = max(1.0, pair["baseline"]["bytes_per_stream"])
+        pair["ratio"] = pair["jmappushd"]["bytes_per_stream"] / base
+        if "jmappushd-before" in pair:
+            pair["ratio_before"] = pair["jmappushd-before"]["bytes_per_stream"] / base
         rss.append(pair)
-        log(f"RSS round {i + 1}: bare {pair['baseline']['bytes_per_stream']:.0f} B, "
-            f"daemon {pair['jmappushd']['bytes_per_stream']:.0f} B per stream, "
-            f"{pair['ratio']:.2f}x")
+        log(f"RSS round {i + 1}: " + ", ".join(
+            f"{name} {pair[name]['bytes_per_stream']:.0f} B" for name in pair
+            if isinstance(pair[name], dict)) + f" per stream; ratio {pair['ratio']:.2f}x")
     heap: dict[str, Any] = {}
-    for make in (bare, daemon):  # each made only when its turn comes (fresh free ports)
+    for make in makers:  # each made only when its turn comes (fresh free ports)
         server = make(f"heap-traced-{make.__name__}")
         heap[server.name] = heap_run(server, ctx, n, auth, top)
-    ratios = [r["ratio"] for r in rss]
-    traced_ratio = (heap["jmappushd"]["heap"]["traced_bytes_per_stream"]
-                    / max(1.0, heap["baseline"]["heap"]["traced_bytes_per_stream"]))
-    return {"streams": n, "rss_rounds": rss, "heap": heap,
-            "rss_ratio_mean": sum(ratios) / len(ratios), "traced_ratio": traced_ratio,
-            "targets": {"rss_ratio<=1.2": max(ratios) <= 1.2}}
+    traced_base = max(1.0, heap["baseline"]["heap"]["traced_bytes_per_stream"])
+    result: dict[str, Any] = {
+        "streams": n, "before": before, "rss_rounds": rss, "heap": heap,
+        "rss_ratio_mean": sum(r["ratio"] for r in rss) / len(rss),
+        "traced_ratio": heap["jmappushd"]["heap"]["traced_bytes_per_stream"] / traced_base,
+        "targets": {"rss_ratio<=1.2": max(r["ratio"] for r in rss) <= 1.2},
+    }
+    if old_root is not None:
+        result["rss_ratio_before_mean"] = sum(r["ratio_before"] for r in rss) / len(rss)
+        result["traced_ratio_before"] = (
+            heap["jmappushd-before"]["heap"]["traced_bytes_per_stream"] / traced_base)
+    return result
 
 
 def summary(result: dict[str, Any], top: int = 20) -> str:
     lines = [f"{result['streams']} idle streams per server"]
     for i, pair in enumerate(result["rss_rounds"], 1):
-        lines.append(f"RSS round {i}: bare {pair['baseline']['bytes_per_stream']:.0f} B/stream, "
-                     f"daemon {pair['jmappushd']['bytes_per_stream']:.0f} B/stream, "
-                     f"ratio {pair['ratio']:.3f}")
+        sizes = ", ".join(f"{name} {pair[name]['bytes_per_stream']:.0f}" for name in pair
+                          if isinstance(pair[name], dict))
+        extra = f", before {pair['ratio_before']:.3f}" if "ratio_before" in pair else ""
+        lines.append(f"RSS round {i} (B/stream): {sizes}; ratio {pair['ratio']:.3f}{extra}")
     for name, run_ in result["heap"].items():
         heap = run_["heap"]
-        lines.append(f"\n== {name}: traced {heap['traced_bytes_per_stream']:.0f} B/stream, "
-                     f"RSS {run_['bytes_per_stream']:.0f} B/stream (under tracemalloc)")
+        lines.append(f"\n== {name}: traced {heap['traced_bytes_per_stream']:.0f} B/stream")
         for key in ("module", "owner", "jmappushd", "line"):
             lines.append(f"-- by {key}")
             for row in heap[f"by_{key}"][:top]:
@@ -381,6 +440,10 @@ def summary(result: dict[str, Any], top: int = 20) -> str:
                          f"{row['per_stream']:6.2f}  {row['type']}{attrs}")
     lines.append(f"\ntraced ratio {result['traced_ratio']:.3f}, "
                  f"RSS ratio mean {result['rss_ratio_mean']:.3f}")
+    if "rss_ratio_before_mean" in result:
+        lines.append(f"before ({result['before']}): traced ratio "
+                     f"{result['traced_ratio_before']:.3f}, RSS ratio mean "
+                     f"{result['rss_ratio_before_mean']:.3f}")
     return "\n".join(lines)
 
 
@@ -405,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=2, help="interleaved RSS rounds")
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--before", default="", metavar="REF",
+                   help="also measure the daemon of this git commit, in the same rounds")
     p.add_argument("--workdir", default="")
     p.add_argument("--out", default="", help="JSON results (default: <workdir>/heap.json)")
     args = p.parse_args(argv)
@@ -412,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(workdir)
     log(f"work dir {workdir}")
     ctx.prepare(1)
-    result = run(ctx, args.streams, args.rounds, args.top)
+    result = run(ctx, args.streams, args.rounds, args.top, args.before)
     result["machine"] = machine()
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(args.out or workdir / "heap.json")
