@@ -90,29 +90,34 @@ def _census() -> dict[str, Any]:
     return {"types": out, "keys": keys}
 
 
+def dump_point(snap_dir: Path, index: int) -> None:
+    """Write snapshot ``index`` (after ``gc.collect()``) and the type census beside it;
+    the snapshot's file appears last, complete."""
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    # The census reads each object's __dict__, which makes CPython build the dicts it
+    # otherwise keeps inline (and would show in the next snapshot): a forked child
+    # takes it from a copy of the heap and exits.
+    child = os.fork()
+    if child == 0:
+        try:
+            tracemalloc.stop()
+            (snap_dir / f"census-{index}.json").write_text(json.dumps(_census()))
+        finally:
+            os._exit(0)
+    base = snap_dir / f"snap-{index}"
+    snapshot.dump(str(base) + ".tracemalloc.tmp")
+    del snapshot
+    os.waitpid(child, 0)
+    os.replace(str(base) + ".tracemalloc.tmp", str(base) + ".tracemalloc")
+
+
 def _install_dumper(snap_dir: Path) -> None:
     taken = [0]
 
     def dump(signum: int, frame: FrameType | None) -> None:
         taken[0] += 1
-        gc.collect()
-        snapshot = tracemalloc.take_snapshot()
-        # The census reads each object's __dict__, which makes CPython build the dicts it
-        # otherwise keeps inline (and would show in the next snapshot): a forked child
-        # takes it from a copy of the heap and exits.
-        child = os.fork()
-        if child == 0:
-            try:
-                tracemalloc.stop()
-                census_path = snap_dir / f"census-{taken[0]}.json"
-                census_path.write_text(json.dumps(_census()))
-            finally:
-                os._exit(0)
-        base = snap_dir / f"snap-{taken[0]}"
-        snapshot.dump(str(base) + ".tracemalloc.tmp")
-        del snapshot
-        os.waitpid(child, 0)
-        os.replace(str(base) + ".tracemalloc.tmp", str(base) + ".tracemalloc")
+        dump_point(snap_dir, taken[0])
 
     signal.signal(signal.SIGUSR1, dump)
 
