@@ -62,19 +62,20 @@ FRAMES = 32
 WARM_UP = 50
 LIMITS = {"event-source": "max-connections-per-user = 20000"}
 SNAPSHOT_TIMEOUT = 120.0
-_PROJECT = (str(ROOT / "jmappushd") + os.sep,)
-_OWNERS = (*_PROJECT, str(ROOT / "benchmarks") + os.sep, os.sep + "twisted" + os.sep)
+# Matched anywhere in a path: an exported older tree's daemon (``--before``) counts too.
+_PROJECT = (os.sep + "jmappushd" + os.sep,)
+_OWNERS = (*_PROJECT, os.sep + "benchmarks" + os.sep, os.sep + "twisted" + os.sep)
 
 
 # -- inside the server process --
 
 
-def _census() -> dict[str, Any]:
-    """gc-tracked objects by type: ``{type: [count, shallow bytes, instance-dict bytes,
-    instance-dict keys]}``, plus one instance's attribute names for each type."""
+def _census(objects: list[Any] | None = None) -> dict[str, Any]:
+    """gc-tracked objects (or ``objects``) by type: ``{type: [count, shallow bytes,
+    instance-dict bytes, instance-dict keys]}``, plus one instance's attribute names."""
     out: dict[str, list[int]] = {}
     keys: dict[str, list[str]] = {}
-    for obj in gc.get_objects():
+    for obj in gc.get_objects() if objects is None else objects:
         kind = type(obj)
         name = f"{kind.__module__}.{kind.__qualname__}"
         entry = out.get(name)
@@ -93,6 +94,18 @@ def _census() -> dict[str, Any]:
 def dump_point(snap_dir: Path, index: int) -> None:
     """Write snapshot ``index`` (after ``gc.collect()``) and the type census beside it;
     the snapshot's file appears last, complete."""
+    # What the cyclic collector would free now (garbage the RSS figures include until a
+    # collection runs), seen in a forked child so the server's own heap is untouched.
+    garbage_child = os.fork()
+    if garbage_child == 0:
+        try:
+            tracemalloc.stop()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            (snap_dir / f"garbage-{index}.json").write_text(json.dumps(_census(gc.garbage)))
+        finally:
+            os._exit(0)
+    os.waitpid(garbage_child, 0)
     gc.collect()
     snapshot = tracemalloc.take_snapshot()
     # The census reads each object's __dict__, which makes CPython build the dicts it
@@ -165,10 +178,16 @@ def snapshot(server: Server, snap_dir: Path, index: int) -> tuple[Path, Path]:
     return path, snap_dir / f"census-{index}.json"
 
 
+_runs = [0]
+
+
 def open_streams(server: Server, ctx: Context, n: int, auth_file: str) -> list[Child]:
-    group = client_processes(server, "es", split(n, ctx.client_procs), auth_file=auth_file,
-                             src_base=2, max_seconds=ctx.max_seconds)
-    return group
+    """Each run from source addresses of its own: the previous runs' closed connections
+    sit in TIME_WAIT on theirs (5,000 a run would use up one address's ports in a few)."""
+    _runs[0] += 1
+    src_base = 30 + (_runs[0] * ctx.client_procs) % 200
+    return client_processes(server, "es", split(n, ctx.client_procs), auth_file=auth_file,
+                            src_base=src_base, max_seconds=ctx.max_seconds)
 
 
 def warm_up(server: Server, ctx: Context, auth_file: str) -> None:
@@ -232,16 +251,17 @@ def heap_run(server: Server, ctx: Context, n: int, auth_file: str, top: int
 def _owner(frames: tuple[tracemalloc.Frame, ...], roots: tuple[str, ...]) -> str | None:
     """The innermost frame (``frames`` innermost first) under one of ``roots``."""
     for frame in frames:
-        if frame.filename.startswith(roots) or any(r in frame.filename for r in roots):
+        if any(r in frame.filename for r in roots):
             return _where(frame)
     return None
 
 
 def _where(frame: tracemalloc.Frame) -> str:
     name = frame.filename
-    for marker in (str(ROOT) + os.sep, os.sep + "site-packages" + os.sep):
+    for marker in (os.sep + "site-packages" + os.sep, *_OWNERS):
         if marker in name:
-            name = name.split(marker, 1)[1]
+            keep = marker if marker in _OWNERS else ""
+            name = keep.lstrip(os.sep) + name.rsplit(marker, 1)[1]
             break
     else:
         name = os.path.join(*Path(name).parts[-2:])
@@ -368,7 +388,7 @@ def _at(server: Server, root: Path | None, name: str) -> Server:
 
 
 def run(ctx: Context, streams: int | None = None, rounds: int = 2, top: int = 30,
-        before: str = "") -> dict[str, Any]:
+        before: str = "", traced_runs: bool = True) -> dict[str, Any]:
     """RSS rounds interleaved, then one traced run of each server; ratios daemon / bare.
 
     With ``before`` (a git ref), the daemon of that commit runs too, in every round and
@@ -405,20 +425,23 @@ def run(ctx: Context, streams: int | None = None, rounds: int = 2, top: int = 30
             f"{name} {pair[name]['bytes_per_stream']:.0f} B" for name in pair
             if isinstance(pair[name], dict)) + f" per stream; ratio {pair['ratio']:.2f}x")
     heap: dict[str, Any] = {}
-    for make in makers:  # each made only when its turn comes (fresh free ports)
+    for make in makers if traced_runs else []:  # each made when its turn comes (free ports)
         server = make(f"heap-traced-{make.__name__}")
         heap[server.name] = heap_run(server, ctx, n, auth, top)
-    traced_base = max(1.0, heap["baseline"]["heap"]["traced_bytes_per_stream"])
     result: dict[str, Any] = {
         "streams": n, "before": before, "rss_rounds": rss, "heap": heap,
         "rss_ratio_mean": sum(r["ratio"] for r in rss) / len(rss),
-        "traced_ratio": heap["jmappushd"]["heap"]["traced_bytes_per_stream"] / traced_base,
         "targets": {"rss_ratio<=1.2": max(r["ratio"] for r in rss) <= 1.2},
     }
     if old_root is not None:
         result["rss_ratio_before_mean"] = sum(r["ratio_before"] for r in rss) / len(rss)
-        result["traced_ratio_before"] = (
-            heap["jmappushd-before"]["heap"]["traced_bytes_per_stream"] / traced_base)
+    if heap:
+        traced_base = max(1.0, heap["baseline"]["heap"]["traced_bytes_per_stream"])
+        result["traced_ratio"] = (heap["jmappushd"]["heap"]["traced_bytes_per_stream"]
+                                  / traced_base)
+        if old_root is not None:
+            result["traced_ratio_before"] = (
+                heap["jmappushd-before"]["heap"]["traced_bytes_per_stream"] / traced_base)
     return result
 
 
@@ -443,13 +466,27 @@ def summary(result: dict[str, Any], top: int = 20) -> str:
             attrs = f"  ({row['attributes']} attributes)" if "attributes" in row else ""
             lines.append(f"{row['bytes']:8.0f} {row['dict_bytes']:6.0f} "
                          f"{row['per_stream']:6.2f}  {row['type']}{attrs}")
-    lines.append(f"\ntraced ratio {result['traced_ratio']:.3f}, "
+    traced = result.get("traced_ratio")
+    lines.append(f"\ntraced ratio {traced or 0:.3f}, "
                  f"RSS ratio mean {result['rss_ratio_mean']:.3f}")
     if "rss_ratio_before_mean" in result:
         lines.append(f"before ({result['before']}): traced ratio "
-                     f"{result['traced_ratio_before']:.3f}, RSS ratio mean "
+                     f"{result.get('traced_ratio_before') or 0:.3f}, RSS ratio mean "
                      f"{result['rss_ratio_before_mean']:.3f}")
     return "\n".join(lines)
+
+
+def reanalyse(path: Path, top: int) -> int:
+    """Group the snapshots of an earlier run again (the analysis changed, not the run)."""
+    result = json.loads(path.read_text())
+    for entry in result["heap"].values():
+        files = {point: (Path(snap), Path(snap).with_name(
+            Path(snap).name.replace("snap-", "census-").replace(".tracemalloc", ".json")))
+            for point, snap in entry["snapshots"].items()}
+        entry["heap"] = analyse(files["before"], files["after"], entry["opened"], top)
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    sys.stdout.write(summary(result) + "\n")
+    return 0
 
 
 def log(text: str) -> None:
@@ -475,14 +512,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--before", default="", metavar="REF",
                    help="also measure the daemon of this git commit, in the same rounds")
+    p.add_argument("--rss-only", action="store_true", help="no traced runs (RSS rounds only)")
+    p.add_argument("--analyse", default="", metavar="JSON",
+                   help="only analyse again the snapshots an earlier results file names")
     p.add_argument("--workdir", default="")
     p.add_argument("--out", default="", help="JSON results (default: <workdir>/heap.json)")
     args = p.parse_args(argv)
+    if args.analyse:
+        return reanalyse(Path(args.analyse), args.top)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="jmappushd-heap-"))
     ctx = Context(workdir)
     log(f"work dir {workdir}")
     ctx.prepare(1)
-    result = run(ctx, args.streams, args.rounds, args.top, args.before)
+    result = run(ctx, args.streams, args.rounds, args.top, args.before,
+                 traced_runs=not args.rss_only)
     result["machine"] = machine()
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(args.out or workdir / "heap.json")
