@@ -256,6 +256,10 @@ def _owner(frames: tuple[tracemalloc.Frame, ...], roots: tuple[str, ...]) -> str
     return None
 
 
+_FILES: dict[str, str] = {}
+"""Short name (as reported) -> the file it came from, for the source line."""
+
+
 def _where(frame: tracemalloc.Frame) -> str:
     name = frame.filename
     for marker in (os.sep + "site-packages" + os.sep, *_OWNERS):
@@ -265,6 +269,7 @@ def _where(frame: tracemalloc.Frame) -> str:
             break
     else:
         name = os.path.join(*Path(name).parts[-2:])
+    _FILES.setdefault(name, frame.filename)
     return f"{name}:{frame.lineno}"
 
 
@@ -293,16 +298,14 @@ def _group(snap: tracemalloc.Snapshot) -> dict[str, Counter[str]]:
 
 def _source(where: str) -> str:
     name, _, lineno = where.rpartition(":")
-    for base in (ROOT, *(Path(p) for p in sys.path if p)):
-        path = base / name
-        if path.exists():
-            return linecache.getline(str(path), int(lineno)).strip()[:90]
-    return ""
+    path = _FILES.get(name)
+    return linecache.getline(path, int(lineno)).strip()[:90] if path else ""
 
 
 def analyse(before: tuple[Path, Path], after: tuple[Path, Path], streams: int, top: int
             ) -> dict[str, Any]:
     """The snapshots' difference per stream, grouped; the type census's too."""
+    _FILES.clear()  # another server's files (an exported tree) may share the names
     old = _group(tracemalloc.Snapshot.load(str(before[0])))
     new = _group(tracemalloc.Snapshot.load(str(after[0])))
     n = max(1, streams)
