@@ -434,7 +434,9 @@ def run(ctx: Context, streams: int | None = None, rounds: int = 2, top: int = 30
     result: dict[str, Any] = {
         "streams": n, "before": before, "rss_rounds": rss, "heap": heap,
         "rss_ratio_mean": sum(r["ratio"] for r in rss) / len(rss),
-        "targets": {"rss_ratio<=1.2": max(r["ratio"] for r in rss) <= 1.2},
+        # At smoke sizes RSS moves in whole pages: no figure to hold against a target.
+        "targets": {"rss_ratio<=1.2": None if ctx.smoke
+                    else max(r["ratio"] for r in rss) <= 1.2},
     }
     if old_root is not None:
         result["rss_ratio_before_mean"] = sum(r["ratio_before"] for r in rss) / len(rss)
