@@ -6,9 +6,12 @@
     python -m benchmarks --only http2         # on request only: docs/benchmarks-http2.json
     python -m benchmarks --only cluster       # cluster mode on a private PostgreSQL:
                                               # docs/benchmarks-cluster.json only
+    python -m benchmarks --only heap          # what an idle EventSource stream holds
 
 Each benchmark is independent: one that fails is recorded with its error and the
-others still run. Everything runs on loopback, bounded in count and time.
+others still run. Everything runs on loopback, bounded in count and time. ``heap``
+(``benchmarks/heap_eventsource.py``) is not part of the default run: it is an
+investigation tool (heap snapshots under tracemalloc, a few minutes), asked for by name.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from benchmarks import (
     bench_http2,
     bench_throughput,
     bench_webpush,
+    heap_eventsource,
     report,
 )
 from benchmarks.common import ROOT, machine
@@ -46,11 +50,13 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "gateway": bench_gateway.run,
     "http2": bench_http2.run,
     "cluster": bench_cluster.run,
+    "heap": heap_eventsource.run,
 }
 # Run only when named in ``--only``: they need more than the daemon (cluster: a private
-# PostgreSQL) and their results go to their own file, not to benchmarks.json/rst (their
-# section in docs/benchmarks.rst is written by hand).
-ON_REQUEST = {"http2": "benchmarks-http2.json", "cluster": "benchmarks-cluster.json"}
+# PostgreSQL), or take long, and their results go to their own file, not to
+# benchmarks.json/rst (their section in docs/benchmarks.rst is written by hand).
+ON_REQUEST = {"http2": "benchmarks-http2.json", "cluster": "benchmarks-cluster.json",
+              "heap": "benchmarks-eventsource-memory.json"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

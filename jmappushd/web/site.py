@@ -44,18 +44,61 @@ ABORT_GRACE_S = 1.0
 """How long a timed-out connection may take to accept its 408 before it is aborted."""
 
 
-class LimitedRequest(Request):
-    """A Request that refuses oversized bodies before buffering them."""
+_UNSET = object()
 
+# Request attributes twisted.web sets only on some requests (the status, the end of a
+# response, a producer, HEAD, conditional GETs, Basic credentials, ...), kept in
+# slots. CPython shares one table of attribute names among the instances of a class
+# and keeps their values inline, but only while the class's instances use fewer than
+# 30 names in all; past that, every instance that sets one more name gets a dict of
+# its own: 1.6 KiB instead of about 0.3 for an idle EventSource stream's request
+# (docs/benchmarks.rst, "EventSource memory per idle stream"). In slots, the names
+# left in the instance dict are the few every request sets, whatever other requests
+# of the site did before. Each slot starts as Twisted's class default (the names
+# without one stay unset, as before): same reads, same ``hasattr``.
+_SLOTTED_DEFAULTS: dict[str, object] = {
+    name: getattr(Request, name, _UNSET)
+    for name in ("code", "code_message", "finished", "_disconnected", "producer",
+                 "streamingProducer", "startedWriting", "chunked", "sentLength", "etag",
+                 "lastModified", "_forceSSL", "_inFakeHead", "_encoder", "appRootURL",
+                 "defaultContentType", "user", "password")
+}
+
+
+class LimitedRequest(Request):
+    """A Request that refuses oversized bodies before buffering them.
+
+    ``logged_as_session``: a transport logs this request when its session ends.
+    """
+
+    __slots__ = ("_received", "_refused", "logged_as_session", "started",
+                 *_SLOTTED_DEFAULTS)
     max_body: int = 10_000_000
     accesslog: AccessLog | None = None  # the site's, set on its request class
-    logged_as_session = False  # a transport logs this request when its session ends
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        # Twisted's class defaults, one by one (a loop of setattr costs twice as much);
+        # tests/test_eventsource_memory.py checks each against Twisted's own.
+        self.code = Request.code
+        self.code_message = Request.code_message
+        self.finished = Request.finished
+        self._disconnected = Request._disconnected
+        self.producer = Request.producer
+        self.startedWriting = Request.startedWriting
+        self.chunked = Request.chunked
+        self.sentLength = Request.sentLength
+        self.etag = Request.etag
+        self.lastModified = Request.lastModified
+        self._forceSSL = Request._forceSSL
+        self._inFakeHead = Request._inFakeHead
+        self._encoder = Request._encoder
+        self.appRootURL = Request.appRootURL
+        self.defaultContentType = Request.defaultContentType
         self._received = 0
         self._refused = False
+        self.logged_as_session = False
         self.started = time.monotonic()
+        super().__init__(*args, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body:
@@ -180,6 +223,12 @@ class JMAPChannel(http.HTTPChannel):
         if not self.requests:
             self.loseConnection()
 
+    def deadline_expired(self, phase: Phase) -> None:
+        """The :class:`RequestDeadline` ran out: the limit of that phase was exceeded."""
+        site = self.site
+        limit = site.header_timeout if phase is Phase.HEAD else (site.timeOut or 0)
+        self.too_slow(phase, site.timers, limit)
+
     def too_slow(self, phase: Phase, timers: TimerWheel, limit: float) -> None:
         """Answer 408 (RFC 9110 §15.5.9) and close; abort if the peer does not take it."""
         transport = self.transport
@@ -257,14 +306,11 @@ class JMAPSite(Site):
         channel.clock = self.reactor
         body = self.timeOut
         channel.timeOut = None if body is None else math.ceil(body)
-        timers = self.timers
-
-        def expired(phase: Phase) -> None:
-            limit = self.header_timeout if phase is Phase.HEAD else (body or 0)
-            channel.too_slow(phase, timers, limit)
-
         if self.header_timeout or body:
-            channel.deadline = RequestDeadline(timers, self.header_timeout, body, expired)
+            # A bound method, not a closure: a closure and its cells cost about 150
+            # bytes more per connection (docs/benchmarks.rst).
+            channel.deadline = RequestDeadline(self.timers, self.header_timeout, body,
+                                               channel.deadline_expired)
         self._channels.add(channel)
         return channel
 
