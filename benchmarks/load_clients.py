@@ -27,6 +27,7 @@ import select
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 CONNECTING, HANDSHAKE, OPEN, CLOSED = range(4)
@@ -98,6 +99,13 @@ class StdinCommands:
         self._pending += data
         *lines, self._pending = self._pending.split(b"\n")
         return [line.decode() for line in lines]
+
+    def serve(self, command: Callable[[str], None]) -> bool:
+        """Hand each line that arrived to ``command``; False once stdin is closed."""
+        lines = self.read()
+        for line in lines or ():
+            command(line)
+        return lines is not None
 
 class Conn:
     __slots__ = ("buf", "final", "index", "sock", "state")
@@ -319,12 +327,9 @@ class Load:
         while not self.stop and time.monotonic() < deadline:
             for fd, mask in self.ep.poll(1.0):
                 if fd == stdin.fd:
-                    lines = stdin.read()
-                    if lines is None:
+                    if not stdin.serve(self.command):
                         self.stop = True
                         break
-                    for line in lines:
-                        self.command(line)
                     continue
                 conn = self.conns.get(fd)
                 if conn is None:

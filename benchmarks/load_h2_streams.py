@@ -236,12 +236,9 @@ class Load:
         while not self.stop and time.monotonic() < deadline:
             for fd, _mask in self.ep.poll(1.0):
                 if fd == stdin.fd:
-                    lines = stdin.read()
-                    if lines is None:
+                    if not stdin.serve(self.command):
                         self.stop = True
                         break
-                    for line in lines:
-                        self.command(line)
                     continue
                 conn = self.conns.get(fd)
                 if conn is not None:
