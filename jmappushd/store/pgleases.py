@@ -21,13 +21,12 @@ next owner never races an older state past a newer one.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Collection
 from typing import NamedTuple
 
 from jmappushd.store.pgops import Cursor
-from jmappushd.store.pgpushops import _SELECT, _record
+from jmappushd.store.pgpushops import _SELECT, SAVE_DELIVERY, _record, delivery_values
 from jmappushd.store.records import PushDelivery, PushSubscription
 
 BUCKETS = 256
@@ -131,25 +130,18 @@ class Fenced(NamedTuple):
     held: bool  # False: this node no longer holds the bucket (or too little of it is left)
 
 
+# The fence's condition: ``node`` holds ``bucket`` with more than ``margin`` s left.
+_HELD = ("SELECT 1 FROM push_leases WHERE bucket = %s AND owner = %s "
+         "AND expires > clock_timestamp() + make_interval(secs => %s)")
+
+
 def save_delivery_fenced(cursor: Cursor, node: str, sub_id: str, delivery: PushDelivery,
                          margin: float) -> Fenced:
     """Record delivery state only while ``node`` holds the bucket for ``margin`` s more."""
-    d = delivery
-    cursor.execute(
-        "UPDATE push_subscriptions SET pending = %s, attempts = %s, next_attempt = %s, "
-        "failing_since = %s, last_sent_seq = %s, dropped = %s, backoff_until = %s "
-        "WHERE id = %s AND EXISTS (SELECT 1 FROM push_leases WHERE bucket = %s "
-        "AND owner = %s AND expires > clock_timestamp() + make_interval(secs => %s))",
-        (_pending_text(d), d.attempts, d.next_attempt, d.failing_since, d.last_sent_seq,
-         d.dropped, d.backoff_until, sub_id, bucket_of(sub_id), node, margin))
+    held = (bucket_of(sub_id), node, margin)
+    cursor.execute(f"{SAVE_DELIVERY} AND EXISTS ({_HELD})",
+                   (*delivery_values(sub_id, delivery), *held))
     if cursor.rowcount > 0:
         return Fenced(True, True)
-    cursor.execute(
-        "SELECT 1 FROM push_leases WHERE bucket = %s AND owner = %s "
-        "AND expires > clock_timestamp() + make_interval(secs => %s)",
-        (bucket_of(sub_id), node, margin))
+    cursor.execute(_HELD, held)
     return Fenced(False, cursor.fetchone() is not None)
-
-
-def _pending_text(d: PushDelivery) -> str | None:
-    return json.dumps(d.pending) if d.pending else None

@@ -149,13 +149,21 @@ def update(cursor: Cursor, sub_id: str, changes: Mapping[str, Any]) -> bool:
     return True
 
 
+# Records a subscription's delivery state; the lease fence (pgleases) adds a condition.
+SAVE_DELIVERY = (
+    "UPDATE push_subscriptions SET pending = %s, attempts = %s, next_attempt = %s, "
+    "failing_since = %s, last_sent_seq = %s, dropped = %s, backoff_until = %s WHERE id = %s"
+)
+
+
+def delivery_values(sub_id: str, d: PushDelivery) -> tuple[Any, ...]:
+    """The parameters of :data:`SAVE_DELIVERY`."""
+    return (json.dumps(d.pending) if d.pending else None, d.attempts, d.next_attempt,
+            d.failing_since, d.last_sent_seq, d.dropped, d.backoff_until, sub_id)
+
+
 def save_delivery(cursor: Cursor, sub_id: str, d: PushDelivery) -> bool:
-    cursor.execute(
-        "UPDATE push_subscriptions SET pending = %s, attempts = %s, next_attempt = %s, "
-        "failing_since = %s, last_sent_seq = %s, dropped = %s, backoff_until = %s "
-        "WHERE id = %s",
-        (json.dumps(d.pending) if d.pending else None, d.attempts, d.next_attempt,
-         d.failing_since, d.last_sent_seq, d.dropped, d.backoff_until, sub_id))
+    cursor.execute(SAVE_DELIVERY, delivery_values(sub_id, d))
     return cursor.rowcount > 0
 
 
