@@ -42,6 +42,7 @@ from jmappushd.net.reserve import DescriptorGuard
 from jmappushd.net.reuseport import ReusePortListening
 from jmappushd.reactor import IDaemonReactor
 from tests.support import config_text, free_port, live_reactor
+from tests.test_guarded_port import Recording
 from tests.test_websocket_helpers import self_signed
 
 # -- the endpoint string --
@@ -192,17 +193,6 @@ def test_check_config_and_admin_url(tmp_path: Path) -> None:
 
 
 # -- real sockets --
-
-
-class Recording(Factory):
-    def __init__(self) -> None:
-        self.built: list[Protocol] = []
-
-    def buildProtocol(self, addr: Any) -> Protocol | None:
-        protocol = Protocol()
-        protocol.factory = self
-        self.built.append(protocol)
-        return protocol
 
 
 def guarded(clock: MemoryReactorClock, limit: int = 0) -> ReusePortListening:
