@@ -2,7 +2,9 @@
 
 The analysis (what the profiles show and what would close each gap) is kept by
 hand in benchmarks/findings.rst and included verbatim, so a re-run refreshes the
-numbers without losing it.
+numbers without losing it. So are the studies in benchmarks/studies/ (one file per
+investigation, included after the introduction in file-name order): what the
+on-request benchmarks measured and the profiles behind a change.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 FINDINGS = Path(__file__).with_name("findings.rst")
+STUDIES = Path(__file__).with_name("studies")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -80,8 +83,8 @@ def plot_latency(results: dict[str, Any], path: Path) -> str | None:
 
 def render(results: dict[str, Any], plot: str | None) -> str:
     b = results["benchmarks"]
-    parts = [heading("Benchmarks", "="), _intro(results), _targets(b), _machine(results),
-             _reproduce()]
+    parts = [heading("Benchmarks", "="), _intro(results), *_studies(), _targets(b),
+             _machine(results), _reproduce()]
     sections = (("capacity", _capacity), ("fanout", _fanout), ("throughput", _throughput),
                 ("webpush", _webpush), ("echo", _echo), ("gateway", _gateway))
     for name, fn in sections:
@@ -96,6 +99,11 @@ def render(results: dict[str, Any], plot: str | None) -> str:
     if FINDINGS.exists():
         parts.append(FINDINGS.read_text())
     return "\n".join(parts)
+
+
+def _studies() -> list[str]:
+    """The hand-written sections, each a file of its own, in file-name order."""
+    return [path.read_text() for path in sorted(STUDIES.glob("*.rst"))]
 
 
 def _intro(results: dict[str, Any]) -> str:
