@@ -132,6 +132,13 @@ class Metrics:
         Gauge("jmappushd_cluster_nodes", "Live nodes at this node's last lease renewal",
               registry=r).set_function(live_nodes)
 
+    def track_unfolded(self, unfolded: Callable[[], int]) -> None:
+        """Export how many changes of the PostgreSQL log wait to be folded into ``states``
+        (a growing figure means folds fail: catch-ups stay exact, memory grows)."""
+        Gauge("jmappushd_store_unfolded_changes",
+              "Changes this node holds that the states table may not have yet",
+              registry=self.registry).set_function(unfolded)
+
     def track_listeners(self, kind: str, count: Callable[[], int]) -> None:
         """Export a live listener count computed at scrape time."""
         self.listeners.labels(kind).set_function(count)

@@ -25,6 +25,7 @@ class SharedLog:
         self.fail_reads: Exception | None = None
         self.held: list[defer.Deferred[None]] | None = None
         self.reads = 0
+        self.answering: defer.Deferred[None] | None = None  # a publish not yet answered
 
     async def open(self) -> None:
         await self.store.open()
@@ -66,6 +67,13 @@ class SharedLog:
         gate: defer.Deferred[None] = defer.Deferred()
         self.held.append(gate)
         return gate.addCallback(lambda _: entries)
+
+    def settled(self) -> defer.Deferred[None]:
+        if self.answering is None:
+            return defer.succeed(None)
+        settled: defer.Deferred[None] = defer.Deferred()
+        self.answering.addBoth(lambda _: settled.callback(None))
+        return settled
 
     def states_changed(self, after: int, upto: int
                        ) -> defer.Deferred[dict[str, dict[str, str]]]:
@@ -140,6 +148,33 @@ async def test_own_publish_is_announced_at_once_and_never_delivered_twice() -> N
     assert shared.reads == reads  # nothing to read: not even a query
     bus_a.wake(None)
     assert on_a.seqs == [1] and a.last_seq == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wake_up_that_overtakes_the_own_commit_answer_waits_for_it() -> None:
+    """The commit's notification usually comes before the publish's answer: the bus waits
+    until the node's publishes are answered, then reads nothing for its own seq; a seq of
+    another node woken meanwhile is still read after the wait."""
+    shared, clock = SharedLog(), task.Clock()
+    await shared.open()
+    a, bus_a, on_a = await node(shared, clock)
+    b, _, _ = await node(shared, clock)
+    answering = shared.answering = defer.Deferred()
+    change = await a.publish({"A": {"Email": "s1"}})  # logged; its "answer" is held below
+    a.last_seq = 0  # as if the answer had not reached the hub yet
+    reads = shared.reads
+    bus_a.wake(change.seq)
+    assert shared.reads == reads  # waiting for the answer, not reading
+    a.last_seq = 1  # the answer arrives and the hub has the change
+    answering.callback(None)
+    assert shared.reads == reads and on_a.seqs == [1]
+    # Another node's publish woken for while this node's publish is being answered.
+    answering = shared.answering = defer.Deferred()
+    other = await b.publish({"B": {"Email": "t2"}})
+    bus_a.wake(other.seq)
+    assert shared.reads == reads
+    answering.callback(None)
+    assert shared.reads == reads + 1 and on_a.seqs == [1, 2]
 
 
 @pytest_twisted.ensureDeferred

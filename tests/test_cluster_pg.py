@@ -137,9 +137,10 @@ async def test_a_lost_listen_connection_is_reconnected_and_read_from_the_waterma
 @pytest_twisted.ensureDeferred
 async def test_a_token_below_the_pruned_horizon_still_resumes_exactly(
         pg_server: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Catch-up reads the states table, not the log, so a position older than the pruned
-    horizon still gets every state changed since it (never a missed one), and a node that
-    was behind it gets the missed newest states merged (tokens carry no log position)."""
+    """Catch-up reads the folded states table (and the tail above the fold mark), so a
+    position older than the pruned horizon still gets every state changed since it (never
+    a missed one), and a node that was behind it gets the missed newest states merged
+    (tokens carry no log position)."""
     monkeypatch.setattr(pgops, "LOG_KEEP", 3)
     monkeypatch.setattr(pgops, "PRUNE_EVERY", 2)
     dsn = pg_server.dsn(schema=pg_server.new_schema())
@@ -150,6 +151,7 @@ async def test_a_token_below_the_pruned_horizon_still_resumes_exactly(
         for n in range(2, 11):
             await store.record_changes({"A": {"Email": f"s{n}"}} if n != 5 else
                                        {"B": {"Email": "t5"}})
+        assert await store.fold() == 10  # the fold prunes, never above its mark
         logged = [seq for seq, _ in await store.changes_after(0)]
         assert logged[0] > 2 and logged[-1] == 10  # seqs 1 and 2 are pruned
         assert await store.changes_since(1, ["A", "B"]) == {"A": {"Email": "s10"},

@@ -11,6 +11,7 @@ and loses it: the check below catches that, so it would fail a store built that 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ Publish = Callable[[pgops.Cursor, str], int]
 
 def counter_row(cursor: pgops.Cursor, state: str) -> int:
     """How the store publishes: ``UPDATE change_seq SET seq = seq + n RETURNING seq``."""
-    [seq] = pgops.record_batch(cursor, [([("A", "Email", state)], '{"A":{"Email":"x"}}')])
+    [seq] = pgops.record_batch(cursor, [json.dumps({"A": {"Email": state}})])
     return seq
 
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL publish path's server-side cost (issue 13): a publish rewrites one
+"""The PostgreSQL publish path's server-side cost (issue 13): a fold rewrites one
 ``states`` row per (account, type), and schema v4 leaves room on each page so that the
 new version stays on the old one's page (a HOT update, no index entry). Checked on the
 rows' physical places, which is what HOT means, not on a timing."""
@@ -42,11 +42,13 @@ def pages(dsn: str) -> dict[str, int]:
 
 @pytest_twisted.ensureDeferred
 async def test_a_publish_rewrites_states_in_place(store: PostgreSQLStore, dsn: str) -> None:
-    """Two publishes of the same 1,000 accounts: every row's second version is on the page
-    of its first (without the fillfactor the pages are full and most rows move)."""
+    """Two publishes of the same 1,000 accounts, each folded: every row's second version is
+    on the page of its first (without the fillfactor the pages are full and most rows move)."""
     await store.record_changes({account: {"Email": "s1"} for account in ACCOUNTS})
+    await store.fold()
     before = pages(dsn)
     await store.record_changes({account: {"Email": "s2"} for account in ACCOUNTS})
+    await store.fold()
     after = pages(dsn)
     assert len(before) == len(ACCOUNTS)
     moved = [account for account in ACCOUNTS if after[account] != before[account]]

@@ -74,13 +74,16 @@ async def test_hub_fill_gap_heals_from_the_log(store: PostgreSQLStore) -> None:
 @pytest_twisted.ensureDeferred
 async def test_the_log_is_pruned_past_its_horizon(store: PostgreSQLStore,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Crossing a multiple of PRUNE_EVERY deletes entries older than LOG_KEEP; states, and
-    so catch-up, keep everything."""
+    """A fold crossing a multiple of PRUNE_EVERY deletes entries older than LOG_KEEP, and
+    never one above the fold mark: publishing alone prunes nothing. States, and so
+    catch-up, keep everything."""
     monkeypatch.setattr(pgops, "PRUNE_EVERY", 4)
     monkeypatch.setattr(pgops, "LOG_KEEP", 3)
     for i in range(1, 10):
         await store.record_changes({f"A{i}": {"Email": f"s{i}"}})
-    assert [seq for seq, _ in await store.changes_after(0)] == [6, 7, 8, 9]
+    assert [seq for seq, _ in await store.changes_after(0)] == list(range(1, 10))
+    assert await store.fold() == 9
+    assert [seq for seq, _ in await store.changes_after(0)] == [7, 8, 9]
     assert len(await store.changes_since(0, [f"A{i}" for i in range(1, 10)])) == 9
 
 

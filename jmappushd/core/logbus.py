@@ -52,6 +52,10 @@ class ClusterLog(Protocol):
         """Every account's newest states last changed with a seq in ``(after, upto]``."""
         ...
 
+    def settled(self) -> defer.Deferred[None]:
+        """Fires once every publish of this node called so far has been answered."""
+        ...
+
 
 class WatermarkHub(Protocol):
     """The part of the hub the bus drives."""
@@ -113,6 +117,7 @@ class LogBus:
         self._reading: defer.Deferred[None] | None = None
         self._again = False
         self._failing = False
+        self._settling: int | None = None  # the highest seq woken for while settling
         self._poll: task.LoopingCall | None = None
         self.reads = 0  # reads of the log made (tests and metrics)
 
@@ -156,11 +161,31 @@ class LogBus:
         """Something may have been logged (up to seq ``upto``, if the wake-up says).
 
         A wake-up for seqs the watermark has passed (this node's own publishes) reads
-        nothing.
+        nothing. One that comes while this node's own publishes are being answered
+        waits for them first: the commit's notification usually overtakes its answer,
+        and reading then would fetch this node's own changes back.
         """
         hub = self._hub
         if hub is None or (upto is not None and upto <= hub.last_seq):
             return
+        if upto is not None:
+            if self._settling is not None:
+                self._settling = max(self._settling, upto)
+                return
+            settled = self._source.settled()
+            if not settled.called:
+                self._settling = upto
+                settled.addBoth(self._settled)
+                return
+        self._read_now(hub)
+
+    def _settled(self, _: object) -> None:
+        upto, self._settling = self._settling, None
+        hub = self._hub
+        if upto is not None and hub is not None and upto > hub.last_seq:
+            self._read_now(hub)
+
+    def _read_now(self, hub: WatermarkHub) -> None:
         if self._reading is not None:
             self._again = True
             return

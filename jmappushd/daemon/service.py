@@ -209,6 +209,18 @@ class JMAPPushService(MultiService):
                 self.log.failure("stopping {child!r} failed", child=child)
 
 
+def _cluster_health(leases: LeaseKeeper | None, store: PostgreSQLStore | None
+                    ) -> Callable[[], dict[str, object]] | None:
+    """``/health``'s ``cluster`` block: the leases, and the changes ``states`` lags by."""
+    if leases is None or store is None:
+        return None
+
+    def health() -> dict[str, object]:
+        return leases.health() | {"unfoldedChanges": store.unfolded_changes}
+
+    return health
+
+
 def build_service(config: Config, reactor: IDaemonReactor,
                   store: IStore | None = None) -> JMAPPushService:
     """The whole daemon, ready for ``setServiceParent`` or twistd."""
@@ -229,6 +241,8 @@ def build_service(config: Config, reactor: IDaemonReactor,
                          config.push.push_timeout_s) if shared is not None else None
     if leases is not None:
         app.metrics.track_leases(lambda: len(leases.held), lambda: leases.live_nodes)
+    if shared is not None:
+        app.metrics.track_unfolded(lambda: shared.unfolded_changes)
     webpush = WebPushService(app, reactor, core, leases=leases)
     transports: list[ITransportService] = [eventsource, websocket, webpush]
     if gateway is not None:
@@ -250,7 +264,7 @@ def build_service(config: Config, reactor: IDaemonReactor,
         clients=app.clients, header_timeout=header_timeout, timers=app.wheel,
         http2=config.server.http2, reactor=reactor)
     admin_root = build_admin_root(app, webpush.runtime,
-                                  leases.health if leases is not None else None)
+                                  _cluster_health(leases, shared))
     admin_site = JMAPSite(admin_root, max_body=ADMIN_MAX_BODY,
                           name="admin", access_log=access_log, clients=app.clients,
                           header_timeout=header_timeout, timers=app.wheel,

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
+from jmappushd.store.pgtail import FoldRows
 from jmappushd.store.records import (
     Account,
     AccountInUse,
@@ -26,42 +27,56 @@ from jmappushd.store.records import (
     User,
     UserExists,
 )
-from jmappushd.store.rules import StateRows
 
 Cursor = psycopg.Cursor[tuple[Any, ...]]
+LoggedChange = dict[str, dict[str, str]]
+# What a catch-up read answers: fold mark, log top, folded states, unfolded log entries.
+StatesRead = tuple[int, int, dict[str, dict[str, str]], list[tuple[int, LoggedChange]]]
+_PAGE = 10_000  # log entries per read inside one snapshot
 
 # The channel each publishing transaction notifies with the last seq it recorded
 # (delivered at commit, only to sessions that LISTEN): a cluster node's wake-up to
 # read the log after its watermark. A notification is never the change itself.
 CHANGES_CHANNEL = "jmappushd_changes"
 
-# The change log keeps at least this many newest entries; older ones are deleted by
-# the publish that crosses a multiple of PRUNE_EVERY (one DELETE in a thousand
-# publishes, no timer). Catch-up reads ``states``, never the log, so pruning costs
-# no resumption token; only a node further behind than this must resync.
+# The change log keeps at least this many newest entries; the fold that crosses a
+# multiple of PRUNE_EVERY deletes older ones, never one above the fold mark (the log is
+# the truth ``states`` is folded from). Only a node further behind than this must
+# resync from ``states``.
 LOG_KEEP = 100_000
 PRUNE_EVERY = 1_000
 
 _USER_COLUMNS = "id, name, password_hash, primary_account_id, created"
-# A publish batch in one statement. ``c`` takes the counter row's lock and the batch's
-# seqs; ``o`` is a publish's 1-based place in the batch. The arrays go in binary (%b):
-# psycopg escapes every element of a text-format array in Python, which cost more than
-# the rest of the daemon's side of the statement. The DELETE runs only for the publish
-# that crosses a multiple of PRUNE_EVERY (its guard is evaluated once, not per row),
-# and the notification is one per batch, never per change.
+# A publish batch in one statement: ``c`` takes the counter row's lock and the batch's
+# seqs, ``l`` appends one log row per publish (``o`` is its 1-based place in the batch),
+# and the notification is one per batch, never per change. ``states`` is not touched:
+# the fold (below) writes each pair's newest state later, once per fold round. The
+# array goes in binary (%b): psycopg escapes every element of a text-format array in
+# Python.
 _RECORD = """
 WITH c AS (UPDATE change_seq SET seq = seq + %(n)s WHERE id = 1 RETURNING seq),
-s AS (INSERT INTO states (account_id, type, state, seq)
-      SELECT u.a, u.t, u.s, c.seq - %(n)s + u.o
-      FROM c, unnest(%(a)b::text[], %(t)b::text[], %(s)b::text[], %(o)b::bigint[])
-           AS u(a, t, s, o)
-      ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, seq = excluded.seq),
 l AS (INSERT INTO changes (seq, changed)
-      SELECT c.seq - %(n)s + u.o, u.x FROM c, unnest(%(x)b::text[]) WITH ORDINALITY AS u(x, o)),
-p AS (DELETE FROM changes WHERE seq <= (SELECT seq FROM c) - %(keep)s
-      AND (SELECT seq FROM c) / %(every)s <> ((SELECT seq FROM c) - %(n)s) / %(every)s)
+      SELECT c.seq - %(n)s + u.o, u.x FROM c, unnest(%(x)b::text[]) WITH ORDINALITY AS u(x, o))
 SELECT c.seq, pg_notify(%(channel)s, c.seq::text) FROM c
 """
+# The fold: each pair's newest state from the log entries above the mark. A row newer
+# than the one folded (another node folded further first) is left alone.
+_FOLD = """
+INSERT INTO states (account_id, type, state, seq)
+SELECT * FROM unnest(%(a)b::text[], %(t)b::text[], %(s)b::text[], %(q)b::bigint[])
+ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, seq = excluded.seq
+WHERE states.seq < excluded.seq
+"""
+# The states of some accounts with the fold mark and the log's top, in one snapshot; a
+# row with the marks comes back even when no state matches.
+_STATES = """
+SELECT f.folded, c.seq, s.account_id, s.type, s.state
+FROM change_fold f CROSS JOIN change_seq c
+LEFT JOIN states s ON s.account_id = ANY(%(a)s) {condition}
+WHERE f.id = 1 AND c.id = 1
+"""
+_STATES_ALL = _STATES.format(condition="")
+_STATES_AFTER = _STATES.format(condition="AND s.seq > %(after)s")
 
 
 def _bump_auth(cursor: Cursor) -> None:
@@ -218,39 +233,66 @@ def position(cursor: Cursor) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
-def record_batch(cursor: Cursor, batch: list[tuple[StateRows, str]]) -> list[int]:
-    """Record publishes (rows and their JSON) under the next seqs: one statement, one
-    round trip between the store's BEGIN and COMMIT, whatever the batch size.
+def record_batch(cursor: Cursor, texts: list[str]) -> list[int]:
+    """Append publishes (each as its JSON) to the log under the next seqs: one
+    statement, one round trip between the store's BEGIN and COMMIT.
 
     The counter row is updated first (every other part reads its new value): its lock
     is held until this transaction ends, so a concurrent publisher (another node,
     ``jmappushctl``) waits there and its seqs follow ours, in commit order.
     """
-    n = len(batch)
-    if n == 1:
-        # One publish names each (account, type) once: its rows go as they are.
-        rows, _ = batch[0]
-        accounts, types, states_ = (list(column) for column in zip(*rows, strict=True))
-        offsets = [1] * len(rows)
-    else:
-        # An upsert may touch a row only once per statement: newest wins.
-        newest: dict[tuple[str, str], tuple[str, int]] = {}
-        for offset, (rows, _) in enumerate(batch, 1):
-            for account_id, type_name, state in rows:
-                newest[(account_id, type_name)] = (state, offset)
-        accounts, types = [a for a, _ in newest], [t for _, t in newest]
-        states_, offsets = [s for s, _ in newest.values()], [o for _, o in newest.values()]
-    cursor.execute(_RECORD, {"n": n, "a": accounts, "t": types, "s": states_, "o": offsets,
-                             "x": [text for _, text in batch], "keep": LOG_KEEP,
-                             "every": PRUNE_EVERY, "channel": CHANGES_CHANNEL})
+    n = len(texts)
+    cursor.execute(_RECORD, {"n": n, "x": texts, "channel": CHANGES_CHANNEL})
     row = cursor.fetchone()
     assert row is not None
     last = int(row[0])
     return list(range(last - n + 1, last + 1))
 
 
-def changes_after(cursor: Cursor, seq: int, limit: int
-                  ) -> list[tuple[int, dict[str, dict[str, str]]]]:
+def fold(cursor: Cursor, rows: FoldRows) -> int:
+    """Fold ``rows`` (the newest states of the log entries in ``(rows.base, rows.upto]``)
+    into ``states`` and move the mark to ``rows.upto``; returns the mark now.
+
+    The mark's row lock makes folds of several nodes take turns; a fold that finds the
+    mark at or past its ``upto`` writes nothing. Every ``PRUNE_EVERY`` seqs the fold also
+    prunes the log below both the new mark and the kept horizon.
+    """
+    cursor.execute("SELECT folded FROM change_fold WHERE id = 1 FOR UPDATE")
+    found = cursor.fetchone()
+    assert found is not None
+    folded = int(found[0])
+    if folded >= rows.upto:
+        return folded
+    keep = range(len(rows)) if folded <= rows.base else [
+        i for i, seq in enumerate(rows.seqs) if seq > folded]
+    if len(keep) == len(rows):
+        cursor.execute(_FOLD, {"a": rows.accounts, "t": rows.types, "s": rows.states,
+                               "q": rows.seqs})
+    elif keep:
+        cursor.execute(_FOLD, {"a": [rows.accounts[i] for i in keep],
+                               "t": [rows.types[i] for i in keep],
+                               "s": [rows.states[i] for i in keep],
+                               "q": [rows.seqs[i] for i in keep]})
+    cursor.execute("UPDATE change_fold SET folded = %s WHERE id = 1", (rows.upto,))
+    if rows.upto // PRUNE_EVERY != folded // PRUNE_EVERY:
+        cursor.execute("DELETE FROM changes WHERE seq <= least(%s, "
+                       "(SELECT seq FROM change_seq WHERE id = 1) - %s)",
+                       (rows.upto, LOG_KEEP))
+    return rows.upto
+
+
+def unfolded(cursor: Cursor) -> tuple[int, int, list[tuple[int, LoggedChange]]]:
+    """``(fold mark, log top, the log entries above the mark)`` from one snapshot: what a
+    store object loads into its tail at open."""
+    cursor.execute("SELECT f.folded, c.seq FROM change_fold f, change_seq c "
+                   "WHERE f.id = 1 AND c.id = 1")
+    row = cursor.fetchone()
+    assert row is not None
+    folded, top = int(row[0]), int(row[1])
+    return folded, top, _log_upto(cursor, folded, top)
+
+
+def changes_after(cursor: Cursor, seq: int, limit: int) -> list[tuple[int, LoggedChange]]:
     cursor.execute("SELECT seq, changed FROM changes WHERE seq > %s ORDER BY seq LIMIT %s",
                    (seq, limit))
     return [(int(s), json.loads(text)) for s, text in cursor.fetchall()]
@@ -268,18 +310,35 @@ def states_changed(cursor: Cursor, after: int, upto: int) -> dict[str, dict[str,
     return result
 
 
-def states(cursor: Cursor, account_ids: Sequence[str], after: int | None
-           ) -> dict[str, dict[str, str]]:
+def states(cursor: Cursor, account_ids: Sequence[str], after: int | None, since: int
+           ) -> StatesRead:
+    """``(fold mark, log top, folded states, log entries)`` from one snapshot: the folded
+    states of ``account_ids`` changed after ``after``, and the log entries above both
+    ``since`` (what the caller holds up to) and the mark, which the store lays over
+    them."""
     if after is None:
-        cursor.execute("SELECT account_id, type, state FROM states WHERE account_id = ANY(%s)",
-                       (list(account_ids),))
+        cursor.execute(_STATES_ALL, {"a": list(account_ids)})
     else:
-        cursor.execute("SELECT account_id, type, state FROM states "
-                       "WHERE account_id = ANY(%s) AND seq > %s", (list(account_ids), after))
+        cursor.execute(_STATES_AFTER, {"a": list(account_ids), "after": after})
+    rows = cursor.fetchall()
     result: dict[str, dict[str, str]] = {}
-    for account_id, type_name, state in cursor.fetchall():
-        result.setdefault(account_id, {})[type_name] = state
-    return result
+    for _, _, account_id, type_name, state in rows:
+        if account_id is not None:
+            result.setdefault(account_id, {})[type_name] = state
+    folded, top = int(rows[0][0]), int(rows[0][1])
+    return folded, top, result, _log_upto(cursor, max(since, folded), top)
+
+
+def _log_upto(cursor: Cursor, after: int, top: int) -> list[tuple[int, LoggedChange]]:
+    """Every log entry in ``(after, top]``, read in pages (inside one snapshot)."""
+    entries: list[tuple[int, LoggedChange]] = []
+    while after < top:
+        page = changes_after(cursor, after, _PAGE)
+        if not page:
+            break
+        entries += page
+        after = page[-1][0]
+    return entries
 
 
 def get_meta(cursor: Cursor, key: str) -> str | None:

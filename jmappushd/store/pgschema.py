@@ -27,7 +27,8 @@ MIGRATION_LOCK = 0x6A6D617070757368
 # lock, held to the commit, makes the sequence follow commit order (a sequence or
 # bigserial hands numbers out at call time, so a reader could see 2 while 1 is still
 # open and resume past 1 for good). ``changes`` is the ordered log a cluster node
-# reads back after its watermark; ``states`` the newest state per account and type.
+# reads back after its watermark; ``states`` the newest state per account and type
+# (since v5 folded from the log after the commit, see _V5_FOLD).
 _V1 = """
 CREATE TABLE store_info (
     id integer PRIMARY KEY CHECK (id = 1),
@@ -141,8 +142,21 @@ _V4_HOT_STATES = """
 ALTER TABLE states SET (fillfactor = 50)
 """
 
+# The fold mark (issue 13): a publish only appends to ``changes``; the newest state per
+# (account, type) is folded into ``states`` afterwards, and ``folded`` says up to which
+# seq ``states`` holds every change (so pruning never deletes above it, and a catch-up
+# lays the log above it over ``states``). A database written by an older version had
+# ``states`` current at every commit: its mark starts at the log's top.
+_V5_FOLD = """
+CREATE TABLE change_fold (
+    id integer PRIMARY KEY CHECK (id = 1),
+    folded bigint NOT NULL
+);
+INSERT INTO change_fold (id, folded) SELECT 1, seq FROM change_seq WHERE id = 1
+"""
+
 # Migration i brings the schema to version i + 1.
-MIGRATIONS: Sequence[str] = (_V1, _V2_LEASES, _V3, _V4_HOT_STATES)
+MIGRATIONS: Sequence[str] = (_V1, _V2_LEASES, _V3, _V4_HOT_STATES, _V5_FOLD)
 
 _VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS jmappushd_schema (

@@ -7,6 +7,12 @@ side by side. Across store objects (other nodes, ``jmappushctl``) the database
 does the ordering: every publish updates the one ``change_seq`` row, so seqs
 follow commit order and a reader that saw seq N has seen every seq below it.
 
+A publish appends to the log only; each pair's newest state is folded into
+``states`` afterwards (:mod:`jmappushd.store.pgtail`): a fold every
+``fold_interval`` seconds while anything is unfolded (no timer when idle), at once
+when ``fold_at`` changes wait, and at close. A catch-up reads ``states`` with the
+fold mark and lays the unfolded tail over it.
+
 A connection that fails (server restart, network) is dropped and the call fails
 with StoreUnavailable; the next call connects afresh. A transaction that fails on
 its first statement over an idle pooled connection is retried once on a new
@@ -22,9 +28,15 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorTime,
+)
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -35,6 +47,7 @@ from jmappushd.store.interface import IStore, StateMap
 from jmappushd.store.pgconnect import PgConnector, one_line
 from jmappushd.store.pgorder import CallOrder
 from jmappushd.store.pgschema import migrate
+from jmappushd.store.pgtail import UnfoldedTail
 from jmappushd.store.records import (
     Account,
     CreationRate,
@@ -45,7 +58,13 @@ from jmappushd.store.records import (
     TokenRecord,
     User,
 )
-from jmappushd.store.rules import check_digest, check_kept_keys, check_updatable, flatten, new_id
+from jmappushd.store.rules import (
+    check_digest,
+    check_kept_keys,
+    check_updatable,
+    copy_publish,
+    new_id,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -55,6 +74,10 @@ BEGIN_WRITE = b"BEGIN ISOLATION LEVEL READ COMMITTED"
 BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"  # one snapshot per call
 # changes_after answers at most this many entries; the hub asks again from the last.
 CHANGES_AFTER_LIMIT = 10_000
+# Seconds between folds while changes wait, and how many waiting changes fold at once.
+# A pair changed many times within a round costs ``states`` one row write.
+FOLD_INTERVAL = 1.0
+FOLD_AT = 100_000
 
 
 class _Connections:
@@ -167,7 +190,8 @@ class PostgreSQLStore:
     log = Logger()
 
     def __init__(self, connector: PgConnector, reactor: IReactorCore, *, pool_size: int = 8,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, fold_interval: float = FOLD_INTERVAL,
+                 fold_at: int = FOLD_AT) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.connector = connector
@@ -179,6 +203,13 @@ class PostgreSQLStore:
         self._order: CallOrder | None = None
         self._connections = _Connections(connector)
         self._opening = False
+        self._tail = UnfoldedTail()
+        self._fold_interval = fold_interval
+        self._fold_at = fold_at
+        self._fold_call: IDelayedCall | None = None
+        self._folding: Deferred[int] | None = None
+        self._fold_failing = False
+        self._recording = 0  # publishes called and not yet answered
 
     # -- lifecycle --
 
@@ -207,18 +238,31 @@ class PostgreSQLStore:
             return deferToThreadPool(threads, pool, work)
 
         self._order = CallOrder(run_on_pool, self._pool_size)
+        folded, top, entries = await self._read(ops.unfolded)
+        self._tail = UnfoldedTail(folded)
+        self._tail.add_read(folded, entries, upto=top)
+        self._fold_later()
         self.log.info("Opened store {name} (schema version {found} -> {version}, "
                       "{size} connections at most)", name=self.connector.name,
                       found=found, version=version, size=self._pool_size)
 
     def close(self) -> Deferred[None]:
+        if self._fold_call is not None:
+            self._fold_call.cancel()
+            self._fold_call = None
+        # What this object published is folded before it goes (jmappushctl's publishes
+        # too); if that fails, the next fold of any node folds it from the log.
+        last_fold = self._fold_now() if len(self._tail) else None
         order, pool = self._order, self._pool
         self._order = self._pool = None
         if order is None or pool is None:
             return succeed(None)
-        return Deferred.fromCoroutine(self._close(order, pool))
+        return Deferred.fromCoroutine(self._close(order, pool, last_fold))
 
-    async def _close(self, order: CallOrder, pool: ThreadPool) -> None:
+    async def _close(self, order: CallOrder, pool: ThreadPool,
+                     last_fold: Deferred[int] | None) -> None:
+        if last_fold is not None:
+            await last_fold  # never fails: _fold_now logs a failure
         await order.drained()  # queued calls still run and fire in order
         try:
             await deferToThreadPool(self._threads, pool, self._connections.close_all)
@@ -317,27 +361,58 @@ class PostgreSQLStore:
 
     def record_changes_batch(self, batch: Sequence[StateMap]) -> Deferred[list[int]]:
         try:
-            rows = [flatten(changed) for changed in batch]
+            published = [copy_publish(changed) for changed in batch]
         except (TypeError, ValueError) as error:
             return self._refuse(error)
-        if not rows:
+        if not published:
             return self._in_turn(list)
-        entries = [(publish, json.dumps(_nested(publish), separators=(",", ":")))
-                   for publish in rows]
-        return self._write(ops.record_batch, entries)
+        texts = [json.dumps(changed, separators=(",", ":")) for changed in published]
+        recorded: Deferred[list[int]] = self._write(ops.record_batch, texts)
+        self._recording += 1
+
+        def held(seqs: list[int]) -> list[int]:
+            self._recording -= 1
+            tail = self._tail
+            for seq, changed in zip(seqs, published, strict=True):
+                tail.add(seq, changed)
+            self._fold_later()
+            return seqs
+
+        def failed(failure: Failure) -> Failure:
+            self._recording -= 1
+            return failure
+
+        return recorded.addCallbacks(held, failed)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once every publish called so far has been answered (at once if none is
+        under way): the cluster bus waits for it before reading after a wake-up, which
+        is most often this node's own commit coming back first."""
+        if not self._recording:
+            return succeed(None)
+        return self._in_turn(lambda: None)
 
     def changes_after(self, seq: int, limit: int = CHANGES_AFTER_LIMIT
                       ) -> Deferred[Sequence[tuple[int, StateMap]]]:
         """The hub's ``ChangeLog``: logged ``(seq, changed)`` after ``seq``, in seq order,
         at most ``limit`` of them, from one snapshot. Seqs are contiguous (a rolled back
         publish takes none), except below the pruned horizon."""
-        read: Deferred[Sequence[tuple[int, StateMap]]] = self._read(
-            ops.changes_after, int(seq), max(1, int(limit)))
-        return read
+        after = int(seq)
+        read: Deferred[list[tuple[int, dict[str, dict[str, str]]]]] = self._read(
+            ops.changes_after, after, max(1, int(limit)))
+
+        def held(entries: list[tuple[int, dict[str, dict[str, str]]]]
+                 ) -> Sequence[tuple[int, StateMap]]:
+            self._tail.add_read(after, entries)
+            self._fold_later()
+            return entries
+
+        return read.addCallback(held)
 
     def states_changed(self, after: int, upto: int) -> Deferred[dict[str, dict[str, str]]]:
         """Every account's newest states last changed in ``(after, upto]`` (one snapshot):
-        the cluster bus's heal for a watermark below the pruned log horizon."""
+        the cluster bus's heal for a watermark below the pruned log horizon (the log is
+        pruned only below the fold mark, so ``states`` holds all of that range)."""
         return self._read(ops.states_changed, int(after), int(upto))
 
     def changes_since(self, seq: int, account_ids: Collection[str]
@@ -349,9 +424,99 @@ class PostgreSQLStore:
 
     def _states(self, account_ids: list[str], after: int | None
                 ) -> Deferred[dict[str, dict[str, str]]]:
+        """Folded states from ``states``, the unfolded tail laid over them.
+
+        The read brings back, from the same snapshot, the log entries this object's
+        tail lacks between its high mark and the log's top, so the answer holds every
+        change committed before it. Tail entries at or below the snapshot's fold mark
+        are not used (``states`` has them or newer); the tail is trimmed only by this
+        object's own folds, which are ordered writes: a read called before one is
+        answered before the trim, and a read called after one sees its mark.
+        """
         if not account_ids:
             return self._in_turn(dict)
-        return self._read(ops.states, sorted(set(account_ids)), after)
+        accounts = sorted(set(account_ids))
+        since = self._tail.high
+        read: Deferred[ops.StatesRead] = self._read(ops.states, accounts, after, since)
+
+        def overlaid(answer: ops.StatesRead) -> dict[str, dict[str, str]]:
+            folded, top, states, entries = answer
+            tail = self._tail
+            tail.add_read(max(since, folded), entries, upto=top)
+            tail.overlay(states, accounts, folded if after is None else max(after, folded))
+            self._fold_later()
+            return states
+
+        return read.addCallback(overlaid)
+
+    # -- folding --
+
+    @property
+    def unfolded_changes(self) -> int:
+        """Changes this object holds that ``states`` may not (health and tests)."""
+        return self._tail.changes
+
+    def fold(self) -> Deferred[int]:
+        """Fold what this object holds into ``states`` now; fires with the fold mark.
+
+        Folds run by themselves; this is for tests and for a caller that wants
+        ``states`` current (``jmappushctl`` folds at close).
+        """
+        if self._order is None:
+            return fail(StoreClosed("the store is not open"))
+        return Deferred.fromCoroutine(self._fold())
+
+    async def _fold(self) -> int:
+        tail = self._tail
+        if tail.newest_seq > tail.high:
+            # Entries of this node's own publishes wait above a gap the bus has not
+            # read yet: read it, so the fold need not wait for the bus.
+            since = tail.high
+            entries = await self._read(ops.changes_after, since, CHANGES_AFTER_LIMIT)
+            tail.add_read(since, entries)
+        rows = tail.fold_rows()
+        if rows.upto <= rows.base:
+            return tail.folded
+        folded: int = await self._write(ops.fold, rows)
+        tail.advance_folded(folded)
+        return folded
+
+    def _fold_later(self) -> None:
+        """Schedule the next fold while changes wait (at once past ``fold_at``)."""
+        if self._order is None or self._folding is not None or not len(self._tail):
+            return
+        delay = 0.0 if self._tail.changes >= self._fold_at else self._fold_interval
+        if self._fold_call is not None:
+            if delay > 0 or not self._fold_call.active():
+                return
+            self._fold_call.cancel()
+        self._fold_call = self._clock.callLater(delay, self._fold_tick)
+
+    def _fold_tick(self) -> None:
+        self._fold_call = None
+        self._fold_now()
+
+    def _fold_now(self) -> Deferred[int]:
+        """One fold; a failure is logged (once per outage) and the next tick retries."""
+        folding = self._folding = self.fold()
+
+        def done(result: object) -> object:
+            self._folding = None
+            if isinstance(result, Failure):
+                if not self._fold_failing:
+                    self._fold_failing = True
+                    self.log.warn("Folding the change log into states failed, will retry "
+                                  "(catch-ups still see every change): {error}",
+                                  error=result.getErrorMessage())
+                result = self._tail.folded
+            elif self._fold_failing:
+                self._fold_failing = False
+                self.log.info("Folding the change log into states works again")
+            self._fold_later()
+            return result
+
+        folding.addBoth(done)
+        return folding
 
     # -- metadata --
 
@@ -425,10 +590,3 @@ class PostgreSQLStore:
                                   margin: float) -> Deferred[leases.Fenced]:
         """Record an attempt only while ``node`` still holds its bucket (the fence)."""
         return self._write(leases.save_delivery_fenced, node, sub_id, delivery, margin)
-
-
-def _nested(rows: Sequence[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
-    changed: dict[str, dict[str, str]] = {}
-    for account_id, type_name, state in rows:
-        changed.setdefault(account_id, {})[type_name] = state
-    return changed

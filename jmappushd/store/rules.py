@@ -37,6 +37,27 @@ def flatten(changed: StateMap) -> StateRows:
     return rows
 
 
+def copy_publish(changed: StateMap) -> dict[str, dict[str, str]]:
+    """Copy a publish as nested dicts at call time, checked as :func:`flatten` checks it
+    (for a store that records the publish whole rather than as rows)."""
+    copied: dict[str, dict[str, str]] = {}
+    count = 0
+    for account_id, types in changed.items():
+        copy = dict(types)
+        if not copy:
+            continue
+        for type_name, state in copy.items():
+            if not (isinstance(account_id, str) and isinstance(type_name, str)
+                    and isinstance(state, str)):
+                raise TypeError("account ids, type names and states must be strings: "
+                                f"{(account_id, type_name, state)!r}")
+        copied[account_id] = copy
+        count += len(copy)
+    if not count:
+        raise ValueError("a change must name at least one (account, type) state")
+    return copied
+
+
 def check_digest(digest: bytes) -> bytes:
     """A bearer token is stored as its SHA-256 digest only."""
     if len(digest) != 32:
