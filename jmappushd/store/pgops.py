@@ -59,6 +59,13 @@ l AS (INSERT INTO changes (seq, changed)
       SELECT c.seq - %(n)s + u.o, u.x FROM c, unnest(%(x)b::text[]) WITH ORDINALITY AS u(x, o))
 SELECT c.seq, pg_notify(%(channel)s, c.seq::text) FROM c
 """
+# The same for the usual batch of one publish: its JSON goes as a plain text parameter
+# (dumping a one-element array cost the client more than the rest of the statement).
+_RECORD_ONE = """
+WITH c AS (UPDATE change_seq SET seq = seq + 1 WHERE id = 1 RETURNING seq),
+l AS (INSERT INTO changes (seq, changed) SELECT c.seq, %(x)s FROM c)
+SELECT c.seq, pg_notify(%(channel)s, c.seq::text) FROM c
+"""
 # The fold: each pair's newest state from the log entries above the mark. A row newer
 # than the one folded (another node folded further first) is left alone.
 _FOLD = """
@@ -242,7 +249,10 @@ def record_batch(cursor: Cursor, texts: list[str]) -> list[int]:
     ``jmappushctl``) waits there and its seqs follow ours, in commit order.
     """
     n = len(texts)
-    cursor.execute(_RECORD, {"n": n, "x": texts, "channel": CHANGES_CHANNEL})
+    if n == 1:
+        cursor.execute(_RECORD_ONE, {"x": texts[0], "channel": CHANGES_CHANNEL})
+    else:
+        cursor.execute(_RECORD, {"n": n, "x": texts, "channel": CHANGES_CHANNEL})
     row = cursor.fetchone()
     assert row is not None
     last = int(row[0])

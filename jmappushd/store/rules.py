@@ -41,19 +41,17 @@ def copy_publish(changed: StateMap) -> dict[str, dict[str, str]]:
     """Copy a publish as nested dicts at call time, checked as :func:`flatten` checks it
     (for a store that records the publish whole rather than as rows)."""
     copied: dict[str, dict[str, str]] = {}
-    count = 0
     for account_id, types in changed.items():
-        copy = dict(types)
-        if not copy:
+        if not types:
             continue
-        for type_name, state in copy.items():
-            if not (isinstance(account_id, str) and isinstance(type_name, str)
-                    and isinstance(state, str)):
-                raise TypeError("account ids, type names and states must be strings: "
-                                f"{(account_id, type_name, state)!r}")
+        copy = dict(types)
+        if not (isinstance(account_id, str) and all(
+                isinstance(t, str) and isinstance(v, str) for t, v in copy.items())):
+            bad = next((account_id, t, v) for t, v in copy.items() if not (
+                isinstance(account_id, str) and isinstance(t, str) and isinstance(v, str)))
+            raise TypeError(f"account ids, type names and states must be strings: {bad!r}")
         copied[account_id] = copy
-        count += len(copy)
-    if not count:
+    if not copied:
         raise ValueError("a change must name at least one (account, type) state")
     return copied
 
