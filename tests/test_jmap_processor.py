@@ -138,6 +138,37 @@ def test_unknown_capability() -> None:
     assert "https://example.com/apis/foobar" in p.detail
 
 
+class _Upstream:
+    """A gateway principal's upstream: its session's capabilities count as known."""
+
+    class session:  # noqa: N801 - mirrors ``principal.upstream.session``
+        capabilities = frozenset({"urn:upstream:mail"})
+
+
+class _GatewayPrincipal:
+    upstream = _Upstream()
+
+
+@pytest.mark.parametrize(("principal", "named"), [
+    ("alice", "urn:a:second"),
+    (_GatewayPrincipal(), "urn:a:second"),
+])
+def test_unknown_capability_names_the_first_unknown_in_order(principal: Any,
+                                                              named: str) -> None:
+    """API-6: of several unknown capabilities (one repeated) the detail names the first
+    in sorted order; a gateway's upstream capabilities are not unknown."""
+    using = [CORE_CAPABILITY, "urn:upstream:mail", "urn:z:last", "urn:a:second", EXTRA,
+             "urn:z:last", "urn:a:second"]
+    p = problem(req(["Core/echo", {}, "a"], using=using), principal=principal)
+    assert p.kind == "unknownCapability"
+    assert named in p.detail and "urn:z:last" not in p.detail
+    if principal == "alice":
+        return
+    only_upstream = req(["Core/echo", {}, "a"], using=[CORE_CAPABILITY, "urn:upstream:mail"])
+    assert process(only_upstream, principal=principal)["methodResponses"] == [
+        ["Core/echo", {}, "a"]]
+
+
 def test_too_many_calls_is_limit() -> None:
     """API-21 / API-8: more calls than maxCallsInRequest → limit with `limit` member."""
     calls = [["Core/echo", {}, str(i)] for i in range(3)]
@@ -296,6 +327,23 @@ def test_async_handler_and_multiple_responses() -> None:
     registry.register("X/copy", CORE_CAPABILITY, both)
     response = process(req(["X/copy", {}, "a"]), registry=registry)
     assert response["methodResponses"] == [["X/copy", {"v": 7}, "a"], ["X/set", {"v": 8}, "a"]]
+
+
+def test_async_handler_returning_one_response_and_a_dict_subclass() -> None:
+    """A coroutine handler's single dict is awaited and sent; a dict subclass is one
+    response too (only a plain dict skips the awaitable check)."""
+    registry = make_registry()
+
+    async def later(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return {"v": await defer.succeed(3)}
+
+    class Ordered(dict[str, Any]):
+        pass
+
+    registry.register("X/later", CORE_CAPABILITY, later)
+    registry.register("X/sub", CORE_CAPABILITY, lambda ctx, args: Ordered(w=1))
+    response = process(req(["X/later", {}, "a"], ["X/sub", {}, "b"]), registry=registry)
+    assert response["methodResponses"] == [["X/later", {"v": 3}, "a"], ["X/sub", {"w": 1}, "b"]]
 
 
 def test_cancellation_propagates() -> None:

@@ -50,9 +50,13 @@ def _not_request(detail: str) -> RequestProblem:
 
 
 def _check_string_list(value: Any, member: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _not_request(f"'{member}' must be an array of strings.")
-    return value
+    if isinstance(value, list):
+        for item in value:  # a loop, not all() over a generator: once per request
+            if not isinstance(item, str):
+                break
+        else:
+            return value
+    raise _not_request(f"'{member}' must be an array of strings.")
 
 
 def _check_invocation(call: Any, index: int) -> tuple[str, dict[str, Any], str]:
@@ -111,10 +115,10 @@ class RequestProcessor:
             created_ids = _check_created_ids(request["createdIds"])
         if CORE_CAPABILITY not in using:
             raise _not_request(f"'using' must contain {CORE_CAPABILITY!r}.")
-        unknown = sorted(set(using) - self._registry.capabilities() - set(extra_capabilities))
+        unknown = [uri for uri in self._registry.unknown(using) if uri not in extra_capabilities]
         if unknown:
             raise RequestProblem(
-                "unknownCapability", f"The server does not support {quoted(unknown[0])}."
+                "unknownCapability", f"The server does not support {quoted(min(unknown))}."
             )
         if len(calls) > self._max_calls:
             raise RequestProblem(
@@ -251,9 +255,13 @@ class RequestProcessor:
                 raise MethodError("unknownMethod")
             resolved = resolve_references(args, responses, budget)
             result = target(ctx, resolved)
-            if inspect.isawaitable(result):
-                result = await result
-            out = [(n, a, encode_invocation(n, a, call_id)) for n, a in _normalise(name, result)]
+            if type(result) is dict:  # most handlers: not awaitable, a single response
+                out = [(name, result, encode_invocation(name, result, call_id))]
+            else:
+                if inspect.isawaitable(result):
+                    result = await result
+                out = [(n, a, encode_invocation(n, a, call_id))
+                       for n, a in _normalise(name, result)]
             size = len(out[0][2]) + 1 if len(out) == 1 else sum(len(e) + 1 for _, _, e in out)
             budget.take(size, "The result of this call")
             return out

@@ -9,7 +9,7 @@ install a fallback that receives every call no local method claims.
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,11 @@ class MethodRegistry:
             raise ValueError(f"method {name!r} is already registered")
         self._methods[name] = (capability, handler)
         self.generation += 1
+
+    def unknown(self, uris: Iterable[str]) -> list[str]:
+        """Those of ``uris`` that are not supported capabilities (per request: no copy)."""
+        known = self._capabilities
+        return [uri for uri in uris if uri not in known]
 
     def capabilities(self) -> set[str]:
         """The URIs of every supported capability."""
