@@ -141,7 +141,7 @@ def test_unknown_capability() -> None:
 class _Upstream:
     """A gateway principal's upstream: its session's capabilities count as known."""
 
-    class session:  # noqa: N801 - mirrors ``principal.upstream.session``
+    class session:  # mirrors ``principal.upstream.session``
         capabilities = frozenset({"urn:upstream:mail"})
 
 
