@@ -346,6 +346,32 @@ def test_async_handler_returning_one_response_and_a_dict_subclass() -> None:
     assert response["methodResponses"] == [["X/later", {"v": 3}, "a"], ["X/sub", {"w": 1}, "b"]]
 
 
+def test_async_handler_failures_are_answered_like_sync_ones(
+        logged: EventLoggingObserver) -> None:
+    """A coroutine handler failing after it waited gets the answers a plain one gets: its
+    MethodError rendered, anything else a logged serverFail; later calls still run."""
+    registry = make_registry()
+
+    async def refuse(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        await defer.succeed(None)
+        raise MethodError("forbidden", "not yours")
+
+    async def crash(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        await defer.succeed(None)
+        raise KeyError("boom")
+
+    registry.register("X/refuse", CORE_CAPABILITY, refuse)
+    registry.register("X/crash", CORE_CAPABILITY, crash)
+    response = process(req(["X/refuse", {}, "a"], ["X/crash", {}, "b"], ["Core/echo", {}, "c"]),
+                       registry=registry)
+    assert response["methodResponses"] == [
+        ["error", {"type": "forbidden", "description": "not yours"}, "a"],
+        ["error", {"type": "serverFail", "description": "Internal server error."}, "b"],
+        ["Core/echo", {}, "c"],
+    ]
+    assert len(_errors_logged(logged)) == 1
+
+
 def test_cancellation_propagates() -> None:
     """A cancelled handler (connection gone) aborts the request instead of serverFail."""
     registry = make_registry()

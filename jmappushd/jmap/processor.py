@@ -171,14 +171,25 @@ class RequestProcessor:
                         end += 1
                     run = await self._forward(ctx, calls[index:end], responses, budget)
                     index = end
+                    for out_name, out_args, out, out_id in run:
+                        responses.append([out_name, out_args, out_id])
+                        encoded.append(out)
                 else:
-                    local = await self._run_call(ctx, name, args, call_id, responses, budget,
-                                                 crashes)
-                    run = [(n, a, out, call_id) for n, a, out in local]
+                    # A call whose handler answers at once (most do) costs no coroutine.
+                    try:
+                        result = self._start_call(ctx, name, args, responses, budget)
+                        if type(result) is dict:
+                            local = self._encode_result(name, result, call_id, budget)
+                        else:
+                            local = await self._finish_call(name, result, call_id, budget)
+                    except CancelledError:
+                        raise
+                    except Exception as e:
+                        local = self._call_error(name, call_id, e, budget, crashes)
                     index += 1
-                for out_name, out_args, out, out_id in run:
-                    responses.append([out_name, out_args, out_id])
-                    encoded.append(out)
+                    for out_name, out_args, out in local:
+                        responses.append([out_name, out_args, call_id])
+                        encoded.append(out)
                 if created_ids is not None and len(ctx.created_ids) != len(created_ids):
                     # New creation ids appear in the response's createdIds too (API-13).
                     budget.charge(len(dumps(ctx.created_ids)) - len(dumps(created_ids)))
@@ -234,45 +245,45 @@ class RequestProcessor:
             return None
         return functools.partial(_with_name, fallback, name)
 
-    async def _run_call(
-        self,
-        ctx: CallContext,
-        name: str,
-        args: dict[str, Any],
-        call_id: str,
-        responses: list[Invocation],
-        budget: ResponseBudget,
-        crashes: list[tuple[str, str, Exception]],
-    ) -> list[tuple[str, dict[str, Any], bytes]]:
-        """Run one call and encode what it returns within ``budget``.
+    def _start_call(self, ctx: CallContext, name: str, args: dict[str, Any],
+                    responses: list[Invocation], budget: ResponseBudget) -> Any:
+        """Resolve the call's references and call its handler: what the handler returned
+        (an awaitable for an async one)."""
+        target = self._target(ctx, name)
+        if target is None:
+            raise MethodError("unknownMethod")
+        return target(ctx, resolve_references(args, responses, budget))
 
-        Every failure becomes a single ``error`` response, charged whether or not it
-        fits (a call always gets an answer).
-        """
-        try:
-            target = self._target(ctx, name)
-            if target is None:
-                raise MethodError("unknownMethod")
-            resolved = resolve_references(args, responses, budget)
-            result = target(ctx, resolved)
-            if type(result) is dict:  # most handlers: not awaitable, a single response
-                out = [(name, result, encode_invocation(name, result, call_id))]
-            else:
-                if inspect.isawaitable(result):
-                    result = await result
-                out = [(n, a, encode_invocation(n, a, call_id))
-                       for n, a in _normalise(name, result)]
-            size = len(out[0][2]) + 1 if len(out) == 1 else sum(len(e) + 1 for _, _, e in out)
-            budget.take(size, "The result of this call")
-            return out
-        except OverBudget as e:
-            error = over_budget_error(name, self._max_size_response, e.what).to_json()
-        except MethodError as e:
-            error = e.to_json()
-        except CancelledError:
-            raise
-        except Exception as e:
-            crashes.append((name, call_id, e))
+    async def _finish_call(self, name: str, result: Any, call_id: str, budget: ResponseBudget
+                           ) -> list[tuple[str, dict[str, Any], bytes]]:
+        """Await an async handler's result, then encode it (:meth:`_encode_result`)."""
+        if inspect.isawaitable(result):
+            result = await result
+        return self._encode_result(name, result, call_id, budget)
+
+    @staticmethod
+    def _encode_result(name: str, result: Any, call_id: str, budget: ResponseBudget
+                       ) -> list[tuple[str, dict[str, Any], bytes]]:
+        """Encode a handler's responses within ``budget``."""
+        if type(result) is dict:
+            out = [(name, result, encode_invocation(name, result, call_id))]
+        else:
+            out = [(n, a, encode_invocation(n, a, call_id)) for n, a in _normalise(name, result)]
+        size = len(out[0][2]) + 1 if len(out) == 1 else sum(len(e) + 1 for _, _, e in out)
+        budget.take(size, "The result of this call")
+        return out
+
+    def _call_error(self, name: str, call_id: str, exc: Exception, budget: ResponseBudget,
+                    crashes: list[tuple[str, str, Exception]]
+                    ) -> list[tuple[str, dict[str, Any], bytes]]:
+        """The single ``error`` response of a failed call, charged whether or not it fits
+        (a call always gets an answer); an unexpected failure is ``serverFail``."""
+        if isinstance(exc, OverBudget):
+            error = over_budget_error(name, self._max_size_response, exc.what).to_json()
+        elif isinstance(exc, MethodError):
+            error = exc.to_json()
+        else:
+            crashes.append((name, call_id, exc))
             error = {"type": "serverFail", "description": "Internal server error."}
         out_error = encode_invocation("error", error, call_id)
         budget.charge(len(out_error) + 1)

@@ -52,7 +52,7 @@ class MethodError(Exception):
         return f"MethodError({self.type!r}, {self.description!r})"
 
 
-@dataclass
+@dataclass(slots=True)
 class CallContext:
     """Per-Request state handed to every handler of that request.
 
