@@ -372,6 +372,48 @@ def test_async_handler_failures_are_answered_like_sync_ones(
     assert len(_errors_logged(logged)) == 1
 
 
+def test_process_now_answers_at_once_unless_a_call_waits(
+        logged: EventLoggingObserver) -> None:
+    """Without a call that waits, ``process_now`` returns the Response itself (the
+    WebSocket sends it with no Deferred); a waiting call makes it a Deferred that the
+    later calls complete in order, with the same answers and one crash log either way."""
+    registry = make_registry()
+    gate: defer.Deferred[int] = defer.Deferred()
+
+    async def waits(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return {"v": await gate}
+
+    def crash(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("boom")
+
+    registry.register("X/waits", CORE_CAPABILITY, waits)
+    registry.register("X/crash", CORE_CAPABILITY, crash)
+    processor = RequestProcessor(registry, 16)
+    at_once = processor.process_now(req(["Core/echo", {"a": 1}, "a"], ["X/crash", {}, "b"]),
+                                    "alice", "s1")
+    assert isinstance(at_once, Response)
+    assert at_once.to_json()["methodResponses"] == [
+        ["Core/echo", {"a": 1}, "a"],
+        ["error", {"type": "serverFail", "description": "Internal server error."}, "b"]]
+    assert len(_errors_logged(logged)) == 1
+    later = processor.process_now(req(["Core/echo", {}, "a"], ["X/waits", {}, "b"],
+                                      ["X/crash", {}, "c"], ["Core/echo", {"z": 2}, "d"]),
+                                  "alice", "s1")
+    assert isinstance(later, defer.Deferred)
+    assert len(_errors_logged(logged)) == 1  # nothing logged while the request waits
+    gate.callback(5)
+    response = run(_awaited(later))
+    assert response.to_json()["methodResponses"] == [
+        ["Core/echo", {}, "a"], ["X/waits", {"v": 5}, "b"],
+        ["error", {"type": "serverFail", "description": "Internal server error."}, "c"],
+        ["Core/echo", {"z": 2}, "d"]]
+    assert len(_errors_logged(logged)) == 2
+
+
+async def _awaited(d: defer.Deferred[Response]) -> Response:
+    return await d
+
+
 def test_cancellation_propagates() -> None:
     """A cancelled handler (connection gone) aborts the request instead of serverFail."""
     registry = make_registry()
