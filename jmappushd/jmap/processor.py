@@ -115,7 +115,9 @@ class RequestProcessor:
             created_ids = _check_created_ids(request["createdIds"])
         if CORE_CAPABILITY not in using:
             raise _not_request(f"'using' must contain {CORE_CAPABILITY!r}.")
-        unknown = [uri for uri in self._registry.unknown(using) if uri not in extra_capabilities]
+        unknown = self._registry.unknown(using)
+        if unknown and extra_capabilities:
+            unknown = [uri for uri in unknown if uri not in extra_capabilities]
         if unknown:
             raise RequestProblem(
                 "unknownCapability", f"The server does not support {quoted(min(unknown))}."
@@ -127,7 +129,9 @@ class RequestProcessor:
                 "are allowed.",
                 limit="maxCallsInRequest",
             )
-        checked = [_check_invocation(call, i) for i, call in enumerate(calls)]
+        checked = []
+        for index, call in enumerate(calls):  # a loop: no comprehension frame per request
+            checked.append(_check_invocation(call, index))
         return using, checked, created_ids
 
     async def process(
@@ -361,7 +365,8 @@ class _Run:
     def add_local(self, local: Encoded, call_id: str) -> None:
         for name, args, encoded in local:
             self.add(name, args, encoded, call_id)
-        self.track_created()
+        if self.created_ids is not None:
+            self.track_created()
 
     def track_created(self) -> None:
         """New creation ids appear in the response's createdIds too (API-13)."""

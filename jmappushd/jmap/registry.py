@@ -111,7 +111,10 @@ class MethodRegistry:
     def unknown(self, uris: Iterable[str]) -> list[str]:
         """Those of ``uris`` that are not supported capabilities (per request: no copy)."""
         known = self._capabilities
-        return [uri for uri in uris if uri not in known]
+        for uri in uris:
+            if uri not in known:
+                return [uri for uri in uris if uri not in known]
+        return []
 
     def capabilities(self) -> set[str]:
         """The URIs of every supported capability."""
