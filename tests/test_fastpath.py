@@ -25,6 +25,7 @@ from twisted.web.http_headers import Headers
 
 from jmappushd.jmap import ijson
 from jmappushd.net import _fastpath
+from jmappushd.net.guardedport import GuardedPort
 from jmappushd.net.sendnow import send_now
 from jmappushd.transports.webpush.sender import request_headers
 from tests.support import log_into
@@ -75,6 +76,49 @@ def test_send_now_sends_at_once(server: tuple[tcp.Server, socket.socket, MemoryR
     send_now(transport, b"event")
     assert peer.recv(100) == b"event"
     assert transport not in reactor.writers
+
+
+def test_send_now_sends_at_once_on_a_guarded_port_connection() -> None:
+    """The listeners' connections (a ``tcp.Server`` subclass that only adds to
+    ``connectionLost``) take the direct send too: the peer has the bytes on return."""
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    reactor = MemoryReactor()
+    cls = GuardedPort.transport
+    assert cls is not tcp.Server and issubclass(cls, tcp.Server)
+    transport = cls(ours, _fastpath._Null(), ("127.0.0.1", 1), None, 0,  # type: ignore[arg-type]
+                    reactor)
+    try:
+        send_now(transport, b"event")
+        assert theirs.recv(100) == b"event"
+        assert transport not in reactor.writers
+    finally:
+        ours.close()
+        theirs.close()
+
+
+class _Rewriting(tcp.Server):
+    """A connection whose ``write`` is not Twisted's: a direct send would bypass it."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data.upper())
+
+
+def test_send_now_keeps_a_subclass_that_changes_writing() -> None:
+    """A subclass overriding part of the write path gets ``transport.write``, never a
+    direct send."""
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    reactor = MemoryReactor()
+    transport = _Rewriting(ours, _fastpath._Null(), ("127.0.0.1", 1), None,  # type: ignore[arg-type]
+                           0, reactor)
+    try:
+        assert _fastpath.tcp_idle_socket(transport) is None
+        send_now(transport, b"event")
+        assert transport in reactor.writers and transport._tempDataLen == 5
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_send_now_falls_back_to_write(server: tuple[tcp.Server, socket.socket, MemoryReactor],

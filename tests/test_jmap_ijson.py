@@ -206,3 +206,38 @@ def test_problem_json_shape() -> None:
     assert isinstance(body["title"], str) and body["title"]
     assert "limit" not in RequestProblem("notRequest", "x").to_json()
     assert PROBLEM_CONTENT_TYPE == b"application/problem+json"
+
+
+def _outcome(decode: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "value", decode(text)
+    except json.JSONDecodeError as e:
+        return "JSONDecodeError", (e.msg, e.pos, e.lineno, e.colno)
+    except Exception as e:
+        return type(e).__name__, str(e)
+
+
+def _json_loads(text: str) -> Any:
+    """What ``ijson`` called before it kept one decoder: ``json.loads`` with the hooks."""
+    return json.loads(text, object_pairs_hook=ijson._object_pairs,
+                      parse_constant=ijson._constant, parse_float=ijson._float)
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":1,"b":[1.5,true,null,"x"]}', '\ufeff{"a":1}', '\ufeff', "", " ", '{"a":1} x',
+    '{"a":1,"a":2}', "[NaN]", "[-Infinity]", "[1e400]", '{"a":', '["\\ud800"]', "[1,]",
+    '{"k":{"k":{"k":[]}}}', "12345678901234567890", '"\\u00e9"', "[1] [2]", "\n[1]\n"])
+def test_the_reused_decoder_answers_as_json_loads(text: str) -> None:
+    """One decoder kept for every document gives the values and errors (message and
+    position) of ``json.loads`` with the same hooks, the leading BOM included."""
+    assert _outcome(ijson._decode, text) == _outcome(_json_loads, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+                    max_leaves=20))
+def test_the_reused_decoder_answers_as_json_loads_on_any_value(value: Any) -> None:
+    """Also on generated documents (NaN and infinities included, which both refuse)."""
+    text = json.dumps(value)
+    assert _outcome(ijson._decode, text) == _outcome(_json_loads, text)

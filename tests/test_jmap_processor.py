@@ -138,6 +138,37 @@ def test_unknown_capability() -> None:
     assert "https://example.com/apis/foobar" in p.detail
 
 
+class _Upstream:
+    """A gateway principal's upstream: its session's capabilities count as known."""
+
+    class session:  # mirrors ``principal.upstream.session``
+        capabilities = frozenset({"urn:upstream:mail"})
+
+
+class _GatewayPrincipal:
+    upstream = _Upstream()
+
+
+@pytest.mark.parametrize(("principal", "named"), [
+    ("alice", "urn:a:second"),
+    (_GatewayPrincipal(), "urn:a:second"),
+])
+def test_unknown_capability_names_the_first_unknown_in_order(principal: Any,
+                                                              named: str) -> None:
+    """API-6: of several unknown capabilities (one repeated) the detail names the first
+    in sorted order; a gateway's upstream capabilities are not unknown."""
+    using = [CORE_CAPABILITY, "urn:upstream:mail", "urn:z:last", "urn:a:second", EXTRA,
+             "urn:z:last", "urn:a:second"]
+    p = problem(req(["Core/echo", {}, "a"], using=using), principal=principal)
+    assert p.kind == "unknownCapability"
+    assert named in p.detail and "urn:z:last" not in p.detail
+    if principal == "alice":
+        return
+    only_upstream = req(["Core/echo", {}, "a"], using=[CORE_CAPABILITY, "urn:upstream:mail"])
+    assert process(only_upstream, principal=principal)["methodResponses"] == [
+        ["Core/echo", {}, "a"]]
+
+
 def test_too_many_calls_is_limit() -> None:
     """API-21 / API-8: more calls than maxCallsInRequest → limit with `limit` member."""
     calls = [["Core/echo", {}, str(i)] for i in range(3)]
@@ -296,6 +327,91 @@ def test_async_handler_and_multiple_responses() -> None:
     registry.register("X/copy", CORE_CAPABILITY, both)
     response = process(req(["X/copy", {}, "a"]), registry=registry)
     assert response["methodResponses"] == [["X/copy", {"v": 7}, "a"], ["X/set", {"v": 8}, "a"]]
+
+
+def test_async_handler_returning_one_response_and_a_dict_subclass() -> None:
+    """A coroutine handler's single dict is awaited and sent; a dict subclass is one
+    response too (only a plain dict skips the awaitable check)."""
+    registry = make_registry()
+
+    async def later(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return {"v": await defer.succeed(3)}
+
+    class Ordered(dict[str, Any]):
+        pass
+
+    registry.register("X/later", CORE_CAPABILITY, later)
+    registry.register("X/sub", CORE_CAPABILITY, lambda ctx, args: Ordered(w=1))
+    response = process(req(["X/later", {}, "a"], ["X/sub", {}, "b"]), registry=registry)
+    assert response["methodResponses"] == [["X/later", {"v": 3}, "a"], ["X/sub", {"w": 1}, "b"]]
+
+
+def test_async_handler_failures_are_answered_like_sync_ones(
+        logged: EventLoggingObserver) -> None:
+    """A coroutine handler failing after it waited gets the answers a plain one gets: its
+    MethodError rendered, anything else a logged serverFail; later calls still run."""
+    registry = make_registry()
+
+    async def refuse(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        await defer.succeed(None)
+        raise MethodError("forbidden", "not yours")
+
+    async def crash(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        await defer.succeed(None)
+        raise KeyError("boom")
+
+    registry.register("X/refuse", CORE_CAPABILITY, refuse)
+    registry.register("X/crash", CORE_CAPABILITY, crash)
+    response = process(req(["X/refuse", {}, "a"], ["X/crash", {}, "b"], ["Core/echo", {}, "c"]),
+                       registry=registry)
+    assert response["methodResponses"] == [
+        ["error", {"type": "forbidden", "description": "not yours"}, "a"],
+        ["error", {"type": "serverFail", "description": "Internal server error."}, "b"],
+        ["Core/echo", {}, "c"],
+    ]
+    assert len(_errors_logged(logged)) == 1
+
+
+def test_process_now_answers_at_once_unless_a_call_waits(
+        logged: EventLoggingObserver) -> None:
+    """Without a call that waits, ``process_now`` returns the Response itself (the
+    WebSocket sends it with no Deferred); a waiting call makes it a Deferred that the
+    later calls complete in order, with the same answers and one crash log either way."""
+    registry = make_registry()
+    gate: defer.Deferred[int] = defer.Deferred()
+
+    async def waits(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        return {"v": await gate}
+
+    def crash(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("boom")
+
+    registry.register("X/waits", CORE_CAPABILITY, waits)
+    registry.register("X/crash", CORE_CAPABILITY, crash)
+    processor = RequestProcessor(registry, 16)
+    at_once = processor.process_now(req(["Core/echo", {"a": 1}, "a"], ["X/crash", {}, "b"]),
+                                    "alice", "s1")
+    assert isinstance(at_once, Response)
+    assert at_once.to_json()["methodResponses"] == [
+        ["Core/echo", {"a": 1}, "a"],
+        ["error", {"type": "serverFail", "description": "Internal server error."}, "b"]]
+    assert len(_errors_logged(logged)) == 1
+    later = processor.process_now(req(["Core/echo", {}, "a"], ["X/waits", {}, "b"],
+                                      ["X/crash", {}, "c"], ["Core/echo", {"z": 2}, "d"]),
+                                  "alice", "s1")
+    assert isinstance(later, defer.Deferred)
+    assert len(_errors_logged(logged)) == 1  # nothing logged while the request waits
+    gate.callback(5)
+    response = run(_awaited(later))
+    assert response.to_json()["methodResponses"] == [
+        ["Core/echo", {}, "a"], ["X/waits", {"v": 5}, "b"],
+        ["error", {"type": "serverFail", "description": "Internal server error."}, "c"],
+        ["Core/echo", {"z": 2}, "d"]]
+    assert len(_errors_logged(logged)) == 2
+
+
+async def _awaited(d: defer.Deferred[Response]) -> Response:
+    return await d
 
 
 def test_cancellation_propagates() -> None:

@@ -49,12 +49,12 @@ class Processor:
         self.hold = False
         self.pending: list[defer.Deferred[Response]] = []
 
-    async def process(self, request: Any, principal: Principal, state: str,
-                      reserve: int = 0) -> Response:
+    def process_now(self, request: Any, principal: Principal, state: str,
+                    reserve: int = 0) -> Response | defer.Deferred[Response]:
         if self.hold:
             d: defer.Deferred[Response] = defer.Deferred()
             self.pending.append(d)
-            return await d
+            return d
         return Response([encode_invocation("Core/echo", {"who": principal.user_id}, "c1")],
                         state)
 

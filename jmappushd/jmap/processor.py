@@ -21,9 +21,9 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from jmappushd.jmap.budget import OverBudget, ResponseBudget, over_budget_error
@@ -50,9 +50,13 @@ def _not_request(detail: str) -> RequestProblem:
 
 
 def _check_string_list(value: Any, member: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _not_request(f"'{member}' must be an array of strings.")
-    return value
+    if isinstance(value, list):
+        for item in value:  # a loop, not all() over a generator: once per request
+            if not isinstance(item, str):
+                break
+        else:
+            return value
+    raise _not_request(f"'{member}' must be an array of strings.")
 
 
 def _check_invocation(call: Any, index: int) -> tuple[str, dict[str, Any], str]:
@@ -111,10 +115,12 @@ class RequestProcessor:
             created_ids = _check_created_ids(request["createdIds"])
         if CORE_CAPABILITY not in using:
             raise _not_request(f"'using' must contain {CORE_CAPABILITY!r}.")
-        unknown = sorted(set(using) - self._registry.capabilities() - set(extra_capabilities))
+        unknown = self._registry.unknown(using)
+        if unknown and extra_capabilities:
+            unknown = [uri for uri in unknown if uri not in extra_capabilities]
         if unknown:
             raise RequestProblem(
-                "unknownCapability", f"The server does not support {quoted(unknown[0])}."
+                "unknownCapability", f"The server does not support {quoted(min(unknown))}."
             )
         if len(calls) > self._max_calls:
             raise RequestProblem(
@@ -123,7 +129,9 @@ class RequestProcessor:
                 "are allowed.",
                 limit="maxCallsInRequest",
             )
-        checked = [_check_invocation(call, i) for i, call in enumerate(calls)]
+        checked = []
+        for index, call in enumerate(calls):  # a loop: no comprehension frame per request
+            checked.append(_check_invocation(call, index))
         return using, checked, created_ids
 
     async def process(
@@ -140,6 +148,20 @@ class RequestProcessor:
         transport adds around the Response (the WebSocket's ``@type`` and
         ``requestId``), counted against ``max-size-response`` first.
         """
+        result = self.process_now(request, principal, session_state, reserve)
+        if isinstance(result, Response):
+            return result
+        return await result
+
+    def process_now(self, request: Any, principal: Any, session_state: str, reserve: int = 0
+                    ) -> Response | Deferred[Response]:
+        """:meth:`process`, with the Response returned at once when no call had to wait
+        (``Core/echo``, most local methods), else a Deferred of it.
+
+        A coroutine per request, stepped and finished, cost more than a WebSocket
+        ``Core/echo``'s method call itself; here calls run in a plain loop until one
+        returns something to wait for, and only then does a coroutine take over.
+        """
         # Gateway mode: the upstream's capabilities are known too (API-6).
         upstream = getattr(principal, "upstream", None)
         extra = upstream.session.capabilities if upstream is not None else ()
@@ -152,38 +174,71 @@ class RequestProcessor:
         )
         budget = ResponseBudget(self._max_size_response,
                                 reserve + envelope_size(session_state, created_ids))
-        responses: list[Invocation] = []  # decoded, for result references
-        encoded: list[bytes] = []
-        crashes: list[tuple[str, str, Exception]] = []
+        run = _Run(ctx, calls, created_ids, budget)
         try:
-            index = 0
-            while index < len(calls):
-                name, args, call_id = calls[index]
-                if self._forwarder is not None and self._registry.lookup(name) is None:
-                    # Gateway mode: the run of consecutive non-local calls goes upstream
-                    # as one request.
-                    end = index
-                    while end < len(calls) and self._registry.lookup(calls[end][0]) is None:
-                        end += 1
-                    run = await self._forward(ctx, calls[index:end], responses, budget)
-                    index = end
+            waiting = self._advance(run)
+        except BaseException:
+            self._end(run)
+            raise
+        if waiting is None:
+            self._end(run)
+            return run.response()
+        return ensureDeferred(self._resume(run, waiting))
+
+    def _advance(self, run: _Run) -> _Waiting | None:
+        """Run calls from ``run.index`` while they answer at once; stop at the first
+        one with something to wait for (an async handler, a forwarded run)."""
+        calls, ctx, budget = run.calls, run.ctx, run.budget
+        while run.index < len(calls):
+            name, args, call_id = calls[run.index]
+            if self._forwarder is not None and self._registry.lookup(name) is None:
+                # Gateway mode: the run of consecutive non-local calls goes upstream
+                # as one request.
+                end = run.index
+                while end < len(calls) and self._registry.lookup(calls[end][0]) is None:
+                    end += 1
+                return _Waiting(self._forward(ctx, calls[run.index:end], run.responses, budget),
+                                end, None)
+            try:
+                result = self._start_call(ctx, name, args, run.responses, budget)
+                if type(result) is not dict and inspect.isawaitable(result):
+                    return _Waiting(self._finish_call(name, result, call_id, budget),
+                                    run.index + 1, (name, call_id))
+                local = self._encode_result(name, result, call_id, budget)
+            except CancelledError:
+                raise
+            except Exception as e:
+                local = self._call_error(name, call_id, e, budget, run.crashes)
+            run.index += 1
+            run.add_local(local, call_id)
+        return None
+
+    async def _resume(self, run: _Run, waiting: _Waiting | None) -> Response:
+        """Wait for what stopped :meth:`_advance`, then go on with the calls after it."""
+        try:
+            while waiting is not None:
+                if waiting.call is None:
+                    for out_name, out_args, out, out_id in await waiting.result:
+                        run.add(out_name, out_args, out, out_id)
+                    run.track_created()
                 else:
-                    local = await self._run_call(ctx, name, args, call_id, responses, budget,
-                                                 crashes)
-                    run = [(n, a, out, call_id) for n, a, out in local]
-                    index += 1
-                for out_name, out_args, out, out_id in run:
-                    responses.append([out_name, out_args, out_id])
-                    encoded.append(out)
-                if created_ids is not None and len(ctx.created_ids) != len(created_ids):
-                    # New creation ids appear in the response's createdIds too (API-13).
-                    budget.charge(len(dumps(ctx.created_ids)) - len(dumps(created_ids)))
-                    created_ids = dict(ctx.created_ids)
+                    name, call_id = waiting.call
+                    try:
+                        local = await waiting.result
+                    except CancelledError:
+                        raise
+                    except Exception as e:
+                        local = self._call_error(name, call_id, e, run.budget, run.crashes)
+                    run.add_local(local, call_id)
+                run.index = waiting.end
+                waiting = self._advance(run)
         finally:
-            if crashes:
-                self._log_crashes(crashes)
-        return Response(encoded, ctx.session_state,
-                        None if created_ids is None else dict(ctx.created_ids))
+            self._end(run)
+        return run.response()
+
+    def _end(self, run: _Run) -> None:
+        if run.crashes:
+            self._log_crashes(run.crashes)
 
     def _log_crashes(self, crashes: list[tuple[str, str, Exception]]) -> None:
         """One bounded entry per request, however many of its calls failed."""
@@ -230,45 +285,99 @@ class RequestProcessor:
             return None
         return functools.partial(_with_name, fallback, name)
 
-    async def _run_call(
-        self,
-        ctx: CallContext,
-        name: str,
-        args: dict[str, Any],
-        call_id: str,
-        responses: list[Invocation],
-        budget: ResponseBudget,
-        crashes: list[tuple[str, str, Exception]],
-    ) -> list[tuple[str, dict[str, Any], bytes]]:
-        """Run one call and encode what it returns within ``budget``.
+    def _start_call(self, ctx: CallContext, name: str, args: dict[str, Any],
+                    responses: list[Invocation], budget: ResponseBudget) -> Any:
+        """Resolve the call's references and call its handler: what the handler returned
+        (an awaitable for an async one)."""
+        target = self._target(ctx, name)
+        if target is None:
+            raise MethodError("unknownMethod")
+        return target(ctx, resolve_references(args, responses, budget))
 
-        Every failure becomes a single ``error`` response, charged whether or not it
-        fits (a call always gets an answer).
-        """
-        try:
-            target = self._target(ctx, name)
-            if target is None:
-                raise MethodError("unknownMethod")
-            resolved = resolve_references(args, responses, budget)
-            result = target(ctx, resolved)
-            if inspect.isawaitable(result):
-                result = await result
+    async def _finish_call(self, name: str, result: Awaitable[Any], call_id: str,
+                           budget: ResponseBudget) -> list[tuple[str, dict[str, Any], bytes]]:
+        """Await an async handler's result, then encode it (:meth:`_encode_result`)."""
+        return self._encode_result(name, await result, call_id, budget)
+
+    @staticmethod
+    def _encode_result(name: str, result: Any, call_id: str, budget: ResponseBudget
+                       ) -> list[tuple[str, dict[str, Any], bytes]]:
+        """Encode a handler's responses within ``budget``."""
+        if type(result) is dict:
+            out = [(name, result, encode_invocation(name, result, call_id))]
+        else:
             out = [(n, a, encode_invocation(n, a, call_id)) for n, a in _normalise(name, result)]
-            size = len(out[0][2]) + 1 if len(out) == 1 else sum(len(e) + 1 for _, _, e in out)
-            budget.take(size, "The result of this call")
-            return out
-        except OverBudget as e:
-            error = over_budget_error(name, self._max_size_response, e.what).to_json()
-        except MethodError as e:
-            error = e.to_json()
-        except CancelledError:
-            raise
-        except Exception as e:
-            crashes.append((name, call_id, e))
+        size = len(out[0][2]) + 1 if len(out) == 1 else sum(len(e) + 1 for _, _, e in out)
+        budget.take(size, "The result of this call")
+        return out
+
+    def _call_error(self, name: str, call_id: str, exc: Exception, budget: ResponseBudget,
+                    crashes: list[tuple[str, str, Exception]]
+                    ) -> list[tuple[str, dict[str, Any], bytes]]:
+        """The single ``error`` response of a failed call, charged whether or not it fits
+        (a call always gets an answer); an unexpected failure is ``serverFail``."""
+        if isinstance(exc, OverBudget):
+            error = over_budget_error(name, self._max_size_response, exc.what).to_json()
+        elif isinstance(exc, MethodError):
+            error = exc.to_json()
+        else:
+            crashes.append((name, call_id, exc))
             error = {"type": "serverFail", "description": "Internal server error."}
         out_error = encode_invocation("error", error, call_id)
         budget.charge(len(out_error) + 1)
         return [("error", error, out_error)]
+
+
+Encoded = list[tuple[str, dict[str, Any], bytes]]
+"""A call's responses: ``(name, arguments, encoded Invocation)``."""
+
+
+class _Waiting(NamedTuple):
+    """What stopped a request's plain loop: ``result`` to await, the index of the next
+    call, and ``(name, callId)`` of a local call (None: a forwarded run's answers)."""
+
+    result: Awaitable[Any]
+    end: int
+    call: tuple[str, str] | None
+
+
+class _Run:
+    """One request's calls and what they produced so far."""
+
+    __slots__ = ("budget", "calls", "crashes", "created_ids", "ctx", "encoded", "index",
+                 "responses")
+
+    def __init__(self, ctx: CallContext, calls: list[tuple[str, dict[str, Any], str]],
+                 created_ids: dict[str, str] | None, budget: ResponseBudget) -> None:
+        self.ctx = ctx
+        self.calls = calls
+        self.created_ids = created_ids
+        self.budget = budget
+        self.index = 0
+        self.responses: list[Invocation] = []  # decoded, for result references
+        self.encoded: list[bytes] = []
+        self.crashes: list[tuple[str, str, Exception]] = []
+
+    def add(self, name: str, args: dict[str, Any], encoded: bytes, call_id: str) -> None:
+        self.responses.append([name, args, call_id])
+        self.encoded.append(encoded)
+
+    def add_local(self, local: Encoded, call_id: str) -> None:
+        for name, args, encoded in local:
+            self.add(name, args, encoded, call_id)
+        if self.created_ids is not None:
+            self.track_created()
+
+    def track_created(self) -> None:
+        """New creation ids appear in the response's createdIds too (API-13)."""
+        created_ids, now = self.created_ids, self.ctx.created_ids
+        if created_ids is not None and len(now) != len(created_ids):
+            self.budget.charge(len(dumps(now)) - len(dumps(created_ids)))
+            self.created_ids = dict(now)
+
+    def response(self) -> Response:
+        return Response(self.encoded, self.ctx.session_state,
+                        None if self.created_ids is None else dict(self.ctx.created_ids))
 
 
 Forwarder = Callable[[Any, Sequence[tuple[str, dict[str, Any], str]], Sequence[Invocation],

@@ -9,7 +9,7 @@ install a fallback that receives every call no local method claims.
 from __future__ import annotations
 
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ class MethodError(Exception):
         return f"MethodError({self.type!r}, {self.description!r})"
 
 
-@dataclass
+@dataclass(slots=True)
 class CallContext:
     """Per-Request state handed to every handler of that request.
 
@@ -107,6 +107,14 @@ class MethodRegistry:
             raise ValueError(f"method {name!r} is already registered")
         self._methods[name] = (capability, handler)
         self.generation += 1
+
+    def unknown(self, uris: Iterable[str]) -> list[str]:
+        """Those of ``uris`` that are not supported capabilities (per request: no copy)."""
+        known = self._capabilities
+        for uri in uris:
+            if uri not in known:
+                return [uri for uri in uris if uri not in known]
+        return []
 
     def capabilities(self) -> set[str]:
         """The URIs of every supported capability."""

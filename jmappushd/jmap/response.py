@@ -18,6 +18,7 @@ from jmappushd.jmap.ijson import dumps, encode_string
 _METHOD_RESPONSES = b'"methodResponses":['
 _SESSION_STATE = b'],"sessionState":'
 _CREATED_IDS = b',"createdIds":'
+_ENVELOPE = 1 + len(_METHOD_RESPONSES) + len(_SESSION_STATE)
 
 
 def encode_invocation(name: str, arguments: dict[str, Any], call_id: str) -> bytes:
@@ -28,7 +29,7 @@ def encode_invocation(name: str, arguments: dict[str, Any], call_id: str) -> byt
 def envelope_size(session_state: str, created_ids: dict[str, str] | None) -> int:
     """Octets of a Response without its method responses, less one: each method response
     is counted with a comma after it, and there is one comma fewer than responses."""
-    size = 1 + len(_METHOD_RESPONSES) + len(_SESSION_STATE) + len(encode_string(session_state))
+    size = _ENVELOPE + len(encode_string(session_state))
     if created_ids is not None:
         size += len(_CREATED_IDS) + len(dumps(created_ids))
     return size

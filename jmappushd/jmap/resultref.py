@@ -173,14 +173,15 @@ def resolve_references(
     the selected values together would not fit in what is left (nothing is charged for
     them: the method's result, which holds them, is). ``args`` is not modified.
     """
-    for key in args:
-        if key.startswith("#") and key[1:] in args:
+    references = [key for key in args if key.startswith("#")]
+    if not references:
+        return args
+    for key in references:
+        if key[1:] in args:
             raise MethodError(
                 "invalidArguments", f"Argument {quoted(key[1:])} is given both plainly and as "
                 f"{quoted(key)}."
             )
-    if not any(key.startswith("#") for key in args):
-        return args
     resolved: dict[str, Any] = {}
     selected: dict[tuple[int, str], tuple[Any, int]] = {}  # the same path twice: once
     pending = 0

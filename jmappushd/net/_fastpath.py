@@ -70,14 +70,36 @@ _warned: set[str] = set()
 # -- Twisted TCP: the write queue of a tcp.Server --
 
 
+_WRITE_PATH = ("write", "writeSequence", "doWrite", "writeSomeData", "startWriting",
+               "stopWriting", "loseConnection", "loseWriteConnection", "startTLS",
+               "_postLoseConnection", "_closeWriteConnection", "_isSendBufferFull")
+"""What a subclass of ``tcp.Server`` must inherit unchanged for a direct send to be
+what its ``write`` would do (the guarded port's connections only add to
+``connectionLost``)."""
+
+_plain_servers: dict[type, bool] = {tcp.Server: True}
+
+
+def _writes_as_tcp_server(cls: type) -> bool:
+    """True if ``cls`` is ``tcp.Server`` or a subclass that keeps its whole write path."""
+    plain = _plain_servers.get(cls)
+    if plain is None:
+        plain = issubclass(cls, tcp.Server) and all(
+            getattr(cls, name, None) is getattr(tcp.Server, name, None)
+            for name in _WRITE_PATH)
+        _plain_servers[cls] = plain
+    return plain
+
+
 def tcp_idle_socket(transport: Any) -> socket.socket | None:
     """The socket of a plain TCP server connection with nothing queued, else ``None``.
 
     Reproduces the test Twisted's ``FileDescriptor.write`` leaves to ``doWrite``: data
     may go to the kernel now only if nothing is buffered (``_tempDataLen``, the unsent
-    part of ``dataBuffer`` after ``offset``) and writing was not shut down.
+    part of ``dataBuffer`` after ``offset``) and writing was not shut down. A subclass
+    counts as plain when it leaves the write path alone (:func:`_writes_as_tcp_server`).
     """
-    if (TCP_SEND and type(transport) is tcp.Server and transport.connected
+    if (TCP_SEND and _writes_as_tcp_server(type(transport)) and transport.connected
             and not transport.disconnecting and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)
             and not transport._writeDisconnected):

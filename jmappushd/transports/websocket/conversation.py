@@ -11,7 +11,7 @@ RFC 6455 frames, can be another.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -26,7 +26,6 @@ from jmappushd.jmap.crashlog import summarise
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.jmap.response import Response
 from jmappushd.store.records import Account
-from jmappushd.transports.websocket.eager import run_eagerly
 from jmappushd.transports.websocket.frames import text_frame
 from jmappushd.transports.websocket.messages import (
     PUSH_DISABLE,
@@ -69,8 +68,8 @@ class Counter(Protocol):
 class Processor(Protocol):
     """The method machinery shared with HTTP (``jmap.processor.RequestProcessor``)."""
 
-    def process(self, request: Any, principal: Any, session_state: str, reserve: int = 0
-                ) -> Coroutine[Any, Any, Response]: ...
+    def process_now(self, request: Any, principal: Any, session_state: str, reserve: int = 0
+                    ) -> Response | defer.Deferred[Response]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +151,8 @@ class Conversation:
                 limit="maxConcurrentRequests"), request_id)  # WS-15, across all transports
         head = response_head(request_id)
         try:
-            result = run_eagerly(ctx.processor.process(
-                obj, principal, ctx.session_state(principal), len(head)))
+            result = ctx.processor.process_now(
+                obj, principal, ctx.session_state(principal), len(head))
         except Exception:
             self._failed(Failure(), user_id, request_id)
             return
