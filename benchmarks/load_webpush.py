@@ -42,10 +42,10 @@ from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.payload import state_change, topic_for
 from jmappushd.transports.webpush.sender import (
+    AgentTransport,
     BytesProducer,
     Sender,
-    TreqTransport,
-    build_http_client,
+    build_agent,
     request_headers,
 )
 from jmappushd.transports.webpush.vapid import VapidKey
@@ -173,11 +173,11 @@ def run_deliver(args: argparse.Namespace) -> dict[str, Any]:
 
     async def main(reactor: Any) -> None:
         _, p256dh, auth = subscription()
-        client, pool = build_http_client(reactor, allow_private=True, connect_timeout=10.0)
+        agent, pool = build_agent(reactor, allow_private=True, connect_timeout=10.0)
         keyring = KeyRing(reactor)
         key = VapidKey.generate()
         keyring.set_current(key)
-        sender = Sender(TreqTransport(client, reactor, 10.0), keyring, reactor, PushConfig(),
+        sender = Sender(AgentTransport(agent, reactor, 10.0), keyring, reactor, PushConfig(),
                         Metrics())
         target = Target("S1", args.url, key.key_id, ece.parse_subscription_keys(p256dh, auth))
         body = state_change(CHANGED)
