@@ -5,7 +5,7 @@ repetitions, all three given the same encoded StateChange body (building the
 JSON is not part of any of them), for (a) jmappushd's path: ``Sender.headers``
 (VAPID header from the per-origin token cache, TTL, Urgency, Topic...),
 ``ece.encrypt`` with the subscription key parsed once, and the request objects
-``TreqTransport`` builds (``Headers``, body producer); (b) pywebpush's path as
+``AgentTransport`` builds (``Headers``, body producer); (b) pywebpush's path as
 ``webpush()`` runs it per message: ``Vapid.sign`` of the claims, ``WebPusher``
 and its ``_prepare_send_data`` (encryption and headers), everything but the
 HTTP call; (c) the floor: only the primitives RFC 8291 needs per message (an

@@ -1,6 +1,6 @@
 """Every answer branch against a real TLS push service on 127.0.0.1 (C-WP-2, WP-*, PS-18).
 
-The in-process daemon delivers through its real treq client and connection pool; the
+The in-process daemon delivers through its real HTTP agent and connection pool; the
 push service decrypts each body with http_ece, verifies VAPID and answers as scripted:
 201, 404, 410, 429 with Retry-After, 500, or not at all. Waits are bounded and driven
 by events (a POST arriving, a log line), never fixed sleeps.
