@@ -4,10 +4,15 @@ deliveries per second to a local receiver against a bare treq POST loop.
 Both halves run in a child process (:mod:`benchmarks.load_webpush`). The receiver
 is the bare baseline server's ``POST /push`` (201 to everything) in its own
 process. The delivery half drives jmappushd's ``Sender`` over its real
-``TreqTransport`` (treq, the persistent pool, the SSRF-guarded endpoint factory,
-the push timeout), which is what the delivery service calls per message; the
-daemon's scheduling around it (the per-subscription queue, retries, the store
-writes that settle a delivered state) is not in this figure.
+``AgentTransport`` (the persistent pool, the SSRF-guarded endpoint factory, the push
+timeout), each POST in a slot of the daemon's ``SlotLimiter`` at its default caps,
+which is what the delivery service does per message; the daemon's scheduling around
+it (the per-subscription queue, retries, the store writes that settle a delivered
+state) is not in this figure (``daemon_path`` measures them, for reference). Both
+loops hold the per-origin cap in flight (one receiver is one origin): the daemon is
+offered twice that and the cap holds it there, so the comparison is at the
+concurrency a fan-out to one push service runs at
+(benchmarks/studies/08-webpush-deliveries.rst).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 from benchmarks.common import PYTHON, ROOT
 from benchmarks.context import Context
 from benchmarks.server import Baseline
+from jmappushd.config import PushConfig
 
-CONCURRENCY = 16
+CONCURRENCY = PushConfig().max_in_flight_per_origin
 
 
 def child(*args: str, timeout: float = 600) -> dict[str, Any]:
@@ -49,16 +55,30 @@ def run(ctx: Context) -> dict[str, Any]:
         url = f"http://127.0.0.1:{receiver.admin_port}/push/subscription-1"
         deliver = child("--mode", "deliver", "--url", url, "--count",
                         str(ctx.sizes["webpush_deliveries"]), "--concurrency", str(CONCURRENCY))
+        # For reference (no target): what the scheduling and the durable records around
+        # each POST add, measured after the comparison, in its own process.
+        daemon = child("--mode", "daemon", "--url", f"http://127.0.0.1:{receiver.admin_port}"
+                       "/push", "--count", str(ctx.sizes["webpush_deliveries"]),
+                       "--rounds", "3")["daemon"]
     finally:
         receiver.stop()
     ours = max(deliver["jmappushd"]["per_s"], deliver["jmappushd_2"]["per_s"])
     bare = max(deliver["bare_treq"]["per_s"], deliver["bare_treq_2"]["per_s"])
     out["deliveries"] = deliver | {"concurrency": CONCURRENCY}
     out["deliveries_ratio"] = ours / bare
-    failed = sum(v["failed"] for v in deliver.values() if isinstance(v, dict))
+    loops = [v for v in deliver.values() if isinstance(v, dict)]
+    out["deliveries_cpu_us"] = {
+        side: min(v["cpu_us"] for name, v in deliver.items()
+                  if isinstance(v, dict) and name.startswith(side))
+        for side in ("jmappushd", "bare_treq")}
+    out["daemon_path"] = {
+        "rounds": daemon, "per_s": max(r["per_s"] for r in daemon),
+        "cpu_us": min(r["cpu_us"] for r in daemon),
+        "vs_bare_treq": max(r["per_s"] for r in daemon) / bare}
+    failed = sum(v["failed"] for v in loops)
     out["targets"] = {
         "cpu_vs_pywebpush>=1.6": (out["vs_pywebpush"] >= 1.6) if has_pywebpush else None,
         "cpu_vs_floor<=1.15": out["vs_floor"] <= 1.15,
-        "deliveries>=0.5x_bare_treq": out["deliveries_ratio"] >= 0.5 and failed == 0,
+        "deliveries>=0.9x_bare_treq": out["deliveries_ratio"] >= 0.9 and failed == 0,
     }
     return out

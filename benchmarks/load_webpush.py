@@ -5,7 +5,7 @@ repetitions, all three given the same encoded StateChange body (building the
 JSON is not part of any of them), for (a) jmappushd's path: ``Sender.headers``
 (VAPID header from the per-origin token cache, TTL, Urgency, Topic...),
 ``ece.encrypt`` with the subscription key parsed once, and the request objects
-``TreqTransport`` builds (``Headers``, body producer); (b) pywebpush's path as
+``AgentTransport`` builds (``Headers``, body producer); (b) pywebpush's path as
 ``webpush()`` runs it per message: ``Vapid.sign`` of the claims, ``WebPusher``
 and its ``_prepare_send_data`` (encryption and headers), everything but the
 HTTP call; (c) the floor: only the primitives RFC 8291 needs per message (an
@@ -14,8 +14,14 @@ AES-128-GCM seal).
 
 ``--mode deliver``: POSTs to ``--url`` with ``--concurrency`` in flight, for
 ``--count`` messages, (a) through jmappushd's ``Sender`` over its real
-``TreqTransport`` (encrypting and signing each message) and (b) as a bare treq
-POST loop of the same, already encrypted, bodies. Prints one JSON line.
+``AgentTransport`` (encrypting and signing each message), each POST in a slot of the
+daemon's ``SlotLimiter`` at its default caps, offered twice as many POSTs as the
+per-origin cap lets start, and (b) as a bare treq POST loop of the same, already
+encrypted, bodies. Prints one JSON line; each loop also reports this process's CPU
+per delivery.
+
+``--mode daemon``: the same deliveries through the whole ``DeliveryService`` on a
+SQLite store (:func:`run_daemon`), for what the daemon adds around the POST.
 """
 
 from __future__ import annotations
@@ -42,12 +48,13 @@ from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.payload import state_change, topic_for
 from jmappushd.transports.webpush.sender import (
+    AgentTransport,
     BytesProducer,
     Sender,
-    TreqTransport,
-    build_http_client,
+    build_agent,
     request_headers,
 )
+from jmappushd.transports.webpush.slots import SlotLimiter, slot_key
 from jmappushd.transports.webpush.vapid import VapidKey
 
 CHANGED = {"A1b2C3d4E5f6G7h8I9j0K1l2": {"Email": "s1234", "Mailbox": "s88", "Thread": "s77"}}
@@ -173,17 +180,21 @@ def run_deliver(args: argparse.Namespace) -> dict[str, Any]:
 
     async def main(reactor: Any) -> None:
         _, p256dh, auth = subscription()
-        client, pool = build_http_client(reactor, allow_private=True, connect_timeout=10.0)
+        agent, pool = build_agent(reactor, allow_private=True, connect_timeout=10.0)
         keyring = KeyRing(reactor)
         key = VapidKey.generate()
         keyring.set_current(key)
-        sender = Sender(TreqTransport(client, reactor, 10.0), keyring, reactor, PushConfig(),
+        config = PushConfig()
+        sender = Sender(AgentTransport(agent, reactor, 10.0), keyring, reactor, config,
                         Metrics())
+        # The daemon's caps at their defaults: every POST takes a slot first.
+        slots = SlotLimiter(config.max_in_flight, config.max_in_flight_per_origin)
         target = Target("S1", args.url, key.key_id, ece.parse_subscription_keys(p256dh, auth))
         body = state_change(CHANGED)
 
         async def ours() -> bool:
-            result = await sender.send(target, body, "state", topic_for(target.id))
+            with await slots.acquire(slot_key(target.url)):
+                result = await sender.send(target, body, "state", topic_for(target.id))
             return result.status in (200, 201, 202)
 
         import treq
@@ -200,9 +211,12 @@ def run_deliver(args: argparse.Namespace) -> dict[str, Any]:
             await response.content()
             return int(response.code) in (200, 201, 202)
 
-        for name, fn in (("bare_treq", bare), ("jmappushd", ours),
-                         ("bare_treq_2", bare), ("jmappushd_2", ours)):
-            out[name] = await _loop(fn, args.count, args.concurrency)
+        # The daemon is offered twice the cap (a fan-out makes more POSTs due than may
+        # start) and holds ``concurrency`` in flight; the bare loop holds as many.
+        loops = (("bare_treq", bare, 1), ("jmappushd", ours, 2),
+                 ("jmappushd_2", ours, 2), ("bare_treq_2", bare, 1))
+        for name, fn, demand in loops:  # flipped halfway, so drift hits both alike
+            out[name] = await _loop(fn, args.count, args.concurrency * demand)
         await pool.closeCachedConnections()
         emit(out)  # task.react exits the process when main returns
 
@@ -210,12 +224,97 @@ def run_deliver(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_daemon(args: argparse.Namespace) -> None:
+    """The whole delivery path: ``--count`` verified subscriptions on one receiver in a
+    SQLite store, the hub, the ``DeliveryService`` with its caps and its durable records
+    (before each POST and after its answer); one publish makes every one due. Per
+    round: deliveries per second from the publish to the last answer, and this
+    process's CPU per delivery (both threads: the reactor's and the SQL thread's)."""
+    from twisted.internet import defer, task
+
+    async def main(reactor: Any) -> None:
+        out = await _daemon_rounds(reactor, args)
+        emit({"daemon": out})
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+
+
+async def _daemon_rounds(reactor: Any, args: argparse.Namespace) -> list[dict[str, float]]:
+    import tempfile
+
+    from twisted.internet import defer, task
+
+    from jmappushd.core.hub import Hub
+    from jmappushd.store.records import PushDelivery, PushSubscription
+    from jmappushd.store.sqlite import SQLiteStore
+    from jmappushd.transports.webpush.delivery import DeliveryService
+    from jmappushd.transports.webpush.sender import PushResponse
+
+    _, p256dh, auth = subscription()
+    store = SQLiteStore(os.path.join(tempfile.mkdtemp(), "push.db"), reactor)
+    await store.open()
+    user = await store.add_user("bench", "unused")
+    account = (await store.accounts_for_user(user.id))[0].id
+    token = await store.create_token("bench", b"d" * 32)
+    keyring = KeyRing(reactor)
+    key = VapidKey.generate()
+    keyring.set_current(key)
+    config = PushConfig(push_throttle=0)
+    agent, pool = build_agent(reactor, allow_private=True, connect_timeout=10.0)
+    answered = {"count": 0, "want": 0}
+    done: list[defer.Deferred[None]] = []
+
+    class Counting(AgentTransport):
+        def post(self, url: str, body: bytes, headers: dict[str, str]
+                 ) -> defer.Deferred[PushResponse]:
+            def count(response: PushResponse) -> PushResponse:
+                answered["count"] += 1
+                if answered["count"] == answered["want"]:
+                    reactor.callLater(0, done.pop().callback, None)
+                return response
+            return super().post(url, body, headers).addCallback(count)
+
+    metrics = Metrics()
+    sender = Sender(Counting(agent, reactor, 10.0), keyring, reactor, config, metrics)
+    hub = Hub(store)
+    await hub.start()
+    now = reactor.seconds()
+    records = [await store.create_push_subscription(PushSubscription(
+        id=f"S{i:05d}", user_id=user.id, credential_id=f"token:{token.id}",
+        device_client_id="bench", url=f"{args.url}/S{i:05d}", keys_p256dh=p256dh,
+        keys_auth=auth, verification_code="unused", verified=True,
+        client_verification_code=None, expires=now + 7 * 86400, types=None,
+        vapid_key_id=key.key_id, created=now, delivery=PushDelivery(last_sent_seq=0)),
+        args.count) for i in range(args.count)]
+    delivery = DeliveryService(store, hub, reactor, config, sender, metrics)
+    await delivery.start(records)
+    out = []
+    for r in range(args.rounds):
+        answered.update(count=0, want=args.count)
+        finished: defer.Deferred[None] = defer.Deferred()
+        done.append(finished)
+        start, cpu = time.perf_counter(), time.process_time()
+        await hub.publish({account: {"Email": f"s{r}"}})
+        await finished
+        seconds = time.perf_counter() - start
+        out.append({"per_s": args.count / seconds,
+                    "cpu_us": (time.process_time() - cpu) / args.count * 1e6})
+        await task.deferLater(reactor, 0.5, lambda: None)  # the settling records
+    await delivery.stop()
+    await pool.closeCachedConnections()
+    await store.close()
+    return out
+
+
 async def _loop(fn: Callable[[], Any], count: int, concurrency: int) -> dict[str, Any]:
+    """``count`` calls of ``fn`` by ``concurrency`` workers: the rate, and this process's
+    CPU per call (the client's share of a delivery, steadier than the rate on a shared
+    machine)."""
     from twisted.internet import defer
 
     ok = failed = 0
     remaining = count
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
 
     async def worker() -> None:
         nonlocal ok, failed, remaining
@@ -229,7 +328,9 @@ async def _loop(fn: Callable[[], Any], count: int, concurrency: int) -> dict[str
 
     await defer.gatherResults([defer.ensureDeferred(worker()) for _ in range(concurrency)])
     seconds = time.perf_counter() - start
-    return {"ok": ok, "failed": failed, "seconds": seconds, "per_s": ok / seconds}
+    cpu_us = (time.process_time() - cpu) / count * 1e6
+    return {"ok": ok, "failed": failed, "seconds": seconds, "per_s": ok / seconds,
+            "cpu_us": cpu_us}
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -239,14 +340,18 @@ def emit(result: dict[str, Any]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--mode", choices=("cpu", "deliver"), required=True)
+    p.add_argument("--mode", choices=("cpu", "deliver", "daemon"), required=True)
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--url", default="")
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=PushConfig().max_in_flight_per_origin,
+                   help="POSTs in flight: the daemon's per-origin cap, so both loops hold "
+                        "as many")
     args = p.parse_args()
     if args.mode == "cpu":
         emit(run_cpu(args))
+    elif args.mode == "daemon":
+        run_daemon(args)
     else:
         run_deliver(args)
 

@@ -1,6 +1,6 @@
 """Every answer branch against a real TLS push service on 127.0.0.1 (C-WP-2, WP-*, PS-18).
 
-The in-process daemon delivers through its real treq client and connection pool; the
+The in-process daemon delivers through its real HTTP agent and connection pool; the
 push service decrypts each body with http_ece, verifies VAPID and answers as scripted:
 201, 404, 410, 429 with Retry-After, 500, or not at all. Waits are bounded and driven
 by events (a POST arriving, a log line), never fixed sleeps.
@@ -23,7 +23,7 @@ from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.policy import Outcome
-from jmappushd.transports.webpush.sender import Sender, TreqTransport, build_http_client
+from jmappushd.transports.webpush.sender import AgentTransport, Sender, build_agent
 from jmappushd.transports.webpush.vapid import VapidKey
 from tests.push_receiver import FAST, LogWatcher, PushWorld, ReceiverServer, start_world
 from tests.support import basic, live_reactor
@@ -199,8 +199,8 @@ async def test_ssrf_refused_at_connect(tmp_path: Path) -> None:
         for allow, resolver, host in ((False, FakeResolver(), "push.test"),
                                       (False, None, "localhost"),
                                       (True, FakeResolver(), "push.test")):
-            client, pool = build_http_client(reactor, allow, 5, policy, resolver)
-            sender = Sender(TreqTransport(client, reactor, 5), keyring, reactor,
+            push_agent, pool = build_agent(reactor, allow, 5, policy, resolver)
+            sender = Sender(AgentTransport(push_agent, reactor, 5), keyring, reactor,
                             PushConfig(), Metrics())
             target = Target(f"https://{host}:{receiver.port}/p")
             result = await sender.send(target, b'{"@type":"StateChange","changed":{}}', "state")

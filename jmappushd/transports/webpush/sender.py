@@ -3,7 +3,7 @@
 :class:`Sender` turns a body for a subscription into a request (WP-1..WP-4, ENC-1,
 VAPID-12) and the answer into an :class:`~jmappushd.transports.webpush.policy.Outcome`. The HTTP
 side is a small :class:`PushTransport` so tests can hand out Deferreds they fire
-themselves; :class:`TreqTransport` is the real one: a treq ``HTTPClient`` over one
+themselves; :class:`AgentTransport` is the real one: a twisted.web ``Agent`` over one
 persistent pool and the SSRF-guarded endpoint factory, no redirects followed, every
 request bounded by ``push-timeout`` on the injected clock.
 """
@@ -11,17 +11,17 @@ request bounded by ``push-timeout`` on the injected clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol
 
 import treq
 from cryptography.hazmat.primitives.asymmetric import ec
-from treq.client import HTTPClient
+from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IHostnameResolver, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from jmappushd.config import PushConfig
@@ -33,11 +33,8 @@ from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.policy import Outcome, classify, retry_after
 from jmappushd.transports.webpush.ssrf import ForbiddenAddress, GuardedEndpointFactory
 
-if TYPE_CHECKING:
-    from treq._types import _ITreqReactor
-
-__all__ = ["BytesProducer", "PushResponse", "PushTarget", "PushTransport", "Sender",
-           "TreqTransport", "build_http_client"]
+__all__ = ["AgentTransport", "BytesProducer", "PushResponse", "PushTarget", "PushTransport",
+           "Sender", "build_agent", "request_uri"]
 
 MAX_RESPONSE_BODY = 65_536  # a push service answers with (almost) nothing
 
@@ -90,19 +87,18 @@ class BytesProducer:
 MAX_PERSISTENT_PER_HOST = 16
 
 
-def build_http_client(
+def build_agent(
     reactor: IDaemonReactor, allow_private: bool, connect_timeout: float,
     tls_policy: IPolicyForHTTPS | None = None, resolver: IHostnameResolver | None = None,
-) -> tuple[HTTPClient, HTTPConnectionPool]:
-    """One treq client over one persistent pool, checking addresses at connect (PS-18)."""
+) -> tuple[IAgent, HTTPConnectionPool]:
+    """One agent over one persistent pool, checking addresses at connect (PS-18)."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     # Several messages to one push service are often in flight at once: keep that many
     # connections alive instead of the default two (benchmarks: reconnects dominated).
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     factory = GuardedEndpointFactory(reactor, allow_private, tls_policy, connect_timeout,
                                      resolver=resolver)
-    agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
-    return HTTPClient(agent, data_to_body_producer=BytesProducer), pool
+    return Agent.usingEndpointFactory(reactor, factory, pool=pool), pool
 
 
 class _Discard:
@@ -117,17 +113,43 @@ class _Discard:
             raise ValueError("push service response body too long")
 
 
-class TreqTransport:
-    """The real transport: treq, no redirects (C-WP-2), ``push-timeout`` on ``clock``."""
+# One request URI per subscription URL, as treq would send it; bounded.
+_URIS: dict[str, bytes] = {}
+_MAX_URIS = 4096
 
-    def __init__(self, client: HTTPClient, clock: IReactorTime, timeout: float) -> None:
-        self._client = client
+
+def request_uri(url: str) -> bytes:
+    """The request URI treq sends for ``url`` (IDNA host, percent-encoded path), once.
+
+    treq parses and IDNA-encodes the URL on every request, the largest cost of a POST
+    after the cryptography; a subscription's URL never changes.
+    """
+    uri = _URIS.get(url)
+    if uri is None:
+        uri = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+        if len(_URIS) >= _MAX_URIS:
+            _URIS.clear()
+        _URIS[url] = uri
+    return uri
+
+
+class AgentTransport:
+    """The real transport: one ``Agent`` POST, no redirects (C-WP-2), no cookies, the
+    whole exchange bounded by ``push-timeout`` on ``clock``.
+
+    It calls the agent as treq does but without what a push needs none of, per request:
+    treq's URL parsing (see :func:`request_uri`), its cookie jar (a push service's
+    cookies would only grow it), its gzip decoder (the body is discarded) and its own
+    timer (the one here covers the head and the body).
+    """
+
+    def __init__(self, agent: IAgent, clock: IReactorTime, timeout: float) -> None:
+        self._agent = agent
         self._clock = clock
         self._timeout = timeout
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Deferred[PushResponse]:
         request = Deferred.fromCoroutine(self._post(url, body, headers))
-        # treq's timeout covers the response head; this one covers the body as well.
         request.addTimeout(self._timeout, self._clock)
 
         cancelled = False
@@ -148,12 +170,8 @@ class TreqTransport:
         return result
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> PushResponse:
-        raw = request_headers(headers)
-        # treq types reactor= as a whole reactor but only schedules the timeout on it.
-        reactor = cast("_ITreqReactor", self._clock)
-        response = await self._client.request(
-            "POST", url, data=body, headers=raw, allow_redirects=False, unbuffered=True,
-            timeout=self._timeout, reactor=reactor)
+        response = await self._agent.request(b"POST", request_uri(url),
+                                             request_headers(headers), BytesProducer(body))
         if response.length is not UNKNOWN_LENGTH and response.length > MAX_RESPONSE_BODY:
             raise ValueError("push service response body too long")
         await treq.collect(response, _Discard())

@@ -35,10 +35,10 @@ from jmappushd.transports.webpush.keywatch import KeyWatcher, stored_key_differs
 from jmappushd.transports.webpush.leases import LeaseKeeper
 from jmappushd.transports.webpush.methods import PushSubscriptionMethods
 from jmappushd.transports.webpush.sender import (
+    AgentTransport,
     PushTransport,
     Sender,
-    TreqTransport,
-    build_http_client,
+    build_agent,
 )
 
 __all__ = ["PushRuntime", "WebPushService"]
@@ -240,9 +240,9 @@ class WebPushService(Service):
                  tls_policy: IPolicyForHTTPS | None = None,
                  leases: LeaseKeeper | None = None) -> None:
         config = app.config.push
-        client, pool = build_http_client(reactor, config.allow_private_urls,
-                                         config.push_timeout_s, tls_policy)
-        self.runtime = PushRuntime(app, TreqTransport(client, reactor, config.push_timeout_s),
+        agent, pool = build_agent(reactor, config.allow_private_urls, config.push_timeout_s,
+                                  tls_policy)
+        self.runtime = PushRuntime(app, AgentTransport(agent, reactor, config.push_timeout_s),
                                    pool, leases)
         self.runtime.register()
         self._core = core
