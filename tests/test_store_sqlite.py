@@ -20,7 +20,14 @@ from jmappushd.store import (
     StoreClosed,
 )
 from jmappushd.store import sqlite as sqlite_module
-from jmappushd.store.schema import MIGRATIONS, configure_connection, migrate, split_statements
+from jmappushd.store.schema import (
+    MIGRATIONS,
+    PAGE_SIZE,
+    WAL_CHECKPOINT_BYTES,
+    configure_connection,
+    migrate,
+    split_statements,
+)
 from jmappushd.store.sqlite import SQL_THREADS
 
 DIGEST_1 = bytes(range(32))
@@ -90,6 +97,65 @@ def test_configure_connection_pragmas(tmp_path: Path) -> None:
     assert pragma == {"busy_timeout": 1234, "synchronous": 1, "foreign_keys": 1, "secure_delete": 1}
     with pytest.raises(ValueError):
         configure_connection(connection, "OFF", 1)
+
+
+def test_new_file_gets_small_pages_and_a_larger_wal(tmp_path: Path) -> None:
+    """A new file takes PAGE_SIZE (a publish writes a quarter of 4 KiB pages' WAL), and
+    the WAL is checkpointed every WAL_CHECKPOINT_BYTES, not SQLite's 1,000 pages."""
+    connection = sqlite3.connect(str(tmp_path / "new.sqlite"), isolation_level=None)
+    configure_connection(connection, "NORMAL", 1000)
+    connection.execute("CREATE TABLE t (x)")
+    assert connection.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
+    assert (connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            == WAL_CHECKPOINT_BYTES // PAGE_SIZE)
+
+
+def test_existing_file_keeps_its_page_size(tmp_path: Path) -> None:
+    """A file made with 4 KiB pages keeps them and its rows; its checkpoint interval is
+    the same number of bytes."""
+    path = str(tmp_path / "old.sqlite")
+    with sqlite3.connect(path, isolation_level=None) as old:
+        old.execute("PRAGMA page_size = 4096")
+        old.execute("PRAGMA journal_mode = WAL")
+        old.execute("CREATE TABLE t (x)")
+        old.execute("INSERT INTO t VALUES (1)")
+    connection = sqlite3.connect(path, isolation_level=None)
+    assert configure_connection(connection, "NORMAL", 1000) == "wal"
+    assert connection.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == (
+        WAL_CHECKPOINT_BYTES // 4096)
+    assert connection.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+_KILLED_WRITER = """
+import os, signal, sqlite3, sys
+from jmappushd.store import sqlops
+from jmappushd.store.schema import configure_connection, migrate
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+configure_connection(connection, "NORMAL", 5000)
+cursor = connection.cursor()
+cursor.execute("BEGIN IMMEDIATE")
+migrate(cursor)
+sqlops.record_batch(cursor, [[("A", "Email", "s1")], [("A", "Email", "s2")]])
+cursor.execute("COMMIT")
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: the commit is in the WAL only
+"""
+
+
+def test_commit_survives_a_killed_process_before_any_checkpoint(tmp_path: Path) -> None:
+    """What the daemon promises before a 202 (synchronous=NORMAL in WAL mode): a commit
+    outlives the process that made it, although the WAL was never checkpointed."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.sqlite"
+    result = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)],
+                            cwd=Path(__file__).resolve().parent.parent, check=False)
+    assert result.returncode == -9
+    assert (tmp_path / "killed.sqlite-wal").stat().st_size > 0
+    with raw(path) as connection:
+        assert connection.execute("SELECT state, seq FROM states").fetchall() == [("s2", 2)]
+        assert connection.execute("SELECT seq FROM store_info").fetchone()[0] == 2
 
 
 @pytest_twisted.ensureDeferred

@@ -154,6 +154,19 @@ def migrate(cursor: Cursor, migrations: Sequence[str] = MIGRATIONS) -> tuple[int
 
 SYNCHRONOUS_MODES = frozenset({"NORMAL", "FULL", "EXTRA"})
 
+PAGE_SIZE = 1024
+"""The page size of a new file. A publish updates one ``states`` row per account, and
+every page it touches is written to the WAL whole at commit: with rows of about 60
+octets spread over the table, 1 KiB pages write a quarter of what the default 4 KiB
+pages do for the same rows. A file created with another size keeps it (WAL mode
+cannot change it; ``VACUUM`` outside WAL mode could)."""
+
+WAL_CHECKPOINT_BYTES = 8 << 20
+"""How much WAL may pile up before a commit copies it back into the database (SQLite's
+default is 1,000 pages). A checkpoint writes each changed page once however often it
+changed, so fewer, larger checkpoints write fewer pages per publish; the WAL file
+stays about this big between them."""
+
 
 def configure_connection(
     connection: sqlite3.Connection, synchronous: str, busy_timeout_ms: int
@@ -162,7 +175,11 @@ def configure_connection(
 
     * ``busy_timeout`` first: switching to WAL and every later write may have to
       wait for the other process (daemon or ``jmappushctl``) to finish its write.
-    * WAL lets readers proceed while one writer commits.
+    * ``page_size`` before WAL: only a file that has no page yet takes it
+      (:data:`PAGE_SIZE`).
+    * WAL lets readers proceed while one writer commits; it is checkpointed every
+      :data:`WAL_CHECKPOINT_BYTES`. A checkpoint changes when committed pages reach
+      the database file, never whether a commit is durable.
     * ``synchronous=NORMAL`` in WAL mode: a commit reaches the operating system
       before it returns, so a committed change survives a crash or kill of the
       process; only a power loss or kernel crash can roll back the newest
@@ -175,7 +192,10 @@ def configure_connection(
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
     connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
+    connection.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
     mode = str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+    page_size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+    connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size:d}")
     connection.execute(f"PRAGMA synchronous = {synchronous}")
     connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA secure_delete = ON")
