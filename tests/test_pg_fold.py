@@ -16,6 +16,7 @@ from jmappushd.store.pgconnect import PgConnector
 from jmappushd.store.pgschema import MIGRATIONS, migrate
 from jmappushd.store.pgtail import UnfoldedTail
 from jmappushd.store.postgresql import PostgreSQLStore
+from jmappushd.store.rules import publish_json
 from tests.pg_server import PgServer
 
 # -- the tail, in memory --
@@ -77,6 +78,37 @@ def test_overlay_takes_only_what_changed_after() -> None:
     got: dict[str, dict[str, str]] = {"A": {"Email": "folded"}}
     tail.overlay(got, ["A", "Z"], 1)
     assert got == {"A": {"Email": "folded", "Mailbox": "m2"}}
+
+
+def test_own_entries_are_held_as_text_and_parsed_only_when_needed() -> None:
+    """This node's publishes are held as the JSON it logged; a fold that takes them all
+    drops them unparsed, a lookup parses them."""
+    tail = UnfoldedTail(folded=0)
+    tail.add_text(1, '{"A":{"Email":"a1"}}', 1)
+    tail.add_text(2, '{"A":{"Email":"a2"},"B":{"Email":"b2"}}', 2)
+    assert tail.changes == 3 and tail.high == 2
+    got: dict[str, dict[str, str]] = {}
+    tail.overlay(got, ["A", "B"], None)
+    assert got == {"A": {"Email": "a2"}, "B": {"Email": "b2"}}
+    tail.add_text(3, '{"C":{"Email":"c3"}}', 1)
+    tail.advance_folded(3)
+    assert len(tail) == 0 and tail.changes == 0
+    got = {}
+    tail.overlay(got, ["A", "B", "C"], None)
+    assert got == {}
+
+
+def test_a_publish_is_logged_as_checked_json() -> None:
+    """What a store logging whole publishes refuses, as flatten refuses it; accounts with
+    no state are left out of the text."""
+    assert publish_json({"A": {"Email": "s", "Mailbox": "m"}, "B": {}}) == (
+        '{"A":{"Email":"s","Mailbox":"m"}}', 2)
+    with pytest.raises(ValueError):
+        publish_json({"A": {}})
+    with pytest.raises(TypeError):
+        publish_json({"A": {"Email": 1}})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        publish_json({1: {"Email": "s"}})  # type: ignore[dict-item]
 
 
 # -- the store, on a real server --
@@ -215,6 +247,15 @@ async def test_close_folds_and_a_new_node_loads_what_is_unfolded(dsn: str) -> No
         assert second.unfolded_changes == 0
     finally:
         await second.close()
+
+
+def test_a_log_row_of_a_publish_is_stored_as_written(dsn: str) -> None:
+    """Schema v6: rows of up to about 8 KB are neither compressed nor moved out of line."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        migrate(connection)
+        row = connection.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'changes'::regclass").fetchone()
+    assert row is not None and row[0] == ["toast_tuple_target=8160"]
 
 
 def test_the_fold_mark_of_an_older_database_starts_at_its_top(dsn: str) -> None:

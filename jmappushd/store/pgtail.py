@@ -20,9 +20,13 @@ order. Two marks define what it holds:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping
 
 StateMap = Mapping[str, Mapping[str, str]]
+# An entry as held: parsed, or the JSON text this node logged (parsed when first needed:
+# a fold or a catch-up, often never on the node that folds it).
+Held = StateMap | str
 
 
 class FoldRows:
@@ -49,9 +53,11 @@ class UnfoldedTail:
     def __init__(self, folded: int = 0, high: int | None = None) -> None:
         self.folded = folded
         self.high = folded if high is None else max(folded, high)
-        self._entries: dict[int, StateMap] = {}
-        # account -> type -> (state, seq) of the newest held entry naming the pair.
+        self._entries: dict[int, Held] = {}
+        # account -> type -> (state, seq) of the newest indexed entry naming the pair;
+        # entries not indexed yet wait in _unindexed (indexing is done when needed).
         self._newest: dict[str, dict[str, tuple[str, int]]] = {}
+        self._unindexed: list[int] = []
         self.changes = 0  # (account, type) pairs held, counted per entry
 
     def __len__(self) -> int:
@@ -65,22 +71,42 @@ class UnfoldedTail:
     # -- filling --
 
     def add(self, seq: int, changed: StateMap) -> None:
-        """One logged entry (a publish of this node, or one read from the log)."""
+        """One logged entry read from the log (parsed)."""
+        self._hold(seq, changed, sum(len(types) for types in changed.values()))
+
+    def add_text(self, seq: int, text: str, count: int) -> None:
+        """One entry this node logged, as its JSON text, naming ``count`` pairs."""
+        self._hold(seq, text, count)
+
+    def _hold(self, seq: int, entry: Held, count: int) -> None:
         if seq <= self.folded or seq in self._entries:
             return
-        self._entries[seq] = changed
-        newest = self._newest
-        for account_id, types in changed.items():
-            held = newest.get(account_id)
-            if held is None:
-                held = newest[account_id] = {}
-            for type_name, state in types.items():
-                old = held.get(type_name)
-                if old is None or old[1] < seq:
-                    held[type_name] = (state, seq)
-            self.changes += len(types)
+        self._entries[seq] = entry
+        self._unindexed.append(seq)
+        self.changes += count
         if seq == self.high + 1:
             self._extend()
+
+    def _index(self) -> None:
+        """Merge the entries not indexed yet into the newest state per pair."""
+        if not self._unindexed:
+            return
+        entries, newest = self._entries, self._newest
+        for seq in self._unindexed:
+            changed = entries.get(seq)
+            if changed is None:
+                continue  # dropped by a fold meanwhile
+            if isinstance(changed, str):
+                changed = entries[seq] = json.loads(changed)
+            for account_id, types in changed.items():
+                held = newest.get(account_id)
+                if held is None:
+                    held = newest[account_id] = {}
+                for type_name, state in types.items():
+                    old = held.get(type_name)
+                    if old is None or old[1] < seq:
+                        held[type_name] = (state, seq)
+        self._unindexed = []
 
     def add_read(self, after: int, entries: Iterable[tuple[int, StateMap]],
                  upto: int | None = None) -> None:
@@ -118,8 +144,10 @@ class UnfoldedTail:
         if max(entries) <= folded:  # the usual case: the fold took everything
             entries.clear()
             self._newest.clear()
+            self._unindexed = []
             self.changes = 0
             return
+        self._index()
         gone = [s for s in entries if s <= folded]
         if 2 * len(gone) > len(entries):
             # Most entries go: rebuilding from the rest is cheaper than unpicking them.
@@ -129,12 +157,14 @@ class UnfoldedTail:
             self.changes = 0
             high, self.high = self.high, folded
             for seq, changed in kept:
+                assert not isinstance(changed, str)  # indexed above
                 self.add(seq, changed)
             self.high = max(self.high, high)
             return
         newest = self._newest
         for seq in gone:
             changed = self._entries.pop(seq)
+            assert not isinstance(changed, str)  # indexed above
             for account_id, types in changed.items():
                 held = newest.get(account_id)
                 if held is None:
@@ -150,6 +180,7 @@ class UnfoldedTail:
     def fold_rows(self) -> FoldRows:
         """What a fold up to ``high`` writes: the newest state per pair of the entries in
         ``(folded, high]`` (entries above ``high`` wait for the ones between)."""
+        self._index()
         rows = FoldRows(self.folded, self.high)
         if not self._entries or self.newest_seq <= self.high:
             pairs = ((a, t, found) for a, held in self._newest.items()
@@ -157,7 +188,9 @@ class UnfoldedTail:
         else:
             merged: dict[tuple[str, str], tuple[str, int]] = {}
             for seq in sorted(s for s in self._entries if s <= self.high):
-                for account_id, types in self._entries[seq].items():
+                entry = self._entries[seq]
+                assert not isinstance(entry, str)  # indexed above
+                for account_id, types in entry.items():
                     for type_name, state in types.items():
                         merged[(account_id, type_name)] = (state, seq)
             pairs = ((a, t, found) for (a, t), found in merged.items())
@@ -174,6 +207,7 @@ class UnfoldedTail:
                 after: int | None) -> None:
         """Lay the held states of ``account_ids`` (changed after ``after``) over ``into``,
         states read from ``states`` with a fold mark no lower than :attr:`folded`."""
+        self._index()
         newest = self._newest
         for account_id in account_ids:
             held = newest.get(account_id)

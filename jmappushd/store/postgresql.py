@@ -21,7 +21,6 @@ connection, since nothing of it reached the server.
 
 from __future__ import annotations
 
-import json
 import select
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -63,8 +62,8 @@ from jmappushd.store.rules import (
     check_digest,
     check_kept_keys,
     check_updatable,
-    copy_publish,
     new_id,
+    publish_json,
 )
 
 P = ParamSpec("P")
@@ -419,20 +418,20 @@ class PostgreSQLStore:
 
     def record_changes_batch(self, batch: Sequence[StateMap]) -> Deferred[list[int]]:
         try:
-            published = [copy_publish(changed) for changed in batch]
+            published = [publish_json(changed) for changed in batch]
         except (TypeError, ValueError) as error:
             return self._refuse(error)
         if not published:
             return self._in_turn(list)
-        texts = [json.dumps(changed, separators=(",", ":")) for changed in published]
+        texts = [text for text, _ in published]
         recorded: Deferred[list[int]] = self._write_single(ops.record_batch, texts)
         self._recording += 1
 
         def held(seqs: list[int]) -> list[int]:
             self._recording -= 1
             tail = self._tail
-            for seq, changed in zip(seqs, published, strict=True):
-                tail.add(seq, changed)
+            for seq, (text, count) in zip(seqs, published, strict=True):
+                tail.add_text(seq, text, count)
             self._fold_later()
             return seqs
 

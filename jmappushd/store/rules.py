@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Collection, Mapping
 
@@ -37,23 +38,29 @@ def flatten(changed: StateMap) -> StateRows:
     return rows
 
 
-def copy_publish(changed: StateMap) -> dict[str, dict[str, str]]:
-    """Copy a publish as nested dicts at call time, checked as :func:`flatten` checks it
-    (for a store that records the publish whole rather than as rows)."""
-    copied: dict[str, dict[str, str]] = {}
+def publish_json(changed: StateMap) -> tuple[str, int]:
+    """A publish as compact JSON and its number of (account, type) states, checked as
+    :func:`flatten` checks it (for a store that logs each publish whole). The text is
+    the copy made at call time: the caller may reuse its dicts."""
+    count = 0
+    empty = False
     for account_id, types in changed.items():
         if not types:
+            empty = True
             continue
-        copy = dict(types)
-        if not (isinstance(account_id, str) and all(
-                isinstance(t, str) and isinstance(v, str) for t, v in copy.items())):
-            bad = next((account_id, t, v) for t, v in copy.items() if not (
-                isinstance(account_id, str) and isinstance(t, str) and isinstance(v, str)))
-            raise TypeError(f"account ids, type names and states must be strings: {bad!r}")
-        copied[account_id] = copy
-    if not copied:
+        if not isinstance(account_id, str):
+            raise TypeError("account ids, type names and states must be strings: "
+                            f"{account_id!r}")
+        for type_name, state in types.items():
+            if not (isinstance(type_name, str) and isinstance(state, str)):
+                raise TypeError("account ids, type names and states must be strings: "
+                                f"{(account_id, type_name, state)!r}")
+        count += len(types)
+    if not count:
         raise ValueError("a change must name at least one (account, type) state")
-    return copied
+    if empty:
+        changed = {a: types for a, types in changed.items() if types}
+    return json.dumps(changed, separators=(",", ":")), count
 
 
 def check_digest(digest: bytes) -> bytes:
