@@ -231,6 +231,15 @@ async def test_server_restart_is_survived(own_server: PgServer) -> None:
         assert await store.position() == ((await store.position())[0], seq)
         assert await store.record_changes({"A": {"Email": "after"}}) == seq + 1
         assert await store.current_states(["A"]) == {"A": {"Email": "after"}}
+        # A publish (and a log read) is one statement without BEGIN: a pooled connection
+        # the restart closed is noticed before the statement is sent and replaced.
+        await defer.gatherResults([store.position(), store.position()])  # two pooled
+        own_server.stop()
+        own_server.start()
+        assert await defer.gatherResults([
+            store.record_changes({"A": {"Email": "again"}}),
+            store.record_changes({"B": {"Email": "b"}})]) == [seq + 2, seq + 3]
+        assert [s for s, _ in await store.changes_after(seq + 1)] == [seq + 2, seq + 3]
     finally:
         await store.close()
 

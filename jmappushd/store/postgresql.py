@@ -122,16 +122,12 @@ class _Connections:
                         connection.execute(b"ROLLBACK")
                     raise
         except psycopg.OperationalError as exc:
-            connection.close()
-            raise StoreUnavailable(f"{self._connector.name}: {one_line(exc)}") from None
+            raise self._lost(connection, exc) from None
         except _Stale:
             connection.close()
             raise
         except BaseException:
-            if connection.broken:
-                connection.close()
-            else:
-                self._give(connection)
+            self._keep_unless_broken(connection)
             raise
         self._give(connection)
         return result
@@ -150,16 +146,25 @@ class _Connections:
             with connection.cursor() as cursor:
                 result = body(cursor, *args)
         except psycopg.OperationalError as exc:
-            connection.close()
-            raise StoreUnavailable(f"{self._connector.name}: {one_line(exc)}") from None
+            raise self._lost(connection, exc) from None
         except BaseException:
-            if connection.broken:
-                connection.close()
-            else:
-                self._give(connection)
+            self._keep_unless_broken(connection)
             raise
         self._give(connection)
         return result
+
+    def _lost(self, connection: Connection, error: psycopg.OperationalError
+              ) -> StoreUnavailable:
+        """The connection failed under a call: drop it; the call fails as unavailable."""
+        connection.close()
+        return StoreUnavailable(f"{self._connector.name}: {one_line(error)}")
+
+    def _keep_unless_broken(self, connection: Connection) -> None:
+        """After a call's own error (a constraint, a bug), keep a connection that works."""
+        if connection.broken:
+            connection.close()
+        else:
+            self._give(connection)
 
     def _take(self) -> tuple[Connection, bool]:
         with self._lock:
@@ -189,19 +194,17 @@ class _Stale(Exception):
 
 
 def _gone(connection: Connection) -> bool:
-    """Whether an idle connection was closed by the server (a restart): its socket then
-    reads end of file, where a live idle connection has nothing to read."""
+    """Whether an idle connection should not be used: a server that ends a connection
+    (a restart, an administrator) sends an error and closes it, so its socket becomes
+    readable, where an idle connection that LISTENs to nothing has nothing to read
+    (an occasional parameter report costs a needless reconnect, nothing more)."""
+    if connection.closed or connection.broken:
+        return True
     try:
         readable, _, _ = select.select([connection.fileno()], [], [], 0)
     except (OSError, ValueError):
         return True
-    if not readable:
-        return False
-    try:
-        connection.pgconn.consume_input()
-    except psycopg.OperationalError:
-        return True
-    return connection.pgconn.status != psycopg.pq.ConnStatus.OK
+    return bool(readable)
 
 
 def _first_open(connections: _Connections, connector: PgConnector) -> tuple[int, int]:
