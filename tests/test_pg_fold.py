@@ -1,7 +1,8 @@
 """The PostgreSQL store's fold (issue 13, CPU per change): a publish appends to the log
 only, ``states`` is folded from it afterwards, and every catch-up still sees every
-change. The tail's bookkeeping is tested in memory; the store against a real server,
-with several store objects standing in for nodes."""
+change, so a Last-Event-ID or pushState resumes exactly whether or not its changes are
+folded yet (ES-10, WS-19). The tail's bookkeeping is tested in memory; the store
+against a real server, with several store objects standing in for nodes."""
 
 from __future__ import annotations
 
