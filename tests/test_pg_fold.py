@@ -72,6 +72,18 @@ def test_fold_rows_hold_the_newest_state_up_to_high() -> None:
     assert dict(zip(rows.accounts, rows.states, strict=True))["A"] == "a2"
 
 
+def test_fold_rows_above_a_mark_another_node_moved() -> None:
+    """Rows at or below a mark another node moved are not written again."""
+    tail = UnfoldedTail(folded=0)
+    tail.add(1, {"A": {"Email": "a1"}})
+    tail.add(2, {"B": {"Email": "b2"}})
+    rows = tail.fold_rows()
+    assert rows.above(0) is rows
+    later = rows.above(1)
+    assert (later.base, later.upto, later.accounts, later.seqs) == (1, 2, ["B"], [2])
+    assert len(rows.above(2)) == 0
+
+
 def test_overlay_takes_only_what_changed_after() -> None:
     tail = UnfoldedTail(folded=0)
     tail.add(1, {"A": {"Email": "a1"}})

@@ -242,7 +242,7 @@ def position(cursor: Cursor) -> tuple[str, int]:
 
 def record_batch(cursor: Cursor, texts: list[str]) -> list[int]:
     """Append publishes (each as its JSON) to the log under the next seqs: one
-    statement, one round trip between the store's BEGIN and COMMIT.
+    statement, its own transaction (the store runs it without BEGIN/COMMIT).
 
     The counter row is updated first (every other part reads its new value): its lock
     is held until this transaction ends, so a concurrent publisher (another node,
@@ -273,16 +273,10 @@ def fold(cursor: Cursor, rows: FoldRows) -> int:
     folded = int(found[0])
     if folded >= rows.upto:
         return folded
-    keep = range(len(rows)) if folded <= rows.base else [
-        i for i, seq in enumerate(rows.seqs) if seq > folded]
-    if len(keep) == len(rows):
-        cursor.execute(_FOLD, {"a": rows.accounts, "t": rows.types, "s": rows.states,
-                               "q": rows.seqs})
-    elif keep:
-        cursor.execute(_FOLD, {"a": [rows.accounts[i] for i in keep],
-                               "t": [rows.types[i] for i in keep],
-                               "s": [rows.states[i] for i in keep],
-                               "q": [rows.seqs[i] for i in keep]})
+    todo = rows.above(folded)
+    if todo:
+        cursor.execute(_FOLD, {"a": todo.accounts, "t": todo.types, "s": todo.states,
+                               "q": todo.seqs})
     cursor.execute("UPDATE change_fold SET folded = %s WHERE id = 1", (rows.upto,))
     if rows.upto // PRUNE_EVERY != folded // PRUNE_EVERY:
         cursor.execute("DELETE FROM changes WHERE seq <= least(%s, "

@@ -46,6 +46,21 @@ class FoldRows:
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def above(self, folded: int) -> FoldRows:
+        """The rows still to write when the mark is already at ``folded`` (another node
+        folded part of them first): those of entries after it."""
+        if folded <= self.base:
+            return self
+        rows = FoldRows(folded, self.upto)
+        for account_id, type_name, state, seq in zip(
+                self.accounts, self.types, self.states, self.seqs, strict=True):
+            if seq > folded:
+                rows.accounts.append(account_id)
+                rows.types.append(type_name)
+                rows.states.append(state)
+                rows.seqs.append(seq)
+        return rows
+
 
 class UnfoldedTail:
     """Log entries above the fold mark, with the newest state per pair for lookups."""

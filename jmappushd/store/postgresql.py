@@ -531,9 +531,7 @@ class PostgreSQLStore:
         if tail.newest_seq > tail.high:
             # Entries of this node's own publishes wait above a gap the bus has not
             # read yet: read it, so the fold need not wait for the bus.
-            since = tail.high
-            entries = await self._read(ops.changes_after, since, CHANGES_AFTER_LIMIT)
-            tail.add_read(since, entries)
+            await self.changes_after(tail.high)  # which adds what it reads to the tail
         rows = tail.fold_rows()
         if rows.upto <= rows.base:
             return tail.folded
