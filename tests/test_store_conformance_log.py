@@ -79,6 +79,21 @@ async def test_record_changes_batch(store: IStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_states_round_trip_exactly_in_large_batches(store: IStore) -> None:
+    """Ids and states come back as given, whatever their characters, however many rows
+    one batch holds (SQLite hands a batch's rows over as one JSON array)."""
+    odd = ["caf\u00e9 \U0001f4e7", 'q"uote\\back', "[1, 2]", "{\"a\": 1}", "tab\tnl\n", "x" * 2000]
+    batch = [{f"acct-{n}-{text[:8]}": {"Email": f"{text}-{n}", "Mailbox": text}
+              for text in odd} for n in range(3)]
+    batch.append({f"many-{i}": {"Email": f"s{i}"} for i in range(1500)})
+    seqs = await store.record_changes_batch(batch)
+    assert len(seqs) == 4
+    wanted = {a: t for changed in batch for a, t in changed.items()}
+    assert await store.current_states(sorted(wanted)) == wanted
+    assert await store.changes_since(seqs[2], sorted(wanted)) == batch[3]
+
+
+@pytest_twisted.ensureDeferred
 async def test_changes_since_filters_by_seq_and_account(store: IStore) -> None:
     """changes_since returns only the given accounts' states changed after the seq."""
     await store.record_changes({"A": {"Email": "a1", "Mailbox": "m1"}, "B": {"Email": "b1"}})

@@ -99,6 +99,22 @@ def test_configure_connection_pragmas(tmp_path: Path) -> None:
         configure_connection(connection, "OFF", 1)
 
 
+def test_a_library_without_json_functions_is_refused_by_name(tmp_path: Path) -> None:
+    """The upsert of a publish's rows needs json_each/json_extract; a build without them
+    (simulated with an authorizer that denies those functions) fails at connect with a
+    message naming what is missing, not at the first publish."""
+    connection = sqlite3.connect(str(tmp_path / "x.sqlite"), isolation_level=None)
+
+    def deny_json(action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").startswith("json"):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    connection.set_authorizer(deny_json)
+    with pytest.raises(RuntimeError, match="lacks the JSON functions"):
+        configure_connection(connection, "NORMAL", 1000)
+
+
 def test_new_file_gets_small_pages_and_a_larger_wal(tmp_path: Path) -> None:
     """A new file takes PAGE_SIZE (a publish writes a quarter of 4 KiB pages' WAL), and
     the WAL is checkpointed every WAL_CHECKPOINT_BYTES, not SQLite's 1,000 pages."""

@@ -188,9 +188,16 @@ def configure_connection(
     * ``foreign_keys`` makes deletes cascade; SQLite leaves it off by default.
     * ``secure_delete`` overwrites deleted rows, so a destroyed push
       subscription's URL and keys do not linger in the file (PS-8).
+    * The JSON functions (built in since SQLite 3.38) carry a publish's rows in one
+      statement; a library built without them is refused here, by name.
     """
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
+    try:
+        connection.execute("SELECT json_extract('[1]', '$[0]') FROM json_each('[]')")
+    except sqlite3.OperationalError as error:
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} lacks the JSON functions the "
+                           f"store needs ({error}); use SQLite 3.38 or newer") from error
     connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
     connection.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
     mode = str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])
