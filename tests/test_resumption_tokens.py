@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from jmappushd.core import position as position_module
 from jmappushd.core.hub import Hub
 from jmappushd.core.position import (
     KEY_BYTES,
@@ -64,6 +65,20 @@ def test_tokens_do_not_show_the_position_or_repeat() -> None:
     first, again, next_one = t.seal("alice", 41), t.seal("alice", 41), t.seal("alice", 42)
     assert len({first, again, next_one}) == 3
     assert t.open("alice", first) == t.open("alice", again) == 41
+
+
+def test_buffered_nonces_never_repeat_across_refills() -> None:
+    """Nonces are taken from a buffer of system randomness; across several refills no
+    nonce repeats and every token still opens, and the encoding is RFC 4648 §5
+    base64url without padding (the same text as the standard library's)."""
+    t = tokens()
+    count = 3 * position_module.NONCE_BUFFER // position_module.NONCE_BYTES + 5
+    sealed = [t.seal("alice", n) for n in range(count)]
+    raw = [base64.urlsafe_b64decode(token + "=") for token in sealed]
+    assert len({r[:position_module.NONCE_BYTES] for r in raw}) == count
+    assert [t.open("alice", token) for token in sealed] == list(range(count))
+    assert all(base64.urlsafe_b64encode(r).rstrip(b"=").decode() == token
+               for r, token in zip(raw, sealed, strict=True))
 
 
 @pytest.mark.parametrize("junk", [
