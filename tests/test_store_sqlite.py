@@ -115,6 +115,16 @@ def test_a_library_without_json_functions_is_refused_by_name(tmp_path: Path) -> 
         configure_connection(connection, "NORMAL", 1000)
 
 
+def test_an_old_library_is_refused_by_name(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library older than MIN_SQLITE (no RETURNING, JSON optional) fails at connect."""
+    connection = sqlite3.connect(str(tmp_path / "x.sqlite"), isolation_level=None)
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.34\.1 is too old .* 3\.38 or newer"):
+        configure_connection(connection, "NORMAL", 1000)
+
+
 def test_new_file_gets_small_pages_and_a_larger_wal(tmp_path: Path) -> None:
     """A new file takes PAGE_SIZE (a publish writes a quarter of 4 KiB pages' WAL), and
     the WAL is checkpointed every WAL_CHECKPOINT_BYTES, not SQLite's 1,000 pages."""

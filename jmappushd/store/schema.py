@@ -154,6 +154,9 @@ def migrate(cursor: Cursor, migrations: Sequence[str] = MIGRATIONS) -> tuple[int
 
 SYNCHRONOUS_MODES = frozenset({"NORMAL", "FULL", "EXTRA"})
 
+MIN_SQLITE = (3, 38)
+"""RETURNING (3.35) and the JSON functions built in (3.38): see :func:`configure_connection`."""
+
 PAGE_SIZE = 1024
 """The page size of a new file. A publish updates one ``states`` row per account, and
 every page it touches is written to the WAL whole at commit: with rows of about 60
@@ -188,16 +191,20 @@ def configure_connection(
     * ``foreign_keys`` makes deletes cascade; SQLite leaves it off by default.
     * ``secure_delete`` overwrites deleted rows, so a destroyed push
       subscription's URL and keys do not linger in the file (PS-8).
-    * The JSON functions (built in since SQLite 3.38) carry a publish's rows in one
-      statement; a library built without them is refused here, by name.
+    * SQLite :data:`MIN_SQLITE` or newer, with its JSON functions (built in since
+      3.38): a publish takes its seqs with ``RETURNING`` and hands its rows over as one
+      JSON array. An older library, or one built without them, is refused here by name.
     """
     if synchronous not in SYNCHRONOUS_MODES:
         raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old for the store; "
+                           f"it needs {'.'.join(map(str, MIN_SQLITE))} or newer")
     try:
         connection.execute("SELECT json_extract('[1]', '$[0]') FROM json_each('[]')")
     except sqlite3.OperationalError as error:
         raise RuntimeError(f"SQLite {sqlite3.sqlite_version} lacks the JSON functions the "
-                           f"store needs ({error}); use SQLite 3.38 or newer") from error
+                           f"store needs ({error}); it was built without them") from error
     connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms):d}")
     connection.execute(f"PRAGMA page_size = {PAGE_SIZE:d}")
     mode = str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])

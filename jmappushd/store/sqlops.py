@@ -28,14 +28,15 @@ BEGIN_WRITE = "BEGIN IMMEDIATE"
 BEGIN_READ = "BEGIN"
 _MAX_IN_LIST = 500  # well under SQLite's bound-parameter limit
 _USER_COLUMNS = "id, name, password_hash, primary_account_id, created"
+_TAKE_SEQS = "UPDATE store_info SET seq = seq + ? WHERE id = 1 RETURNING seq"
 _UPSERT_STATES_JSON = (
-    # [[account, type, state, seq], ...]; "WHERE true" keeps the upsert clause from
-    # being read as part of the SELECT (SQLite's documented parsing ambiguity).
+    # [[account, type, state, k], ...] of publishes first + k; "WHERE true" keeps the
+    # upsert clause from being read as part of the SELECT (a documented ambiguity).
     "INSERT INTO states (account_id, type, state, seq) "
     "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-    "json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?) WHERE true "
-    "ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, seq = excluded.seq "
-    "WHERE excluded.seq > states.seq"
+    "json_extract(value, '$[2]'), ? + json_extract(value, '$[3]') FROM json_each(?) "
+    "WHERE true ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, "
+    "seq = excluded.seq WHERE excluded.seq > states.seq"
 )
 
 
@@ -206,25 +207,23 @@ def position(cursor: Cursor) -> tuple[str, int]:
 def record_batch(cursor: Cursor, batch: list[StateRows]) -> list[int]:
     """Give each publish of ``batch`` the next seq and upsert all their rows at once.
 
-    The rows go to SQLite as one JSON array in one statement: ``executemany`` steps
-    once per row, and each step lets go of the GIL and takes it back, a hand-off the
-    reactor thread pays for while it is fanning out (study 07). The ``WHERE`` of the
-    upsert keeps the newest seq when two publishes of one batch name the same pair.
+    Two statements whatever the batch: every statement lets go of the GIL and takes it
+    back, a hand-off the reactor thread pays for while it fans out (study 07), and
+    ``executemany`` did that once per row. The seq moves and is read in one ``UPDATE
+    ... RETURNING``; the rows go to SQLite as one JSON array of (account, type, state,
+    index of the publish in the batch). The upsert's ``WHERE`` keeps the newest seq
+    when two publishes of one batch name the same pair.
     """
-    # BEGIN IMMEDIATE holds the write lock from the read of seq to the commit,
-    # so the daemon and jmappushctl never hand out the same seq.
-    _, seq = position(cursor)
-    seqs: list[int] = []
-    rows: list[tuple[str, str, str, int]] = []
-    for changed in batch:
-        seq += 1
-        rows += [(a, t, s, seq) for a, t, s in changed]
-        seqs.append(seq)
+    # BEGIN IMMEDIATE holds the write lock from this update to the commit, so the
+    # daemon and jmappushctl never hand out the same seq.
+    cursor.execute(_TAKE_SEQS, (len(batch),))
+    last = int(cursor.fetchone()[0])
+    first = last - len(batch) + 1
+    rows = [(a, t, s, k) for k, changed in enumerate(batch) for a, t, s in changed]
     if rows:
         cursor.execute(_UPSERT_STATES_JSON,
-                       (json.dumps(rows, ensure_ascii=False, separators=(",", ":")),))
-    cursor.execute("UPDATE store_info SET seq = ? WHERE id = 1", (seq,))
-    return seqs
+                       (first, json.dumps(rows, ensure_ascii=False, separators=(",", ":"))))
+    return list(range(first, last + 1))
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:
