@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from twisted.internet import defer
 
 from jmappushd.core import position as position_module
@@ -89,6 +90,36 @@ def test_unusable_tokens_open_to_none_and_never_raise(junk: str | None) -> None:
     """Old-format ``<epoch>-<seq>`` ids, garbage, non-ASCII and oversized strings are
     unknown tokens, never an exception (the caller resyncs)."""
     assert tokens().open("alice", junk) is None
+
+
+def _unsealed(token: str, associated: list[bytes]) -> int:
+    raw = base64.urlsafe_b64decode(token + "=")
+    return int.from_bytes(AESSIV(KEY).decrypt(raw[8:], associated), "big")
+
+
+def test_the_associated_data_is_one_unambiguous_string() -> None:
+    """The second format's associated data, rebuilt here from its description: version,
+    the epoch's length (two bytes), the epoch, the user, the nonce; the length prefix
+    keeps epoch "e" with user "pa" apart from epoch "ep" with user "a"."""
+    token = tokens(epoch="ep1").seal("alice", 4242)
+    nonce = base64.urlsafe_b64decode(token + "=")[:8]
+    associated = b"jmappushd resumption token 2" + b"\x00\x03ep1" + b"alice" + nonce
+    assert _unsealed(token, [associated]) == 4242
+    assert tokens(epoch="ep").open("a", tokens(epoch="e").seal("pa", 9)) is None
+    with pytest.raises(ValueError, match="epoch"):
+        tokens(epoch="x" * 70_000)
+
+
+def test_tokens_of_the_first_format_still_open() -> None:
+    """Tokens sealed before the upgrade (four associated-data components) keep working,
+    for their user and epoch only: an upgrade resynchronises no client."""
+    nonce = bytes(range(8))
+    sealed = AESSIV(KEY).encrypt((77).to_bytes(8, "big"),
+                                 [b"jmappushd resumption token 1", b"ep1", b"alice", nonce])
+    old = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
+    assert tokens().open("alice", old) == 77
+    assert tokens().open("bob", old) is None
+    assert tokens(epoch="ep2").open("alice", old) is None
 
 
 def test_a_forged_token_does_not_open() -> None:

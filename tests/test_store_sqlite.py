@@ -162,7 +162,7 @@ configure_connection(connection, "NORMAL", 5000)
 cursor = connection.cursor()
 cursor.execute("BEGIN IMMEDIATE")
 migrate(cursor)
-sqlops.record_batch(cursor, [[("A", "Email", "s1")], [("A", "Email", "s2")]])
+sqlops.record_batch(cursor, ['{"A":{"Email":"s1"}}', '{"A":{"Email":"s2"}}'])
 cursor.execute("COMMIT")
 os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: the commit is in the WAL only
 """

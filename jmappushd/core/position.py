@@ -17,6 +17,13 @@ Fan-out seals once per (user, position) through :meth:`ResumptionTokens.shared`,
 
 Wire form: base64url without padding of nonce (8) || SIV tag (16) || position (8,
 encrypted), 43 characters, the same for EventSource ``id:`` and ``pushState``.
+
+The associated data is one string, format version || epoch length || epoch || user ||
+nonce (the nonce's fixed length at the end and the epoch's length prefix make it
+unambiguous): S2V runs one CMAC per component, and one component seals in about half
+the time of the four the first format used (1.7 against 3.0 us, study 12). Tokens
+of that first format (version, epoch, user and nonce as separate components) still
+open, so an upgrade makes no client resynchronise.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ NONCE_BUFFER = 4096
 SHARED_OWNERS = 65536
 """Users whose newest shared token is remembered; beyond that the oldest is forgotten."""
 
-_VERSION = b"jmappushd resumption token 1"
+_VERSION = b"jmappushd resumption token 2"
+_VERSION_1 = b"jmappushd resumption token 1"  # four components; opened, never sealed
 _TOKEN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_LENGTH}}}")
 _MAX_POSITION = (1 << (8 * POSITION_BYTES)) - 1
 
@@ -63,13 +71,17 @@ def _b64decode(text: str) -> bytes:
 class ResumptionTokens:
     """Seals and opens the tokens of one store (key) and epoch; see the module docstring."""
 
-    __slots__ = ("_cipher", "_epoch", "_max_shared", "_nonces", "_shared", "_taken")
+    __slots__ = ("_cipher", "_epoch", "_max_shared", "_nonces", "_prefix", "_shared",
+                 "_taken")
 
     def __init__(self, key: bytes, epoch: str, max_shared: int = SHARED_OWNERS) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a resumption-token key has {KEY_BYTES} bytes, not {len(key)}")
         self._cipher = AESSIV(key)
         self._epoch = epoch.encode("utf-8")
+        if len(self._epoch) > 0xFFFF:
+            raise ValueError("a store epoch is at most 65,535 bytes")
+        self._prefix = _VERSION + len(self._epoch).to_bytes(2, "big") + self._epoch
         self._max_shared = max_shared
         self._shared: dict[str, tuple[int, str]] = {}
         self._nonces = b""
@@ -86,8 +98,9 @@ class ResumptionTokens:
             self._nonces, taken = os.urandom(NONCE_BUFFER), 0
         self._taken = taken + NONCE_BYTES
         nonce = self._nonces[taken:taken + NONCE_BYTES]
-        sealed = self._cipher.encrypt(position.to_bytes(POSITION_BYTES, "big"),
-                                      self._associated(owner, nonce))
+        sealed = self._cipher.encrypt(
+            position.to_bytes(POSITION_BYTES, "big"),
+            [self._prefix + owner.encode("utf-8", "surrogatepass") + nonce])
         return _b64encode(nonce + sealed)
 
     def shared(self, owner: str, position: int) -> str:
@@ -119,15 +132,15 @@ class ResumptionTokens:
         except (binascii.Error, ValueError):
             return None
         nonce, sealed = raw[:NONCE_BYTES], raw[NONCE_BYTES:]
+        user = owner.encode("utf-8", "surrogatepass")
         try:
-            plain = self._cipher.decrypt(sealed, self._associated(owner, nonce))
+            plain = self._cipher.decrypt(sealed, [self._prefix + user + nonce])
         except InvalidTag:
-            return None
+            try:  # a token of the first format, sealed before an upgrade
+                plain = self._cipher.decrypt(sealed, [_VERSION_1, self._epoch, user, nonce])
+            except InvalidTag:
+                return None
         return int.from_bytes(plain, "big") if len(plain) == POSITION_BYTES else None
-
-    def _associated(self, owner: str, nonce: bytes) -> list[bytes]:
-        # The nonce is the last component, as RFC 5297 §3 has it.
-        return [_VERSION, self._epoch, owner.encode("utf-8", "surrogatepass"), nonce]
 
 
 class NotStarted(ResumptionTokens):

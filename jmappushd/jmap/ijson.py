@@ -68,6 +68,14 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def has_forbidden_code_points(text: str) -> bool:
+    """Whether ``text`` holds a code point I-JSON forbids (a surrogate or a noncharacter).
+
+    For a caller that checks strings it decoded itself; ASCII text never does.
+    """
+    return not text.isascii() and _FORBIDDEN.search(text) is not None
+
+
 def _constant(name: str) -> Any:
     """Refuse the non-standard ``NaN``/``Infinity`` literals Python would accept."""
     raise _Invalid(f"{name} is not a JSON number")

@@ -41,7 +41,13 @@ from jmappushd.store.records import (
     TokenRecord,
     User,
 )
-from jmappushd.store.rules import check_digest, check_kept_keys, check_updatable, flatten, new_id
+from jmappushd.store.rules import (
+    check_digest,
+    check_kept_keys,
+    check_updatable,
+    new_id,
+    publish_json,
+)
 from jmappushd.store.schema import SYNCHRONOUS_MODES, Cursor, configure_connection, migrate
 
 P = ParamSpec("P")
@@ -271,12 +277,12 @@ class SQLiteStore:
 
     def record_changes_batch(self, batch: Sequence[StateMap]) -> Deferred[list[int]]:
         try:
-            rows = [flatten(changed) for changed in batch]
+            texts = [publish_json(changed)[0] for changed in batch]
         except (TypeError, ValueError) as error:
             return self._refuse(error)
-        if not rows:
+        if not texts:
             return self._in_turn(list)
-        return self._run(ops.BEGIN_WRITE, ops.record_batch, rows)
+        return self._run(ops.BEGIN_WRITE, ops.record_batch, texts)
 
     def changes_since(
         self, seq: int, account_ids: Collection[str]

@@ -7,15 +7,17 @@ is now s42. The change is durable before 202 is sent (DESIGN: nothing lost).
 from __future__ import annotations
 
 import hmac
+import json
 import re
 from collections.abc import Callable, Mapping
+from itertools import chain
 from typing import Any, Protocol
 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.context import App
-from jmappushd.jmap.ijson import loads
+from jmappushd.jmap.ijson import has_forbidden_code_points, loads
 from jmappushd.jmap.problems import RequestProblem
 from jmappushd.store.records import StoreClosed, StoreUnavailable
 from jmappushd.versions import daemon_version
@@ -59,6 +61,71 @@ def parse_state_change(value: Any) -> dict[str, dict[str, str]]:
     return checked
 
 
+def read_state_change(body: bytes) -> dict[str, dict[str, str]]:
+    """``parse_state_change(loads(body))``, the same value or the same error, faster.
+
+    The strict path calls back into Python for every object and every state (a
+    thousand calls each for a publish of a thousand accounts, study 12).
+    :func:`_quick_state_change` checks the common body in bulk; whatever it is not
+    sure of, it leaves to the strict path, whose answer is then the one given.
+    """
+    changed = _quick_state_change(body)
+    if changed is None:
+        changed = parse_state_change(loads(body))
+    return changed
+
+
+_IDS = re.compile(r"[A-Za-z0-9_-]{1,255}(?:\n[A-Za-z0-9_-]{1,255})*")
+_TYPES = re.compile(r"[A-Za-z][A-Za-z0-9_:.-]{0,127}(?:\n[A-Za-z][A-Za-z0-9_:.-]{0,127})*")
+_STR = {str}
+_DICT = {dict}
+
+
+def _quick_state_change(body: bytes) -> dict[str, dict[str, str]] | None:
+    """The ``changed`` map of a plain StateChange body, or None to take the strict path.
+
+    Plain: no backslash, exactly ``@type`` and ``changed``, every account a non-empty
+    object of string states. The C decoder builds it with no Python hook; the ids,
+    type names and states are checked as whole lists (one regular expression over the
+    joined names). Duplicate names, which the C decoder would silently drop, are
+    found by counting: without escapes, every colon of the text is a member's or a
+    character of a string, so the colons minus those in the decoded strings equal the
+    members decoded exactly when no member was lost. A nesting too deep for the
+    decoder, or one within its limit but beyond :data:`MAX_NESTING`, never has this
+    shape and goes to the strict path, which refuses it by name.
+    """
+    if b"\\" in body:
+        return None
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError
+        return None
+    if type(value) is not dict or len(value) != 2 or value.get("@type") != "StateChange":
+        return None
+    changed = value.get("changed")
+    if type(changed) is not dict or not changed:
+        return None
+    inner = list(changed.values())
+    if set(map(type, inner)) != _DICT or not all(inner):
+        return None
+    names = list(chain.from_iterable(inner))
+    states = list(chain.from_iterable(map(dict.values, inner)))
+    if (set(map(type, states)) != _STR or not all(states)
+            or max(map(len, states)) > MAX_STATE_LENGTH):
+        return None
+    ids, types, text = "\n".join(changed), "\n".join(names), "".join(states)
+    # A name holding the separator would pass as two: the counts rule that out.
+    if (ids.count("\n") != len(changed) - 1 or types.count("\n") != len(names) - 1
+            or not _IDS.fullmatch(ids) or not _TYPES.fullmatch(types)
+            or has_forbidden_code_points(text)):
+        return None
+    members = 2 + len(changed) + len(names)
+    if body.count(b":") - types.count(":") - text.count(":") != members:
+        return None
+    checked: dict[str, dict[str, str]] = changed
+    return checked
+
+
 def require_admin(request: Request, token: str) -> bool:
     """True for the admin bearer token; otherwise answer 401 and return False."""
     if check_admin_token(request, token):
@@ -89,7 +156,7 @@ class PublishResource(AppResource):
             return
         assert request.content is not None
         try:
-            changed = parse_state_change(loads(request.content.read()))
+            changed = read_state_change(request.content.read())
         except RequestProblem as problem:
             write_problem(request, 400, f"malformed JSON: {problem.detail}")
             return
