@@ -75,8 +75,9 @@ def read_state_change(body: bytes) -> dict[str, dict[str, str]]:
     return changed
 
 
-_IDS = re.compile(r"[A-Za-z0-9_-]{1,255}(?:\n[A-Za-z0-9_-]{1,255})*")
-_TYPES = re.compile(r"[A-Za-z][A-Za-z0-9_:.-]{0,127}(?:\n[A-Za-z][A-Za-z0-9_:.-]{0,127})*")
+# _ID and _TYPE over names joined by newlines (which neither admits).
+_IDS = re.compile(rf"{_ID.pattern}(?:\n{_ID.pattern})*")
+_TYPES = re.compile(rf"{_TYPE.pattern}(?:\n{_TYPE.pattern})*")
 _STR = {str}
 _DICT = {dict}
 
