@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from jmappushd.store import IStore, MemoryStore, PushSubscription, SQLiteStore
+from jmappushd.store import sqlite as sqlite_store
 from jmappushd.store.pgconnect import PgConnector
 from jmappushd.store.postgresql import PostgreSQLStore
 from tests.pg_server import PgServer
@@ -44,16 +45,22 @@ class Backend:
     persists: bool
 
 
-def sqlite_backend(tmp_path: Path) -> Backend:
+def sqlite_backend(tmp_path: Path, *, fold_every: int | None = None) -> Backend:
+    """``fold_every``: fold the change log after that many publishes (and states), so
+    the suite's reads meet folded states, the log, and both at once."""
     counter = iter(range(1_000_000))
+    states = sqlite_store.FOLD_STATES if fold_every is None else fold_every
+    publishes = sqlite_store.FOLD_PUBLISHES if fold_every is None else fold_every
 
     def on(path: Path) -> Maker:
-        return lambda clock: SQLiteStore(str(path), reactor, clock=clock)
+        return lambda clock: SQLiteStore(str(path), reactor, clock=clock,
+                                         fold_states=states, fold_publishes=publishes)
 
     def fresh(clock: IReactorTime | None) -> IStore:
         return on(tmp_path / f"fresh{next(counter)}.sqlite")(clock)
 
-    return Backend("sqlite", on(tmp_path / "state" / "store.sqlite"), fresh, persists=True)
+    name = "sqlite" if fold_every is None else f"sqlite-fold{fold_every}"
+    return Backend(name, on(tmp_path / "state" / "store.sqlite"), fresh, persists=True)
 
 
 def memory_backend(tmp_path: Path) -> Backend:
@@ -74,6 +81,7 @@ def postgresql_backend(server: PgServer, pool_size: int = 4) -> Backend:
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
     "sqlite": lambda request, tmp_path: sqlite_backend(tmp_path),
+    "sqlite-fold2": lambda request, tmp_path: sqlite_backend(tmp_path, fold_every=2),
     "memory": lambda request, tmp_path: memory_backend(tmp_path),
     # The session's server is started only when a PostgreSQL case runs.
     "postgresql": lambda request, tmp_path: postgresql_backend(

@@ -18,6 +18,7 @@ from jmappushd.store import (
     SchemaTooNew,
     SQLiteStore,
     StoreClosed,
+    sqlops,
 )
 from jmappushd.store import sqlite as sqlite_module
 from jmappushd.store.schema import (
@@ -180,8 +181,112 @@ def test_commit_survives_a_killed_process_before_any_checkpoint(tmp_path: Path) 
     assert result.returncode == -9
     assert (tmp_path / "killed.sqlite-wal").stat().st_size > 0
     with raw(path) as connection:
-        assert connection.execute("SELECT state, seq FROM states").fetchall() == [("s2", 2)]
+        # Both publishes are in the log, unfolded; a reader overlays it.
+        assert connection.execute("SELECT seq FROM change_log").fetchall() == [(1,), (2,)]
+        assert sqlops.states(connection.cursor(), ["A"], None) == {"A": {"Email": "s2"}}
         assert connection.execute("SELECT seq FROM store_info").fetchone()[0] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_folds_what_a_killed_process_left_in_the_log(tmp_path: Path) -> None:
+    """A writer that dies between folds leaves its publishes in the log; the next store
+    to open the file folds them into states, newest per pair, and empties the log."""
+    path = tmp_path / "left.sqlite"
+    with raw(path) as connection:
+        configure_connection(connection, "NORMAL", 5000)
+        cursor = connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        migrate(cursor)
+        sqlops.record_batch(cursor, ['{"A":{"Email":"s1","Mailbox":"m1"}}',
+                                     '{"A":{"Email":"s2"},"B":{"Email":"b1"}}'])
+        cursor.execute("COMMIT")
+    store = SQLiteStore(str(path), reactor)
+    await store.open()
+    try:
+        with raw(path) as connection:
+            assert connection.execute("SELECT count(*) FROM change_log").fetchone()[0] == 0
+            assert sorted(connection.execute("SELECT * FROM states")) == [
+                ("A", "Email", "s2", 2), ("A", "Mailbox", "m1", 1), ("B", "Email", "b1", 2)]
+        assert await store.changes_since(1, ["A", "B"]) == {"A": {"Email": "s2"},
+                                                           "B": {"Email": "b1"}}
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_log_is_folded_on_a_count_and_at_close(db_path: Path) -> None:
+    """A fold is queued behind the publish that reaches either bound, and close folds
+    what is left: between folds the log holds the publishes, after them states do."""
+    store = SQLiteStore(str(db_path), reactor, fold_states=5, fold_publishes=3)
+    await store.open()
+
+    def logged() -> int:
+        with raw(db_path) as connection:
+            return int(connection.execute("SELECT count(*) FROM change_log").fetchone()[0])
+
+    try:
+        await store.record_changes({"A": {"Email": "s1"}})
+        await store.record_changes({"A": {"Email": "s2"}})
+        assert logged() == 2
+        await store.record_changes({"B": {"Email": "b1"}})  # third publish: a fold
+        await store.position()  # queued after the fold, so it has run
+        assert logged() == 0
+        await store.record_changes({"C": {"A": "1", "B": "2", "C": "3", "D": "4"}})
+        assert logged() == 1
+        await store.record_changes({"C": {"E": "5"}})  # the fifth state since: a fold
+        await store.position()
+        assert logged() == 0
+        await store.record_changes({"A": {"Email": "s3"}})
+        assert logged() == 1
+    finally:
+        await store.close()
+    assert logged() == 0
+    with raw(db_path) as connection:
+        rows = {(a, t): (s, q) for a, t, s, q in connection.execute("SELECT * FROM states")}
+    assert rows[("A", "Email")] == ("s3", 6)
+    assert rows[("B", "Email")] == ("b1", 3)
+    assert rows[("C", "E")] == ("5", 5)
+
+
+def test_reads_overlay_the_log_on_the_folded_states() -> None:
+    """sqlops.states answers the same whatever part of the history is folded: the newest
+    state per pair, and with ``after`` only the pairs changed above it (ES-9, WS-19)."""
+    history = ['{"A":{"Email":"a1","Mailbox":"m1"},"B":{"Email":"b1"}}',
+               '{"A":{"Email":"a2"}}', '{"B":{"Email":"b2"},"C":{"Email":"c1"}}',
+               '{"A":{"Mailbox":"m2"}}', '{"C":{"Email":"c2"}}']
+    expected = {None: {"A": {"Email": "a2", "Mailbox": "m2"}, "B": {"Email": "b2"},
+                       "C": {"Email": "c2"}},
+                2: {"A": {"Mailbox": "m2"}, "B": {"Email": "b2"}, "C": {"Email": "c2"}},
+                4: {"C": {"Email": "c2"}}, 5: {}}
+    for folded in range(len(history) + 1):
+        connection = sqlite3.connect(":memory:", isolation_level=None)
+        cursor = connection.cursor()
+        migrate(cursor)
+        sqlops.record_batch(cursor, history[:folded])
+        sqlops.fold(cursor)
+        sqlops.record_batch(cursor, history[folded:])
+        assert connection.execute("SELECT count(*) FROM change_log").fetchone()[0] == (
+            len(history) - folded)
+        for after, states in expected.items():
+            assert sqlops.states(cursor, ["A", "B", "C", "D"], after) == states, (folded, after)
+        assert sqlops.states(cursor, ["B"], None) == {"B": {"Email": "b2"}}
+
+
+def test_reads_of_many_accounts_are_chunked_with_the_log() -> None:
+    """Each chunk binds its ids twice (states and log); more ids than one chunk holds
+    still answer from both."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    cursor = connection.cursor()
+    migrate(cursor)
+    ids = [f"a{i:04d}" for i in range(1200)]
+    sqlops.record_batch(cursor, ['{' + ",".join(f'"{i}":{{"Email":"f"}}' for i in ids) + '}'])
+    sqlops.fold(cursor)
+    sqlops.record_batch(cursor, ['{' + ",".join(f'"{i}":{{"Email":"l"}}' for i in ids[::2])
+                                 + '}'])
+    read = sqlops.states(cursor, ids, None)
+    assert len(read) == 1200
+    assert {i for i, s in read.items() if s == {"Email": "l"}} == set(ids[::2])
+    assert set(sqlops.states(cursor, ids, 1)) == set(ids[::2])
 
 
 @pytest_twisted.ensureDeferred
@@ -322,8 +427,9 @@ async def test_record_changes_committed_when_fired(store: SQLiteStore, db_path: 
     """When record_changes fires, another connection already sees the change (committed)."""
     seq = await store.record_changes({"A": {"Email": "s1"}})
     with raw(db_path) as connection:
-        row = connection.execute("SELECT state, seq FROM states WHERE account_id = 'A'").fetchone()
-    assert row == ("s1", seq)
+        row = connection.execute("SELECT changed FROM change_log WHERE seq = ?", (seq,))
+        assert row.fetchone() == ('{"A":{"Email":"s1"}}',)
+        assert sqlops.states(connection.cursor(), ["A"], seq - 1) == {"A": {"Email": "s1"}}
 
 
 # -- two processes on one file --
@@ -412,3 +518,15 @@ async def test_reader_not_blocked_by_writer(store: SQLiteStore, db_path: Path) -
         other.execute("ROLLBACK")
         other.close()
 
+
+
+def test_v4_adds_the_change_log_and_keeps_the_states() -> None:
+    """A version-3 file upgrades in place: its states stay and read as before, with an
+    empty log beside them."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    assert migrate(connection.cursor(), MIGRATIONS[:3]) == (0, 3)
+    connection.execute("INSERT INTO states VALUES ('A', 'Email', 's1', 7)")
+    assert migrate(connection.cursor(), MIGRATIONS[:4]) == (3, 4)
+    assert connection.execute("SELECT count(*) FROM change_log").fetchone()[0] == 0
+    assert sqlops.states(connection.cursor(), ["A"], 6) == {"A": {"Email": "s1"}}
+    assert sqlops.states(connection.cursor(), ["A"], 7) == {}

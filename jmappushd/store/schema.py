@@ -110,8 +110,19 @@ ALTER TABLE push_subscriptions ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE push_subscriptions ADD COLUMN backoff_until REAL;
 """
 
+# Issue 16: a publish appends its changed map whole, one row per publish, and the
+# store folds the log into ``states`` (each pair's newest state) every few thousand
+# states, so a publish writes a page or two instead of one ``states`` page per account.
+# Readers see ``states`` overlaid with the rows not folded yet (sqlops.states).
+_V4 = """
+CREATE TABLE change_log (
+    seq INTEGER PRIMARY KEY,
+    changed TEXT NOT NULL
+);
+"""
+
 # Migration i brings the schema to version i + 1.
-MIGRATIONS: Sequence[str] = (_V1, _V2, _V3)
+MIGRATIONS: Sequence[str] = (_V1, _V2, _V3, _V4)
 
 
 def split_statements(script: str) -> list[str]:

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jmappushd.store import pushops
@@ -55,6 +56,15 @@ T = TypeVar("T")
 
 # The ordering guarantees need exactly one SQL thread holding one connection.
 SQL_THREADS = 1
+
+FOLD_STATES = 4096
+"""Fold the change log into ``states`` once this many account states were logged since
+the last fold (study 13). A bigger log makes each fold write fewer pages per change and
+each catch-up read scan more; this bounds a read's scan to a few thousand states."""
+
+FOLD_PUBLISHES = 512
+"""... or once this many publishes were logged, whatever their size: a catch-up read
+parses each logged publish."""
 
 
 # -- helpers run on the pool thread outside any transaction --
@@ -86,6 +96,7 @@ def _disconnect(pool: adbapi.ConnectionPool) -> None:
         pool.disconnect(connection)
 
 
+
 @implementer(IStore)
 class SQLiteStore:
     """IStore on one SQLite file (or ``":memory:"`` for throwaway use).
@@ -93,7 +104,9 @@ class SQLiteStore:
     ``reactor`` must provide IReactorCore and IReactorFromThreads (any real
     reactor does); ``clock`` stamps ``created`` times and defaults to the reactor.
     ``synchronous`` is ``NORMAL`` (durable against process crashes) or ``FULL``
-    (also against power loss); see ``schema.configure_connection``.
+    (also against power loss); see ``schema.configure_connection``. ``fold_states``
+    and ``fold_publishes`` say how much of the change log waits for a fold
+    (:data:`FOLD_STATES`, :data:`FOLD_PUBLISHES`).
     """
 
     log = Logger()
@@ -106,6 +119,8 @@ class SQLiteStore:
         clock: IReactorTime | None = None,
         synchronous: str = "NORMAL",
         busy_timeout_ms: int = 5000,
+        fold_states: int = FOLD_STATES,
+        fold_publishes: int = FOLD_PUBLISHES,
     ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
@@ -115,9 +130,14 @@ class SQLiteStore:
         self._clock = clock if clock is not None else IReactorTime(reactor)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
+        self._fold_states = fold_states
+        self._fold_publishes = fold_publishes
         self._pool: adbapi.ConnectionPool | None = None
         # Touched only on the one SQL thread, inside the creating transaction.
         self._creations = CreationWindows()
+        # What this store logged since its last fold was queued (reactor thread only).
+        self._logged_states = 0
+        self._logged_publishes = 0
 
     # -- lifecycle --
 
@@ -145,6 +165,8 @@ class SQLiteStore:
         try:
             await deferToThreadPool(self._threads, pool.threadpool, _prepare_path, self.path)
             found, version = await self._run(ops.BEGIN_WRITE, migrate)
+            # What a process that stopped without closing left in the log.
+            await self._run(ops.BEGIN_WRITE, ops.fold)
         except BaseException:
             await self.close()
             raise
@@ -165,7 +187,11 @@ class SQLiteStore:
         pool, self._pool = self._pool, None
         if pool is None:
             return succeed(None)
-        # Queued interactions run first: the pool thread is FIFO.
+        # Queued interactions run first: the pool thread is FIFO. The file is left with
+        # an empty log; a fold that fails loses nothing (readers overlay the log, the
+        # next open folds it).
+        folded = pool.runInteraction(ops.in_transaction, ops.BEGIN_WRITE, ops.fold)
+        folded.addErrback(self._fold_failed)
         done: Deferred[None] = deferToThreadPool(
             self._threads, pool.threadpool, _disconnect, pool
         )
@@ -277,12 +303,28 @@ class SQLiteStore:
 
     def record_changes_batch(self, batch: Sequence[StateMap]) -> Deferred[list[int]]:
         try:
-            texts = [publish_json(changed)[0] for changed in batch]
+            encoded = [publish_json(changed) for changed in batch]
         except (TypeError, ValueError) as error:
             return self._refuse(error)
-        if not texts:
+        if not encoded:
             return self._in_turn(list)
-        return self._run(ops.BEGIN_WRITE, ops.record_batch, texts)
+        recorded = self._run(ops.BEGIN_WRITE, ops.record_batch, [t for t, _ in encoded])
+        self._logged_publishes += len(encoded)
+        self._logged_states += sum(n for _, n in encoded)
+        if (self._logged_states >= self._fold_states
+                or self._logged_publishes >= self._fold_publishes):
+            self._fold()
+        return recorded
+
+    def _fold(self) -> None:
+        """Queue a fold behind the publish that filled the log: that publish is
+        answered first, calls made after it wait for the fold (the thread is FIFO)."""
+        self._logged_states = self._logged_publishes = 0
+        self._run(ops.BEGIN_WRITE, ops.fold).addErrback(self._fold_failed)
+
+    def _fold_failed(self, failure: Failure) -> None:
+        # Nothing is lost: the log stays and readers overlay it; the next fold retries.
+        self.log.failure("Folding the change log into states failed", failure)
 
     def changes_since(
         self, seq: int, account_ids: Collection[str]

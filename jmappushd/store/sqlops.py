@@ -27,15 +27,34 @@ BEGIN_READ = "BEGIN"
 _MAX_IN_LIST = 500  # well under SQLite's bound-parameter limit
 _USER_COLUMNS = "id, name, password_hash, primary_account_id, created"
 _TAKE_SEQS = "UPDATE store_info SET seq = seq + ? WHERE id = 1 RETURNING seq"
-_UPSERT_STATES_JSON = (
+_APPEND_LOG = (
     # [{account: {type: state}}, ...]: publish k of the array takes seq first + k.
-    # "WHERE true" keeps the upsert clause from being read as part of the SELECT (a
-    # documented ambiguity).
+    "INSERT INTO change_log (seq, changed) SELECT ? + key, value FROM json_each(?)"
+)
+# Each pair's newest state in the log, upserted in key order (the GROUP BY sorts, so
+# the B-tree is walked once, left to right). The bare ``state`` column takes its value
+# from the row of ``max(seq)`` (SQLite's documented rule for a lone max()). "WHERE
+# true" keeps the upsert clause from being read as part of the SELECT (a documented
+# ambiguity); the upsert's WHERE keeps a newer row that another process folded first.
+_FOLD = (
     "INSERT INTO states (account_id, type, state, seq) "
-    "SELECT a.key, t.key, t.value, ? + p.key "
-    "FROM json_each(?) AS p, json_each(p.value) AS a, json_each(a.value) AS t "
-    "WHERE true ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, "
+    "SELECT a.key, t.key, t.value, max(l.seq) "
+    "FROM change_log AS l, json_each(l.changed) AS a, json_each(a.value) AS t "
+    "WHERE true GROUP BY a.key, t.key "
+    "ON CONFLICT (account_id, type) DO UPDATE SET state = excluded.state, "
     "seq = excluded.seq WHERE excluded.seq > states.seq"
+)
+# The states of some accounts: folded rows and the log above the fold, newest per pair.
+# ``{ids}`` and ``{after}`` are placeholders only; every value is a bound parameter.
+_STATES = (
+    "SELECT account_id, type, state, max(seq) FROM ("
+    "SELECT account_id, type, state, seq FROM states "
+    "WHERE account_id IN ({ids}){after} "
+    "UNION ALL "
+    "SELECT a.key, t.key, t.value, l.seq "
+    "FROM change_log AS l, json_each(l.changed) AS a, json_each(a.value) AS t "
+    "WHERE a.key IN ({ids}){log_after}"
+    ") GROUP BY account_id, type"
 )
 
 
@@ -205,14 +224,13 @@ def position(cursor: Cursor) -> tuple[str, int]:
 
 def record_batch(cursor: Cursor, texts: list[str]) -> list[int]:
     """Give each publish of ``texts`` (its ``changed`` map as JSON) the next seq and
-    upsert all their rows at once.
+    append them to the change log.
 
     Two statements whatever the batch: every statement lets go of the GIL and takes it
-    back, a hand-off the reactor thread pays for while it fans out (study 11), and
-    ``executemany`` did that once per row. The seq moves and is read in one ``UPDATE
-    ... RETURNING``; SQLite walks the publishes' own JSON into rows (study 12: no
-    Python tuple per row, no second encoding). The upsert's ``WHERE`` keeps the newest
-    seq when two publishes of one batch name the same pair.
+    back, a hand-off the reactor thread pays for while it fans out (study 11). The seq
+    moves and is read in one ``UPDATE ... RETURNING``; the log takes each publish's own
+    JSON as one row (no Python tuple per account, no second encoding), and :func:`fold`
+    writes the pairs into ``states`` later, many publishes at once (study 13).
     """
     # BEGIN IMMEDIATE holds the write lock from this update to the commit, so the
     # daemon and jmappushctl never hand out the same seq.
@@ -220,27 +238,39 @@ def record_batch(cursor: Cursor, texts: list[str]) -> list[int]:
     last = int(cursor.fetchone()[0])
     first = last - len(texts) + 1
     if texts:
-        cursor.execute(_UPSERT_STATES_JSON, (first, "[" + ",".join(texts) + "]"))
+        cursor.execute(_APPEND_LOG, (first, "[" + ",".join(texts) + "]"))
     return list(range(first, last + 1))
 
 
+def fold(cursor: Cursor) -> int:
+    """Fold the whole change log into ``states`` and empty it; returns the publishes
+    folded. The log is read and deleted in one write transaction, so a publish of
+    another process (which holds the same lock to append) is either folded or kept."""
+    cursor.execute(_FOLD)
+    cursor.execute("DELETE FROM change_log")
+    return int(cursor.rowcount)
+
+
 def _chunks(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _MAX_IN_LIST):
-        yield items[start : start + _MAX_IN_LIST]
+    # Each chunk's ids are bound twice (states, then the log).
+    for start in range(0, len(items), _MAX_IN_LIST // 2):
+        yield items[start : start + _MAX_IN_LIST // 2]
 
 
 def states(cursor: Cursor, account_ids: list[str], after: int | None) -> dict[str, dict[str, str]]:
+    """Each pair's newest state among ``account_ids`` (only those above seq ``after``
+    when given): ``states`` overlaid with the log not folded yet."""
     result: dict[str, dict[str, str]] = {}
     for chunk in _chunks(account_ids):
-        placeholders = ", ".join("?" * len(chunk))
-        # Only "?" placeholders are formatted in; the ids are bound parameters.
-        sql = f"SELECT account_id, type, state FROM states WHERE account_id IN ({placeholders})"  # noqa: S608
-        params: list[Any] = list(chunk)
-        if after is not None:
-            sql += " AND seq > ?"
-            params.append(after)
+        ids = ", ".join("?" * len(chunk))
+        if after is None:
+            sql = _STATES.format(ids=ids, after="", log_after="")
+            params: list[Any] = [*chunk, *chunk]
+        else:
+            sql = _STATES.format(ids=ids, after=" AND seq > ?", log_after=" AND l.seq > ?")
+            params = [*chunk, after, *chunk, after]
         cursor.execute(sql, params)
-        for account_id, type_name, state in cursor.fetchall():
+        for account_id, type_name, state, _ in cursor.fetchall():
             result.setdefault(account_id, {})[type_name] = state
     return result
 
