@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from jmappushd.core.hub import Change
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jmappushd.core.hub import Change, restrict
 from jmappushd.core.views import MAX_TOKENS_PER_VIEW, MAX_VIEWS, ViewCache
 
 
@@ -90,5 +93,38 @@ def test_one_view_keeps_bytes_per_token_bounded() -> None:
     assert views.encode(own, "t-alice", A, None) is alice and encoder.calls == 2
     for i in range(MAX_TOKENS_PER_VIEW + 10):
         views.encode(own, f"t{i}", A, None)
-    assert len(views._entries[(A, None)].encoded) == MAX_TOKENS_PER_VIEW
+    assert len(views._singles["A"].encoded) == MAX_TOKENS_PER_VIEW
     assert views.encode(own, "t-late", A, None) == b"t-late:['A']"
+
+
+def test_one_account_views_are_bounded_too() -> None:
+    """The one-account, every-type views have their own table, bounded the same way."""
+    many = Change(3, {f"a{i}": {"Email": str(i)} for i in range(MAX_VIEWS + 10)})
+    views = ViewCache(CountingEncoder())
+    for i in range(MAX_VIEWS + 10):
+        assert views.restricted(many, frozenset({f"a{i}"}), None) == {f"a{i}": {"Email": str(i)}}
+    assert len(views._singles) == MAX_VIEWS and not views._entries
+
+
+_IDS = st.sampled_from(["A", "B", "C", "D"])
+_TYPE = st.sampled_from(["Email", "Mailbox", "Thread"])
+
+
+@given(changed=st.dictionaries(_IDS, st.dictionaries(_TYPE, st.just("s"), max_size=3),
+                               max_size=4),
+       views=st.lists(st.tuples(st.frozensets(_IDS, min_size=1, max_size=3),
+                                st.none() | st.frozensets(_TYPE, max_size=3)), max_size=8))
+def test_every_view_restricts_as_restrict_does(
+        changed: dict[str, dict[str, str]],
+        views: list[tuple[frozenset[str], frozenset[str] | None]]) -> None:
+    """ES-12: whichever table a view is kept in (one account and every type, or any
+    other), what it sees is what ``restrict`` gives, in any order of listeners, and its
+    bytes are its own."""
+    cache = ViewCache(CountingEncoder())
+    change = Change(1, changed)
+    for account_ids, types in [*views, *views]:
+        seen = cache.restricted(change, account_ids, types)
+        assert seen == restrict(changed, account_ids, types)
+        if seen:
+            assert cache.encode(seen, TOKEN, account_ids, types) == (
+                f"{TOKEN}:{sorted(seen)}".encode())

@@ -20,16 +20,15 @@ from jmappushd.store import (
     StoreClosed,
     sqlops,
 )
-from jmappushd.store import sqlite as sqlite_module
 from jmappushd.store.schema import (
     MIGRATIONS,
     PAGE_SIZE,
     WAL_CHECKPOINT_BYTES,
+    Cursor,
     configure_connection,
     migrate,
     split_statements,
 )
-from jmappushd.store.sqlite import SQL_THREADS
 
 DIGEST_1 = bytes(range(32))
 
@@ -387,22 +386,51 @@ async def test_remove_user_deletes_rows_without_foreign_keys(store: SQLiteStore,
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_sql_thread_is_enforced(store: SQLiteStore) -> None:
-    """The call-order guarantees rest on one SQL thread: open() sets it up that way, and
-    the pool's thread count is what the module promises."""
-    pool = store._pool
-    assert pool is not None
-    assert (pool.threadpool.min, pool.threadpool.max) == (SQL_THREADS, SQL_THREADS) == (1, 1)
+async def test_all_sql_runs_on_one_thread_in_call_order(store: SQLiteStore) -> None:
+    """The call-order guarantees rest on one SQL thread: every transaction and every
+    answer without SQL runs on the same thread, not the reactor's, in call order."""
+    import threading
+
+    seen: list[tuple[str, int]] = []
+
+    def body(cursor: object, name: str) -> str:
+        seen.append((name, threading.get_ident()))
+        return name
+
+    calls = [store._in_turn(lambda: body(None, "answer")) if i == 10
+             else store._run("BEGIN", body, f"t{i}") for i in range(20)]
+    results = await DeferredList(calls, fireOnOneErrback=True)
+    assert [r for _, r in results] == [name for name, _ in seen]
+    assert [name for name, _ in seen][10] == "answer"
+    assert len({ident for _, ident in seen}) == 1
+    assert seen[0][1] != threading.get_ident()
 
 
 @pytest_twisted.ensureDeferred
-async def test_more_sql_threads_are_refused(db_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pool of more than one SQL thread would break call order: open() refuses it and
-    the store stays closed."""
-    monkeypatch.setattr(sqlite_module, "SQL_THREADS", 2)
-    store = SQLiteStore(str(db_path), reactor)
-    with pytest.raises(RuntimeError, match="one SQL thread"):
+async def test_a_failed_body_rolls_back_and_the_thread_goes_on(store: SQLiteStore,
+                                                               db_path: Path) -> None:
+    """A transaction body that raises is rolled back (nothing it wrote stays) and its
+    error reaches the caller; the next call runs normally."""
+
+    def half_then_fail(cursor: Cursor) -> None:
+        cursor.execute("INSERT INTO meta (key, value) VALUES ('half', 'x')")
+        raise ValueError("body failed")
+
+    with pytest.raises(ValueError, match="body failed"):
+        await store._run(sqlops.BEGIN_WRITE, half_then_fail)
+    assert await store.get_meta("half") is None
+    await store.set_meta("after", "y")
+    assert await store.get_meta("after") == "y"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_that_cannot_open_fails_each_call_cleanly(tmp_path: Path) -> None:
+    """A file SQLite cannot open fails open() with SQLite's error, and the store is
+    closed afterwards (no thread left waiting)."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    store = SQLiteStore(str(blocker / "db.sqlite"), reactor)
+    with pytest.raises(OSError):
         await store.open()
     with pytest.raises(StoreClosed):
         await store.position()

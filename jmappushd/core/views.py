@@ -42,13 +42,16 @@ class _View:
 class ViewCache:
     """Shared by every listener of one transport; see the module docstring."""
 
-    __slots__ = ("_entries", "_last", "_seq", "encoder")
+    __slots__ = ("_entries", "_last", "_seq", "_singles", "encoder")
 
     def __init__(self, encoder: Encoder | None = None) -> None:
         # None: a transport that only restricts here (Web Push encrypts per subscription).
         self.encoder: Encoder = encoder if encoder is not None else _no_encoder
         self._seq = -1
         self._entries: dict[tuple[frozenset[str], Types], _View] = {}
+        # Views of one account and every type (a user with one account, the usual
+        # listener), keyed by the account id alone: no key tuple, no walk (study 13).
+        self._singles: dict[str, _View] = {}
         # The entry ``restricted`` returned last: an immediate flush encodes right after
         # it, so the hot path needs no second lookup.
         self._last: _View | None = None
@@ -57,8 +60,20 @@ class ViewCache:
                    ) -> dict[str, Mapping[str, str]]:
         """``change`` as this view sees it (read-only; empty when nothing is visible)."""
         if change.seq != self._seq:
-            self._seq, self._entries = change.seq, {}
+            self._seq, self._entries, self._singles = change.seq, {}, {}
             self._last = None
+        if types is None and len(account_ids) == 1:
+            (account_id,) = account_ids
+            entry = self._singles.get(account_id)
+            if entry is None:
+                type_states = change.changed.get(account_id)
+                if not type_states:
+                    return {}
+                entry = _View({account_id: type_states})  # what restrict would give
+                if len(self._singles) < MAX_VIEWS:
+                    self._singles[account_id] = entry
+            self._last = entry
+            return entry.restricted
         key = (account_ids, types)
         entry = self._entries.get(key)
         if entry is None:
@@ -68,13 +83,19 @@ class ViewCache:
         self._last = entry
         return entry.restricted
 
+    def _entry(self, account_ids: frozenset[str], types: Types) -> _View | None:
+        if types is None and len(account_ids) == 1:
+            (account_id,) = account_ids
+            return self._singles.get(account_id)
+        return self._entries.get((account_ids, types))
+
     def encode(self, changed: StateMap, token: str, account_ids: frozenset[str],
                types: Types) -> bytes:
         """The wire bytes; reuses those of the view when ``changed`` is its unmerged map
         and ``token`` one it was encoded with already."""
         entry = self._last
         if entry is None or entry.restricted is not changed:
-            entry = self._entries.get((account_ids, types))
+            entry = self._entry(account_ids, types)
         if entry is None or entry.restricted is not changed:
             return self.encoder(changed, token)
         encoded = entry.encoded.get(token)

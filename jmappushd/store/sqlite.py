@@ -21,10 +21,8 @@ import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -50,12 +48,10 @@ from jmappushd.store.rules import (
     publish_json,
 )
 from jmappushd.store.schema import SYNCHRONOUS_MODES, Cursor, configure_connection, migrate
+from jmappushd.store.sqlthread import SQLThread
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-# The ordering guarantees need exactly one SQL thread holding one connection.
-SQL_THREADS = 1
 
 FOLD_STATES = 4096
 """Fold the change log into ``states`` once this many account states were logged since
@@ -67,7 +63,7 @@ FOLD_PUBLISHES = 512
 parses each logged publish."""
 
 
-# -- helpers run on the pool thread outside any transaction --
+# -- helpers run on the SQL thread outside any transaction --
 
 
 def _prepare_path(path: str) -> None:
@@ -87,14 +83,6 @@ def _prepare_path(path: str) -> None:
         os.fchmod(fd, 0o600)  # independent of the umask
     finally:
         os.close(fd)
-
-
-def _disconnect(pool: adbapi.ConnectionPool) -> None:
-    # Closing the last connection checkpoints the WAL: file I/O, so on the pool thread.
-    connection = pool.connections.get(pool.threadID())
-    if connection is not None:
-        pool.disconnect(connection)
-
 
 
 @implementer(IStore)
@@ -132,7 +120,7 @@ class SQLiteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._fold_states = fold_states
         self._fold_publishes = fold_publishes
-        self._pool: adbapi.ConnectionPool | None = None
+        self._sql: SQLThread | None = None
         # Touched only on the one SQL thread, inside the creating transaction.
         self._creations = CreationWindows()
         # What this store logged since its last fold was queued (reactor thread only).
@@ -142,28 +130,15 @@ class SQLiteStore:
     # -- lifecycle --
 
     def open(self) -> Deferred[None]:
-        if self._pool is not None:
+        if self._sql is not None:
             return fail(RuntimeError("store is already open"))
-        self._pool = adbapi.ConnectionPool(
-            "sqlite3",
-            self.path,
-            check_same_thread=False,
-            isolation_level=None,  # we issue BEGIN ourselves
-            timeout=self._busy_timeout_ms / 1000,
-            cp_min=SQL_THREADS,
-            cp_max=SQL_THREADS,
-            cp_openfun=self._configure,
-            cp_reactor=self._reactor,
-        )
-        if (self._pool.threadpool.min, self._pool.threadpool.max) != (1, 1):
-            self._pool = None
-            return fail(RuntimeError("the SQLite store's call order needs one SQL thread"))
-        self._pool.start()
-        return Deferred.fromCoroutine(self._open(self._pool))
+        self._sql = SQLThread(self._threads, self._connect, "jmappushd-sqlite")
+        self._sql.start()
+        return Deferred.fromCoroutine(self._open(self._sql))
 
-    async def _open(self, pool: adbapi.ConnectionPool) -> None:
+    async def _open(self, sql: SQLThread) -> None:
         try:
-            await deferToThreadPool(self._threads, pool.threadpool, _prepare_path, self.path)
+            await sql.call(_prepare_path, self.path)
             found, version = await self._run(ops.BEGIN_WRITE, migrate)
             # What a process that stopped without closing left in the log.
             await self._run(ops.BEGIN_WRITE, ops.fold)
@@ -177,31 +152,32 @@ class SQLiteStore:
             version=version,
         )
 
-    def _configure(self, connection: sqlite3.Connection) -> None:
-        """adbapi's cp_openfun: runs on the pool thread right after connecting."""
-        mode = configure_connection(connection, self._synchronous, self._busy_timeout_ms)
+    def _connect(self) -> sqlite3.Connection:
+        """The SQL thread's connection, made there on first use."""
+        connection = sqlite3.connect(
+            self.path,
+            check_same_thread=False,  # made on the SQL thread, closed there too
+            isolation_level=None,  # we issue BEGIN ourselves
+            timeout=self._busy_timeout_ms / 1000,
+        )
+        try:
+            mode = configure_connection(connection, self._synchronous, self._busy_timeout_ms)
+        except BaseException:
+            connection.close()
+            raise
         if mode.lower() != "wal" and self.path != ":memory:":
             self.log.warn("SQLite journal mode is {mode}, not WAL", mode=mode)
+        return connection
 
     def close(self) -> Deferred[None]:
-        pool, self._pool = self._pool, None
-        if pool is None:
+        sql, self._sql = self._sql, None
+        if sql is None:
             return succeed(None)
-        # Queued interactions run first: the pool thread is FIFO. The file is left with
-        # an empty log; a fold that fails loses nothing (readers overlay the log, the
-        # next open folds it).
-        folded = pool.runInteraction(ops.in_transaction, ops.BEGIN_WRITE, ops.fold)
-        folded.addErrback(self._fold_failed)
-        done: Deferred[None] = deferToThreadPool(
-            self._threads, pool.threadpool, _disconnect, pool
-        )
-
-        def stop(result: object) -> object:
-            pool.close()
-            return result
-
-        done.addBoth(stop)
-        return done.addCallback(lambda _: None)
+        # Queued calls run first: the thread is FIFO. The file is left with an empty
+        # log; a fold that fails loses nothing (readers overlay the log, the next open
+        # folds it). Closing the connection checkpoints the WAL, on the SQL thread.
+        sql.transaction(ops.BEGIN_WRITE, ops.fold).addErrback(self._fold_failed)
+        return sql.stop()
 
     def _run(
         self,
@@ -210,19 +186,16 @@ class SQLiteStore:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> Deferred[T]:
-        """Run ``body`` in one transaction on the pool thread."""
-        if self._pool is None:
+        """Run ``body`` in one transaction on the SQL thread."""
+        if self._sql is None:
             return fail(StoreClosed("the store is not open"))
-        result: Deferred[T] = self._pool.runInteraction(
-            ops.in_transaction, begin, body, *args, **kwargs
-        )
-        return result
+        return self._sql.transaction(begin, body, *args, **kwargs)
 
     def _in_turn(self, answer: Callable[[], T]) -> Deferred[T]:
         """Answer without SQL but in call order: through the same FIFO thread."""
-        if self._pool is None:
+        if self._sql is None:
             return fail(StoreClosed("the store is not open"))
-        return deferToThreadPool(self._threads, self._pool.threadpool, answer)
+        return self._sql.call(answer)
 
     def _refuse(self, error: Exception) -> Deferred[T]:
         """Fail a call with a bad argument in its turn, not ahead of earlier calls."""
