@@ -40,7 +40,9 @@ TURNS = ("daemon", "baseline", "baseline", "daemon")
 def publish(server: Server, accounts_file: str, batch: int, rounds: int) -> dict[str, Any]:
     result = subprocess.run(
         [PYTHON, "-m", "benchmarks.load_publish", "--port", str(server.admin_port),
-         "--token", server.admin_token, "--accounts-file", accounts_file,
+         # One argument: a token may begin with "-" (base64url), which argparse would
+         # take for an option.
+         f"--token={server.admin_token}", "--accounts-file", accounts_file,
          "--batch", str(batch), "--rounds", str(rounds),
          "--connections", str(PUBLISH_CONNECTIONS)],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
