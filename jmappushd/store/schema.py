@@ -16,7 +16,7 @@ from jmappushd.store.records import SchemaTooNew
 
 
 class Cursor(Protocol):
-    """The part of a DB-API cursor the transaction bodies use (adbapi proxies it)."""
+    """The part of a DB-API cursor the transaction bodies use."""
 
     @property
     def rowcount(self) -> int: ...

@@ -1,8 +1,8 @@
-"""The embedded default store: one SQLite file, reached through adbapi.
+"""The embedded default store: one SQLite file, reached through one SQL thread.
 
 The ordering guarantees of :mod:`jmappushd.store.interface` rest on one rule,
-enforced in :meth:`SQLiteStore.open`: all SQL runs on **one** pool thread with
-**one** connection. That thread takes work first in, first out, and hands each
+kept by :class:`~jmappushd.store.sqlthread.SQLThread`: all SQL runs on **one** thread
+with **one** connection. That thread takes work first in, first out, and hands each
 result back to the reactor in the same order, so calls complete in call order
 and every call sees all calls made before it. Answers that need no SQL (an
 argument error, an empty batch) go through the same thread, so they keep their

@@ -1,14 +1,14 @@
 """SQL for the SQLite store: transaction bodies that each take a cursor.
 
-Every function here runs on the store's pool thread inside one transaction
-opened by ``in_transaction``; they hold no state, so they can also be tested
-directly against a plain ``sqlite3`` cursor.
+Every function here runs on the store's SQL thread inside one transaction that
+``sqlthread.SQLThread.transaction`` opens with ``BEGIN_WRITE`` or ``BEGIN_READ``; they
+hold no state, so they can also be tested directly against a plain ``sqlite3`` cursor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from jmappushd.store.records import (
     Account,
@@ -19,8 +19,6 @@ from jmappushd.store.records import (
     UserExists,
 )
 from jmappushd.store.schema import Cursor
-
-T = TypeVar("T")
 
 BEGIN_WRITE = "BEGIN IMMEDIATE"
 BEGIN_READ = "BEGIN"
@@ -56,14 +54,6 @@ _STATES = (
     "WHERE a.key IN ({ids}){log_after}"
     ") GROUP BY account_id, type"
 )
-
-
-def in_transaction(
-    cursor: Cursor, begin: str, body: Callable[..., T], *args: Any, **kwargs: Any
-) -> T:
-    # adbapi commits when this returns and rolls back when it raises.
-    cursor.execute(begin)
-    return body(cursor, *args, **kwargs)
 
 
 def _bump_auth(cursor: Cursor) -> None:
