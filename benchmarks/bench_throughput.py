@@ -8,11 +8,13 @@ The last round's state is ``final``; the rate counts only when every client
 has seen ``final`` on its own account: changes published / (time the last
 client saw ``final`` - time the first publish was sent).
 
-The daemon and the bare server take turns, daemon - bare - bare - daemon (the second
-pass with the batch sizes in reverse order), and each ratio is the mean of the
+The daemon and the bare server take turns, daemon - bare - bare - daemon, twice (every
+second pass with the batch sizes in reverse order), and each ratio is the mean of the
 daemon's rates at a batch size over the mean of the bare server's: on a shared
 machine the load of other processes moves within a run, and a fixed order would
-charge it to one side. Smoke runs take one turn each.
+charge it to one side. Two turns each left a ratio good to about +-0.15 on the 2-core
+VM (study 14); four narrow the mean's spread by about 30 % (1/sqrt(2)). Smoke runs take
+one turn each.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ TARGET = 20_000
 # smaller a publish, the more its fixed cost (the request, the store transaction and its
 # thread hand-off) weighs against the one event per change both servers write.
 RATIO_TARGETS = {1000: 0.95, 100: 0.95, 10: 0.80}
-TURNS = ("daemon", "baseline", "baseline", "daemon")
+TURNS = ("daemon", "baseline", "baseline", "daemon") * 2
 
 
 def publish(server: Server, accounts_file: str, batch: int, rounds: int) -> dict[str, Any]:
@@ -142,7 +144,7 @@ def run(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"accounts": n, "turns": list(turns), "runs": [],
                            "baseline": {"runs": []}}
     for turn, side in enumerate(turns):
-        sizes = batches if turn < 2 else batches[::-1]
+        sizes = batches if turn // 2 % 2 == 0 else batches[::-1]
         server: Server
         if side == "daemon":
             server = Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag=f"throughput-daemon{turn}")
