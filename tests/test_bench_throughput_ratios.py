@@ -26,5 +26,10 @@ def test_targets_follow_the_issue_per_batch_size() -> None:
 
 
 def test_turns_alternate_so_neither_side_always_goes_first() -> None:
-    """daemon - bare - bare - daemon: each side's mean turn is at the same time."""
-    assert TURNS == ("daemon", "baseline", "baseline", "daemon")
+    """daemon - bare - bare - daemon, twice (four turns each, study 13 run 5): each
+    side's mean turn is at the same time."""
+    assert TURNS == ("daemon", "baseline", "baseline", "daemon") * 2
+    positions = {side: [i for i, s in enumerate(TURNS) if s == side]
+                 for side in ("daemon", "baseline")}
+    assert len(positions["daemon"]) == len(positions["baseline"]) == 4
+    assert sum(positions["daemon"]) == sum(positions["baseline"])
