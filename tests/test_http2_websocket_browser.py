@@ -27,15 +27,32 @@ from tests.test_websocket_helpers import self_signed
 
 OPEN_SOCKET = """async (url) => {
   window.received = [];
+  window.onReceived = () => {};
   const ws = new WebSocket(url, "jmap");
   window.jmapSocket = ws;
-  ws.onmessage = (e) => window.received.push(e.data);
+  ws.onmessage = (e) => { window.received.push(e.data); window.onReceived(); };
   await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
   ws.send(JSON.stringify({"@type": "WebSocketPushEnable", "dataTypes": null}));
   ws.send(JSON.stringify({"@type": "Request", "id": "r1",
     "using": ["urn:ietf:params:jmap:core"], "methodCalls": [["Core/echo", {}, "c1"]]}));
   return ws.protocol;
 }"""
+
+# The demo page's CSP has no 'unsafe-eval', and Playwright's wait_for_function polls a
+# string predicate through eval: it fails whenever the first check comes too early. A
+# function handed to evaluate() is not eval'd, so the wait is a promise the socket's
+# onmessage settles.
+WAIT_FOR = """([n, ms]) => new Promise((resolve, reject) => {
+  const timer = setTimeout(() => reject(new Error(`${window.received.length} of ${n} messages`)), ms);
+  const check = () => {
+    if (window.received.length < n) return;
+    clearTimeout(timer);
+    window.onReceived = () => {};
+    resolve(window.received);
+  };
+  window.onReceived = check;
+  check();
+})"""
 
 
 class Page:
@@ -60,8 +77,8 @@ class Page:
         return str(self.page.evaluate(OPEN_SOCKET, url))
 
     def wait_for(self, n: int) -> list[Any]:
-        self.page.wait_for_function(f"window.received.length >= {n}")
-        return [json.loads(m) for m in self.page.evaluate("window.received")]
+        received = self.page.evaluate(WAIT_FOR, [n, TIMEOUT_MS])
+        return [json.loads(m) for m in received]
 
     def close(self) -> None:
         self._browser.close()
