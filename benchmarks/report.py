@@ -242,16 +242,19 @@ def _webpush(w: dict[str, Any], plot: str | None) -> str:
              w["pywebpush_vs_floor"]),
             ("floor (keygen, ECDH, HKDF via HMAC, AES-GCM)", cpu["floor"], 1.0)]
     d = w["deliveries"]
-    drows = [(name, v["ok"], v["failed"], v["per_s"]) for name, v in d.items()
-             if isinstance(v, dict)]
+    drows = [(name, v["ok"], v["failed"], v["per_s"], v.get("cpu_us", "-"),
+              v.get("receiver_cpu_us", "-")) for name, v in d.items() if isinstance(v, dict)]
     return heading("4. Web Push pipeline") + (
         "Per-message CPU (best of interleaved repetitions, same encoded body for all):\n\n"
     ) + table(("path", "us/message", "x floor"), rows) + (
         f"\njmappushd is **{w['vs_pywebpush'] or 0:.2f}x** faster than pywebpush and "
         f"**{w['vs_floor']:.2f}x** the floor.\n\nDeliveries to a local receiver (201 to "
-        f"everything), {d['concurrency']} in flight, each loop run twice, best kept; ratio "
-        f"**{w['deliveries_ratio']:.2f}x** the bare treq loop:\n\n"
-    ) + table(("loop", "ok", "failed", "per second"), drows)
+        f"everything), {d['concurrency']} in flight, the loops in turns (each row one "
+        "turn, in the order run); ratio of the mean rates "
+        f"**{w['deliveries_ratio']:.2f}x** the bare treq loop. CPU is per delivery, the "
+        "sending process's and the receiver's:\n\n"
+    ) + table(("loop", "ok", "failed", "per second", "sender CPU us", "receiver CPU us"),
+              drows)
 
 
 def _echo(e: dict[str, Any], plot: str | None) -> str:

@@ -43,7 +43,8 @@ OPEN_SOCKET = """async (url) => {
 # function handed to evaluate() is not eval'd, so the wait is a promise the socket's
 # onmessage settles.
 WAIT_FOR = """([n, ms]) => new Promise((resolve, reject) => {
-  const timer = setTimeout(() => reject(new Error(`${window.received.length} of ${n} messages`)), ms);
+  const timer = setTimeout(
+    () => reject(new Error(`${window.received.length} of ${n} messages`)), ms);
   const check = () => {
     if (window.received.length < n) return;
     clearTimeout(timer);
