@@ -39,6 +39,7 @@ from benchmarks.common import (
     PYTHON,
     ROOT,
     Child,
+    cpu_ns,
     expect_all,
     idle_cpu,
     open_fds,
@@ -71,19 +72,6 @@ SECTIONS = {
 }
 TARGET_RSS, TARGET_P99, TARGET_CPU = 1.2, 1.5, 1.5
 ES_LAST = "/jmap/eventsource/?types=*&closeafter=no&ping=30"
-
-
-
-def cpu_ns(pid: int) -> int:
-    """CPU time of every live thread of ``pid``, in ns (schedstat: /proc/<pid>/stat counts
-    in 10 ms ticks, too coarse for a few microseconds per change over a 20,000-change run)."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-        except OSError:
-            continue  # a thread that has just ended
-    return total
 
 
 def sizes(ctx: Context) -> dict[str, Any]:

@@ -51,6 +51,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time of every live thread of ``pid``, in ns (schedstat: /proc/<pid>/stat counts
+    in 10 ms ticks, too coarse for a few microseconds per change over a 20,000-change run)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        except OSError:
+            continue  # a thread that has just ended
+    return total
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from benchmarks.common import cpu_ns
 from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
 from jmappushd.transports.webpush import ece
@@ -180,18 +181,9 @@ TURNS = ("bare_treq", "jmappushd", "jmappushd", "bare_treq",
 
 
 def receiver_cpu_ns(pid: int) -> int:
-    """CPU time of every thread of the receiver process (0 when it is not given), in ns:
-    which side of the loop is saturated explains a rate."""
-    if not pid:
-        return 0
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            continue  # a thread that has just ended
-    return total
+    """The receiver's CPU time so far in ns (0 when no pid is given): which side of the
+    loop is saturated explains a rate."""
+    return cpu_ns(pid) if pid else 0
 
 
 def run_deliver(args: argparse.Namespace) -> dict[str, Any]:

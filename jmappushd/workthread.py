@@ -1,7 +1,7 @@
 """One thread that runs jobs first in, first out and hands each result to the reactor.
 
-Work that must leave the reactor thread (SQLite, Web Push encryption) goes here rather
-than through Twisted's thread pool: a job is one ``SimpleQueue.put`` and its result one
+Work that must leave the reactor thread in call order (the SQLite store's SQL) goes here
+rather than through Twisted's thread pool: a job is one ``SimpleQueue.put`` and its result one
 ``callFromThread``, without the pool's coordinator and context tracking, Python that
 holds the GIL the reactor thread needs (study 13 measured half the CPU per round trip).
 Results come back in the order the jobs went in.
@@ -38,11 +38,6 @@ class WorkThread:
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._started = self._stopping = False
         self._stopped: Deferred[None] = Deferred()
-
-    @property
-    def stopping(self) -> bool:
-        """Whether :meth:`stop` was called: jobs submitted now fail at once."""
-        return self._stopping
 
     def start(self) -> None:
         """Start the thread now rather than with the first job."""
