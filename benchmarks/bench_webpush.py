@@ -41,10 +41,15 @@ def child(*args: str, timeout: float = 600) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def turn_rates(deliver: dict[str, Any], side: str) -> list[float]:
-    """The rates of one side's turns (``jmappushd``, ``jmappushd_2``, ...)."""
-    return [float(v["per_s"]) for name, v in deliver.items()
+def side_turns(deliver: dict[str, Any], side: str) -> list[dict[str, Any]]:
+    """One side's turns (``jmappushd``, ``jmappushd_2``, ...), in the order run."""
+    return [v for name, v in deliver.items()
             if isinstance(v, dict) and (name == side or name.startswith(side + "_"))]
+
+
+def turn_rates(deliver: dict[str, Any], side: str) -> list[float]:
+    """The rates of one side's turns."""
+    return [float(v["per_s"]) for v in side_turns(deliver, side)]
 
 
 def deliveries_ratio(deliver: dict[str, Any]) -> float:
@@ -84,10 +89,8 @@ def run(ctx: Context) -> dict[str, Any]:
     bare = max(turn_rates(deliver, "bare_treq"))
     out["deliveries"] = deliver | {"concurrency": CONCURRENCY}
     out["deliveries_ratio"] = deliveries_ratio(deliver)
-    out["deliveries_cpu_us"] = {
-        side: min(v["cpu_us"] for name, v in deliver.items()
-                  if isinstance(v, dict) and name.startswith(side))
-        for side in ("jmappushd", "bare_treq")}
+    out["deliveries_cpu_us"] = {side: min(v["cpu_us"] for v in side_turns(deliver, side))
+                                for side in ("jmappushd", "bare_treq")}
     out["daemon_path"] = {
         "rounds": daemon, "per_s": max(r["per_s"] for r in daemon),
         "cpu_us": min(r["cpu_us"] for r in daemon),
