@@ -233,6 +233,8 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = _opt((), check=_check_cors_origins)  # every JMAP endpoint
     demo_page: bool = False  # the live demo page at /demo/ (development only)
     http2: bool = True  # offer HTTP/2 through ALPN on ssl: listeners
+    # Net allocations between young garbage collections, 0 = CPython's own (daemon/gcpolicy.py)
+    gc_threshold: int = _opt(50_000, 0)
 
 
 @dataclass(frozen=True)

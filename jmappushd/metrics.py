@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 class Tally:
@@ -63,6 +63,31 @@ class ObservedCounter:
         family = CounterMetricFamily(self._name, self._documentation)
         family.add_metric([], self._read())
         yield family
+
+
+class _GCCollector:
+    """Collections per generation, the time they took, and the longest one."""
+
+    def __init__(self, collections: Sequence[int], seconds: Sequence[float],
+                 longest: Callable[[], float]) -> None:
+        self._collections = collections
+        self._seconds = seconds
+        self._longest = longest
+
+    def collect(self) -> Iterator[Metric]:
+        count = CounterMetricFamily("jmappushd_gc_collections",
+                                    "Garbage collections, by generation", labels=["generation"])
+        took = CounterMetricFamily("jmappushd_gc_seconds",
+                                   "Time the process stood still collecting garbage, s",
+                                   labels=["generation"])
+        for generation, (n, s) in enumerate(zip(self._collections, self._seconds,
+                                                strict=True)):
+            count.add_metric([str(generation)], n)
+            took.add_metric([str(generation)], s)
+        longest = GaugeMetricFamily("jmappushd_gc_longest_seconds",
+                                    "The longest single garbage collection so far, s",
+                                    value=self._longest())
+        yield from (count, took, longest)
 
 
 class Metrics:
@@ -138,6 +163,12 @@ class Metrics:
         Gauge("jmappushd_store_unfolded_changes",
               "Changes this node holds that the states table may not have yet",
               registry=self.registry).set_function(unfolded)
+
+    def track_gc(self, collections: Sequence[int], seconds: Sequence[float],
+                 longest: Callable[[], float]) -> None:
+        """Export the garbage collector's work per generation (lists read at scrape time;
+        :mod:`jmappushd.daemon.gcpolicy` keeps them)."""
+        self.registry.register(_GCCollector(collections, seconds, longest))
 
     def track_listeners(self, kind: str, count: Callable[[], int]) -> None:
         """Export a live listener count computed at scrape time."""

@@ -18,6 +18,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from jmappushd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from jmappushd.daemon.gcpolicy import GCPolicy
 from jmappushd.daemon.listeners import ListenError, ListenerService
 from jmappushd.daemon.service import StateError, build_service, prepare_state
 from jmappushd.gateway.preflight import check_gateway
@@ -79,6 +80,7 @@ def makeService(options: Any) -> IService:
     # The one place the global reactor is used; it provides every interface of the union.
     service = build_service(options.config, cast(IDaemonReactor, reactor))
     service.on_start_failure = exit_non_zero_at_exit
+    service.gc_policy = GCPolicy(options.config.server.gc_threshold)
     try:
         service.privilegedStartService()
     except ListenError as exc:

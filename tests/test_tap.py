@@ -25,16 +25,21 @@ def test_plugin_is_discoverable() -> None:
     assert twisted.plugins is not None
 
 
+def parsed_options(tmp_path: Path, server_extra: str = "") -> tap.Options:
+    """Options for a config in ``tmp_path`` with both listeners on free loopback ports."""
+    ini = tmp_path / "x.ini"
+    ini.write_text(f"[server]\nstate-dir = {tmp_path}/state\nlisten = tcp:0:interface=127.0.0.1\n"
+                   f"{server_extra}[admin]\nlisten = tcp:0:interface=127.0.0.1\n")
+    options = tap.Options()
+    options.parseOptions(["--config", str(ini)])
+    return options
+
+
 @pytest_twisted.ensureDeferred
 async def test_options_build_the_service(tmp_path: Path) -> None:
     """Parsed options give a MultiService with the JMAP and admin listeners, already bound
     (so that a port in use is reported before twistd starts logging)."""
-    ini = tmp_path / "x.ini"
-    ini.write_text(f"[server]\nstate-dir = {tmp_path}/state\nlisten = tcp:0:interface=127.0.0.1\n"
-                   "[admin]\nlisten = tcp:0:interface=127.0.0.1\n")
-    options = tap.Options()
-    options.parseOptions(["--config", str(ini)])
-    service = tap.makeService(options)
+    service = tap.makeService(parsed_options(tmp_path))
     assert isinstance(service, MultiService)
     listeners = [s for s in service if isinstance(s, ListenerService)]
     assert len(listeners) == 2

@@ -28,6 +28,7 @@ from jmappushd.core.hub import Hub, IBus
 from jmappushd.core.signal import StartAbandoned, StartSignal
 from jmappushd.daemon.cluster import cluster_bus, cluster_service, node_name
 from jmappushd.daemon.core import CoreService
+from jmappushd.daemon.gcpolicy import GCPolicy
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.daemon.statedir import (
     StateError,
@@ -128,6 +129,9 @@ class JMAPPushService(MultiService):
     log = Logger()
     # Called when start-up fails after the reactor runs (twistd: exit non-zero afterwards).
     on_start_failure: Callable[[], None] | None = None
+    # The process's garbage-collector policy, applied once ready: set by the twistd entry
+    # point only (it freezes the heap, which a test process must not have done to it).
+    gc_policy: GCPolicy | None = None
 
     def __init__(self, app: App, reactor: IDaemonReactor, core: CoreService,
                  listeners: Sequence[ListenerService],
@@ -177,6 +181,11 @@ class JMAPPushService(MultiService):
             self.log.warn("public-url {url} is plain http: for development only; RFC 8620 "
                           "requires HTTPS (SES-1), use an ssl: listener or a TLS proxy",
                           url=urls.base)
+        policy = self.gc_policy
+        if policy is not None:
+            policy.apply()
+            self.app.metrics.track_gc(policy.collections, policy.seconds,
+                                      lambda: policy.longest)
         self.log.info("jmappushd ready: session at {url}", url=urls.session)
         self._ready.fire()
 
@@ -197,6 +206,8 @@ class JMAPPushService(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         Service.stopService(self)
+        if self.gc_policy is not None:
+            self.gc_policy.remove()
         self.core.abandon_start()  # transports waiting for a store that never came stop now
         return defer.ensureDeferred(self._stop_children())
 
