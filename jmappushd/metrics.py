@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -65,29 +66,40 @@ class ObservedCounter:
         yield family
 
 
+class GCCounts(Protocol):
+    """What the garbage collector did so far (``jmappushd.daemon.gcpolicy.GCPolicy``)."""
+
+    @property
+    def collections(self) -> Sequence[int]: ...  # per generation
+
+    @property
+    def seconds(self) -> Sequence[float]: ...  # per generation
+
+    @property
+    def longest(self) -> float: ...  # the longest single collection, s
+
+
 class _GCCollector:
     """Collections per generation, the time they took, and the longest one."""
 
-    def __init__(self, collections: Sequence[int], seconds: Sequence[float],
-                 longest: Callable[[], float]) -> None:
-        self._collections = collections
-        self._seconds = seconds
-        self._longest = longest
+    def __init__(self, counts: GCCounts) -> None:
+        self._counts = counts
 
     def collect(self) -> Iterator[Metric]:
-        count = CounterMetricFamily("jmappushd_gc_collections",
-                                    "Garbage collections, by generation", labels=["generation"])
+        counts = self._counts
+        done = CounterMetricFamily("jmappushd_gc_collections",
+                                   "Garbage collections, by generation", labels=["generation"])
         took = CounterMetricFamily("jmappushd_gc_seconds",
                                    "Time the process stood still collecting garbage, s",
                                    labels=["generation"])
-        for generation, (n, s) in enumerate(zip(self._collections, self._seconds,
+        for generation, (n, s) in enumerate(zip(counts.collections, counts.seconds,
                                                 strict=True)):
-            count.add_metric([str(generation)], n)
+            done.add_metric([str(generation)], n)
             took.add_metric([str(generation)], s)
         longest = GaugeMetricFamily("jmappushd_gc_longest_seconds",
                                     "The longest single garbage collection so far, s",
-                                    value=self._longest())
-        yield from (count, took, longest)
+                                    value=counts.longest)
+        yield from (done, took, longest)
 
 
 class Metrics:
@@ -164,11 +176,9 @@ class Metrics:
               "Changes this node holds that the states table may not have yet",
               registry=self.registry).set_function(unfolded)
 
-    def track_gc(self, collections: Sequence[int], seconds: Sequence[float],
-                 longest: Callable[[], float]) -> None:
-        """Export the garbage collector's work per generation (lists read at scrape time;
-        :mod:`jmappushd.daemon.gcpolicy` keeps them)."""
-        self.registry.register(_GCCollector(collections, seconds, longest))
+    def track_gc(self, counts: GCCounts) -> None:
+        """Export the garbage collector's work per generation (read at scrape time)."""
+        self.registry.register(_GCCollector(counts))
 
     def track_listeners(self, kind: str, count: Callable[[], int]) -> None:
         """Export a live listener count computed at scrape time."""

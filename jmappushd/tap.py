@@ -80,7 +80,7 @@ def makeService(options: Any) -> IService:
     # The one place the global reactor is used; it provides every interface of the union.
     service = build_service(options.config, cast(IDaemonReactor, reactor))
     service.on_start_failure = exit_non_zero_at_exit
-    service.gc_policy = GCPolicy(options.config.server.gc_threshold)
+    service.use_gc_policy(GCPolicy(options.config.server.gc_threshold))
     try:
         service.privilegedStartService()
     except ListenError as exc:

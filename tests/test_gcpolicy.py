@@ -129,7 +129,7 @@ def test_metrics_export_collections_time_and_the_longest() -> None:
     policy.collections[:] = [4, 2, 1]
     policy.seconds[:] = [0.5, 0.25, 0.75]
     policy.longest = 0.75
-    metrics.track_gc(policy.collections, policy.seconds, lambda: policy.longest)
+    metrics.track_gc(policy)
     text = metrics.render().decode()
     assert 'jmappushd_gc_collections_total{generation="2"} 1.0' in text
     assert 'jmappushd_gc_seconds_total{generation="0"} 0.5' in text
@@ -140,8 +140,8 @@ def test_the_service_applies_the_policy_once_ready_and_removes_it_at_stop(
         tmp_path: Path) -> None:
     service, _, core, transports, _ = build(tmp_path)
     fake = FakeGC()
-    service.gc_policy = GCPolicy(30_000, fake)
     service.app.metrics = Metrics()
+    service.use_gc_policy(GCPolicy(30_000, fake))
     service.startService()
     core.started.fire()
     transports[0].started.fire()

@@ -129,8 +129,7 @@ class JMAPPushService(MultiService):
     log = Logger()
     # Called when start-up fails after the reactor runs (twistd: exit non-zero afterwards).
     on_start_failure: Callable[[], None] | None = None
-    # The process's garbage-collector policy, applied once ready: set by the twistd entry
-    # point only (it freezes the heap, which a test process must not have done to it).
+    # The process's garbage-collector policy, applied once ready (use_gc_policy).
     gc_policy: GCPolicy | None = None
 
     def __init__(self, app: App, reactor: IDaemonReactor, core: CoreService,
@@ -145,6 +144,12 @@ class JMAPPushService(MultiService):
         core.setServiceParent(self)
         for child in (*listeners, *transports):
             child.setServiceParent(self)
+
+    def use_gc_policy(self, policy: GCPolicy) -> None:
+        """Apply ``policy`` once the daemon is ready and export its counts. For the twistd
+        entry point only: it freezes the heap, which a test process must keep its own."""
+        self.gc_policy = policy
+        self.app.metrics.track_gc(policy)
 
     def transport(self, kind: type[S]) -> S:
         """The transport service of this class (tests and tools reach its parts this way)."""
@@ -181,11 +186,8 @@ class JMAPPushService(MultiService):
             self.log.warn("public-url {url} is plain http: for development only; RFC 8620 "
                           "requires HTTPS (SES-1), use an ssl: listener or a TLS proxy",
                           url=urls.base)
-        policy = self.gc_policy
-        if policy is not None:
-            policy.apply()
-            self.app.metrics.track_gc(policy.collections, policy.seconds,
-                                      lambda: policy.longest)
+        if self.gc_policy is not None:
+            self.gc_policy.apply()
         self.log.info("jmappushd ready: session at {url}", url=urls.session)
         self._ready.fire()
 
