@@ -136,20 +136,23 @@ def test_metrics_export_collections_time_and_the_longest() -> None:
     assert "jmappushd_gc_longest_seconds 0.75" in text
 
 
-def test_the_service_applies_the_policy_once_ready_and_removes_it_at_stop(
+def test_the_service_applies_the_policy_before_its_children_start_and_removes_it_at_stop(
         tmp_path: Path) -> None:
-    service, _, core, transports, _ = build(tmp_path)
+    """Applied in startService before any child starts (no listener has accepted a
+    connection, so none is frozen), exported at once, removed at stop."""
+    service, rec, _, _, _ = build(tmp_path)
     fake = FakeGC()
     service.app.metrics = Metrics()
     service.use_gc_policy(GCPolicy(30_000, fake))
-    service.startService()
-    core.started.fire()
-    transports[0].started.fire()
-    assert fake.calls == []  # not before the daemon is ready: start-up is still building
-    transports[1].started.fire()
-    assert service.when_ready().called
-    assert fake.calls == ["collect", "freeze", "threshold 30000 10 10"]
     assert b"jmappushd_gc_collections" in service.app.metrics.render()
+
+    def start_core() -> None:
+        rec.events.append(f"core starts after: {fake.calls}")
+
+    service.core.startService = start_core  # type: ignore[method-assign]
+    service.startService()
+    assert fake.calls == ["collect", "freeze", "threshold 30000 10 10"]
+    assert rec.events[0] == "core starts after: ['collect', 'freeze', 'threshold 30000 10 10']"
     service.stopService()
     assert fake.threshold == (700, 10, 10) and fake.callbacks == []
 

@@ -10,9 +10,10 @@ reactor stopped (study 16). With the young threshold at 50,000, reference counti
 the transient objects before any scan sees them and whole-heap scans all but stop; what
 the larger threshold lets wait (unreachable cycles) is a few megabytes at most.
 
-What start-up built (modules, classes, the configuration, the store's objects) lives as
-long as the process: it is collected once and then frozen (``gc.freeze``), so no later
-scan walks it again. Connections are never frozen: a closed one may leave a cycle behind.
+What is built before the daemon starts (modules, classes, the configuration, the wiring)
+lives as long as the process: it is collected once and then frozen (``gc.freeze``) when
+the service starts, before the reactor has accepted a connection, so no later scan walks
+it again. Connections are never frozen: a closed one may leave a cycle behind.
 
 Collections and the time they take are counted for ``/metrics`` from a ``gc.callbacks``
 hook that only reads a clock and adds numbers (it runs in the middle of allocations).
@@ -44,7 +45,7 @@ class Collector(Protocol):
 
 
 class GCPolicy:
-    """Applied once the daemon is ready; removed when it stops."""
+    """Applied when the daemon starts; removed when it stops."""
 
     def __init__(self, threshold: int, collector: Collector | None = None,
                  timer: Callable[[], float] = time.perf_counter) -> None:
@@ -60,7 +61,7 @@ class GCPolicy:
         self.longest = 0.0  # the longest single collection, s
 
     def apply(self) -> None:
-        """Freeze what start-up built, set the young threshold, start counting."""
+        """Freeze what is built so far, set the young threshold, start counting."""
         collector = self._gc
         if self.threshold:
             collector.collect()  # start-up's own garbage goes before the rest is frozen

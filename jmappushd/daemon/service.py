@@ -129,7 +129,7 @@ class JMAPPushService(MultiService):
     log = Logger()
     # Called when start-up fails after the reactor runs (twistd: exit non-zero afterwards).
     on_start_failure: Callable[[], None] | None = None
-    # The process's garbage-collector policy, applied once ready (use_gc_policy).
+    # The process's garbage-collector policy, applied at start (use_gc_policy).
     gc_policy: GCPolicy | None = None
 
     def __init__(self, app: App, reactor: IDaemonReactor, core: CoreService,
@@ -146,7 +146,7 @@ class JMAPPushService(MultiService):
             child.setServiceParent(self)
 
     def use_gc_policy(self, policy: GCPolicy) -> None:
-        """Apply ``policy`` once the daemon is ready and export its counts. For the twistd
+        """Apply ``policy`` when the daemon starts and export its counts. For the twistd
         entry point only: it freezes the heap, which a test process must keep its own."""
         self.gc_policy = policy
         self.app.metrics.track_gc(policy)
@@ -174,6 +174,9 @@ class JMAPPushService(MultiService):
         # The hot paths that read library internals are checked against the installed
         # Twisted/Autobahn once; each one that no longer fits falls back to the public API.
         _fastpath.check()
+        if self.gc_policy is not None:
+            # Before the children start: the reactor has accepted no connection yet.
+            self.gc_policy.apply()
         super().startService()
         defer.ensureDeferred(self._become_ready()).addErrback(self._start_failed)
 
@@ -186,8 +189,6 @@ class JMAPPushService(MultiService):
             self.log.warn("public-url {url} is plain http: for development only; RFC 8620 "
                           "requires HTTPS (SES-1), use an ssl: listener or a TLS proxy",
                           url=urls.base)
-        if self.gc_policy is not None:
-            self.gc_policy.apply()
         self.log.info("jmappushd ready: session at {url}", url=urls.session)
         self._ready.fire()
 
