@@ -10,7 +10,7 @@ import pytest
 
 from jmappushd import tap
 from jmappushd.config import ConfigError, parse_config
-from jmappushd.daemon.gcpolicy import DEFAULT_THRESHOLD, GCPolicy
+from jmappushd.daemon.gcpolicy import GCPolicy
 from jmappushd.daemon.listeners import ListenerService
 from jmappushd.metrics import Metrics
 from tests.test_daemon_wiring import build
@@ -56,8 +56,11 @@ def test_apply_collects_then_freezes_then_raises_only_the_young_threshold() -> N
     policy.apply()
     assert fake.calls == ["collect", "freeze", "threshold 50000 10 10"]
     assert fake.callbacks == [policy._observe]
-    policy.apply()  # a second apply adds no second hook
+    policy.apply()  # a second apply neither freezes again nor adds a second hook
+    assert fake.calls == ["collect", "freeze", "threshold 50000 10 10"]
     assert fake.callbacks == [policy._observe]
+    policy.remove()  # and CPython's thresholds are still the ones given back
+    assert fake.threshold == (700, 10, 10)
 
 
 def test_remove_gives_the_thresholds_back_and_stops_counting() -> None:
@@ -158,7 +161,7 @@ def test_the_service_applies_the_policy_before_its_children_start_and_removes_it
 
 
 def test_config_key_default_bounds_and_error() -> None:
-    assert parse_config("", "x.ini").server.gc_threshold == DEFAULT_THRESHOLD == 50_000
+    assert parse_config("", "x.ini").server.gc_threshold == 50_000
     assert parse_config("[server]\ngc-threshold = 0\n", "x.ini").server.gc_threshold == 0
     with pytest.raises(ConfigError, match=r"x\.ini.*\[server\].*gc-threshold"):
         parse_config("[server]\ngc-threshold = -5\n", "x.ini")

@@ -26,10 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-DEFAULT_THRESHOLD = 50_000
-"""Net allocations of tracked objects between two young-generation scans ([server]
-gc-threshold); 0 leaves CPython's own thresholds alone."""
-
 GENERATIONS = 3
 
 
@@ -45,7 +41,12 @@ class Collector(Protocol):
 
 
 class GCPolicy:
-    """Applied when the daemon starts; removed when it stops."""
+    """Applied when the daemon starts; removed when it stops.
+
+    ``threshold`` is ``[server] gc-threshold`` (its default lives in the config): net
+    allocations of tracked objects between two young-generation scans; 0 leaves
+    CPython's own thresholds alone.
+    """
 
     def __init__(self, threshold: int, collector: Collector | None = None,
                  timer: Callable[[], float] = time.perf_counter) -> None:
@@ -63,7 +64,7 @@ class GCPolicy:
     def apply(self) -> None:
         """Freeze what is built so far, set the young threshold, start counting."""
         collector = self._gc
-        if self.threshold:
+        if self.threshold and self._previous is None:  # once until remove()
             collector.collect()  # start-up's own garbage goes before the rest is frozen
             collector.freeze()
             self._previous = collector.get_threshold()
