@@ -8,20 +8,22 @@ The last round's state is ``final``; the rate counts only when every client
 has seen ``final`` on its own account: changes published / (time the last
 client saw ``final`` - time the first publish was sent).
 
-The daemon and the bare server take turns, daemon - bare - bare - daemon, twice (every
-second pass with the batch sizes in reverse order), and each ratio is the mean of the
-daemon's rates at a batch size over the mean of the bare server's: on a shared
-machine the load of other processes moves within a run, and a fixed order would
-charge it to one side. Two turns each left a ratio good to about +-0.15 on the 2-core
-VM (study 14); four narrow the mean's spread by about 30 % (1/sqrt(2)). Smoke runs take
-one turn each.
+Both servers run at once, each with its own clients, and take short turns (one
+burst of ``rounds`` rounds each) in adjacent pairs, daemon - bare then bare - daemon,
+``pairs`` times per batch size. This VM's speed halves and doubles over minutes
+(study 17): a whole-server turn per side (the design until study 16) let one
+side's minute land in a slow spell and the other's in a fast one, so a turn's rate
+moved by up to 1.7x and the ratio by about +-0.1. Two bursts a few seconds apart see
+the same machine; each pair gives a ratio, the figure is the mean of the daemon's
+rates over the mean of the bare server's (as before), and the pairs' spread is kept
+with it. The idle side's connections cost only their heartbeats (an EventSource ping
+per stream every 30 s) while the other side runs. Smoke runs take one pair.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import PYTHON, ROOT, Child, cpu_seconds, expect_all, split, stop_all
@@ -36,7 +38,8 @@ TARGET = 20_000
 # smaller a publish, the more its fixed cost (the request, the store transaction and its
 # thread hand-off) weighs against the one event per change both servers write.
 RATIO_TARGETS = {1000: 0.95, 100: 0.95, 10: 0.80}
-TURNS = ("daemon", "baseline", "baseline", "daemon") * 2
+PAIR_ORDERS = (("daemon", "baseline"), ("baseline", "daemon"))
+"""Pairs alternate which side goes first, so neither always runs on a warmer machine."""
 
 
 def publish(server: Server, accounts_file: str, batch: int, rounds: int) -> dict[str, Any]:
@@ -80,33 +83,38 @@ def one_run(server: Server, children: list[Child], accounts_file: str, n: int, b
             "daemon_core_share": cpu_used / seconds}
 
 
-def measure(server: Server, ctx: Context, users: list[dict[str, str]], accounts_file: Path,
-            batches: list[int], profile: bool) -> dict[str, Any]:
-    """Connect one client per account to ``server``, then publish at each batch size."""
+def connect(server: Server, ctx: Context, users: list[dict[str, str]], src_base: int
+            ) -> tuple[list[Child], dict[str, Any]]:
+    """Start ``server`` and one client per account (half EventSource, half WebSocket),
+    each process from its own source addresses starting at ``127.0.0.<src_base>``."""
     n = len(users)
     half = n // 2
     procs = ctx.client_procs
     auth = ctx.auth_file(users)
     children: list[Child] = []
-    out: dict[str, Any] = {"runs": []}
     server.start()
     try:
         children += client_processes(server, "es", split(half, procs), auth_file=auth,
-                                     src_base=2, max_seconds=ctx.max_seconds)
+                                     src_base=src_base, max_seconds=ctx.max_seconds)
         children += client_processes(server, "ws", split(n - half, procs), auth_file=auth,
-                                     auth_offset=half, src_base=2 + procs,
+                                     auth_offset=half, src_base=src_base + procs,
                                      max_seconds=ctx.max_seconds)
-        out["connect"] = wait_ready(children, ctx.connect_timeout)
-        for batch in batches:
-            out["runs"].append(one_run(server, children, str(accounts_file), n, batch,
-                                       ctx.sizes["throughput_rounds"]))
-        if profile:
-            spy = Profile(server.pid, ctx.workdir / "throughput.pyspy", 8)
-            one_run(server, children, str(accounts_file), n, batches[0], 3)
-            out["profile"] = spy.finish()
-    finally:
+        return children, wait_ready(children, ctx.connect_timeout)
+    except BaseException:
         stop_all(children)
         server.stop()
+        raise
+
+
+def pair_ratios(ours: list[dict[str, Any]], bare: list[dict[str, Any]]
+                ) -> dict[str, list[float]]:
+    """Per batch size: the daemon's rate over the bare server's for each adjacent pair of
+    bursts (the i-th of each side at that size), in the order run."""
+    out: dict[str, list[float]] = {}
+    for d, b in zip(ours, bare, strict=True):
+        if d["batch"] != b["batch"]:
+            raise ValueError(f"pair of batch {d['batch']} with batch {b['batch']}")
+        out.setdefault(str(d["batch"]), []).append(d["changes_per_s"] / b["changes_per_s"])
     return out
 
 
@@ -135,30 +143,56 @@ def run(ctx: Context) -> dict[str, Any]:
     n = ctx.sizes["throughput_accounts"]
     users = ctx.users(n)
     batches = ctx.sizes["throughput_batches"]
+    rounds = ctx.sizes["throughput_rounds"]
+    pairs = 1 if ctx.smoke else ctx.sizes["throughput_pairs"]
     accounts_file = ctx.workdir / f"accounts-{n}.json"
     accounts_file.write_text(json.dumps([u["account"] for u in users]))
     routes_file = ctx.workdir / f"routes-{n}.json"
     routes_file.write_text(json.dumps(dict(zip(ctx.auth_lines(users),
                                                (u["account"] for u in users), strict=True))))
-    turns = TURNS[:2] if ctx.smoke else TURNS
-    out: dict[str, Any] = {"accounts": n, "turns": list(turns), "runs": [],
+    servers: dict[str, Server] = {
+        "daemon": Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag="throughput-daemon"),
+        "baseline": Baseline(ctx.workdir, tag="throughput-baseline", routes=routes_file)}
+    out: dict[str, Any] = {"accounts": n, "pairs": pairs, "runs": [],
                            "baseline": {"runs": []}}
-    for turn, side in enumerate(turns):
-        sizes = batches if turn // 2 % 2 == 0 else batches[::-1]
-        server: Server
-        if side == "daemon":
-            server = Daemon(ctx.workdir, ctx.state_dir, SECTIONS, tag=f"throughput-daemon{turn}")
-        else:
-            server = Baseline(ctx.workdir, tag=f"throughput-baseline{turn}", routes=routes_file)
-        got = measure(server, ctx, users, accounts_file, sizes,
-                      ctx.profile and side == "daemon" and turn == 0)
-        into = out if side == "daemon" else out["baseline"]
-        into["runs"] += got["runs"]
-        into.setdefault("connect", got["connect"])
-        if "profile" in got:
-            out["profile"] = got["profile"]
+    clients: dict[str, list[Child]] = {}
+    try:
+        for i, (side, server) in enumerate(servers.items()):
+            clients[side], connected = connect(server, ctx, users,
+                                               2 + 2 * ctx.client_procs * i)
+            into = out if side == "daemon" else out["baseline"]
+            into["connect"] = connected
+        order = [PAIR_ORDERS[p % 2] for p in range(pairs)]
+        out["order"] = [list(sides) for sides in order]
+        for batch in batches:
+            for sides in order:
+                for side in sides:
+                    # A round first, unmeasured: the side that ran last has the caches
+                    # of two cores; without it the first burst of every pair ran
+                    # about 10 % faster than the second (study 17).
+                    one_run(servers[side], clients[side], str(accounts_file), n, batch, 1)
+                    idle = servers["baseline" if side == "daemon" else "daemon"]
+                    idle_before = cpu_seconds(idle.pid)
+                    got = one_run(servers[side], clients[side], str(accounts_file), n,
+                                  batch, rounds)
+                    # What the idle side's connections cost meanwhile (its heartbeats),
+                    # as a share of a core over the burst: the bias the shared machine
+                    # puts on the running side.
+                    got["idle_side_core_share"] = (
+                        (cpu_seconds(idle.pid) - idle_before) / got["seconds"])
+                    (out if side == "daemon" else out["baseline"])["runs"].append(got)
+        if ctx.profile:
+            spy = Profile(servers["daemon"].pid, ctx.workdir / "throughput.pyspy", 8)
+            one_run(servers["daemon"], clients["daemon"], str(accounts_file), n,
+                    batches[0], 3)
+            out["profile"] = spy.finish()
+    finally:
+        for side, server in servers.items():
+            stop_all(clients.get(side, []))
+            server.stop()
     for into in (out, out["baseline"]):
         into["best_changes_per_s"] = max(r["changes_per_s"] for r in into["runs"])
     out["ratio_vs_baseline"] = ratios(out["runs"], out["baseline"]["runs"])
+    out["pair_ratios"] = pair_ratios(out["runs"], out["baseline"]["runs"])
     out["targets"] = targets(out["best_changes_per_s"], out["ratio_vs_baseline"])
     return out

@@ -21,7 +21,8 @@ FULL_SIZES: dict[str, Any] = {
     "fanout": [100, 1_000, 10_000],
     "fanout_rounds": {100: 40, 1_000: 25, 10_000: 12},
     "throughput_accounts": 10_000,
-    "throughput_rounds": 8,
+    "throughput_rounds": 4,  # per burst: 40,000 changes, 2-5 s
+    "throughput_pairs": 6,  # per batch size
     "throughput_batches": [1000, 100, 10],
     "webpush_messages": 3_000,
     "webpush_deliveries": 3_000,
@@ -37,6 +38,7 @@ SMOKE_SIZES: dict[str, Any] = {
     "fanout_rounds": {10: 3, 40: 3},
     "throughput_accounts": 40,
     "throughput_rounds": 2,
+    "throughput_pairs": 1,
     "throughput_batches": [10],
     "webpush_messages": 30,
     "webpush_deliveries": 30,

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from benchmarks.bench_throughput import RATIO_TARGETS, TURNS, ratios, targets
+import pytest
+
+from benchmarks.bench_throughput import (
+    PAIR_ORDERS,
+    RATIO_TARGETS,
+    pair_ratios,
+    ratios,
+    targets,
+)
 
 
 def _runs(*pairs: tuple[int, float]) -> list[dict[str, float]]:
@@ -25,11 +33,17 @@ def test_targets_follow_the_issue_per_batch_size() -> None:
                    "ratio>=0.95 (batch 100)": False}
 
 
-def test_turns_alternate_so_neither_side_always_goes_first() -> None:
-    """daemon - bare - bare - daemon, twice (four turns each, study 13 run 5): each
-    side's mean turn is at the same time."""
-    assert TURNS == ("daemon", "baseline", "baseline", "daemon") * 2
-    positions = {side: [i for i, s in enumerate(TURNS) if s == side]
-                 for side in ("daemon", "baseline")}
-    assert len(positions["daemon"]) == len(positions["baseline"]) == 4
-    assert sum(positions["daemon"]) == sum(positions["baseline"])
+def test_pairs_alternate_so_neither_side_always_goes_first() -> None:
+    """daemon - bare, then bare - daemon (study 17): over an even number of pairs each
+    side goes first as often as the other."""
+    assert PAIR_ORDERS == (("daemon", "baseline"), ("baseline", "daemon"))
+
+
+def test_pair_ratios_divide_adjacent_bursts_in_order() -> None:
+    """The i-th daemon burst at a batch size over the i-th bare one, kept in run order
+    for the spread; a pairing across batch sizes is a bug, not a ratio."""
+    ours = _runs((100, 900.0), (100, 1100.0), (10, 400.0))
+    bare = _runs((100, 1000.0), (100, 1000.0), (10, 500.0))
+    assert pair_ratios(ours, bare) == {"100": [0.9, 1.1], "10": [0.8]}
+    with pytest.raises(ValueError, match="pair of batch 100 with batch 10"):
+        pair_ratios(_runs((100, 1.0)), _runs((10, 1.0)))

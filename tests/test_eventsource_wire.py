@@ -108,3 +108,21 @@ def test_unknown_type_names_are_accepted() -> None:
     """C-ES-2: unknown type names are valid (they simply never match)."""
     assert parse_params(args(types="Nope", closeafter="no", ping="0"), 30, 300).types == \
         frozenset({"Nope"})
+
+
+@pytest.mark.parametrize("changed", [
+    {"A": {"Email": "s42"}},
+    {},
+    {"Aé\u2028": {"Mail\"box": "s\\1\n\x00", "Email": "\U0001f4e7"}},
+    {f"A{i}": {"Email": f"s{i}", "Thread": "t"} for i in range(50)},
+])
+def test_state_event_bytes_are_what_the_encoder_gives_the_whole_object(
+        changed: dict[str, dict[str, str]]) -> None:
+    """Study 17's fixed-member template: the data line is byte for byte the generic
+    encoding of the whole StateChange, and the block the one built around it."""
+    from jmappushd.jmap.ijson import dumps
+    from jmappushd.transports.eventsource.sse import state_change_json
+
+    whole = dumps({"@type": "StateChange", "changed": changed})
+    assert state_change_json(changed) == whole
+    assert state_event(changed, "t\r\nk") == b"event: state\nid: tk\ndata: %b\n\n" % whole

@@ -106,5 +106,11 @@ def encode_request_error(problem: Mapping[str, Any], request_id: str | None) -> 
 
 
 def encode_state_change(changed: Mapping[str, Mapping[str, str]], token: str) -> bytes:
-    """A StateChange carrying the resumption token as ``pushState`` (WS-19, SC-4)."""
-    return dumps({"@type": "StateChange", "changed": changed, "pushState": token})
+    """A StateChange carrying the resumption token as ``pushState`` (WS-19, SC-4).
+
+    The bytes ``dumps`` gives the whole object, with the constant members written
+    once here: fan-out encodes one per listener, and the encoder's walk over the
+    outer object and its fixed names was 45 % of the cost (study 17).
+    """
+    return b'{"@type":"StateChange","changed":%b,"pushState":%b}' % (
+        dumps(changed), encode_string(token))
