@@ -193,11 +193,12 @@ def run_deliver(args: argparse.Namespace) -> dict[str, Any]:
 
     async def main(reactor: Any) -> None:
         _, p256dh, auth = subscription()
-        agent, pool = build_agent(reactor, allow_private=True, connect_timeout=10.0)
+        config = PushConfig()
+        agent, pool = build_agent(reactor, allow_private=True, connect_timeout=10.0,
+                                  keep_per_host=config.max_in_flight_per_origin)
         keyring = KeyRing(reactor)
         key = VapidKey.generate()
         keyring.set_current(key)
-        config = PushConfig()
         sender = Sender(AgentTransport(agent, reactor, 10.0), keyring, reactor, config,
                         Metrics())
         # The daemon's caps at their defaults: every POST takes a slot first.
@@ -280,7 +281,8 @@ async def _daemon_rounds(reactor: Any, args: argparse.Namespace) -> list[dict[st
     key = VapidKey.generate()
     keyring.set_current(key)
     config = PushConfig(push_throttle=0)
-    agent, pool = build_agent(reactor, allow_private=True, connect_timeout=10.0)
+    agent, pool = build_agent(reactor, allow_private=True, connect_timeout=10.0,
+                              keep_per_host=config.max_in_flight_per_origin)
     answered = {"count": 0, "want": 0}
     done: list[defer.Deferred[None]] = []
 

@@ -199,7 +199,8 @@ async def test_ssrf_refused_at_connect(tmp_path: Path) -> None:
         for allow, resolver, host in ((False, FakeResolver(), "push.test"),
                                       (False, None, "localhost"),
                                       (True, FakeResolver(), "push.test")):
-            push_agent, pool = build_agent(reactor, allow, 5, policy, resolver)
+            push_agent, pool = build_agent(reactor, allow, 5, policy, resolver,
+                                           keep_per_host=4)
             sender = Sender(AgentTransport(push_agent, reactor, 5), keyring, reactor,
                             PushConfig(), Metrics())
             target = Target(f"https://{host}:{receiver.port}/p")

@@ -241,7 +241,7 @@ class WebPushService(Service):
                  leases: LeaseKeeper | None = None) -> None:
         config = app.config.push
         agent, pool = build_agent(reactor, config.allow_private_urls, config.push_timeout_s,
-                                  tls_policy)
+                                  tls_policy, keep_per_host=config.max_in_flight_per_origin)
         self.runtime = PushRuntime(app, AgentTransport(agent, reactor, config.push_timeout_s),
                                    pool, leases)
         self.runtime.register()
