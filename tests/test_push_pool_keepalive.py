@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest_twisted
+import treq
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web import resource, server
-from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
 from jmappushd.config import Config
@@ -56,7 +56,7 @@ async def test_waves_of_posts_reuse_one_connection_per_slot() -> None:
 
     async def post() -> int:
         response = await agent.request(b"POST", url, Headers({b"TTL": [b"60"]}))
-        await readBody(response)
+        await treq.content(response)
         return int(response.code)
 
     try:
