@@ -21,8 +21,8 @@ FULL_SIZES: dict[str, Any] = {
     "fanout": [100, 1_000, 10_000],
     "fanout_rounds": {100: 40, 1_000: 25, 10_000: 12},
     "throughput_accounts": 10_000,
-    "throughput_rounds": 4,  # per burst: 40,000 changes, 2-5 s
-    "throughput_pairs": 6,  # per batch size
+    "throughput_rounds": 3,  # per burst: 30,000 changes, 1.5-4 s
+    "throughput_pairs": 10,  # per batch size
     "throughput_batches": [1000, 100, 10],
     "webpush_messages": 3_000,
     "webpush_deliveries": 3_000,
