@@ -216,10 +216,17 @@ def _throughput(t: dict[str, Any], plot: str | None) -> str:
     rows = [row("jmappushd", r) for r in t["runs"]]
     base = t.get("baseline") or {}
     rows += [row("bare Twisted", r) for r in base.get("runs", [])]
+    pairs = t.get("pairs")
+    design = (
+        f"Both servers run at once with their own clients and take {pairs} pairs of short "
+        "bursts per batch size, daemon - bare then bare - daemon, each burst after an "
+        "unmeasured round and with the other server held stopped (study 17); rows are "
+        "each side's rows in the order run. " if pairs else "")
     text = heading("3. Publish throughput") + (
         f"{t['accounts']:,} accounts, one listener each (half EventSource, half WebSocket), "
         "throttles 0; rounds of one change per account, ``batch`` accounts per publish, "
         "4 publisher connections. Counted when every client has seen its last state. "
+        + design +
         "The bare Twisted server gets the same publishes from the same publisher and "
         "writes each account's event to that account's connections only (twisted.web and "
         "Autobahn, nothing recorded): the ceiling for one event per change here. The CPU "
@@ -230,7 +237,12 @@ def _throughput(t: dict[str, Any], plot: str | None) -> str:
     if ratios:
         text += "\njmappushd's rate against the bare server's at the same batch size: " + (
             ", ".join(f"{ratio:.2f}x (batch {batch})" for batch, ratio in ratios.items())
-        ) + ".\n"
+        ) + " (mean rate over mean rate).\n"
+    spread = t.get("pair_ratios") or {}
+    if spread:
+        text += "\nThe pairs' own ratios, lowest to highest: " + "; ".join(
+            f"batch {batch} " + " ".join(f"{r:.2f}" for r in sorted(values))
+            for batch, values in spread.items()) + ".\n"
     return text
 
 
