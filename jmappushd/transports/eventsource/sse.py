@@ -28,8 +28,8 @@ def state_change_json(changed: Mapping[str, Mapping[str, str]]) -> bytes:
 
 def state_event(changed: Mapping[str, Mapping[str, str]], token: str) -> bytes:
     """A ``state`` event with its id in the same block (ES-8, ES-9, C-ES-4)."""
-    return b'event: state\nid: %b\ndata: {"@type":"StateChange","changed":%b}\n\n' % (
-        _line_safe(token).encode("utf-8"), dumps(changed))
+    return b"event: state\nid: %b\ndata: %b\n\n" % (
+        _line_safe(token).encode("utf-8"), state_change_json(changed))
 
 
 def ping_event(interval: int) -> bytes:

@@ -110,7 +110,7 @@ def encode_state_change(changed: Mapping[str, Mapping[str, str]], token: str) ->
 
     The bytes ``dumps`` gives the whole object, with the constant members written
     once here: fan-out encodes one per listener, and the encoder's walk over the
-    outer object and its fixed names was 45 % of the cost (study 17).
+    outer object and its fixed names was a quarter of the cost (study 17).
     """
     return b'{"@type":"StateChange","changed":%b,"pushState":%b}' % (
         dumps(changed), encode_string(token))
