@@ -20,6 +20,16 @@ from jmappushd.daemon.service import JMAPPushService, build_service, prepare_sta
 from jmappushd.reactor import IDaemonReactor
 
 # A cheap scrypt cost for tests; the format is the production one.
+ODD_STATE_MAPS: list[dict[str, dict[str, str]]] = [
+    {"A": {"Email": "s"}},
+    {},
+    {"A": {}},
+    {"Aé\u2028": {"Mail\"box": "s\\1\n\x00", "Email": "\U0001f4e7"}},
+    {f"A{i}": {"Email": f"s{i}", "Thread": "t"} for i in range(50)},
+]
+"""``changed`` maps whose encoding a template must reproduce byte for byte: empty maps,
+quotes, backslashes, a line separator, NUL, non-ASCII, many accounts."""
+
 TEST_LOG_N = 4
 
 RequestHeaders = dict[str | bytes, str | bytes]

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from jmappushd.jmap.ijson import dumps
 from jmappushd.transports.eventsource.resource import InvalidParameter, clamp_ping, parse_params
-from jmappushd.transports.eventsource.sse import ping_event, state_event
+from jmappushd.transports.eventsource.sse import ping_event, state_change_json, state_event
 from tests.sse_parser import EventParser
+from tests.support import ODD_STATE_MAPS
 
 
 def args(**values: str) -> dict[bytes, list[bytes]]:
@@ -110,19 +112,11 @@ def test_unknown_type_names_are_accepted() -> None:
         frozenset({"Nope"})
 
 
-@pytest.mark.parametrize("changed", [
-    {"A": {"Email": "s42"}},
-    {},
-    {"Aé\u2028": {"Mail\"box": "s\\1\n\x00", "Email": "\U0001f4e7"}},
-    {f"A{i}": {"Email": f"s{i}", "Thread": "t"} for i in range(50)},
-])
+@pytest.mark.parametrize("changed", ODD_STATE_MAPS)
 def test_state_event_bytes_are_what_the_encoder_gives_the_whole_object(
         changed: dict[str, dict[str, str]]) -> None:
     """Study 17's fixed-member template: the data line is byte for byte the generic
     encoding of the whole StateChange, and the block the one built around it."""
-    from jmappushd.jmap.ijson import dumps
-    from jmappushd.transports.eventsource.sse import state_change_json
-
     whole = dumps({"@type": "StateChange", "changed": changed})
     assert state_change_json(changed) == whole
     assert state_event(changed, "t\r\nk") == b"event: state\nid: tk\ndata: %b\n\n" % whole

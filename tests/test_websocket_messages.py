@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from jmappushd.jmap.ijson import dumps
 from jmappushd.jmap.response import Response
 from jmappushd.transports.websocket.messages import (
     BadMessage,
@@ -16,6 +17,7 @@ from jmappushd.transports.websocket.messages import (
     parse_message,
     parse_push_enable,
 )
+from tests.support import ODD_STATE_MAPS
 
 
 def bad(payload: bytes, max_size: int = 1000) -> tuple[str, str | None, str | None]:
@@ -82,23 +84,12 @@ def test_encodings() -> None:
         "@type": "StateChange", "changed": {"A": {"Email": "s"}}, "pushState": "tok"}
 
 
-_ODD_MAPS = [
-    {"A": {"Email": "s"}},
-    {},
-    {"A": {}},
-    {"Aé\u2028": {"Mail\"box": "s\\1\n\x00", "Email": "\U0001f4e7"}},
-    {f"A{i}": {"Email": f"s{i}", "Thread": "t"} for i in range(50)},
-]
-
-
-@pytest.mark.parametrize("changed", _ODD_MAPS)
+@pytest.mark.parametrize("changed", ODD_STATE_MAPS)
 @pytest.mark.parametrize("token", ["tok", "", 'q"uote\\', "é\u2028\n", "A" * 43])
 def test_state_change_bytes_are_what_the_encoder_gives_the_whole_object(
         changed: dict[str, dict[str, str]], token: str) -> None:
     """Study 17's fixed-member template: byte for byte the generic encoding of the
     whole StateChange, whatever the names, states and token hold (escapes, quotes,
     line separators, non-ASCII, empty maps)."""
-    from jmappushd.jmap.ijson import dumps
-
     whole = dumps({"@type": "StateChange", "changed": changed, "pushState": token})
     assert encode_state_change(changed, token) == whole
