@@ -2,8 +2,9 @@
 when the start-up check finds a library changed, the public path is used with the same
 output and one log line.
 
-No reactor and no real connections: a ``tcp.Server`` on a socketpair with a
-MemoryReactor, twisted.web Requests on StringTransports. The WebSocket frame fast path
+No reactor: a ``tcp.Server`` on a socketpair (or, where a request asks for its
+addresses, a loopback TCP pair) with a MemoryReactor, twisted.web Requests on
+StringTransports. The WebSocket frame fast path
 has its own differential test (tests/test_websocket_frames_differential.py).
 """
 
@@ -22,12 +23,16 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Request as SiteRequest
+from twisted.web.server import Site
 
 from jmappushd.jmap import ijson
 from jmappushd.net import _fastpath
 from jmappushd.net.guardedport import GuardedPort
 from jmappushd.net.sendnow import send_now
 from jmappushd.transports.webpush.sender import request_headers
+from jmappushd.web.responses import write_body
 from tests.support import log_into
 
 
@@ -56,16 +61,25 @@ def test_the_installed_libraries_pass() -> None:
 # -- send_now on a tcp.Server --
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[tcp.Server, socket.socket, MemoryReactor]]:
-    ours, theirs = socket.socketpair()
-    theirs.setblocking(False)
+ServerEnd = tuple[tcp.Server, socket.socket, MemoryReactor]
+
+
+def served(ours: socket.socket, theirs: socket.socket) -> Iterator[ServerEnd]:
+    """A ``tcp.Server`` on ``ours`` with a MemoryReactor (which shows whether anything
+    was queued) and the peer's end; both closed afterwards."""
     reactor = MemoryReactor()
     transport = tcp.Server(ours, _fastpath._Null(), ("127.0.0.1", 1), None,  # type: ignore[arg-type]
                            0, reactor)
     yield transport, theirs, reactor
     ours.close()
     theirs.close()
+
+
+@pytest.fixture
+def server() -> Iterator[ServerEnd]:
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    yield from served(ours, theirs)
 
 
 def test_send_now_sends_at_once(server: tuple[tcp.Server, socket.socket, MemoryReactor]
@@ -134,12 +148,13 @@ def test_send_now_falls_back_to_write(server: tuple[tcp.Server, socket.socket, M
 
 def test_a_changed_write_queue_switches_tcp_send_off(monkeypatch: pytest.MonkeyPatch,
                                                      logged: list[dict[str, Any]]) -> None:
-    """A Twisted without ``_writeDisconnected`` fails the check: off, and logged once."""
+    """A Twisted without ``_writeDisconnected`` fails the check: off, and logged once;
+    a whole response, sent the same way, is off with it."""
     monkeypatch.delattr(abstract.FileDescriptor, "_writeDisconnected")
-    assert _fastpath.check() == ["tcp-send"]
-    assert _fastpath.check() == ["tcp-send"]
-    assert not _fastpath.TCP_SEND
-    assert [e["path"] for e in logged] == ["tcp-send"]
+    assert _fastpath.check() == ["tcp-send", "whole-response"]
+    assert _fastpath.check() == ["tcp-send", "whole-response"]
+    assert not _fastpath.TCP_SEND and not _fastpath.WHOLE_RESPONSE
+    assert [e["path"] for e in logged] == ["tcp-send", "whole-response"]
     assert _fastpath.tcp_idle_socket(object()) is None
 
 
@@ -193,11 +208,125 @@ def test_a_changed_request_switches_chunk_write_off(monkeypatch: pytest.MonkeyPa
     """A Request without ``sentLength`` fails the check; the stream then writes through
     ``Request.write`` (chunk_transport gives no transport)."""
     monkeypatch.delattr(http.Request, "sentLength")
-    assert _fastpath.check() == ["chunk-write"]
+    # Request.write itself counts sentLength: the whole-response probe fails with it.
+    assert _fastpath.check() == ["chunk-write", "whole-response"]
     monkeypatch.undo()
     request, _ = started_request()
     assert _fastpath.chunk_transport(request, b"x") is None
-    assert [e["path"] for e in logged] == ["chunk-write"]
+    assert [e["path"] for e in logged] == ["chunk-write", "whole-response"]
+
+
+# -- a whole response in one send --
+
+
+@pytest.fixture
+def loopback() -> Iterator[ServerEnd]:
+    """The same on a real loopback TCP connection: a request asks for its addresses."""
+    ours, theirs = _fastpath._loopback_pair()
+    theirs.settimeout(5)
+    yield from served(ours, theirs)
+
+
+def answered(transport: object, method: bytes, version: bytes) -> SiteRequest:
+    channel = http.HTTPChannel()
+    channel.timeOut = None
+    channel.makeConnection(transport)
+    channel.site = Site(Resource())  # type: ignore[attr-defined]  # a site's Request reads it
+    request = SiteRequest(channel)
+    request.clientproto, request.method = version, method
+    channel.requests.append(request)  # as the channel does for a parsed request line
+    return request
+
+
+def received(peer: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = peer.recv(n - len(data))
+        assert more, "the connection closed early"
+        data += more
+    return data
+
+
+@pytest.mark.parametrize(("status", "method", "version"), [
+    (202, b"POST", b"HTTP/1.1"), (401, b"GET", b"HTTP/1.0"),
+    (200, b"HEAD", b"HTTP/1.1"), (204, b"GET", b"HTTP/1.1")])
+def test_a_whole_response_is_twisteds_bytes_in_one_send(
+        loopback: ServerEnd, status: int,
+        method: bytes, version: bytes) -> None:
+    """write_body's response (status line, headers, body; none for HEAD and 204) is byte
+    for byte what ``Request.write`` queues, sent before write_body returns without the
+    socket ever joining the reactor's writers; the request ends as Twisted ends it."""
+    transport, peer, reactor = loopback
+    body = '{"detail":"caf\u00e9 \u2028"}'.encode()
+    wire_of = StringTransport()
+    public = answered(wire_of, method, version)
+    write_body(public, status, body, b"application/json")
+    fast = answered(transport, method, version)
+    write_body(fast, status, body, b"application/json")
+    assert transport not in reactor.writers and not transport._tempDataLen
+    assert fast.finished and vars(fast).keys() == vars(public).keys()  # ended alike
+    expected = wire_of.value()
+    assert received(peer, len(expected)) == expected
+    assert fast.sentLength == public.sentLength and fast.startedWriting
+
+
+def test_a_whole_response_waits_behind_queued_data(
+        loopback: ServerEnd) -> None:
+    """With bytes still queued (an earlier response the reactor has not sent) the
+    response queues behind them through ``Request.write``: order is kept."""
+    transport, peer, _ = loopback
+    transport.write(b"earlier")
+    request = answered(transport, b"GET", b"HTTP/1.1")
+    assert _fastpath.whole_response(request, b"{}") is None
+    write_body(request, 200, b"{}", b"application/json")
+    transport.doWrite()
+    head = b"earlierHTTP/1.1 200 OK\r\n"
+    assert received(peer, len(head)) == head
+
+
+def test_whole_response_only_for_a_first_write_on_plain_tcp(
+        loopback: ServerEnd) -> None:
+    """Not on another transport (TLS, a test transport), not once the headers are out,
+    and the channel's transport is the real one again after a gathered write."""
+    transport, _, _ = loopback
+    assert _fastpath.whole_response(answered(StringTransport(), b"GET", b"HTTP/1.1"),
+                                    b"{}") is None
+    request = answered(transport, b"GET", b"HTTP/1.1")
+    request.setHeader(b"Content-Length", b"2")
+    got = _fastpath.whole_response(request, b"{}")
+    assert got is not None and got[0] is transport
+    assert request.channel.transport is transport
+    assert _fastpath.whole_response(request, b"{}") is None  # started writing
+
+
+def test_a_changed_channel_switches_whole_response_off(
+        monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]],
+        loopback: ServerEnd) -> None:
+    """A channel that writes its headers to a transport it kept from the connection,
+    not to ``self.transport``, fails the probe: off, logged, and write_body leaves
+    responses to ``Request.write`` again (queued, in Twisted's order)."""
+    made = http.HTTPChannel.connectionMade
+
+    def keep(self: http.HTTPChannel) -> None:
+        self.kept = self.transport  # type: ignore[attr-defined]
+        made(self)
+
+    def elsewhere(self: http.HTTPChannel, version: bytes, code: bytes, reason: bytes,
+                  headers: Headers) -> None:
+        kept: StringTransport = self.kept  # type: ignore[attr-defined]
+        kept.write(b"%s %s %s\r\n\r\n" % (version, code, reason))
+
+    monkeypatch.setattr(http.HTTPChannel, "connectionMade", keep)
+    monkeypatch.setattr(http.HTTPChannel, "writeHeaders", elsewhere)
+    assert _fastpath.check() == ["whole-response"]
+    assert [e["path"] for e in logged] == ["whole-response"]
+    transport, peer, reactor = loopback
+    request = answered(transport, b"GET", b"HTTP/1.1")
+    write_body(request, 200, b"{}", b"application/json")
+    assert transport in reactor.writers  # queued, as Twisted does
+    transport.doWrite()
+    assert received(peer, 21) == b"HTTP/1.1 200 OK\r\n\r\n{}"
+    monkeypatch.undo()
 
 
 # -- Headers --

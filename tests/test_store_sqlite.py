@@ -558,3 +558,37 @@ def test_v4_adds_the_change_log_and_keeps_the_states() -> None:
     assert connection.execute("SELECT count(*) FROM change_log").fetchone()[0] == 0
     assert sqlops.states(connection.cursor(), ["A"], 6) == {"A": {"Email": "s1"}}
     assert sqlops.states(connection.cursor(), ["A"], 7) == {}
+
+
+def test_v5_a_publish_is_one_statement_that_takes_the_next_seqs() -> None:
+    """A version-4 file upgrades in place; a batch of publishes is then one statement
+    (no BEGIN, UPDATE or COMMIT of its own: study 18) whose rows take the seqs after the
+    store's, in order, and move the store's seq to the last; a writer of the previous
+    version (seq moved first, then the rows) still gets its own seqs after it."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    assert migrate(connection.cursor(), MIGRATIONS[:4]) == (0, 4)
+    connection.execute("UPDATE store_info SET seq = 41 WHERE id = 1")
+    assert migrate(connection.cursor(), MIGRATIONS[:5]) == (4, 5)
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    texts = ['{"A":{"Email":"s1"}}', '{"B":{"Email":"s2"}}', '{"A":{"Email":"s3"}}']
+    assert sqlops.record_batch(connection.cursor(), texts) == [42, 43, 44]
+    connection.set_trace_callback(None)
+    # The trace reports the statement again for each trigger program it runs: one text.
+    assert len(set(statements)) == 1 and statements[0].startswith("INSERT INTO change_log")
+    assert connection.execute("SELECT seq FROM store_info").fetchone()[0] == 44
+    assert connection.execute("SELECT seq, changed FROM change_log").fetchall() == [
+        (42, texts[0]), (43, texts[1]), (44, texts[2])]
+    assert sqlops.states(connection.cursor(), ["A", "B"], 41) == {
+        "A": {"Email": "s3"}, "B": {"Email": "s2"}}
+    # The previous version's two statements, in their transaction.
+    connection.execute("BEGIN IMMEDIATE")
+    first = connection.execute(
+        "UPDATE store_info SET seq = seq + 2 WHERE id = 1 RETURNING seq").fetchone()[0] - 1
+    connection.execute("INSERT INTO change_log (seq, changed) SELECT ? + key, value "
+                       "FROM json_each(?)", (first, '[{"C":{"Email":"x"}},{"C":{"Email":"y"}}]'))
+    connection.execute("COMMIT")
+    assert first == 45
+    assert connection.execute("SELECT seq FROM store_info").fetchone()[0] == 46
+    assert sqlops.record_batch(connection.cursor(), texts[:1]) == [47]
+    assert sqlops.record_batch(connection.cursor(), []) == []

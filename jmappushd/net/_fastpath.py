@@ -46,6 +46,10 @@ CHUNK_WRITE = all(hasattr(http.Request, a)
                             "sentLength"))
 """An EventSource event may be framed as one HTTP/1.1 chunk and sent at once."""
 
+WHOLE_RESPONSE = all(hasattr(http.HTTPChannel, a) for a in ("writeHeaders", "write"))
+"""A response whose body is written in one call may leave as one ``send()``: what
+``Request.write`` gives the channel's transport is gathered and sent at once."""
+
 RAW_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
 """``Headers`` may be filled with already canonical, already checked names and values."""
 
@@ -140,6 +144,55 @@ def raw_transport(request: http.Request) -> Any:
     """
     channel = request.channel
     return channel.transport if channel is not None else None
+
+
+# -- twisted.web: a whole response in one send --
+
+
+class _Gathered:
+    """Stands in for a channel's transport while ``Request.write`` runs: the bytes it is
+    given are kept in order; anything else is the real transport's."""
+
+    __slots__ = ("parts", "real")
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.parts.extend(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def whole_response(request: http.Request, body: bytes) -> tuple[Any, bytes] | None:
+    """The TCP transport and the bytes of a whole response, or ``None`` for ``Request.write``.
+
+    For the first and only write of a response with its ``Content-Length`` set: runs
+    ``Request.write(body)`` itself with the channel's transport standing aside, so the
+    status line, headers and body are Twisted's own bytes, gathered instead of queued.
+    The caller sends them at once (``send_now``): one ``send()`` and no trip through the
+    reactor's write set (two ``epoll_ctl`` calls and a poll per response otherwise).
+    Only on a plain TCP connection with nothing queued; TLS, HTTP/2 and a busy
+    connection keep Twisted's path.
+    """
+    channel = request.channel
+    if (not WHOLE_RESPONSE or request.startedWriting or request.finished
+            or request._disconnected or not isinstance(channel, http.HTTPChannel)
+            or tcp_idle_socket(channel.transport) is None):
+        return None
+    transport = channel.transport
+    gathered = _Gathered(transport)
+    channel.transport = gathered  # type: ignore[assignment]
+    try:
+        request.write(body)
+    finally:
+        channel.transport = transport
+    return transport, b"".join(gathered.parts)
 
 
 # -- twisted.web: Headers --
@@ -330,18 +383,21 @@ def check() -> list[str]:
     Call once at start-up: each path whose library no longer behaves as it reproduces
     is turned off (its callers then use the public API) and logged once.
     """
-    global TCP_SEND, CHUNK_WRITE, RAW_HEADERS, C_ENCODER, WS_FRAMES, WSPROTO_FRAMES, H2_DATA
+    global TCP_SEND, CHUNK_WRITE, WHOLE_RESPONSE, RAW_HEADERS, C_ENCODER, WS_FRAMES
+    global WSPROTO_FRAMES, H2_DATA
     # Each probe runs the fast path itself, so every path is on while they run.
     TCP_SEND = CHUNK_WRITE = RAW_HEADERS = C_ENCODER = WS_FRAMES = WSPROTO_FRAMES = True
-    H2_DATA = True
+    WHOLE_RESPONSE = H2_DATA = True
     TCP_SEND = _passes(_probe_tcp_send)
     CHUNK_WRITE = _passes(_probe_chunk_write)
+    WHOLE_RESPONSE = TCP_SEND and _passes(_probe_whole_response)
     RAW_HEADERS = _passes(_probe_headers)
     C_ENCODER = _passes(_probe_c_encoder)
     WS_FRAMES = _passes(_probe_ws_frames)
     WSPROTO_FRAMES = _passes(_probe_wsproto_frames)
     H2_DATA = _passes(_probe_h2_data)
-    flags = {"tcp-send": TCP_SEND, "chunk-write": CHUNK_WRITE, "raw-headers": RAW_HEADERS,
+    flags = {"tcp-send": TCP_SEND, "chunk-write": CHUNK_WRITE,
+             "whole-response": WHOLE_RESPONSE, "raw-headers": RAW_HEADERS,
              "c-json-encoder": C_ENCODER, "websocket-frames": WS_FRAMES,
              "wsproto-frames": WSPROTO_FRAMES, "h2-data": H2_DATA}
     missing = [name for name, on in flags.items() if not on]
@@ -391,6 +447,46 @@ def _probe_chunk_write() -> bool:
     transport.write(chunk(b"event"))
     return (wire == chunk(b"event") == transport.value()[len(before):]
             and public.sentLength == fast.sentLength)
+
+
+def _probe_whole_response() -> bool:
+    """Gathered, a whole response is byte for byte what ``Request.write`` queues, and
+    the request and channel are left as ``Request.write`` leaves them."""
+    ours, theirs = _loopback_pair()
+    try:
+        requests = []
+        for transport in (StringTransport(), tcp.Server(
+                ours, _Null(), ("127.0.0.1", 1), None, 0,  # type: ignore[arg-type]
+                MemoryReactor())):
+            channel = http.HTTPChannel()
+            channel.timeOut = None
+            channel.makeConnection(transport)
+            request = http.Request(channel)
+            request.clientproto, request.method = b"HTTP/1.1", b"POST"
+            request.setResponseCode(202)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Content-Length", b"2")
+            requests.append(request)
+        public, fast = requests
+        public.write(b"{}")
+        wire_of = public.channel.transport
+        assert isinstance(wire_of, StringTransport)
+        got = whole_response(fast, b"{}")
+        return (got is not None and got[1] == wire_of.value()
+                and got[0] is fast.channel.transport
+                and fast.startedWriting == public.startedWriting
+                and fast.sentLength == public.sentLength and not fast.chunked)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a TCP connection on 127.0.0.1 (a ``tcp.Server`` asks for addresses)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname()[:2])
+        ours, _ = listener.accept()
+    return ours, theirs
 
 
 def _started_request() -> http.Request:

@@ -281,7 +281,9 @@ class SQLiteStore:
             return self._refuse(error)
         if not encoded:
             return self._in_turn(list)
-        recorded = self._run(ops.BEGIN_WRITE, ops.record_batch, [t for t, _ in encoded])
+        if self._sql is None:
+            return fail(StoreClosed("the store is not open"))
+        recorded = self._sql.statement(ops.record_batch, [t for t, _ in encoded])
         self._logged_publishes += len(encoded)
         self._logged_states += sum(n for _, n in encoded)
         if (self._logged_states >= self._fold_states

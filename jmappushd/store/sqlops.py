@@ -24,10 +24,12 @@ BEGIN_WRITE = "BEGIN IMMEDIATE"
 BEGIN_READ = "BEGIN"
 _MAX_IN_LIST = 500  # well under SQLite's bound-parameter limit
 _USER_COLUMNS = "id, name, password_hash, primary_account_id, created"
-_TAKE_SEQS = "UPDATE store_info SET seq = seq + ? WHERE id = 1 RETURNING seq"
 _APPEND_LOG = (
-    # [{account: {type: state}}, ...]: publish k of the array takes seq first + k.
-    "INSERT INTO change_log (seq, changed) SELECT ? + key, value FROM json_each(?)"
+    # [{account: {type: state}}, ...]: publish k of the array takes the store's seq + 1 + k.
+    # An uncorrelated subquery is evaluated once (SQLite's documented rule), so every row
+    # counts from the seq before the statement, which the schema's trigger then moves.
+    "INSERT INTO change_log (seq, changed) "
+    "SELECT (SELECT seq FROM store_info WHERE id = 1) + 1 + key, value FROM json_each(?)"
 )
 # Each pair's newest state in the log, upserted in key order (the GROUP BY sorts, so
 # the B-tree is walked once, left to right). The bare ``state`` column takes its value
@@ -214,22 +216,24 @@ def position(cursor: Cursor) -> tuple[str, int]:
 
 def record_batch(cursor: Cursor, texts: list[str]) -> list[int]:
     """Give each publish of ``texts`` (its ``changed`` map as JSON) the next seq and
-    append them to the change log.
+    append them to the change log; returns their seqs.
 
-    Two statements whatever the batch: every statement lets go of the GIL and takes it
-    back, a hand-off the reactor thread pays for while it fans out (study 11). The seq
-    moves and is read in one ``UPDATE ... RETURNING``; the log takes each publish's own
-    JSON as one row (no Python tuple per account, no second encoding), and :func:`fold`
-    writes the pairs into ``states`` later, many publishes at once (study 13).
+    One statement, run outside a transaction (:meth:`SQLThread.statement`): SQLite makes
+    it atomic and takes the write lock before it reads the seq, so the daemon and
+    jmappushctl never hand out the same one. Every statement lets go of the GIL and
+    takes it back, a hand-off the reactor thread pays for while it fans out (studies 11
+    and 18). The log takes each publish's own JSON as one row (no Python tuple per
+    account, no second encoding), and :func:`fold` writes the pairs into ``states``
+    later, many publishes at once (study 13). The seq is the row's key, so the last
+    one is SQLite's last inserted rowid, read without another step.
     """
-    # BEGIN IMMEDIATE holds the write lock from this update to the commit, so the
-    # daemon and jmappushctl never hand out the same seq.
-    cursor.execute(_TAKE_SEQS, (len(texts),))
-    last = int(cursor.fetchone()[0])
-    first = last - len(texts) + 1
-    if texts:
-        cursor.execute(_APPEND_LOG, (first, "[" + ",".join(texts) + "]"))
-    return list(range(first, last + 1))
+    if not texts:
+        return []
+    cursor.execute(_APPEND_LOG, ("[" + ",".join(texts) + "]",))
+    last = cursor.lastrowid
+    if last is None:
+        raise RuntimeError("SQLite reported no row for an appended publish")
+    return list(range(last - len(texts) + 1, last + 1))
 
 
 def fold(cursor: Cursor) -> int:

@@ -44,7 +44,19 @@ class SQLThread(WorkThread):
         when it returns, rolled back when it raises."""
         return self._submit(self._in_transaction, (begin, body, args, kwargs))
 
+    def statement(self, body: Callable[Concatenate[Cursor, P], T], *args: P.args,
+                  **kwargs: P.kwargs) -> Deferred[T]:
+        """``body(cursor, *args)`` outside any transaction, for a body that runs one
+        statement: SQLite makes a lone statement atomic (autocommit), which saves the
+        ``BEGIN`` and ``COMMIT`` and their two GIL hand-overs."""
+        return self._submit(self._alone, (body, args, kwargs))
+
     # -- on the thread --
+
+    def _alone(self, body: Callable[..., T], args: tuple[object, ...],
+               kwargs: dict[str, object]) -> T:
+        cursor = self._cursor if self._cursor is not None else self._open()
+        return body(cursor, *args, **kwargs)
 
     def _open(self) -> sqlite3.Cursor:
         connection = self._connect()

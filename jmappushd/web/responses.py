@@ -13,6 +13,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from jmappushd.jmap.ijson import dumps
 from jmappushd.jmap.problems import PROBLEM_CONTENT_TYPE, RequestProblem
+from jmappushd.net import _fastpath
+from jmappushd.net.sendnow import send_now
 from jmappushd.store.records import StoreClosed, StoreUnavailable
 
 JSON_CONTENT_TYPE = b"application/json"
@@ -43,7 +45,11 @@ def write_body(request: Request, status: int, body: bytes, content_type: bytes) 
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)
     request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
-    request.write(body)
+    whole = _fastpath.whole_response(request, body)
+    if whole is not None:
+        send_now(*whole)  # the status line, headers and body in one send()
+    else:
+        request.write(body)
     request.finish()
 
 

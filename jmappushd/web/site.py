@@ -160,6 +160,16 @@ class JMAPChannel(http.HTTPChannel):
     _negotiated = False
     _abort: WheelTimer | None = None
     _lost = False
+    _host: IAddress | None = None
+
+    def getHost(self) -> IAddress:
+        """The connection's local address, asked of the socket once: ``Request`` asks
+        for it on every request, and each time is a ``getsockname()`` system call; a
+        connected socket's local address never changes."""
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def callLater(self, period: float, func: Callable[[], None]) -> IDelayedCall:
         """The idle timeout's timer, on the site's clock (tests inject one)."""
