@@ -191,6 +191,17 @@ class SQLiteStore:
             return fail(StoreClosed("the store is not open"))
         return self._sql.transaction(begin, body, *args, **kwargs)
 
+    def _alone(
+        self,
+        body: Callable[Concatenate[Cursor, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[T]:
+        """Run ``body``, one statement, outside a transaction on the SQL thread."""
+        if self._sql is None:
+            return fail(StoreClosed("the store is not open"))
+        return self._sql.statement(body, *args, **kwargs)
+
     def _in_turn(self, answer: Callable[[], T]) -> Deferred[T]:
         """Answer without SQL but in call order: through the same FIFO thread."""
         if self._sql is None:
@@ -281,9 +292,7 @@ class SQLiteStore:
             return self._refuse(error)
         if not encoded:
             return self._in_turn(list)
-        if self._sql is None:
-            return fail(StoreClosed("the store is not open"))
-        recorded = self._sql.statement(ops.record_batch, [t for t, _ in encoded])
+        recorded = self._alone(ops.record_batch, [t for t, _ in encoded])
         self._logged_publishes += len(encoded)
         self._logged_states += sum(n for _, n in encoded)
         if (self._logged_states >= self._fold_states
