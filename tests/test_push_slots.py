@@ -9,6 +9,8 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
 from jmappushd.transports.webpush.slots import Slot, SlotLimiter, slot_key
+from jmappushd.transports.webpush.vapid import OriginCache, origin_of
+from tests.test_push_vapid import ORIGINS
 
 
 def granted(d: Deferred[Slot]) -> Slot:
@@ -190,3 +192,19 @@ def test_slot_key_is_the_origin() -> None:
     """Scheme, host and port: paths and default ports do not make separate origins."""
     assert slot_key("https://Push.Example/a") == slot_key("https://push.example:443/b")
     assert slot_key("https://push.example:8443/a") != slot_key("https://push.example/a")
+
+
+def test_slot_key_is_origin_of_for_every_url() -> None:
+    """The remembered origins (one per authority text) are ``origin_of``'s for every URL
+    of the VAPID tests, asked twice and with other paths; a URL with no origin is its
+    own key and is not remembered."""
+    cache = OriginCache(3)  # small: the memory is cleared as it fills
+    for _ in range(2):
+        for url, origin in ORIGINS:
+            assert slot_key(url) == cache(url) == origin == origin_of(url)
+            other = url.split("#")[0] + ("&" if "?" in url else "?") + "other=1"
+            assert slot_key(other) == cache(other) == origin
+    assert slot_key("no-origin") == "no-origin"
+    with pytest.raises(ValueError):
+        cache("https://host:99999/")
+    assert len(cache._origins) <= 3

@@ -28,6 +28,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from jmappushd.transports.webpush.sender import AgentTransport
 from jmappushd.transports.webpush.ssrf import (
     ForbiddenAddress,
     GuardedEndpointFactory,
@@ -336,6 +337,26 @@ def test_agent_request_to_rebinding_host_fails() -> None:
     failure = failure_of(agent.request(b"POST", b"https://evil.example/push"))
     assert failure.check(ForbiddenAddress)
     assert reactor.tcpClients == []
+
+
+def test_a_planned_post_is_checked_at_every_new_connection() -> None:
+    """PS-18 with the agent plan (one endpoint kept per URL): a name that rebinds to a
+    private address after the first POST is resolved again and refused at the next
+    connection; nothing connects to it."""
+    factory, reactor, resolver = make_factory({"push.example": ["93.184.216.34"]})
+    agent = Agent.usingEndpointFactory(reactor, factory,
+                                       pool=HTTPConnectionPool(reactor, persistent=False))
+    post = AgentTransport(agent, reactor, 10.0)
+    first = post.post("https://push.example/p", b"body", {"TTL": "60"})
+    assert [host for host, *_ in reactor.tcpClients] == ["93.184.216.34"]
+    resolver.table["push.example"] = ["10.0.0.7"]
+    second = post.post("https://push.example/p", b"body", {"TTL": "60"})
+    assert len(post._plans) == 1  # the kept plan was used
+    assert failure_of(second).check(ForbiddenAddress)
+    assert resolver.queries == [("push.example", 443)] * 2
+    assert len(reactor.tcpClients) == 1
+    first.cancel()
+    failure_of(first)
 
 
 def test_unsupported_scheme_and_bad_attempts_refused() -> None:

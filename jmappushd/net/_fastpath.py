@@ -3,14 +3,16 @@
 The hot paths measured in ``docs/benchmarks.rst`` skip a library's general code by
 reading what it keeps privately: Twisted's TCP write queue (``send_now``), the
 chunked state of a ``Request`` (EventSource events), the dict inside ``Headers``
-(Web Push requests), CPython's C JSON encoder (``ijson.dumps``), Autobahn's
+(Web Push requests), what ``Agent.request`` derives from a URL (a Web Push POST to a
+URL it has seen), CPython's C JSON encoder (``ijson.dumps``), Autobahn's
 frame parser state (the WebSocket frame fast path), wsproto's (the same fast path
 for a WebSocket over HTTP/2) and the ``h2`` library's buffers and flow-control
 windows (the DATA frames of such a WebSocket). Each is a flag here, on when the
 installed library still has what it reads. :func:`check` (called once at start-up)
 re-verifies the *behaviour* each one reproduces against the library's own public
 code; a path that no longer matches is switched off, so its callers use the public
-API (``transport.write``, ``Request.write``, ``Headers(...)``, ``JSONEncoder``,
+API (``transport.write``, ``Request.write``, ``Headers(...)``, ``Agent.request``,
+``JSONEncoder``,
 Autobahn's ``dataReceived``, wsproto's ``receive_data``, h2's ``send_data`` and
 ``receive_data``), and is logged once. The
 upper bounds in ``setup.cfg`` keep upgrades deliberate; this check keeps them safe.
@@ -22,14 +24,21 @@ import json
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from json import encoder as _json_encoder
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import abstract, tcp
+from twisted.internet import abstract, task, tcp
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import Logger
 from twisted.web import http
+from twisted.web._newclient import _ensureValidURI
+from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -52,6 +61,11 @@ WHOLE_RESPONSE = all(hasattr(http.HTTPChannel, a) for a in ("writeHeaders", "wri
 
 RAW_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
 """``Headers`` may be filled with already canonical, already checked names and values."""
+
+AGENT_PLAN = all(hasattr(Agent, a)
+                 for a in ("_requestWithEndpoint", "_getEndpoint", "_computeHostValue"))
+"""A POST to a URL seen before may skip what ``Agent.request`` derives from the URL again:
+its parsed URI, pool key, endpoint and ``Host`` value are kept (:class:`AgentPlan`)."""
 
 C_ENCODER = getattr(_json_encoder, "c_make_encoder", None) is not None
 """One C JSON encoder may be built once and reused for every ``dumps``."""
@@ -208,6 +222,47 @@ def headers_from(raw: dict[bytes, list[bytes]]) -> Headers:
         built._rawHeaders = raw
         return built
     return Headers(raw)
+
+
+# -- twisted.web.client: what Agent.request derives from a URL --
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPlan:
+    """What ``Agent.request`` works out from one URL before it asks the pool for a
+    connection; the same for every POST to that URL."""
+
+    key: tuple[bytes, bytes, int]
+    endpoint: IStreamClientEndpoint
+    uri: URI
+    path: bytes
+    host: bytes
+    """The ``Host`` header value ``Agent`` would add (the caller sends it)."""
+
+
+def agent_plan(agent: IAgent, uri: bytes) -> AgentPlan | None:
+    """``Agent.request``'s steps up to the connection, once, or ``None`` for ``agent.request``.
+
+    Reproduces ``Agent.request``: the URI checked and parsed, the endpoint from the
+    agent's endpoint factory (the SSRF-guarded one resolves and checks at each connect,
+    not here), the pool key, the request path and the ``Host`` value. Only for an
+    ``Agent`` itself (a subclass or another ``IAgent`` may do otherwise). Raises what
+    ``Agent.request`` raises for a URI it refuses.
+    """
+    if not AGENT_PLAN or type(agent) is not Agent:
+        return None
+    parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
+    return AgentPlan((parsed.scheme, parsed.host, parsed.port), agent._getEndpoint(parsed),
+                     parsed, parsed.originForm,
+                     agent._computeHostValue(parsed.scheme, parsed.host, parsed.port))
+
+
+def agent_request(agent: Agent, plan: AgentPlan, method: bytes, headers: Headers,
+                  body: IBodyProducer | None) -> Deferred[IResponse]:
+    """``agent.request`` for a planned URL; ``headers`` carry ``Host: plan.host`` last, as
+    ``Agent`` would add it (so the headers are not copied to add it)."""
+    return agent._requestWithEndpoint(plan.key, plan.endpoint, method, plan.uri, headers,
+                                      body, plan.path)
 
 
 # -- Autobahn: the frame parser's state and its send queue --
@@ -384,20 +439,22 @@ def check() -> list[str]:
     is turned off (its callers then use the public API) and logged once.
     """
     global TCP_SEND, CHUNK_WRITE, WHOLE_RESPONSE, RAW_HEADERS, C_ENCODER, WS_FRAMES
-    global WSPROTO_FRAMES, H2_DATA
+    global WSPROTO_FRAMES, H2_DATA, AGENT_PLAN
     # Each probe runs the fast path itself, so every path is on while they run.
     TCP_SEND = CHUNK_WRITE = RAW_HEADERS = C_ENCODER = WS_FRAMES = WSPROTO_FRAMES = True
-    WHOLE_RESPONSE = H2_DATA = True
+    WHOLE_RESPONSE = H2_DATA = AGENT_PLAN = True
     TCP_SEND = _passes(_probe_tcp_send)
     CHUNK_WRITE = _passes(_probe_chunk_write)
     WHOLE_RESPONSE = TCP_SEND and _passes(_probe_whole_response)
     RAW_HEADERS = _passes(_probe_headers)
+    AGENT_PLAN = _passes(_probe_agent_plan)
     C_ENCODER = _passes(_probe_c_encoder)
     WS_FRAMES = _passes(_probe_ws_frames)
     WSPROTO_FRAMES = _passes(_probe_wsproto_frames)
     H2_DATA = _passes(_probe_h2_data)
     flags = {"tcp-send": TCP_SEND, "chunk-write": CHUNK_WRITE,
              "whole-response": WHOLE_RESPONSE, "raw-headers": RAW_HEADERS,
+             "agent-plan": AGENT_PLAN,
              "c-json-encoder": C_ENCODER, "websocket-frames": WS_FRAMES,
              "wsproto-frames": WSPROTO_FRAMES, "h2-data": H2_DATA}
     missing = [name for name, on in flags.items() if not on]
@@ -509,6 +566,88 @@ def _probe_headers() -> bool:
     return (built == Headers(raw)
             and built.getRawHeaders(b"ttl") == [b"60"]
             and sorted(built.getAllRawHeaders()) == sorted(raw.items()))
+
+
+_PROBE_URIS = (b"https://push.example/wpush/v2/AbC-d_e", b"http://push.example:8080/a;p?q=1#f",
+               b"https://[2001:db8::1]:8443/x", b"https://[2001:db8::2]/", b" http://h/ ")
+
+
+def _probe_agent_plan() -> bool:
+    """For each URI, a planned POST puts on the wire the bytes ``Agent.request`` puts there,
+    over an endpoint made from the same URI, and gets the same answer."""
+    for uri in _PROBE_URIS:
+        public, planned = _PlanAgent.make(), _PlanAgent.make()
+        plan = agent_plan(planned[0], uri)
+        if plan is None:
+            return False
+        # A fixed header first: the planned POST carries Host last, as Agent adds it.
+        fixed = {b"Content-Encoding": [b"aes128gcm"]}
+        answers = [public[0].request(b"POST", uri, Headers(fixed), _Bytes(b"sealed")),
+                   agent_request(planned[0], plan, b"POST", Headers(
+                       fixed | {b"Host": [plan.host]}), _Bytes(b"sealed"))]
+        wires = [side[1].answer() for side in (public, planned)]
+        codes = [getattr(d.result, "code", None) if IResponse.providedBy(d.result) else None
+                 for d in answers]
+        for answer in answers:
+            answer.addErrback(lambda _: None)  # a failed probe is its answer, not an error
+        if (wires[0] != wires[1] or codes != [201, 201]
+                or public[1].uris != planned[1].uris
+                or plan.key != (plan.uri.scheme, plan.uri.host, plan.uri.port)):
+            return False
+    return True
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    """A body producer of known length that writes at once (the probe's request body)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body, self.length = body, len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Written whole at once: nothing to pause."""
+
+    def resumeProducing(self) -> None:
+        """Written whole at once: nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Written whole at once: nothing to stop."""
+
+
+class _PlanAgent:
+    """An endpoint factory for the probe: it records each URI it is asked for and
+    connects an ``HTTP11ClientProtocol`` to a ``StringTransport`` at once."""
+
+    def __init__(self) -> None:
+        self.uris: list[bytes] = []
+        self.protocols: list[Any] = []
+
+    @classmethod
+    def make(cls) -> tuple[Agent, _PlanAgent]:
+        clock = task.Clock()
+        factory = cls()
+        return Agent.usingEndpointFactory(clock, factory, HTTPConnectionPool(clock)), factory
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        self.uris.append(uri.toBytes())
+        return self  # type: ignore[return-value]
+
+    def connect(self, protocol_factory: Any) -> Deferred[Any]:
+        protocol = protocol_factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.protocols.append(protocol)
+        return succeed(protocol)
+
+    def answer(self) -> bytes:
+        """What the one connection was sent; then the service's 201 to it."""
+        (protocol,) = self.protocols
+        wire: bytes = protocol.transport.value()
+        protocol.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        return wire
 
 
 def _probe_c_encoder() -> bool:

@@ -26,7 +26,8 @@ from zope.interface import implementer
 
 from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
-from jmappushd.net._fastpath import headers_from
+from jmappushd.net import _fastpath
+from jmappushd.net._fastpath import AgentPlan, headers_from
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.transports.webpush import ece
 from jmappushd.transports.webpush.keys import KeyRing
@@ -143,13 +144,19 @@ class AgentTransport:
     It calls the agent as treq does but without what a push needs none of, per request:
     treq's URL parsing (see :func:`request_uri`), its cookie jar (a push service's
     cookies would only grow it), its gzip decoder (the body is discarded) and its own
-    timer (the one here covers the head and the body).
+    timer (the one here covers the head and the body). What ``Agent.request`` itself
+    derives from a URL (the parsed URI, the pool key, the endpoint, the ``Host`` value)
+    is kept per URL too (:func:`~jmappushd.net._fastpath.agent_plan`); each new
+    connection still resolves and checks its addresses (PS-18).
     """
+
+    max_plans = 4096
 
     def __init__(self, agent: IAgent, clock: IReactorTime, timeout: float) -> None:
         self._agent = agent
         self._clock = clock
         self._timeout = timeout
+        self._plans: dict[str, AgentPlan] = {}
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Deferred[PushResponse]:
         request = Deferred.fromCoroutine(self._post(url, body, headers))
@@ -173,8 +180,20 @@ class AgentTransport:
         return result
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> PushResponse:
-        response = await self._agent.request(b"POST", request_uri(url),
-                                             request_headers(headers), BytesProducer(body))
+        plan = self._plans.get(url)
+        if plan is None:
+            plan = _fastpath.agent_plan(self._agent, request_uri(url))
+            if plan is not None:
+                if len(self._plans) >= self.max_plans:
+                    self._plans.clear()
+                self._plans[url] = plan
+        if plan is not None and _fastpath.AGENT_PLAN:
+            response = await _fastpath.agent_request(
+                self._agent, plan, b"POST",  # type: ignore[arg-type]  # agent_plan: an Agent
+                request_headers(headers, plan.host), BytesProducer(body))
+        else:
+            response = await self._agent.request(b"POST", request_uri(url),
+                                                 request_headers(headers), BytesProducer(body))
         if response.length is not UNKNOWN_LENGTH and response.length > MAX_RESPONSE_BODY:
             raise ValueError("push service response body too long")
         await treq.collect(response, _Discard())
@@ -189,8 +208,9 @@ _ENCODED: dict[str, bytes] = {}
 _MAX_ENCODED = 4096
 
 
-def request_headers(headers: dict[str, str]) -> Headers:
-    """twisted.web ``Headers`` for the request ``Sender.headers`` built.
+def request_headers(headers: dict[str, str], host: bytes | None = None) -> Headers:
+    """twisted.web ``Headers`` for the request ``Sender.headers`` built, and ``host`` last
+    as ``Host`` (where ``Agent`` puts the one it adds) when given.
 
     ``Headers`` re-encodes every name and rewrites every value's line breaks, a third
     of the cost of a push after the cryptography. Every value here is our own ASCII
@@ -214,6 +234,8 @@ def request_headers(headers: dict[str, str]) -> Headers:
             ((canonical, _),) = Headers({name: [value]}).getAllRawHeaders()
             _CANONICAL[name] = canonical
         raw[canonical] = [encoded]
+    if host is not None:
+        raw[b"Host"] = [host]
     return headers_from(raw)
 
 

@@ -32,15 +32,17 @@ from types import TracebackType
 
 from twisted.internet.defer import Deferred, succeed
 
-from jmappushd.transports.webpush.vapid import origin_of
+from jmappushd.transports.webpush.vapid import OriginCache
 
 __all__ = ["Slot", "SlotLimiter", "slot_key"]
+
+_ORIGINS = OriginCache(4096)
 
 
 def slot_key(url: str) -> str:
     """The origin a POST to ``url`` counts against; the URL itself if it has none."""
     try:
-        return origin_of(url)
+        return _ORIGINS(url)
     except ValueError:
         return url  # never the case for a validated subscription URL; still capped
 

@@ -24,6 +24,7 @@ from jmappushd.transports.webpush.ece import public_bytes
 
 __all__ = [
     "MAX_LIFETIME",
+    "OriginCache",
     "VapidKey",
     "VapidSigner",
     "origin_of",
@@ -118,6 +119,41 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+class OriginCache:
+    """``origin_of(url)``, remembered per ``scheme://authority`` text; bounded.
+
+    Parsing a URL costs as much as the rest of a VAPID header, and a slot is looked up
+    by origin for every POST; every push to one push service starts with the same
+    authority, and the origin depends on nothing after it (the path, where push
+    services keep their secrets, is not kept). A URL with no origin raises
+    ``ValueError`` as :func:`origin_of` does, and is not remembered.
+    """
+
+    __slots__ = ("_max", "_origins")
+
+    def __init__(self, max_origins: int) -> None:
+        self._max = max_origins
+        self._origins: dict[str, str] = {}
+
+    def __call__(self, url: str) -> str:
+        start = url.find("://")
+        if start < 0:
+            return origin_of(url)
+        end = len(url)
+        for separator in "/?#":
+            at = url.find(separator, start + 3)
+            if 0 <= at < end:
+                end = at
+        prefix = url[:end]
+        origin = self._origins.get(prefix)
+        if origin is None:
+            origin = origin_of(url)
+            if len(self._origins) >= self._max:
+                self._origins.clear()
+            self._origins[prefix] = origin
+        return origin
+
+
 class VapidSigner:
     """Builds VAPID ``Authorization`` headers for one key, caching a token per origin.
 
@@ -152,7 +188,7 @@ class VapidSigner:
         self._renew_before = renew_before
         self._max_origins = max_origins
         self._cache: OrderedDict[str, tuple[int, str]] = OrderedDict()
-        self._origins: dict[str, str] = {}
+        self._origin = OriginCache(max_origins)
 
     @property
     def key(self) -> VapidKey:
@@ -176,30 +212,6 @@ class VapidSigner:
         if len(self._cache) > self._max_origins:
             self._cache.popitem(last=False)
         return header
-
-    def _origin(self, url: str) -> str:
-        """``origin_of(url)``, remembered per ``scheme://authority`` text.
-
-        Parsing the URL cost as much as the rest of the header; every push to one push
-        service starts with the same authority, and the origin depends on nothing after
-        it (the path, where push services keep their secrets, is not kept).
-        """
-        start = url.find("://")
-        if start < 0:
-            return origin_of(url)
-        end = len(url)
-        for separator in "/?#":
-            at = url.find(separator, start + 3)
-            if 0 <= at < end:
-                end = at
-        prefix = url[:end]
-        origin = self._origins.get(prefix)
-        if origin is None:
-            origin = origin_of(url)
-            if len(self._origins) >= self._max_origins:
-                self._origins.clear()
-            self._origins[prefix] = origin
-        return origin
 
     def _token(self, origin: str, exp: int) -> str:
         """Sign a compact JWS with claims aud, exp and optional sub (VAPID-2..5)."""
