@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,7 +52,35 @@ def log_into(events: list[Any]) -> ILogObserver:
     return cast(ILogObserver, events.append)
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out to outgoing connections (and to ``bind(0)``)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+
+
 def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a server a test starts a moment later.
+
+    Chosen below the kernel's ephemeral range: a port ``bind(0)`` returns comes from
+    the range client connections take their local ports from, so in the gap before the
+    server binds it, any test's outgoing connection could take it ("Address already in
+    use"). Falls back to ``bind(0)`` if nothing below is free.
+    """
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = _PORTS.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -54,8 +54,11 @@ def logged(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 def test_the_installed_libraries_pass() -> None:
     """Twisted, Autobahn and json as installed still have everything the fast paths read."""
     assert _fastpath.check() == []
-    assert _fastpath.TCP_SEND and _fastpath.CHUNK_WRITE and _fastpath.RAW_HEADERS
-    assert _fastpath.C_ENCODER and _fastpath.WS_FRAMES
+    assert _fastpath.tcpwrite.TCP_SEND and _fastpath.webserver.CHUNK_WRITE
+    assert _fastpath.webserver.RAW_HEADERS and _fastpath.webserver.WHOLE_RESPONSE
+    assert _fastpath.cjson.C_ENCODER and _fastpath.websocket.WS_FRAMES
+    assert _fastpath.agent.AGENT_PLAN and _fastpath.h2_data.H2_DATA
+    assert _fastpath.wsproto_state.WSPROTO_FRAMES
 
 
 # -- send_now on a tcp.Server --
@@ -68,7 +71,7 @@ def served(ours: socket.socket, theirs: socket.socket) -> Iterator[ServerEnd]:
     """A ``tcp.Server`` on ``ours`` with a MemoryReactor (which shows whether anything
     was queued) and the peer's end; both closed afterwards."""
     reactor = MemoryReactor()
-    transport = tcp.Server(ours, _fastpath._Null(), ("127.0.0.1", 1), None,  # type: ignore[arg-type]
+    transport = tcp.Server(ours, _fastpath.tcpwrite.Null(), ("127.0.0.1", 1), None,  # type: ignore[arg-type]
                            0, reactor)
     yield transport, theirs, reactor
     ours.close()
@@ -100,7 +103,7 @@ def test_send_now_sends_at_once_on_a_guarded_port_connection() -> None:
     reactor = MemoryReactor()
     cls = GuardedPort.transport
     assert cls is not tcp.Server and issubclass(cls, tcp.Server)
-    transport = cls(ours, _fastpath._Null(), ("127.0.0.1", 1), None, 0,  # type: ignore[arg-type]
+    transport = cls(ours, _fastpath.tcpwrite.Null(), ("127.0.0.1", 1), None, 0,  # type: ignore[arg-type]
                     reactor)
     try:
         send_now(transport, b"event")
@@ -124,7 +127,7 @@ def test_send_now_keeps_a_subclass_that_changes_writing() -> None:
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     reactor = MemoryReactor()
-    transport = _Rewriting(ours, _fastpath._Null(), ("127.0.0.1", 1), None,  # type: ignore[arg-type]
+    transport = _Rewriting(ours, _fastpath.tcpwrite.Null(), ("127.0.0.1", 1), None,  # type: ignore[arg-type]
                            0, reactor)
     try:
         assert _fastpath.tcp_idle_socket(transport) is None
@@ -139,7 +142,7 @@ def test_send_now_falls_back_to_write(server: tuple[tcp.Server, socket.socket, M
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Switched off, send_now is ``transport.write``: queued for the reactor, not sent."""
     transport, peer, reactor = server
-    monkeypatch.setattr(_fastpath, "TCP_SEND", False)
+    monkeypatch.setattr(_fastpath.tcpwrite, "TCP_SEND", False)
     send_now(transport, b"event")
     assert transport in reactor.writers and transport._tempDataLen == 5
     with pytest.raises(BlockingIOError):
@@ -153,7 +156,7 @@ def test_a_changed_write_queue_switches_tcp_send_off(monkeypatch: pytest.MonkeyP
     monkeypatch.delattr(abstract.FileDescriptor, "_writeDisconnected")
     assert _fastpath.check() == ["tcp-send", "whole-response"]
     assert _fastpath.check() == ["tcp-send", "whole-response"]
-    assert not _fastpath.TCP_SEND and not _fastpath.WHOLE_RESPONSE
+    assert not _fastpath.tcpwrite.TCP_SEND and not _fastpath.webserver.WHOLE_RESPONSE
     assert [e["path"] for e in logged] == ["tcp-send", "whole-response"]
     assert _fastpath.tcp_idle_socket(object()) is None
 
@@ -222,7 +225,7 @@ def test_a_changed_request_switches_chunk_write_off(monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def loopback() -> Iterator[ServerEnd]:
     """The same on a real loopback TCP connection: a request asks for its addresses."""
-    ours, theirs = _fastpath._loopback_pair()
+    ours, theirs = _fastpath.tcpwrite.loopback_pair()
     theirs.settimeout(5)
     yield from served(ours, theirs)
 
@@ -407,7 +410,7 @@ def test_a_changed_autobahn_switches_the_frame_fast_path_off(
     is then off (its answers equal Autobahn's alone: the differential test)."""
     monkeypatch.setattr(WebSocketProtocol, "_dataReceived", None)
     assert _fastpath.check() == ["websocket-frames"]
-    assert not _fastpath.WS_FRAMES
+    assert not _fastpath.websocket.WS_FRAMES
     assert [e["path"] for e in logged] == ["websocket-frames"]
 
 
@@ -426,7 +429,7 @@ def test_a_changed_wsproto_switches_the_h2_frame_fast_path_off(
 
     monkeypatch.setattr(FrameDecoder, "__init__", renamed)
     assert _fastpath.check() == ["wsproto-frames"]
-    assert not _fastpath.WSPROTO_FRAMES
+    assert not _fastpath.wsproto_state.WSPROTO_FRAMES
     assert [e["path"] for e in logged] == ["wsproto-frames"]
 
 

@@ -169,7 +169,7 @@ def test_a_closed_stream_is_h2s() -> None:
 
 def test_fast_path_off_takes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Switched off (a changed ``h2``), neither path does anything: ``h2`` gets it all."""
-    monkeypatch.setattr(_fastpath, "H2_DATA", False)
+    monkeypatch.setattr(_fastpath.h2_data, "H2_DATA", False)
     _, server, sid = h2_pair()
     assert h2_take_data(server, frame(0, 0, sid, b"x"), {sid}) == ([], 0)
     assert not h2_send_data(server, sid, b"x")

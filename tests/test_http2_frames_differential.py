@@ -186,7 +186,7 @@ def test_one_data_frame_equals_one_per_byte_and_wsproto_alone(
     data = prefix + CORPUS[name]
     whole = driver.run([data])
     split = driver.run(one_per_byte(data))
-    monkeypatch.setattr(_fastpath, "WSPROTO_FRAMES", False)
+    monkeypatch.setattr(_fastpath.wsproto_state, "WSPROTO_FRAMES", False)
     plain = driver.run([data])
     assert plain.wsproto_fed > 0  # wsproto alone really handled it
     assert answered_alike(whole, split), (whole, split)

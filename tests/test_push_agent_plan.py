@@ -93,7 +93,7 @@ def test_a_planned_post_sends_agent_requests_bytes(url: str,
     planned, planned_wire = transport()
     first, answer = posted(planned, planned_wire, url)
     again, _ = posted(planned, planned_wire, url)
-    monkeypatch.setattr(_fastpath, "AGENT_PLAN", False)
+    monkeypatch.setattr(_fastpath.agent, "AGENT_PLAN", False)
     public, public_wire = transport()
     theirs, their_answer = posted(public, public_wire, url)
     assert first == again == theirs

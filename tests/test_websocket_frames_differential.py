@@ -236,7 +236,7 @@ def test_fast_path_answers_as_autobahn_alone(driver: Driver, name: str, prefix: 
     close code and drop."""
     data = prefix + CORPUS[name]
     fast = driver.run([data])
-    monkeypatch.setattr(_fastpath, "WS_FRAMES", False)
+    monkeypatch.setattr(_fastpath.websocket, "WS_FRAMES", False)
     plain = driver.run([data])
     assert plain.autobahn_used  # Autobahn alone really handled it
     assert same(fast, plain), (fast, plain)

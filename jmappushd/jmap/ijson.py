@@ -205,7 +205,7 @@ _C_ENCODE = _fastpath.c_encoder(_ENCODER.default)
 
 def dumps(obj: Any) -> bytes:
     """Encode as compact UTF-8 JSON; non-finite floats are a programming error."""
-    if _C_ENCODE is not None and _fastpath.C_ENCODER and isinstance(obj, dict | list):
+    if _C_ENCODE is not None and _fastpath.cjson.C_ENCODER and isinstance(obj, dict | list):
         return "".join(_C_ENCODE(obj, 0)).encode("utf-8")
     return _ENCODER.encode(obj).encode("utf-8")
 

@@ -187,7 +187,7 @@ class AgentTransport:
                 if len(self._plans) >= self.max_plans:
                     self._plans.clear()
                 self._plans[url] = plan
-        if plan is not None and _fastpath.AGENT_PLAN:
+        if plan is not None and _fastpath.agent.AGENT_PLAN:
             response = await _fastpath.agent_request(
                 self._agent, plan, b"POST",  # type: ignore[arg-type]  # agent_plan: an Agent
                 request_headers(headers, plan.host), BytesProducer(body))
