@@ -8,7 +8,8 @@ from typing import Any
 
 H2_DATA = True
 """Plain DATA frames of an RFC 8441 tunnel may be framed and parsed outside ``h2``'s
-state machines (its windows and buffers kept exactly); set by :func:`jmappushd.net._fastpath.check`."""
+state machines (its windows and buffers kept exactly); set by
+:func:`jmappushd.net._fastpath.check`."""
 
 
 _DATA_HEAD = struct.Struct(">BHBBL")
