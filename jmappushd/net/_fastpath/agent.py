@@ -25,7 +25,9 @@ its parsed URI, pool key, endpoint and ``Host`` value are kept (:class:`AgentPla
 @dataclass(frozen=True, slots=True)
 class AgentPlan:
     """What ``Agent.request`` works out from one URL before it asks the pool for a
-    connection; the same for every POST to that URL."""
+    connection; the same for every POST to that URL through ``agent``."""
+
+    agent: Agent
 
     key: tuple[bytes, bytes, int]
     endpoint: IStreamClientEndpoint
@@ -47,16 +49,16 @@ def agent_plan(agent: IAgent, uri: bytes) -> AgentPlan | None:
     if not AGENT_PLAN or type(agent) is not Agent:
         return None
     parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
-    return AgentPlan((parsed.scheme, parsed.host, parsed.port), agent._getEndpoint(parsed),
+    return AgentPlan(agent, (parsed.scheme, parsed.host, parsed.port), agent._getEndpoint(parsed),
                      parsed, parsed.originForm,
                      agent._computeHostValue(parsed.scheme, parsed.host, parsed.port))
 
 
-def agent_request(agent: Agent, plan: AgentPlan, method: bytes, headers: Headers,
+def agent_request(plan: AgentPlan, method: bytes, headers: Headers,
                   body: IBodyProducer | None) -> Deferred[IResponse]:
-    """``agent.request`` for a planned URL; ``headers`` carry ``Host: plan.host`` last, as
-    ``Agent`` would add it (so the headers are not copied to add it)."""
-    return agent._requestWithEndpoint(plan.key, plan.endpoint, method, plan.uri, headers,
+    """``plan.agent.request`` for the planned URL; ``headers`` carry ``Host: plan.host``
+    last, as ``Agent`` would add it (so the headers are not copied to add it)."""
+    return plan.agent._requestWithEndpoint(plan.key, plan.endpoint, method, plan.uri, headers,
                                       body, plan.path)
 
 
@@ -75,7 +77,7 @@ def probe_agent_plan() -> bool:
         # A fixed header first: the planned POST carries Host last, as Agent adds it.
         fixed = {b"Content-Encoding": [b"aes128gcm"]}
         answers = [public[0].request(b"POST", uri, Headers(fixed), _Bytes(b"sealed")),
-                   agent_request(planned[0], plan, b"POST", Headers(
+                   agent_request(plan, b"POST", Headers(
                        fixed | {b"Host": [plan.host]}), _Bytes(b"sealed"))]
         wires = [side[1].answer() for side in (public, planned)]
         codes = [getattr(d.result, "code", None) if IResponse.providedBy(d.result) else None

@@ -189,8 +189,7 @@ class AgentTransport:
                 self._plans[url] = plan
         if plan is not None and _fastpath.agent.AGENT_PLAN:
             response = await _fastpath.agent_request(
-                self._agent, plan, b"POST",  # type: ignore[arg-type]  # agent_plan: an Agent
-                request_headers(headers, plan.host), BytesProducer(body))
+                plan, b"POST", request_headers(headers, plan.host), BytesProducer(body))
         else:
             response = await self._agent.request(b"POST", request_uri(url),
                                                  request_headers(headers), BytesProducer(body))
