@@ -55,7 +55,7 @@ def test_the_installed_libraries_pass() -> None:
     """Twisted, Autobahn and json as installed still have everything the fast paths read."""
     assert _fastpath.check() == []
     assert _fastpath.tcpwrite.TCP_SEND and _fastpath.webserver.CHUNK_WRITE
-    assert _fastpath.webserver.RAW_HEADERS and _fastpath.webserver.WHOLE_RESPONSE
+    assert _fastpath.agent.RAW_HEADERS and _fastpath.webserver.WHOLE_RESPONSE
     assert _fastpath.cjson.C_ENCODER and _fastpath.websocket.WS_FRAMES
     assert _fastpath.agent.AGENT_PLAN and _fastpath.h2_data.H2_DATA
     assert _fastpath.wsproto_state.WSPROTO_FRAMES

@@ -5,9 +5,9 @@ reading what it keeps privately, one module per library:
 
 * :mod:`.tcpwrite`: Twisted's TCP write queue (``send_now``);
 * :mod:`.webserver`: the chunked state of a ``Request`` (EventSource events), a whole
-  response gathered from ``Request.write``, the dict inside ``Headers``;
+  response gathered from ``Request.write``;
 * :mod:`.agent`: what ``Agent.request`` derives from a URL (a Web Push POST to a URL
-  it has seen);
+  it has seen) and the dict inside ``Headers`` (that POST's headers);
 * :mod:`.cjson`: CPython's C JSON encoder (``ijson.dumps``);
 * :mod:`.websocket`: Autobahn's frame parser state (the WebSocket frame fast path);
 * :mod:`.wsproto_state`: wsproto's (the same fast path for a WebSocket over HTTP/2);
@@ -40,14 +40,13 @@ from jmappushd.net._fastpath import (
     websocket,
     wsproto_state,
 )
-from jmappushd.net._fastpath.agent import AgentPlan, agent_plan, agent_request
+from jmappushd.net._fastpath.agent import AgentPlan, agent_plan, agent_request, headers_from
 from jmappushd.net._fastpath.cjson import c_encoder
 from jmappushd.net._fastpath.h2_data import h2_pair, h2_send_data, h2_state, h2_take_data
 from jmappushd.net._fastpath.tcpwrite import tcp_idle_socket
 from jmappushd.net._fastpath.webserver import (
     chunk,
     chunk_transport,
-    headers_from,
     raw_transport,
     whole_response,
 )
@@ -82,19 +81,19 @@ def check() -> list[str]:
     """
     # Each probe runs the fast path itself, so every path is on while they run.
     tcpwrite.TCP_SEND = webserver.CHUNK_WRITE = webserver.WHOLE_RESPONSE = True
-    webserver.RAW_HEADERS = agent.AGENT_PLAN = cjson.C_ENCODER = True
+    agent.RAW_HEADERS = agent.AGENT_PLAN = cjson.C_ENCODER = True
     websocket.WS_FRAMES = wsproto_state.WSPROTO_FRAMES = h2_data.H2_DATA = True
     tcpwrite.TCP_SEND = _passes(tcpwrite.probe_tcp_send)
     webserver.CHUNK_WRITE = _passes(webserver.probe_chunk_write)
     webserver.WHOLE_RESPONSE = tcpwrite.TCP_SEND and _passes(webserver.probe_whole_response)
-    webserver.RAW_HEADERS = _passes(webserver.probe_headers)
+    agent.RAW_HEADERS = _passes(agent.probe_headers)
     agent.AGENT_PLAN = _passes(agent.probe_agent_plan)
     cjson.C_ENCODER = _passes(cjson.probe_c_encoder)
     websocket.WS_FRAMES = _passes(websocket.probe_ws_frames)
     wsproto_state.WSPROTO_FRAMES = _passes(wsproto_state.probe_wsproto_frames)
     h2_data.H2_DATA = _passes(h2_data.probe_h2_data)
     flags = {"tcp-send": tcpwrite.TCP_SEND, "chunk-write": webserver.CHUNK_WRITE,
-             "whole-response": webserver.WHOLE_RESPONSE, "raw-headers": webserver.RAW_HEADERS,
+             "whole-response": webserver.WHOLE_RESPONSE, "raw-headers": agent.RAW_HEADERS,
              "agent-plan": agent.AGENT_PLAN, "c-json-encoder": cjson.C_ENCODER,
              "websocket-frames": websocket.WS_FRAMES,
              "wsproto-frames": wsproto_state.WSPROTO_FRAMES, "h2-data": h2_data.H2_DATA}

@@ -1,5 +1,5 @@
-"""twisted.web's client: what ``Agent.request`` derives from a URL, kept per URL (the
-Web Push POSTs)."""
+"""twisted.web's client (the Web Push POSTs): what ``Agent.request`` derives from a URL,
+kept per URL, and the request's ``Headers`` filled directly."""
 
 from __future__ import annotations
 
@@ -22,13 +22,28 @@ AGENT_PLAN = all(hasattr(Agent, a)
 its parsed URI, pool key, endpoint and ``Host`` value are kept (:class:`AgentPlan`)."""
 
 
+RAW_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
+"""``Headers`` may be filled with already canonical, already checked names and values."""
+
+
+def headers_from(raw: dict[bytes, list[bytes]]) -> Headers:
+    """``Headers`` holding ``raw`` (canonical names, checked ASCII values) as given.
+
+    Reproduces ``Headers(raw)`` without its per-name and per-value re-encoding.
+    """
+    if RAW_HEADERS:
+        built = Headers()
+        built._rawHeaders = raw
+        return built
+    return Headers(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentPlan:
     """What ``Agent.request`` works out from one URL before it asks the pool for a
     connection; the same for every POST to that URL through ``agent``."""
 
     agent: Agent
-
     key: tuple[bytes, bytes, int]
     endpoint: IStreamClientEndpoint
     uri: URI
@@ -142,3 +157,14 @@ class _PlanAgent:
         wire: bytes = protocol.transport.value()
         protocol.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
         return wire
+
+
+def probe_headers() -> bool:
+    """Filled directly, ``Headers`` equals the public constructor's and answers lookups."""
+    if "_rawHeaders" not in getattr(Headers, "__slots__", ()):
+        return False
+    raw = {b"Content-Encoding": [b"aes128gcm"], b"Ttl": [b"60"]}
+    built = headers_from(dict(raw))
+    return (built == Headers(raw)
+            and built.getRawHeaders(b"ttl") == [b"60"]
+            and sorted(built.getAllRawHeaders()) == sorted(raw.items()))

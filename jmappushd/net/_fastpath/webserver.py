@@ -1,5 +1,5 @@
 """twisted.web's server side: one chunk of a chunked response, a whole response in one
-``send()``, ``Headers`` filled directly."""
+``send()``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http
-from twisted.web.http_headers import Headers
 
 from jmappushd.net._fastpath.tcpwrite import Null, loopback_pair, tcp_idle_socket
 
@@ -21,10 +20,6 @@ CHUNK_WRITE = all(hasattr(http.Request, a)
 WHOLE_RESPONSE = all(hasattr(http.HTTPChannel, a) for a in ("writeHeaders", "write"))
 """A response whose body is written in one call may leave as one ``send()``: what
 ``Request.write`` gives the channel's transport is gathered and sent at once."""
-
-
-RAW_HEADERS = "_rawHeaders" in getattr(Headers, "__slots__", ())
-"""``Headers`` may be filled with already canonical, already checked names and values."""
 
 
 def chunk_transport(request: http.Request, data: bytes) -> Any:
@@ -104,18 +99,6 @@ def whole_response(request: http.Request, body: bytes) -> tuple[Any, bytes] | No
     return transport, b"".join(gathered.parts)
 
 
-def headers_from(raw: dict[bytes, list[bytes]]) -> Headers:
-    """``Headers`` holding ``raw`` (canonical names, checked ASCII values) as given.
-
-    Reproduces ``Headers(raw)`` without its per-name and per-value re-encoding.
-    """
-    if RAW_HEADERS:
-        built = Headers()
-        built._rawHeaders = raw
-        return built
-    return Headers(raw)
-
-
 def probe_chunk_write() -> bool:
     """Our framing of a second write equals ``Request.write``'s, and so does its count."""
     public, fast = _started_request(), _started_request()
@@ -173,14 +156,3 @@ def _started_request() -> http.Request:
     request.clientproto, request.method = b"HTTP/1.1", b"GET"
     request.write(b"first")
     return request
-
-
-def probe_headers() -> bool:
-    """Filled directly, ``Headers`` equals the public constructor's and answers lookups."""
-    if "_rawHeaders" not in getattr(Headers, "__slots__", ()):
-        return False
-    raw = {b"Content-Encoding": [b"aes128gcm"], b"Ttl": [b"60"]}
-    built = headers_from(dict(raw))
-    return (built == Headers(raw)
-            and built.getRawHeaders(b"ttl") == [b"60"]
-            and sorted(built.getAllRawHeaders()) == sorted(raw.items()))
