@@ -44,13 +44,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from benchmarks.common import cpu_ns
 from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
+from jmappushd.net.bytesbody import BytesProducer
 from jmappushd.transports.webpush import ece
 from jmappushd.transports.webpush.b64 import b64url_decode, b64url_encode
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.payload import state_change, topic_for
 from jmappushd.transports.webpush.sender import (
     AgentTransport,
-    BytesProducer,
     Sender,
     build_agent,
     request_headers,

@@ -22,9 +22,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from jmappushd.net.bytesbody import BytesProducer
 from jmappushd.transports.webpush.sender import (
     AgentTransport,
-    BytesProducer,
     PushResponse,
     request_headers,
     request_uri,

@@ -47,8 +47,8 @@ from zope.interface import implementer
 
 from jmappushd.config import UpstreamConfig
 from jmappushd.gateway.endpoints import OriginEndpoints
+from jmappushd.net.bytesbody import BytesProducer
 from jmappushd.reactor import IDaemonReactor
-from jmappushd.transports.webpush.sender import BytesProducer
 
 __all__ = ["UpstreamClient", "UpstreamHealth", "UpstreamRejected", "UpstreamResponse",
            "UpstreamUnavailable", "load_ca_policy"]

@@ -8,13 +8,14 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import StringTransport
 from twisted.web._newclient import _ensureValidURI
 from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
+
+from jmappushd.net.bytesbody import BytesProducer
 
 AGENT_PLAN = all(hasattr(Agent, a)
                  for a in ("_requestWithEndpoint", "_getEndpoint", "_computeHostValue"))
@@ -91,9 +92,9 @@ def probe_agent_plan() -> bool:
             return False
         # A fixed header first: the planned POST carries Host last, as Agent adds it.
         fixed = {b"Content-Encoding": [b"aes128gcm"]}
-        answers = [public[0].request(b"POST", uri, Headers(fixed), _Bytes(b"sealed")),
+        answers = [public[0].request(b"POST", uri, Headers(fixed), BytesProducer(b"sealed")),
                    agent_request(plan, b"POST", Headers(
-                       fixed | {b"Host": [plan.host]}), _Bytes(b"sealed"))]
+                       fixed | {b"Host": [plan.host]}), BytesProducer(b"sealed"))]
         wires = [side[1].answer() for side in (public, planned)]
         codes = [getattr(d.result, "code", None) if IResponse.providedBy(d.result) else None
                  for d in answers]
@@ -102,27 +103,6 @@ def probe_agent_plan() -> bool:
         if wires[0] != wires[1] or codes != [201, 201] or public[1].uris != planned[1].uris:
             return False
     return True
-
-
-@implementer(IBodyProducer)
-class _Bytes:
-    """A body producer of known length that writes at once (the probe's request body)."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body, self.length = body, len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        """Written whole at once: nothing to pause."""
-
-    def resumeProducing(self) -> None:
-        """Written whole at once: nothing to resume."""
-
-    def stopProducing(self) -> None:
-        """Written whole at once: nothing to stop."""
 
 
 class _PlanAgent:

@@ -16,25 +16,25 @@ from typing import Any, Protocol
 import treq
 from cryptography.hazmat.primitives.asymmetric import ec
 from hyperlink import EncodedURL
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IHostnameResolver, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IHostnameResolver, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IPolicyForHTTPS
 
 from jmappushd.config import PushConfig
 from jmappushd.metrics import Metrics
 from jmappushd.net import _fastpath
 from jmappushd.net._fastpath import AgentPlan, headers_from
+from jmappushd.net.bytesbody import BytesProducer
 from jmappushd.reactor import IDaemonReactor
 from jmappushd.transports.webpush import ece
 from jmappushd.transports.webpush.keys import KeyRing
 from jmappushd.transports.webpush.policy import Outcome, classify, retry_after
 from jmappushd.transports.webpush.ssrf import ForbiddenAddress, GuardedEndpointFactory
 
-__all__ = ["AgentTransport", "BytesProducer", "PushResponse", "PushTarget", "PushTransport",
+__all__ = ["AgentTransport", "PushResponse", "PushTarget", "PushTransport",
            "Sender", "build_agent", "request_uri"]
 
 MAX_RESPONSE_BODY = 65_536  # a push service answers with (almost) nothing
@@ -61,28 +61,6 @@ class PushTarget(Protocol):
     url: str
     key_id: str
     keys: tuple[ec.EllipticCurvePublicKey, bytes, bytes] | None
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """Writes a bytes body at once; unlike treq's default it needs no global cooperator."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def build_agent(
